@@ -1,0 +1,169 @@
+//! Crash-safe writes: files via temp file + rename, directories via temp directory + atomic swap.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ModelError, Result};
+
+fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    target.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
+}
+
+fn sync_dir(dir: &Path) {
+    // Persist the rename itself; failure only weakens durability, never correctness.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old file or the complete new one, never a
+/// partial file: write a temp sibling, fsync, rename over.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(path, "tmp");
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(ModelError::io(path, e));
+    }
+    sync_dir(parent_of(path));
+    Ok(())
+}
+
+/// Writes the files `(name, bytes)` as directory `dir`, replacing any previous one atomically: the
+/// files go to a temp directory which is then swapped in (`renameat2(RENAME_EXCHANGE)`, or, where
+/// the file system lacks it, rename-aside then rename). A crash at any moment leaves either the
+/// old or the new directory complete; [`recover_dir`] finds a set-aside one.
+pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let tmp = temp_sibling(dir, "tmp");
+    let write_all = || -> std::io::Result<()> {
+        fs::create_dir_all(&tmp)?;
+        for (name, bytes) in files {
+            let mut f = File::create(tmp.join(name))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        sync_dir(&tmp);
+        Ok(())
+    };
+    if let Err(e) = write_all() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(ModelError::io(dir, e));
+    }
+    let swap = || -> std::io::Result<()> {
+        if !dir.exists() {
+            return fs::rename(&tmp, dir);
+        }
+        let exchanged = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &tmp,
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        if exchanged.is_ok() {
+            // `tmp` now holds the previous directory.
+            return fs::remove_dir_all(&tmp);
+        }
+        let aside = temp_sibling(dir, "old");
+        fs::rename(dir, &aside)?;
+        fs::rename(&tmp, dir)?;
+        fs::remove_dir_all(&aside)
+    };
+    if let Err(e) = swap() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(ModelError::io(dir, e));
+    }
+    sync_dir(parent_of(dir));
+    Ok(())
+}
+
+/// If `dir` is missing because a crash hit the rename-aside fallback of [`write_dir_atomic`],
+/// returns the set-aside complete directory (`.{name}.old-*`); otherwise `dir` itself.
+pub fn recover_dir(dir: &Path) -> PathBuf {
+    if dir.exists() {
+        return dir.to_path_buf();
+    }
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return dir.to_path_buf();
+    };
+    let prefix = format!(".{name}.old-");
+    fs::read_dir(parent_of(dir))
+        .ok()
+        .and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+        })
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_swap_replaces_contents_and_leaves_no_temp() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        write_dir_atomic(&dir, &[("a", b"one".to_vec())]).unwrap();
+        write_dir_atomic(&dir, &[("a", b"two".to_vec()), ("b", b"x".to_vec())]).unwrap();
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"two");
+        assert_eq!(
+            fs::read_dir(root.path()).unwrap().count(),
+            1,
+            "temp dirs left behind"
+        );
+    }
+
+    #[test]
+    fn failed_write_keeps_the_old_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        write_dir_atomic(&dir, &[("a", b"one".to_vec())]).unwrap();
+        // A file name with a missing parent folder cannot be created: the write fails midway.
+        let err = write_dir_atomic(&dir, &[("a", b"two".to_vec()), ("no/such", vec![1])]);
+        assert!(err.is_err());
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"one");
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn recovers_a_set_aside_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let aside = root.path().join(".ckpt.old-1-2");
+        fs::create_dir(&aside).unwrap();
+        assert_eq!(recover_dir(&root.path().join("ckpt")), aside);
+    }
+
+    #[test]
+    fn file_write_is_all_or_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("f.txt");
+        write_file_atomic(&path, b"hello").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        let err = write_file_atomic(&root.path().join("missing/f.txt"), b"x").unwrap_err();
+        assert!(err.to_string().contains("missing/f.txt"), "{err}");
+    }
+}

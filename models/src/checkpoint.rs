@@ -1,0 +1,397 @@
+//! The checkpoint directory (documented in `docs/checkpoint-format.md`).
+//!
+//! ```text
+//! config.json                  CheckpointMeta: format version, ModelConfig, training options
+//! generator.safetensors        G parameters and BatchNorm running statistics
+//! generator_ema.safetensors    (optional) exponential moving average of G
+//! discriminator.safetensors    D parameters and BatchNorm running statistics
+//! optimizer_g.safetensors      Adam moments of G (`{param}.exp_avg`, `.exp_avg_sq`), step in metadata
+//! optimizer_d.safetensors      the same for D
+//! trainer_state.json           TrainerState: step, epoch, seed, data-order position
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{recover_dir, write_dir_atomic};
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::spec::{discriminator_spec, generator_spec};
+use crate::tensors::{
+    read_safetensors, read_safetensors_with_metadata, safetensors_bytes, validate_against_spec,
+    TensorMap,
+};
+
+/// Version of the checkpoint layout written by this crate.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const GENERATOR_FILE: &str = "generator.safetensors";
+pub const GENERATOR_EMA_FILE: &str = "generator_ema.safetensors";
+pub const DISCRIMINATOR_FILE: &str = "discriminator.safetensors";
+pub const OPTIMIZER_G_FILE: &str = "optimizer_g.safetensors";
+pub const OPTIMIZER_D_FILE: &str = "optimizer_d.safetensors";
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+
+/// `config.json`: what the weights are and how they were trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format_version: u32,
+    pub model: ModelConfig,
+    /// Name of the training data set (`mnist`, `folder:cats`, ...).
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// Training options (learning rate, loss, EMA, ...) for reference and resume.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+impl CheckpointMeta {
+    /// Metadata for a model trained on `dataset` with `training` options.
+    pub fn new(model: ModelConfig, dataset: Option<String>, training: serde_json::Value) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            model,
+            dataset,
+            training,
+        }
+    }
+}
+
+/// `trainer_state.json`: where training stands, enough to continue it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Completed optimisation steps (one D and one G update each).
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Batches of the current epoch already consumed (position in the seeded data order).
+    pub batch_in_epoch: u64,
+    /// Seed of weights, data order and latents.
+    pub seed: u64,
+    /// Training wall time so far, in seconds.
+    #[serde(default)]
+    pub elapsed_seconds: f64,
+}
+
+/// Optimiser state as stored: moments and metadata (step count, hyper-parameters).
+pub type OptimizerState = (TensorMap, HashMap<String, String>);
+
+/// Everything in a checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub meta: CheckpointMeta,
+    pub generator: TensorMap,
+    pub generator_ema: Option<TensorMap>,
+    pub discriminator: Option<TensorMap>,
+    pub optimizer_g: Option<OptimizerState>,
+    pub optimizer_d: Option<OptimizerState>,
+    pub trainer_state: Option<TrainerState>,
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec_pretty(value).expect("checkpoint JSON serialises");
+    v.push(b'\n');
+    v
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ModelError::checkpoint(path, format!("invalid JSON: {e}")))
+}
+
+impl Checkpoint {
+    /// Writes the checkpoint as directory `dir`, atomically replacing any previous one.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut files: Vec<(&str, Vec<u8>)> = vec![
+            (CONFIG_FILE, json_bytes(&self.meta)),
+            (GENERATOR_FILE, safetensors_bytes(&self.generator, None)?),
+        ];
+        if let Some(ema) = &self.generator_ema {
+            files.push((GENERATOR_EMA_FILE, safetensors_bytes(ema, None)?));
+        }
+        if let Some(d) = &self.discriminator {
+            files.push((DISCRIMINATOR_FILE, safetensors_bytes(d, None)?));
+        }
+        for (name, state) in [
+            (OPTIMIZER_G_FILE, &self.optimizer_g),
+            (OPTIMIZER_D_FILE, &self.optimizer_d),
+        ] {
+            if let Some((tensors, meta)) = state {
+                files.push((name, safetensors_bytes(tensors, Some(meta.clone()))?));
+            }
+        }
+        if let Some(state) = &self.trainer_state {
+            files.push((TRAINER_STATE_FILE, json_bytes(state)));
+        }
+        write_dir_atomic(dir, &files)
+    }
+
+    /// Reads `config.json` of a checkpoint directory.
+    pub fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
+        let dir = checked_dir(dir)?;
+        let meta: CheckpointMeta = read_json(&dir.join(CONFIG_FILE))?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(ModelError::checkpoint(
+                dir.join(CONFIG_FILE),
+                format!(
+                    "checkpoint format version {} is not supported (this build reads {FORMAT_VERSION})",
+                    meta.format_version
+                ),
+            ));
+        }
+        meta.model
+            .validate()
+            .map_err(|e| ModelError::checkpoint(dir.join(CONFIG_FILE), e.to_string()))?;
+        Ok(meta)
+    }
+
+    /// Reads what inference needs: config, generator (and EMA generator) weights, trainer state
+    /// if present. Every tensor is checked against the config.
+    pub fn load_generator(dir: &Path) -> Result<Self> {
+        let dir = checked_dir(dir)?;
+        let meta = Self::read_meta(&dir)?;
+        let spec = generator_spec(&meta.model);
+        let read_g = |file: &str| -> Result<TensorMap> {
+            let path = dir.join(file);
+            let map = read_safetensors(&path)?;
+            validate_against_spec(&map, &spec, &path)?;
+            Ok(map)
+        };
+        let generator = read_g(GENERATOR_FILE)?;
+        let generator_ema = if dir.join(GENERATOR_EMA_FILE).exists() {
+            Some(read_g(GENERATOR_EMA_FILE)?)
+        } else {
+            None
+        };
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        let trainer_state = if state_path.exists() {
+            Some(read_json(&state_path)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            meta,
+            generator,
+            generator_ema,
+            discriminator: None,
+            optimizer_g: None,
+            optimizer_d: None,
+            trainer_state,
+        })
+    }
+
+    /// Reads a complete training checkpoint (for resume); every file must be present and valid.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let dir = checked_dir(dir)?;
+        let mut ckpt = Self::load_generator(&dir)?;
+        let d_path = dir.join(DISCRIMINATOR_FILE);
+        let d = read_safetensors(&d_path)?;
+        validate_against_spec(&d, &discriminator_spec(&ckpt.meta.model), &d_path)?;
+        ckpt.discriminator = Some(d);
+        ckpt.optimizer_g = Some(read_safetensors_with_metadata(&dir.join(OPTIMIZER_G_FILE))?);
+        ckpt.optimizer_d = Some(read_safetensors_with_metadata(&dir.join(OPTIMIZER_D_FILE))?);
+        if ckpt.trainer_state.is_none() {
+            return Err(ModelError::checkpoint(
+                dir.join(TRAINER_STATE_FILE),
+                "missing: this checkpoint cannot be resumed",
+            ));
+        }
+        Ok(ckpt)
+    }
+
+    /// The step this checkpoint was taken at (0 when it has no trainer state).
+    pub fn step(&self) -> u64 {
+        self.trainer_state.as_ref().map_or(0, |s| s.step)
+    }
+}
+
+fn checked_dir(dir: &Path) -> Result<PathBuf> {
+    let dir = recover_dir(dir);
+    if !dir.is_dir() {
+        return Err(ModelError::checkpoint(&dir, "no such checkpoint directory"));
+    }
+    if !dir.join(CONFIG_FILE).is_file() {
+        return Err(ModelError::checkpoint(
+            &dir,
+            format!("not a Gantry checkpoint (no {CONFIG_FILE})"),
+        ));
+    }
+    Ok(dir)
+}
+
+/// The checkpoint a path means: a checkpoint directory itself, or a run directory (the output of
+/// `trainer train`), meaning its most recent checkpoint (`checkpoint/` or `final/`, whichever is
+/// further along).
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join(CONFIG_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.exists() {
+        return Err(ModelError::checkpoint(
+            path,
+            "no such checkpoint or run directory",
+        ));
+    }
+    let step_of = |dir: &Path| -> Option<u64> {
+        let state: TrainerState = read_json(&dir.join(TRAINER_STATE_FILE)).ok()?;
+        Some(state.step)
+    };
+    let candidates = ["checkpoint", "final"]
+        .iter()
+        .map(|name| recover_dir(&path.join(name)))
+        .filter(|d| d.join(CONFIG_FILE).is_file());
+    candidates
+        .max_by_key(|d| step_of(d).unwrap_or(0))
+        .ok_or_else(|| {
+            ModelError::checkpoint(
+                path,
+                "not a checkpoint and holds no checkpoint/ or final/ directory",
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{init::init_tensors, Adam, AdamConfig, Generator};
+    use candle_core::Device;
+
+    fn sample_checkpoint(cfg: &ModelConfig) -> Checkpoint {
+        let g = init_tensors(&generator_spec(cfg), "generator", 1).unwrap();
+        let d = init_tensors(&discriminator_spec(cfg), "discriminator", 1).unwrap();
+        let gen = Generator::from_tensors(cfg, &g, &Device::Cpu).unwrap();
+        let opt = Adam::new(gen.net.parameters(), AdamConfig::default()).unwrap();
+        Checkpoint {
+            meta: CheckpointMeta::new(
+                cfg.clone(),
+                Some("mnist".into()),
+                serde_json::json!({"lr": 2e-4}),
+            ),
+            generator: g,
+            generator_ema: None,
+            discriminator: Some(d),
+            optimizer_g: Some(opt.state().unwrap()),
+            optimizer_d: Some(opt.state().unwrap()),
+            trainer_state: Some(TrainerState {
+                step: 12,
+                epoch: 1,
+                batch_in_epoch: 3,
+                seed: 5,
+                elapsed_seconds: 1.5,
+            }),
+        }
+    }
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            image_size: 16,
+            channels: 1,
+            g_width: 8,
+            d_width: 8,
+            latent_dim: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let ckpt = sample_checkpoint(&small());
+        ckpt.save(&dir).unwrap();
+        let back = Checkpoint::load(&dir).unwrap();
+        assert_eq!(back.meta, ckpt.meta);
+        assert_eq!(back.trainer_state, ckpt.trainer_state);
+        for (a, b) in [
+            (&ckpt.generator, &back.generator),
+            (
+                ckpt.discriminator.as_ref().unwrap(),
+                back.discriminator.as_ref().unwrap(),
+            ),
+            (
+                &ckpt.optimizer_g.as_ref().unwrap().0,
+                &back.optimizer_g.as_ref().unwrap().0,
+            ),
+        ] {
+            assert_eq!(a.len(), b.len());
+            for (k, v) in a {
+                let x = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let y = b[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(x, y, "{k}");
+            }
+        }
+        assert_eq!(back.optimizer_g.unwrap().1["step"], "0");
+    }
+
+    #[test]
+    fn rejects_mismatched_weights_naming_file_and_tensor() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let mut ckpt = sample_checkpoint(&small());
+        ckpt.meta.model.g_width = 16; // config no longer matches the weights
+        ckpt.save(&dir).unwrap();
+        let err = Checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("generator.safetensors") && err.contains("layers.0.weight"),
+            "{err}"
+        );
+
+        let mut ckpt = sample_checkpoint(&small());
+        ckpt.generator.remove("layers.1.bn.running_var");
+        ckpt.save(&dir).unwrap();
+        let err = Checkpoint::load_generator(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("missing tensor `layers.1.bn.running_var`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_corrupt_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        sample_checkpoint(&small()).save(&dir).unwrap();
+        std::fs::write(dir.join(GENERATOR_FILE), b"garbage").unwrap();
+        let err = Checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("generator.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
+
+        sample_checkpoint(&small()).save(&dir).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), b"{").unwrap();
+        let err = Checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains("invalid JSON"),
+            "{err}"
+        );
+
+        let err = Checkpoint::load(&root.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such checkpoint directory"), "{err}");
+    }
+
+    #[test]
+    fn run_directory_resolves_to_latest_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let mut ckpt = sample_checkpoint(&small());
+        ckpt.save(&root.path().join("final")).unwrap();
+        ckpt.trainer_state.as_mut().unwrap().step = 99;
+        ckpt.save(&root.path().join("checkpoint")).unwrap();
+        assert_eq!(
+            resolve_checkpoint(root.path()).unwrap(),
+            root.path().join("checkpoint")
+        );
+        assert_eq!(
+            resolve_checkpoint(&root.path().join("final")).unwrap(),
+            root.path().join("final")
+        );
+        let err = resolve_checkpoint(&root.path().join("checkpoint/config.json/x"));
+        assert!(err.is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! A network built by walking a [`NetworkSpec`]: convolution blocks with optional BatchNorm and an
+//! optional label embedding. [`crate::Generator`] and [`crate::Discriminator`] wrap it.
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::error::{ModelError, Result};
+use crate::ops::{self, Kernels};
+use crate::spec::{ConvLayer, NetworkSpec, BN_EPS, BN_MOMENTUM};
+use crate::tensors::TensorMap;
+
+/// BatchNorm2d with learnable affine parameters and running statistics.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    pub gamma: Var,
+    pub beta: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+}
+
+impl BatchNorm2d {
+    /// Training mode normalises with batch statistics and updates the running ones like PyTorch
+    /// (momentum 0.1, unbiased variance); eval mode uses the running statistics.
+    pub fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
+        if !train {
+            return ops::batch_norm(
+                x,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                self.gamma.as_tensor(),
+                self.beta.as_tensor(),
+                BN_EPS,
+            );
+        }
+        let (y, mean, var) = ops::batch_norm_train(
+            x,
+            self.gamma.as_tensor(),
+            self.beta.as_tensor(),
+            BN_EPS,
+            kernels,
+        )?;
+        let (n, _, h, w) = x.dims4()?;
+        let count = (n * h * w) as f64;
+        let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
+        let m = BN_MOMENTUM;
+        let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
+        self.running_mean.set(&rm)?;
+        self.running_var.set(&rv)?;
+        Ok(y)
+    }
+}
+
+/// One convolution layer with its weight, optional BatchNorm and activation.
+#[derive(Debug)]
+pub struct ConvBlock {
+    pub layer: ConvLayer,
+    pub weight: Var,
+    pub bn: Option<BatchNorm2d>,
+}
+
+impl ConvBlock {
+    /// Convolution, BatchNorm (if any), activation.
+    pub fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
+        let y = ops::conv(x, self.weight.as_tensor(), &self.layer, kernels)?;
+        let y = match &self.bn {
+            Some(bn) => bn.forward(&y, train, kernels)?,
+            None => y,
+        };
+        ops::activate(&y, self.layer.activation)
+    }
+}
+
+/// The layers of a spec with their variables on one device.
+#[derive(Debug)]
+pub struct Network {
+    pub spec: NetworkSpec,
+    pub blocks: Vec<ConvBlock>,
+    /// The label embedding table (`[num_classes, dim]`) of a conditional network.
+    pub embedding: Option<Var>,
+    pub kernels: Kernels,
+    device: Device,
+}
+
+impl Network {
+    /// Builds the network from named tensors (validated by the caller) on `device`.
+    pub fn from_tensors(spec: NetworkSpec, tensors: &TensorMap, device: &Device) -> Result<Self> {
+        let var = |name: &str| -> Result<Var> {
+            let t = tensors.get(name).ok_or_else(|| {
+                ModelError::Config(format!("missing tensor `{name}` for the network"))
+            })?;
+            Ok(Var::from_tensor(&t.to_device(device)?.contiguous()?)?)
+        };
+        let blocks = spec
+            .layers
+            .iter()
+            .map(|layer| {
+                let bn = if layer.batch_norm {
+                    Some(BatchNorm2d {
+                        gamma: var(&layer.bn_name("weight"))?,
+                        beta: var(&layer.bn_name("bias"))?,
+                        running_mean: var(&layer.bn_name("running_mean"))?,
+                        running_var: var(&layer.bn_name("running_var"))?,
+                    })
+                } else {
+                    None
+                };
+                Ok(ConvBlock {
+                    layer: layer.clone(),
+                    weight: var(&layer.weight_name())?,
+                    bn,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embedding = match &spec.conditioning {
+            Some(c) => Some(var(c.tensor_name())?),
+            None => None,
+        };
+        Ok(Self {
+            spec,
+            blocks,
+            embedding,
+            kernels: Kernels::default(),
+            device: device.clone(),
+        })
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Trainable variables with their checkpoint names, in spec order.
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.named_vars(false)
+    }
+
+    /// Every variable (parameters and BatchNorm buffers) with its checkpoint name.
+    pub fn all_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars(true)
+    }
+
+    fn named_vars(&self, with_buffers: bool) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        if let (Some(c), Some(e)) = (&self.spec.conditioning, &self.embedding) {
+            out.push((c.tensor_name().to_string(), e.clone()));
+        }
+        for b in &self.blocks {
+            out.push((b.layer.weight_name(), b.weight.clone()));
+            if let Some(bn) = &b.bn {
+                out.push((b.layer.bn_name("weight"), bn.gamma.clone()));
+                out.push((b.layer.bn_name("bias"), bn.beta.clone()));
+                if with_buffers {
+                    out.push((b.layer.bn_name("running_mean"), bn.running_mean.clone()));
+                    out.push((b.layer.bn_name("running_var"), bn.running_var.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// A CPU copy of every tensor (parameters and buffers), ready for a checkpoint.
+    pub fn to_tensors(&self) -> Result<TensorMap> {
+        self.all_vars()
+            .into_iter()
+            .map(|(k, v)| Ok((k, v.as_tensor().to_device(&Device::Cpu)?.copy()?)))
+            .collect()
+    }
+
+    /// Overwrites every variable with the values in `tensors` (same names and shapes).
+    pub fn load_tensors(&self, tensors: &TensorMap) -> Result<()> {
+        for (name, var) in self.all_vars() {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| ModelError::Config(format!("missing tensor `{name}`")))?;
+            var.set(&t.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// Looks up label embeddings: `[N]` integer labels -> `[N, dim]`.
+    pub fn embed(&self, labels: &Tensor) -> Result<Tensor> {
+        let table = self.embedding.as_ref().ok_or_else(|| {
+            ModelError::Config("labels were given to an unconditional network".into())
+        })?;
+        Ok(table.as_tensor().embedding(labels)?)
+    }
+}
