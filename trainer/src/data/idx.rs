@@ -1,0 +1,183 @@
+//! IDX files (the MNIST family's format), raw or gzip-compressed.
+//!
+//! Layout: two zero bytes, a type byte (0x08 = unsigned byte), the number of dimensions, one
+//! big-endian u32 per dimension, then the data.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, TrainError};
+
+/// An unsigned-byte IDX array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdxArray {
+    pub dims: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Reads a file, transparently un-gzipping it when it starts with the gzip magic bytes.
+pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| TrainError::data(path, format!("corrupt gzip data ({e})")))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses IDX bytes; `path` names the source in errors.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
+    let bad = |msg: String| TrainError::data(path, msg);
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad(format!(
+            "not an IDX file (magic bytes {:02x?}, expected 00 00 08 nn)",
+            &bytes[..bytes.len().min(4)]
+        )));
+    }
+    if bytes[2] != 0x08 {
+        return Err(bad(format!(
+            "IDX data type 0x{:02x} is not supported (only unsigned bytes, 0x08)",
+            bytes[2]
+        )));
+    }
+    let ndims = bytes[3] as usize;
+    let header = 4 + 4 * ndims;
+    if ndims == 0 || bytes.len() < header {
+        return Err(bad(format!("truncated IDX header ({} bytes)", bytes.len())));
+    }
+    let dims: Vec<usize> = (0..ndims)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("IDX dimensions {dims:?} overflow")))?;
+    let found = bytes.len() - header;
+    if found < expected {
+        return Err(bad(format!(
+            "truncated: dimensions {dims:?} need {expected} data bytes, the file has {found}"
+        )));
+    }
+    if found > expected {
+        return Err(bad(format!(
+            "{} bytes of trailing data after the {dims:?} array",
+            found - expected
+        )));
+    }
+    Ok(IdxArray {
+        dims,
+        data: bytes[header..].to_vec(),
+    })
+}
+
+/// Finds `stem` or `stem.gz` in `dir`.
+pub fn find_idx_file(dir: &Path, stem: &str) -> Result<PathBuf> {
+    [stem.to_string(), format!("{stem}.gz")]
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| TrainError::data(dir, format!("no {stem} or {stem}.gz in this folder")))
+}
+
+/// Loads an image file `[N, H, W]` and its label file `[N]`, checking that they agree.
+pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray, Vec<u32>)> {
+    let imgs = parse_idx(&read_maybe_gzip(images)?, images)?;
+    if imgs.dims.len() != 3 {
+        return Err(TrainError::data(
+            images,
+            format!("expected a 3-D image array [N, H, W], found dimensions {:?}", imgs.dims),
+        ));
+    }
+    let labs = parse_idx(&read_maybe_gzip(labels)?, labels)?;
+    if labs.dims.len() != 1 {
+        return Err(TrainError::data(
+            labels,
+            format!("expected a 1-D label array, found dimensions {:?}", labs.dims),
+        ));
+    }
+    if labs.dims[0] != imgs.dims[0] {
+        return Err(TrainError::data(
+            labels,
+            format!(
+                "{} labels but {} has {} images",
+                labs.dims[0],
+                images.display(),
+                imgs.dims[0]
+            ),
+        ));
+    }
+    Ok((imgs, labs.data.iter().map(|&l| l as u32).collect()))
+}
+
+/// IDX bytes for an unsigned-byte array (used to build test fixtures and by tools).
+pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x08, dims.len() as u8];
+    for &d in dims {
+        out.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn parses_raw_and_gzip() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = encode_idx(&[2, 2, 3], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        let raw = dir.path().join("a");
+        std::fs::write(&raw, &bytes).unwrap();
+        let gz = dir.path().join("a.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&bytes).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        for p in [&raw, &gz] {
+            let arr = parse_idx(&read_maybe_gzip(p).unwrap(), p).unwrap();
+            assert_eq!(arr.dims, vec![2, 2, 3]);
+            assert_eq!(arr.data[11], 12);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_magic_type_and_truncation() {
+        let p = Path::new("x-idx3-ubyte");
+        let err = parse_idx(b"PK\x03\x04rest", p).unwrap_err().to_string();
+        assert!(err.contains("x-idx3-ubyte") && err.contains("not an IDX file"), "{err}");
+        let mut floats = encode_idx(&[1], &[0, 0, 0, 0]);
+        floats[2] = 0x0d;
+        let err = parse_idx(&floats, p).unwrap_err().to_string();
+        assert!(err.contains("0x0d"), "{err}");
+        let full = encode_idx(&[3, 2, 2], &[7; 12]);
+        let err = parse_idx(&full[..full.len() - 5], p).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("need 12") && err.contains("has 7"), "{err}");
+        let err = parse_idx(&full[..6], p).unwrap_err().to_string();
+        assert!(err.contains("truncated IDX header"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_gzip_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bad.gz");
+        std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
+        let err = read_maybe_gzip(&p).unwrap_err().to_string();
+        assert!(err.contains("bad.gz") && err.contains("corrupt gzip"), "{err}");
+    }
+
+    #[test]
+    fn image_label_count_mismatch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let imgs = dir.path().join("i");
+        let labs = dir.path().join("l");
+        std::fs::write(&imgs, encode_idx(&[3, 2, 2], &[0; 12])).unwrap();
+        std::fs::write(&labs, encode_idx(&[2], &[0, 1])).unwrap();
+        let err = load_images_and_labels(&imgs, &labs).unwrap_err().to_string();
+        assert!(err.contains("2 labels but") && err.contains("3 images"), "{err}");
+    }
+}

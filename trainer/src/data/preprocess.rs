@@ -1,0 +1,99 @@
+//! Image preprocessing: fit to a square of the training size, convert channels, store as bytes.
+
+use image::imageops::FilterType;
+use image::DynamicImage;
+
+/// How an image is brought to the square training size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fit {
+    /// Resize the shorter side to the size, then centre-crop (torchvision's Resize + CenterCrop).
+    #[default]
+    Crop,
+    /// Centre-pad with black when smaller than the size (MNIST 28 -> 32 as in the PyTorch
+    /// reference), otherwise behave like `Crop`.
+    Pad,
+}
+
+impl std::str::FromStr for Fit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "crop" => Ok(Self::Crop),
+            "pad" => Ok(Self::Pad),
+            other => Err(format!("unknown fit `{other}` (expected crop or pad)")),
+        }
+    }
+}
+
+/// Fits `img` to `size x size` with `channels` (1 = luma, 3 = RGB) and returns CHW bytes.
+pub fn to_chw_bytes(img: &DynamicImage, size: u32, channels: usize, fit: Fit) -> Vec<u8> {
+    let (w, h) = (img.width(), img.height());
+    let square = if fit == Fit::Pad && w <= size && h <= size {
+        let mut canvas = DynamicImage::new(size, size, img.color());
+        image::imageops::overlay(&mut canvas, img, ((size - w) / 2) as i64, ((size - h) / 2) as i64);
+        canvas
+    } else if w == size && h == size {
+        img.clone()
+    } else {
+        let scale = size as f64 / w.min(h) as f64;
+        let (nw, nh) = (
+            ((w as f64 * scale).round() as u32).max(size),
+            ((h as f64 * scale).round() as u32).max(size),
+        );
+        let resized = img.resize_exact(nw, nh, FilterType::Triangle);
+        resized.crop_imm((nw - size) / 2, (nh - size) / 2, size, size)
+    };
+    let plane = (size * size) as usize;
+    if channels == 1 {
+        square.to_luma8().into_raw()
+    } else {
+        let rgb = square.to_rgb8().into_raw();
+        let mut out = vec![0u8; 3 * plane];
+        for (p, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + p] = px[c];
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, RgbImage};
+
+    #[test]
+    fn crop_resizes_shorter_side_and_centres() {
+        // 40x20 image: left half black, right half white; resized to 32x16... then the centre
+        // 16x16 crop straddles the edge.
+        let img = GrayImage::from_fn(40, 20, |x, _| image::Luma([if x < 20 { 0 } else { 255 }]));
+        let out = to_chw_bytes(&DynamicImage::ImageLuma8(img), 16, 1, Fit::Crop);
+        assert_eq!(out.len(), 256);
+        assert!(out[16 * 8 + 1] < 10, "left of centre is dark");
+        assert!(out[16 * 8 + 14] > 245, "right of centre is bright");
+    }
+
+    #[test]
+    fn pad_keeps_pixels_and_adds_a_black_border() {
+        let img = GrayImage::from_pixel(28, 28, image::Luma([200]));
+        let out = to_chw_bytes(&DynamicImage::ImageLuma8(img), 32, 1, Fit::Pad);
+        assert_eq!(out[0], 0);
+        assert_eq!(out[2 * 32 + 2], 200);
+        assert_eq!(out[29 * 32 + 29], 200);
+        assert_eq!(out[30 * 32 + 30], 0);
+    }
+
+    #[test]
+    fn converts_channels_to_planar() {
+        let img = RgbImage::from_pixel(16, 16, image::Rgb([10, 20, 30]));
+        let out = to_chw_bytes(&DynamicImage::ImageRgb8(img.clone()), 16, 3, Fit::Crop);
+        assert_eq!((out[0], out[256], out[512]), (10, 20, 30));
+        let grey = to_chw_bytes(&DynamicImage::ImageRgb8(img), 16, 1, Fit::Crop);
+        assert_eq!(grey.len(), 256);
+        let g = GrayImage::from_pixel(16, 16, image::Luma([77]));
+        let rgb = to_chw_bytes(&DynamicImage::ImageLuma8(g), 16, 3, Fit::Crop);
+        assert_eq!((rgb[0], rgb[256], rgb[512]), (77, 77, 77));
+    }
+}

@@ -1,0 +1,13 @@
+//! Gantry's trainer: data sets, the DCGAN training loop, checkpoints, sample grids and plots.
+
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
+pub mod samples;
+pub mod train;
+
+pub use error::{Result, TrainError};

@@ -1,0 +1,110 @@
+//! Running a [`Trainer`] to completion with its outputs: sample grids, metrics, loss plot,
+//! periodic atomic checkpoints, and a clean stop on request (Ctrl-C).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::Trainer;
+use crate::error::{Result, TrainError};
+use crate::metrics::{MetricsLog, StepMetrics};
+use crate::progress::Progress;
+use crate::{plot, samples};
+
+/// Where a run writes its outputs.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    pub out: PathBuf,
+}
+
+impl RunPaths {
+    pub fn samples_dir(&self) -> PathBuf {
+        self.out.join("samples")
+    }
+    pub fn sample(&self, step: u64) -> PathBuf {
+        self.samples_dir().join(format!("step_{step:06}.png"))
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.out.join("metrics.jsonl")
+    }
+    pub fn losses_plot(&self) -> PathBuf {
+        self.out.join("losses.png")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.out.join("checkpoint")
+    }
+    pub fn final_dir(&self) -> PathBuf {
+        self.out.join("final")
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// The step budget was reached; `final/` holds the result.
+    Finished { step: u64, last_sample: Option<PathBuf> },
+    /// A stop was requested; `checkpoint/` holds the state at `step`.
+    Stopped { step: u64 },
+}
+
+/// Makes sure `out` exists and is writable before any work is done.
+pub fn prepare_out_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out.join("samples")).map_err(|e| TrainError::io(out, e))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| TrainError::io(out, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// Trains until the budget is reached or `stop` is set, writing outputs under `paths`.
+pub fn run(trainer: &mut Trainer, paths: &RunPaths, stop: &AtomicBool, log_every: u64) -> Result<RunOutcome> {
+    prepare_out_dir(&paths.out)?;
+    let (mut log, mut history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
+    let mut progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
+    let mut last_sample = None;
+    let result = (|| -> Result<RunOutcome> {
+        while !trainer.is_done() {
+            if stop.load(Ordering::SeqCst) {
+                save_checkpoint(trainer, paths, &history)?;
+                return Ok(RunOutcome::Stopped { step: trainer.state.step });
+            }
+            let m = trainer.step()?;
+            log.append(&m)?;
+            progress.step(&m);
+            history.push(m.clone());
+            let cfg = &trainer.config;
+            if cfg.sample_every > 0 && m.step % cfg.sample_every == 0 {
+                last_sample = Some(write_samples(trainer, paths)?);
+            }
+            if cfg.checkpoint_every > 0 && m.step % cfg.checkpoint_every == 0 {
+                save_checkpoint(trainer, paths, &history)?;
+            }
+        }
+        if last_sample.as_ref() != Some(&paths.sample(trainer.state.step)) {
+            last_sample = Some(write_samples(trainer, paths)?);
+        }
+        let ckpt = trainer.checkpoint()?;
+        ckpt.save(&paths.checkpoint())?;
+        ckpt.save(&paths.final_dir())?;
+        plot::plot_losses(&history, &paths.losses_plot())?;
+        Ok(RunOutcome::Finished {
+            step: trainer.state.step,
+            last_sample: last_sample.clone(),
+        })
+    })();
+    progress.finish();
+    result
+}
+
+fn save_checkpoint(trainer: &Trainer, paths: &RunPaths, history: &[StepMetrics]) -> Result<()> {
+    trainer.checkpoint()?.save(&paths.checkpoint())?;
+    plot::plot_losses(history, &paths.losses_plot())
+}
+
+/// Writes the fixed-latent sample grid of the current step; returns its path.
+pub fn write_samples(trainer: &Trainer, paths: &RunPaths) -> Result<PathBuf> {
+    let (_, _, cols) = trainer.sample_inputs()?;
+    let images = samples::to_images(&trainer.samples()?)?;
+    let path = paths.sample(trainer.state.step);
+    samples::save_png(&samples::grid(&images, cols, 2), &path)?;
+    Ok(path)
+}
