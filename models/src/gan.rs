@@ -79,10 +79,7 @@ impl Generator {
             None => z.clone(),
         };
         h = h.reshape((n, self.config.generator_input_dim(), 1, 1))?;
-        for block in &self.net.blocks {
-            h = block.forward(&h, train, self.net.kernels)?;
-        }
-        Ok(h)
+        self.net.forward_blocks(&h, &self.net.blocks, train, false)
     }
 }
 
@@ -122,6 +119,27 @@ impl Discriminator {
 
     /// Raw logits (no sigmoid), one per image.
     pub fn forward(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.forward_impl(x, labels, train, false)
+    }
+
+    /// Logits with D's parameters held constant: gradients reach `x` (the generator's images)
+    /// but no time is spent on gradients of D's own weights, which a generator update discards.
+    pub fn forward_frozen(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.forward_impl(x, labels, train, true)
+    }
+
+    fn forward_impl(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+        frozen: bool,
+    ) -> Result<Tensor> {
         let n = x.dim(0)?;
         check_labels(&self.config, labels, n)?;
         let (last, hidden) = self
@@ -129,15 +147,19 @@ impl Discriminator {
             .blocks
             .split_last()
             .expect("a discriminator has layers");
-        let mut h = x.clone();
-        for block in hidden {
-            h = block.forward(&h, train, self.net.kernels)?;
-        }
-        let logits = last.forward(&h, train, self.net.kernels)?.reshape(n)?;
+        let h = self.net.forward_blocks(x, hidden, train, frozen)?;
+        let logits = self
+            .net
+            .forward_blocks(&h, std::slice::from_ref(last), train, frozen)?
+            .reshape(n)?;
         match labels {
             None => Ok(logits),
             Some(l) => {
-                let projection = (self.net.embed(l)? * ops::sum_spatial(&h)?)?.sum(1)?;
+                let mut embedding = self.net.embed(l)?;
+                if frozen {
+                    embedding = embedding.detach();
+                }
+                let projection = (embedding * ops::sum_spatial(&h)?)?.sum(1)?;
                 Ok((logits + projection)?)
             }
         }
@@ -147,4 +169,145 @@ impl Discriminator {
 /// Converts class ids to the integer tensor the embeddings take.
 pub fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(labels, labels.len(), device)?.to_dtype(DType::U32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::normal_vec;
+
+    fn config(num_classes: Option<usize>) -> ModelConfig {
+        ModelConfig {
+            latent_dim: 12,
+            image_size: 16,
+            channels: 3,
+            g_width: 8,
+            d_width: 8,
+            num_classes,
+            label_embed_dim: 5,
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The fast kernels and candle's ops give the same outputs, gradients and running statistics
+    /// for whole networks, in train and eval mode, conditional or not (tolerance as in the kernel
+    /// tests: float reordering only).
+    #[test]
+    fn fast_kernels_match_candle_for_whole_networks() {
+        let dev = Device::Cpu;
+        for classes in [None, Some(3)] {
+            let cfg = config(classes);
+            let z = Tensor::from_vec(
+                normal_vec(&mut crate::init::rng_for(0, "z"), 4 * 12, 0.0, 1.0),
+                (4, 12),
+                &dev,
+            )
+            .unwrap();
+            let labels = classes.map(|_| labels_tensor(&[0, 2, 1, 2], &dev).unwrap());
+            let mut outs = Vec::new();
+            for kernels in [Kernels::Candle, Kernels::Fast] {
+                let mut g = Generator::new(&cfg, 3, &dev).unwrap();
+                let mut d = Discriminator::new(&cfg, 3, &dev).unwrap();
+                g.set_kernels(kernels);
+                d.set_kernels(kernels);
+                let img = g.forward(&z, labels.as_ref(), true).unwrap();
+                let logits = d.forward(&img, labels.as_ref(), true).unwrap();
+                let grads = logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+                let mut grad_list = Vec::new();
+                for (name, v) in g.net.parameters().into_iter().chain(d.net.parameters()) {
+                    let gr = grads
+                        .get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("no gradient for {name}"));
+                    grad_list.push((name, gr.clone()));
+                }
+                let eval = g.forward(&z, labels.as_ref(), false).unwrap();
+                let stats = g.net.to_tensors().unwrap();
+                outs.push((img, logits, grad_list, eval, stats));
+            }
+            let (a, b) = (&outs[0], &outs[1]);
+            assert!(max_diff(&a.0, &b.0) < 1e-4, "generator output");
+            assert!(max_diff(&a.1, &b.1) < 1e-4, "logits");
+            for ((name, ga), (_, gb)) in a.2.iter().zip(&b.2) {
+                let scale = ga
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    max_diff(ga, gb) <= 1e-3 * scale.max(1e-3),
+                    "gradient of {name}"
+                );
+            }
+            assert!(max_diff(&a.3, &b.3) < 1e-4, "eval-mode output");
+            for (k, v) in &a.4 {
+                assert!(max_diff(v, &b.4[k]) < 1e-5, "{k}");
+            }
+        }
+    }
+
+    #[test]
+    fn frozen_discriminator_passes_gradients_only_to_its_input() {
+        let dev = Device::Cpu;
+        let cfg = config(None);
+        for kernels in [Kernels::Candle, Kernels::Fast] {
+            let mut d = Discriminator::new(&cfg, 1, &dev).unwrap();
+            d.set_kernels(kernels);
+            let x = candle_core::Var::from_tensor(
+                &Tensor::zeros((2, 3, 16, 16), candle_core::DType::F32, &dev).unwrap(),
+            )
+            .unwrap();
+            let grads = d
+                .forward_frozen(x.as_tensor(), None, true)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(grads.get(x.as_tensor()).is_some());
+            for (name, v) in d.net.parameters() {
+                assert!(grads.get(v.as_tensor()).is_none(), "{name} got a gradient");
+            }
+        }
+    }
+
+    #[test]
+    fn label_errors_are_reported() {
+        let dev = Device::Cpu;
+        let g = Generator::new(&config(None), 1, &dev).unwrap();
+        let z = Tensor::zeros((2, 12), candle_core::DType::F32, &dev).unwrap();
+        let l = labels_tensor(&[0, 1], &dev).unwrap();
+        assert!(g
+            .forward(&z, Some(&l), false)
+            .unwrap_err()
+            .to_string()
+            .contains("unconditional"));
+        let gc = Generator::new(&config(Some(3)), 1, &dev).unwrap();
+        assert!(gc
+            .forward(&z, None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("needs labels"));
+        let bad = Tensor::zeros((2, 7), candle_core::DType::F32, &dev).unwrap();
+        assert!(g
+            .forward(&bad, None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("7 dims"));
+    }
 }

@@ -11,8 +11,10 @@ pub mod config;
 pub mod error;
 pub mod gan;
 pub mod init;
+pub mod kernels;
 pub mod network;
 pub mod ops;
+pub mod profile;
 pub mod spec;
 pub mod tensors;
 

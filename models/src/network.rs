@@ -1,12 +1,27 @@
 //! A network built by walking a [`NetworkSpec`]: convolution blocks with optional BatchNorm and an
 //! optional label embedding. [`crate::Generator`] and [`crate::Discriminator`] wrap it.
+//!
+//! Blocks run on one of two paths with the same results: candle's ops on NCHW tensors, or
+//! Gantry's CPU kernels on channel-major `[C, B, H, W]` tensors (convolutions become single
+//! batch-merged GEMMs with no permutes, and BatchNorm's per-channel statistics are contiguous
+//! slices). [`Network::forward_blocks`] takes and returns NCHW either way.
 
 use candle_core::{Device, Tensor, Var};
 
 use crate::error::{ModelError, Result};
+use crate::kernels::{self, Act};
 use crate::ops::{self, Kernels};
 use crate::spec::{ConvLayer, NetworkSpec, BN_EPS, BN_MOMENTUM};
 use crate::tensors::TensorMap;
+
+/// A parameter as a tensor; detached (a constant to autograd) when `frozen`.
+fn param(v: &Var, frozen: bool) -> Tensor {
+    if frozen {
+        v.as_tensor().detach()
+    } else {
+        v.as_tensor().clone()
+    }
+}
 
 /// BatchNorm2d with learnable affine parameters and running statistics.
 #[derive(Debug)]
@@ -18,35 +33,30 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// Training mode normalises with batch statistics and updates the running ones like PyTorch
-    /// (momentum 0.1, unbiased variance); eval mode uses the running statistics.
-    pub fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
-        if !train {
-            return ops::batch_norm(
-                x,
-                self.running_mean.as_tensor(),
-                self.running_var.as_tensor(),
-                self.gamma.as_tensor(),
-                self.beta.as_tensor(),
-                BN_EPS,
-            );
-        }
-        let (y, mean, var) = ops::batch_norm_train(
-            x,
-            self.gamma.as_tensor(),
-            self.beta.as_tensor(),
-            BN_EPS,
-            kernels,
-        )?;
-        let (n, _, h, w) = x.dims4()?;
-        let count = (n * h * w) as f64;
+    /// Folds batch statistics into the running ones like PyTorch: momentum 0.1 and the unbiased
+    /// variance (`count` values per channel).
+    fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
+        let count = count as f64;
         let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
         let m = BN_MOMENTUM;
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;
         self.running_var.set(&rv)?;
-        Ok(y)
+        Ok(())
+    }
+
+    /// Eval mode: normalise with the running statistics.
+    fn forward_eval(&self, x: &Tensor, frozen: bool, channel_axis: usize) -> Result<Tensor> {
+        ops::batch_norm(
+            x,
+            self.running_mean.as_tensor(),
+            self.running_var.as_tensor(),
+            &param(&self.gamma, frozen),
+            &param(&self.beta, frozen),
+            BN_EPS,
+            channel_axis,
+        )
     }
 }
 
@@ -59,14 +69,70 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    /// Convolution, BatchNorm (if any), activation.
-    pub fn forward(&self, x: &Tensor, train: bool, kernels: Kernels) -> Result<Tensor> {
-        let y = ops::conv(x, self.weight.as_tensor(), &self.layer, kernels)?;
-        let y = match &self.bn {
-            Some(bn) => bn.forward(&y, train, kernels)?,
-            None => y,
+    /// Convolution, BatchNorm (if any), activation, with candle's ops on an NCHW `x`. `frozen`
+    /// uses the parameters as constants: gradients reach the input but not this block's
+    /// parameters.
+    pub fn forward_candle(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
+        let y = ops::conv(x, &param(&self.weight, frozen), &self.layer)?;
+        let y = match (&self.bn, train) {
+            (Some(bn), true) => {
+                let (y, mean, var) = ops::batch_norm_train(
+                    &y,
+                    &param(&bn.gamma, frozen),
+                    &param(&bn.beta, frozen),
+                    BN_EPS,
+                )?;
+                let (n, _, h, w) = y.dims4()?;
+                bn.update_running(&mean, &var, n * h * w)?;
+                y
+            }
+            (Some(bn), false) => bn.forward_eval(&y, frozen, 1)?,
+            (None, _) => y,
         };
         ops::activate(&y, self.layer.activation)
+    }
+
+    /// The same block with Gantry's CPU kernels on a channel-major `x` (`[C, B, H, W]`).
+    pub fn forward_fast(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
+        let y = kernels::conv(x, &param(&self.weight, frozen), &self.layer)?;
+        let act = Act::from_spec(self.layer.activation);
+        match (&self.bn, train, act) {
+            (Some(bn), true, Some(act)) => {
+                let (y, mean, var) = kernels::norm::batch_norm_act_train(
+                    &y,
+                    &param(&bn.gamma, frozen),
+                    &param(&bn.beta, frozen),
+                    BN_EPS,
+                    act,
+                )?;
+                let c = mean.len();
+                let dev = y.device();
+                bn.update_running(
+                    &Tensor::from_vec(mean, c, dev)?,
+                    &Tensor::from_vec(var, c, dev)?,
+                    y.elem_count() / c,
+                )?;
+                Ok(y)
+            }
+            (Some(bn), _, _) => {
+                let y = if train {
+                    // BatchNorm before a non-fusable activation: candle's ops, channel axis 0.
+                    let (y, mean, var) = ops::batch_norm_train(
+                        &y.transpose(0, 1)?,
+                        &param(&bn.gamma, frozen),
+                        &param(&bn.beta, frozen),
+                        BN_EPS,
+                    )?;
+                    bn.update_running(&mean, &var, y.elem_count() / mean.elem_count())?;
+                    y.transpose(0, 1)?
+                } else {
+                    bn.forward_eval(&y, frozen, 0)?
+                };
+                ops::activate(&y, self.layer.activation)
+            }
+            (None, _, Some(act)) => Ok(kernels::norm::activation(&y, act)?),
+            (None, _, None) => ops::activate(&y, self.layer.activation),
+        }
     }
 }
 
@@ -127,6 +193,29 @@ impl Network {
     /// The device the variables live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Runs `blocks` (a slice of this network's blocks) on an NCHW `x`, returning NCHW.
+    pub fn forward_blocks(
+        &self,
+        x: &Tensor,
+        blocks: &[ConvBlock],
+        train: bool,
+        frozen: bool,
+    ) -> Result<Tensor> {
+        if self.kernels == Kernels::Fast && x.device().is_cpu() {
+            let mut h = x.transpose(0, 1)?.contiguous()?;
+            for block in blocks {
+                h = block.forward_fast(&h, train, frozen)?;
+            }
+            Ok(h.transpose(0, 1)?.contiguous()?)
+        } else {
+            let mut h = x.clone();
+            for block in blocks {
+                h = block.forward_candle(&h, train, frozen)?;
+            }
+            Ok(h)
+        }
     }
 
     /// Trainable variables with their checkpoint names, in spec order.

@@ -1,8 +1,9 @@
-//! The tensor operations the networks are made of, behind one switch.
+//! The layer operations in candle's own ops (NCHW), and the switch between them and Gantry's
+//! kernels.
 //!
-//! [`Kernels::Candle`] uses candle's own operations everywhere. [`Kernels::Fast`] routes the
-//! convolutions and BatchNorm through Gantry's custom operations (see [`crate::kernels`]) where the
-//! device has them; the two agree to float tolerance, forward and backward.
+//! [`Kernels::Candle`] uses candle's operations everywhere. [`Kernels::Fast`] runs the blocks of
+//! a network through Gantry's CPU custom operations (see [`crate::kernels`]) when the tensors
+//! are on the CPU; the two agree to float tolerance, forward and backward.
 
 use candle_core::{Tensor, D};
 
@@ -13,9 +14,9 @@ use crate::spec::{Activation, ConvKind, ConvLayer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kernels {
     /// candle's built-in operations.
-    #[default]
     Candle,
     /// Gantry's GEMM-based custom operations (CPU), falling back to candle elsewhere.
+    #[default]
     Fast,
 }
 
@@ -32,24 +33,16 @@ impl std::str::FromStr for Kernels {
     }
 }
 
-/// The convolution of `layer` applied to `x` with weight `w`.
-pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer, kernels: Kernels) -> Result<Tensor> {
-    let _ = kernels;
+/// The convolution of `layer` applied to an NCHW `x` with weight `w`.
+pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
     Ok(match layer.kind {
         ConvKind::Conv => x.conv2d(w, layer.padding, layer.stride, 1, 1)?,
         ConvKind::ConvTranspose => x.conv_transpose2d(w, layer.padding, 0, layer.stride, 1)?,
     })
 }
 
-/// Per-channel batch statistics of an NCHW tensor: (mean, biased variance), each `[C]`.
-pub fn batch_stats(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let c = x.dim(1)?;
-    let mean = x.mean_keepdim((0, 2, 3))?;
-    let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
-    Ok((mean.reshape(c)?, var.reshape(c)?))
-}
-
 /// BatchNorm with the given per-channel statistics: `(x - mean) / sqrt(var + eps) * gamma + beta`.
+/// `channel_axis` is 1 for NCHW tensors and 0 for channel-major ones.
 pub fn batch_norm(
     x: &Tensor,
     mean: &Tensor,
@@ -57,25 +50,26 @@ pub fn batch_norm(
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
+    channel_axis: usize,
 ) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let shape = (1, c, 1, 1);
+    let c = x.dim(channel_axis)?;
+    let mut dims = [1usize; 4];
+    dims[channel_axis] = c;
+    let shape = dims.to_vec();
     let scale = gamma.div(&(var + eps)?.sqrt()?)?;
     let shift = (beta - mean.mul(&scale)?)?;
-    Ok(x.broadcast_mul(&scale.reshape(shape)?)?
+    Ok(x.broadcast_mul(&scale.reshape(shape.clone())?)?
         .broadcast_add(&shift.reshape(shape)?)?)
 }
 
-/// Training-mode BatchNorm (batch statistics, differentiable through them), returning the
-/// output and the detached (mean, biased variance) for the running-statistics update.
+/// Training-mode BatchNorm of an NCHW `x` (batch statistics, differentiable through them),
+/// returning the output and the detached (mean, biased variance) for the running statistics.
 pub fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
-    kernels: Kernels,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let _ = kernels;
     let c = x.dim(1)?;
     let shape = (1, c, 1, 1);
     let mean = x.mean_keepdim((0, 2, 3))?;

@@ -128,9 +128,12 @@ pub fn prepare(args: &TrainArgs) -> Result<PreparedRun> {
 }
 
 fn prepare_fresh(args: &TrainArgs, device: &Device) -> Result<PreparedRun> {
-    let dataset = args
-        .dataset
-        .ok_or_else(|| TrainError::option("--dataset", "required (mnist, fashion-mnist, cifar10 or folder) unless --resume is given"))?;
+    let dataset = args.dataset.ok_or_else(|| {
+        TrainError::option(
+            "--dataset",
+            "required (mnist, fashion-mnist, cifar10 or folder) unless --resume is given",
+        )
+    })?;
     let out = args
         .out
         .clone()
@@ -148,7 +151,10 @@ fn prepare_fresh(args: &TrainArgs, device: &Device) -> Result<PreparedRun> {
     let image_size = args.image_size.unwrap_or(32);
     let batch_size = args.batch_size.unwrap_or(128);
     if batch_size == 0 {
-        return Err(TrainError::option("--batch-size", "must be at least 2, got 0"));
+        return Err(TrainError::option(
+            "--batch-size",
+            "must be at least 2, got 0",
+        ));
     }
     let adam = AdamConfig {
         lr: args.lr.unwrap_or(2e-4),
@@ -158,7 +164,10 @@ fn prepare_fresh(args: &TrainArgs, device: &Device) -> Result<PreparedRun> {
     };
     let config = TrainConfig {
         dataset,
-        data_dir: args.data_dir.clone().unwrap_or_else(|| Path::new("data").join(dataset.name())),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("data").join(dataset.name())),
         fit: args.fit.unwrap_or_default(),
         batch_size,
         epochs: args.epochs.unwrap_or(5),
@@ -181,10 +190,19 @@ fn prepare_fresh(args: &TrainArgs, device: &Device) -> Result<PreparedRun> {
     };
     model.validate().map_err(|e| {
         let msg = e.to_string();
-        let flag = if msg.contains("image_size") { "--image-size" } else if msg.contains("channels") { "--channels" } else { "--model" };
+        let flag = if msg.contains("image_size") {
+            "--image-size"
+        } else if msg.contains("channels") {
+            "--channels"
+        } else {
+            "--model"
+        };
         TrainError::option(flag, msg)
     })?;
-    let data = data::load(&config.data_spec(model.image_size, model.channels), Split::Train)?;
+    let data = data::load(
+        &config.data_spec(model.image_size, model.channels),
+        Split::Train,
+    )?;
     if config.conditional {
         model.num_classes = Some(data.class_names.len());
     }
@@ -222,11 +240,16 @@ fn prepare_resume(args: &TrainArgs, path: &Path, device: &Device) -> Result<Prep
             "cannot be changed when resuming (the checkpoint fixes it); only --epochs, --max-steps, --data-dir, --sample-every, --checkpoint-every, --device and --kernels may be given",
         ));
     }
-    let dir = resolve_checkpoint(path).map_err(|e| TrainError::option("--resume", e.to_string()))?;
+    let dir =
+        resolve_checkpoint(path).map_err(|e| TrainError::option("--resume", e.to_string()))?;
     let ckpt = Checkpoint::load(&dir)?;
-    let mut config: TrainConfig = serde_json::from_value(ckpt.meta.training.clone()).map_err(|e| {
-        TrainError::data(dir.join("config.json"), format!("training options are unreadable: {e}"))
-    })?;
+    let mut config: TrainConfig =
+        serde_json::from_value(ckpt.meta.training.clone()).map_err(|e| {
+            TrainError::data(
+                dir.join("config.json"),
+                format!("training options are unreadable: {e}"),
+            )
+        })?;
     if let Some(e) = args.epochs {
         config.epochs = e;
     }
@@ -243,9 +266,14 @@ fn prepare_resume(args: &TrainArgs, path: &Path, device: &Device) -> Result<Prep
         config.checkpoint_every = c;
     }
     let model = &ckpt.meta.model;
-    let data = data::load(&config.data_spec(model.image_size, model.channels), Split::Train)?;
+    let data = data::load(
+        &config.data_spec(model.image_size, model.channels),
+        Split::Train,
+    )?;
     let out = if path.join("config.json").is_file() {
-        dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        dir.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     } else {
         path.to_path_buf()
     };
@@ -259,6 +287,10 @@ fn prepare_resume(args: &TrainArgs, path: &Path, device: &Device) -> Result<Prep
 }
 
 /// Runs a prepared run until done or `stop` is set.
-pub fn execute(prepared: &mut PreparedRun, stop: &AtomicBool, log_every: u64) -> Result<RunOutcome> {
+pub fn execute(
+    prepared: &mut PreparedRun,
+    stop: &AtomicBool,
+    log_every: u64,
+) -> Result<RunOutcome> {
     run(&mut prepared.trainer, &prepared.paths, stop, log_every)
 }

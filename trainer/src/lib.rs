@@ -1,5 +1,6 @@
 //! Gantry's trainer: data sets, the DCGAN training loop, checkpoints, sample grids and plots.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;

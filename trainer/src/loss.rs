@@ -74,7 +74,8 @@ mod tests {
         let t = Tensor::new(&xs, &Device::Cpu).unwrap();
         for y in [0.0, 1.0] {
             let got = bce_with_logits(&t, y).unwrap().to_scalar::<f32>().unwrap() as f64;
-            let want = xs.iter().map(|&x| reference_bce(x as f64, y)).sum::<f64>() / xs.len() as f64;
+            let want =
+                xs.iter().map(|&x| reference_bce(x as f64, y)).sum::<f64>() / xs.len() as f64;
             assert!((got - want).abs() < 1e-5, "{got} vs {want}");
         }
         // Saturated logits: the naive formula gives inf/NaN, this one the exact large value.
@@ -85,17 +86,28 @@ mod tests {
         let g = loss.backward().unwrap();
         let grad = g.get(sat.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert!(grad.iter().all(|v| v.is_finite()), "{grad:?}");
-        assert!((grad[1] + 0.5).abs() < 1e-6, "d/dx of softplus(-x)/2 at -1000 is -1/2: {grad:?}");
+        assert!(
+            (grad[1] + 0.5).abs() < 1e-6,
+            "d/dx of softplus(-x)/2 at -1000 is -1/2: {grad:?}"
+        );
     }
 
     #[test]
     fn hinge_losses() {
         let real = Tensor::new(&[2.0f32, 0.5], &Device::Cpu).unwrap();
         let fake = Tensor::new(&[-2.0f32, 0.0], &Device::Cpu).unwrap();
-        let d = LossKind::Hinge.discriminator(&real, &fake).unwrap().to_scalar::<f32>().unwrap();
+        let d = LossKind::Hinge
+            .discriminator(&real, &fake)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         // real: relu(1-2)=0, relu(1-0.5)=0.5 -> 0.25; fake: relu(1-2)=0, relu(1)=1 -> 0.5
         assert!((d - 0.75).abs() < 1e-6, "{d}");
-        let g = LossKind::Hinge.generator(&fake).unwrap().to_scalar::<f32>().unwrap();
+        let g = LossKind::Hinge
+            .generator(&fake)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((g - 1.0).abs() < 1e-6, "{g}");
     }
 }

@@ -1,12 +1,19 @@
 //! `trainer`: trains Gantry's DCGAN. See `trainer --help` and the README.
 
 use std::process::ExitCode;
+
+/// mimalloc reuses the large per-op buffers of a training step instead of mapping fresh pages
+/// from the kernel every time (measured: see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use gantry_trainer::cli::{execute, prepare, TrainArgs};
+use gantry_models::Kernels;
+use gantry_trainer::bench::{bench_train, BenchSpec};
+use gantry_trainer::cli::{execute, prepare, select_device, TrainArgs};
 use gantry_trainer::train::run::RunOutcome;
 
 #[derive(Parser)]
@@ -20,6 +27,66 @@ struct Cli {
 enum Command {
     /// Train (or resume training) a DCGAN on a data set.
     Train(TrainArgs),
+    /// Time training steps on synthetic data (img/s), optionally with a per-layer breakdown.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Image side.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Image channels.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Kernels: fast or candle.
+    #[arg(long, default_value = "fast")]
+    kernels: Kernels,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print where the time goes (phases of the step, and each convolution's kernels).
+    #[arg(long)]
+    profile: bool,
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let device = select_device(&args.device)?;
+    let spec = BenchSpec {
+        image_size: args.image_size,
+        channels: args.channels,
+        batch_size: args.batch_size,
+        steps: args.steps,
+        warmup: args.warmup,
+        kernels: args.kernels,
+    };
+    let r = bench_train(&spec, &device, args.profile)?;
+    let kernels = format!("{:?}", args.kernels).to_lowercase();
+    println!(
+        "RESULT gantry-train img{}x{} b{} {} {kernels}: {:.2} ms/step {:.0} img/s",
+        args.image_size,
+        args.channels,
+        args.batch_size,
+        args.device,
+        r.median.as_secs_f64() * 1e3,
+        r.img_per_sec
+    );
+    for (name, calls, time) in &r.spans {
+        println!(
+            "  {:>9.2} ms  {calls:>4.1}x  {name}",
+            time.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -37,7 +104,12 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     let t = &prepared.trainer;
     let out = prepared.paths.out.display().to_string();
     match &prepared.resumed_from {
-        Some(dir) => eprintln!("resuming {} at step {} of {}", dir.display(), t.state.step, t.total_steps()),
+        Some(dir) => eprintln!(
+            "resuming {} at step {} of {}",
+            dir.display(),
+            t.state.step,
+            t.total_steps()
+        ),
         None => eprintln!(
             "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
             t.model.image_size,
@@ -68,6 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

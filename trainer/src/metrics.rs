@@ -110,9 +110,17 @@ mod tests {
             log.append(&m(s)).unwrap();
         }
         drop(log);
-        std::fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"step\":6,").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"step\":6,")
+            .unwrap();
         let (_, hist) = MetricsLog::open(&p, 3).unwrap();
-        assert_eq!(hist.iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            hist.iter().map(|m| m.step).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(read(&p).unwrap().len(), 3);
     }
 }

@@ -53,25 +53,51 @@ pub fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
         root.fill(&WHITE)?;
         let steps: Vec<f32> = history.iter().map(|m| m.step as f32).collect();
         let window = (history.len() / 50).max(1);
-        let ld = smooth(&history.iter().map(|m| m.loss_d).collect::<Vec<_>>(), window);
-        let lg = smooth(&history.iter().map(|m| m.loss_g).collect::<Vec<_>>(), window);
+        let ld = smooth(
+            &history.iter().map(|m| m.loss_d).collect::<Vec<_>>(),
+            window,
+        );
+        let lg = smooth(
+            &history.iter().map(|m| m.loss_g).collect::<Vec<_>>(),
+            window,
+        );
         let finite = |v: &&f32| v.is_finite();
-        let ymax = ld.iter().chain(&lg).filter(finite).fold(0.1f32, |a, &b| a.max(b)) * 1.05;
-        let ymin = ld.iter().chain(&lg).filter(finite).fold(0.0f32, |a, &b| a.min(b));
+        let ymax = ld
+            .iter()
+            .chain(&lg)
+            .filter(finite)
+            .fold(0.1f32, |a, &b| a.max(b))
+            * 1.05;
+        let ymin = ld
+            .iter()
+            .chain(&lg)
+            .filter(finite)
+            .fold(0.0f32, |a, &b| a.min(b));
         let (x0, x1) = (steps[0], steps[steps.len() - 1].max(steps[0] + 1.0));
         let mut builder = ChartBuilder::on(&root);
         builder.margin(15);
         if with_text {
             builder
-                .caption(format!("GAN losses (moving average of {window} steps)"), ("sans-serif", 22))
+                .caption(
+                    format!("GAN losses (moving average of {window} steps)"),
+                    ("sans-serif", 22),
+                )
                 .x_label_area_size(40)
                 .y_label_area_size(50);
         }
         let mut chart = builder.build_cartesian_2d(x0..x1, ymin..ymax)?;
         if with_text {
-            chart.configure_mesh().x_desc("step").y_desc("loss").draw()?;
+            chart
+                .configure_mesh()
+                .x_desc("step")
+                .y_desc("loss")
+                .draw()?;
         } else {
-            chart.configure_mesh().disable_x_mesh().disable_y_mesh().draw()?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .disable_y_mesh()
+                .draw()?;
         }
         let series = [("loss_d", &ld, RED), ("loss_g", &lg, BLUE)];
         for (name, values, color) in series {
@@ -80,8 +106,9 @@ pub fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
                 color.stroke_width(2),
             ))?;
             if with_text {
-                line.label(name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                line.label(name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             }
         }
         if with_text {
@@ -94,7 +121,8 @@ pub fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw(&mut buf).map_err(|e| TrainError::data(path, format!("cannot draw the loss plot: {e}")))?;
+    draw(&mut buf)
+        .map_err(|e| TrainError::data(path, format!("cannot draw the loss plot: {e}")))?;
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer has the plot's size");
     crate::samples::save_png(&image::DynamicImage::ImageRgb8(img), path)
 }

@@ -20,7 +20,9 @@ pub fn to_images(batch: &Tensor) -> Result<Vec<DynamicImage>> {
         .map(|i| {
             let img = &bytes[i * c * plane..(i + 1) * c * plane];
             if c == 1 {
-                DynamicImage::ImageLuma8(GrayImage::from_raw(w as u32, h as u32, img.to_vec()).unwrap())
+                DynamicImage::ImageLuma8(
+                    GrayImage::from_raw(w as u32, h as u32, img.to_vec()).unwrap(),
+                )
             } else {
                 DynamicImage::ImageRgb8(RgbImage::from_fn(w as u32, h as u32, |x, y| {
                     let p = y as usize * w + x as usize;

@@ -24,7 +24,10 @@ impl EpochOrder {
     /// The shuffled image order of `epoch`.
     pub fn permutation(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.len).collect();
-        order.shuffle(&mut rng_for(self.seed, &format!("data-order/epoch-{epoch}")));
+        order.shuffle(&mut rng_for(
+            self.seed,
+            &format!("data-order/epoch-{epoch}"),
+        ));
         order
     }
 
@@ -42,17 +45,39 @@ mod tests {
 
     #[test]
     fn same_seed_same_batches_and_every_image_once() {
-        let a = EpochOrder { len: 10, batch_size: 4, seed: 3 };
-        let b = EpochOrder { len: 10, batch_size: 4, seed: 3 };
-        let c = EpochOrder { len: 10, batch_size: 4, seed: 4 };
+        let a = EpochOrder {
+            len: 10,
+            batch_size: 4,
+            seed: 3,
+        };
+        let b = EpochOrder {
+            len: 10,
+            batch_size: 4,
+            seed: 3,
+        };
+        let c = EpochOrder {
+            len: 10,
+            batch_size: 4,
+            seed: 4,
+        };
         assert_eq!(a.permutation(2), b.permutation(2));
         assert_ne!(a.permutation(2), c.permutation(2));
         assert_ne!(a.permutation(0), a.permutation(1));
         let perm = a.permutation(0);
-        let mut seen: Vec<usize> = (0..a.batches_per_epoch()).flat_map(|i| a.batch(&perm, i).to_vec()).collect();
+        let mut seen: Vec<usize> = (0..a.batches_per_epoch())
+            .flat_map(|i| a.batch(&perm, i).to_vec())
+            .collect();
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(a.batches_per_epoch(), 3);
-        assert_eq!(EpochOrder { len: 9, batch_size: 4, seed: 0 }.batches_per_epoch(), 2);
+        assert_eq!(
+            EpochOrder {
+                len: 9,
+                batch_size: 4,
+                seed: 0
+            }
+            .batches_per_epoch(),
+            2
+        );
     }
 }

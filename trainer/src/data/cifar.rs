@@ -39,8 +39,15 @@ pub fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        let want = if train { "data_batch_*.bin" } else { "test_batch.bin" };
-        return Err(TrainError::data(dir, format!("no CIFAR-10 {want} files in this folder")));
+        let want = if train {
+            "data_batch_*.bin"
+        } else {
+            "test_batch.bin"
+        };
+        return Err(TrainError::data(
+            dir,
+            format!("no CIFAR-10 {want} files in this folder"),
+        ));
     }
     Ok(files)
 }
@@ -99,6 +106,9 @@ mod tests {
         assert!(batch_files(dir.path(), false).is_err());
         std::fs::write(&p, &rec[..100]).unwrap();
         let err = read_batch(&p).unwrap_err().to_string();
-        assert!(err.contains("data_batch_1.bin") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("truncated"),
+            "{err}"
+        );
     }
 }

@@ -34,7 +34,12 @@ pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u32)>)> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "images".into());
         classes.push(name);
-        files.extend(entries.iter().filter(|p| is_image(p)).map(|p| (p.clone(), 0)));
+        files.extend(
+            entries
+                .iter()
+                .filter(|p| is_image(p))
+                .map(|p| (p.clone(), 0)),
+        );
     } else {
         for class_dir in class_dirs {
             let label = classes.len() as u32;
@@ -45,7 +50,13 @@ pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u32)>)> {
             if images.is_empty() {
                 continue;
             }
-            classes.push(class_dir.file_name().unwrap().to_string_lossy().into_owned());
+            classes.push(
+                class_dir
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             files.extend(images.into_iter().map(|p| (p, label)));
         }
     }
@@ -100,6 +111,9 @@ mod tests {
         let bad = dir.path().join("broken.png");
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
         let err = decode(&bad).unwrap_err().to_string();
-        assert!(err.contains("broken.png") && err.contains("cannot decode"), "{err}");
+        assert!(
+            err.contains("broken.png") && err.contains("cannot decode"),
+            "{err}"
+        );
     }
 }

@@ -89,14 +89,20 @@ pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray,
     if imgs.dims.len() != 3 {
         return Err(TrainError::data(
             images,
-            format!("expected a 3-D image array [N, H, W], found dimensions {:?}", imgs.dims),
+            format!(
+                "expected a 3-D image array [N, H, W], found dimensions {:?}",
+                imgs.dims
+            ),
         ));
     }
     let labs = parse_idx(&read_maybe_gzip(labels)?, labels)?;
     if labs.dims.len() != 1 {
         return Err(TrainError::data(
             labels,
-            format!("expected a 1-D label array, found dimensions {:?}", labs.dims),
+            format!(
+                "expected a 1-D label array, found dimensions {:?}",
+                labs.dims
+            ),
         ));
     }
     if labs.dims[0] != imgs.dims[0] {
@@ -149,14 +155,22 @@ mod tests {
     fn rejects_bad_magic_type_and_truncation() {
         let p = Path::new("x-idx3-ubyte");
         let err = parse_idx(b"PK\x03\x04rest", p).unwrap_err().to_string();
-        assert!(err.contains("x-idx3-ubyte") && err.contains("not an IDX file"), "{err}");
+        assert!(
+            err.contains("x-idx3-ubyte") && err.contains("not an IDX file"),
+            "{err}"
+        );
         let mut floats = encode_idx(&[1], &[0, 0, 0, 0]);
         floats[2] = 0x0d;
         let err = parse_idx(&floats, p).unwrap_err().to_string();
         assert!(err.contains("0x0d"), "{err}");
         let full = encode_idx(&[3, 2, 2], &[7; 12]);
-        let err = parse_idx(&full[..full.len() - 5], p).unwrap_err().to_string();
-        assert!(err.contains("truncated") && err.contains("need 12") && err.contains("has 7"), "{err}");
+        let err = parse_idx(&full[..full.len() - 5], p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("truncated") && err.contains("need 12") && err.contains("has 7"),
+            "{err}"
+        );
         let err = parse_idx(&full[..6], p).unwrap_err().to_string();
         assert!(err.contains("truncated IDX header"), "{err}");
     }
@@ -167,7 +181,10 @@ mod tests {
         let p = dir.path().join("bad.gz");
         std::fs::write(&p, [0x1f, 0x8b, 8, 0, 1, 2, 3]).unwrap();
         let err = read_maybe_gzip(&p).unwrap_err().to_string();
-        assert!(err.contains("bad.gz") && err.contains("corrupt gzip"), "{err}");
+        assert!(
+            err.contains("bad.gz") && err.contains("corrupt gzip"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -177,7 +194,12 @@ mod tests {
         let labs = dir.path().join("l");
         std::fs::write(&imgs, encode_idx(&[3, 2, 2], &[0; 12])).unwrap();
         std::fs::write(&labs, encode_idx(&[2], &[0, 1])).unwrap();
-        let err = load_images_and_labels(&imgs, &labs).unwrap_err().to_string();
-        assert!(err.contains("2 labels but") && err.contains("3 images"), "{err}");
+        let err = load_images_and_labels(&imgs, &labs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2 labels but") && err.contains("3 images"),
+            "{err}"
+        );
     }
 }

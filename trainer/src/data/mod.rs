@@ -113,7 +113,11 @@ impl Dataset {
         let n = self.image_bytes();
         let mut data = Vec::with_capacity(indices.len() * n);
         for &i in indices {
-            data.extend(self.pixels[i * n..(i + 1) * n].iter().map(|&b| b as f32 / 127.5 - 1.0));
+            data.extend(
+                self.pixels[i * n..(i + 1) * n]
+                    .iter()
+                    .map(|&b| b as f32 / 127.5 - 1.0),
+            );
         }
         let s = self.image_size;
         let images = Tensor::from_vec(data, (indices.len(), self.channels, s, s), device)?;
@@ -131,21 +135,33 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
     let size = spec.image_size as u32;
     let (class_names, images, labels): (Vec<String>, Vec<Vec<u8>>, Vec<u32>) = match spec.kind {
         DatasetKind::Mnist | DatasetKind::FashionMnist => {
-            let prefix = if split == Split::Train { "train" } else { "t10k" };
+            let prefix = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
             let img_path = idx::find_idx_file(&spec.dir, &format!("{prefix}-images-idx3-ubyte"))?;
             let lab_path = idx::find_idx_file(&spec.dir, &format!("{prefix}-labels-idx1-ubyte"))?;
             let (arr, labels) = idx::load_images_and_labels(&img_path, &lab_path)?;
             let (h, w) = (arr.dims[1], arr.dims[2]);
             let max = labels.iter().copied().max().unwrap_or(0);
             if max > 9 {
-                return Err(TrainError::data(&lab_path, format!("label {max} is out of range 0..=9")));
+                return Err(TrainError::data(
+                    &lab_path,
+                    format!("label {max} is out of range 0..=9"),
+                ));
             }
             let images = arr
                 .data
                 .par_chunks_exact(h * w)
                 .map(|px| {
                     let img = GrayImage::from_raw(w as u32, h as u32, px.to_vec()).unwrap();
-                    preprocess::to_chw_bytes(&DynamicImage::ImageLuma8(img), size, spec.channels, spec.fit)
+                    preprocess::to_chw_bytes(
+                        &DynamicImage::ImageLuma8(img),
+                        size,
+                        spec.channels,
+                        spec.fit,
+                    )
                 })
                 .collect();
             let names = if spec.kind == DatasetKind::Mnist {
@@ -163,13 +179,22 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
                 let processed: Vec<Vec<u8>> = records
                     .par_iter()
                     .map(|(img, _)| {
-                        preprocess::to_chw_bytes(&DynamicImage::ImageRgb8(img.clone()), size, spec.channels, spec.fit)
+                        preprocess::to_chw_bytes(
+                            &DynamicImage::ImageRgb8(img.clone()),
+                            size,
+                            spec.channels,
+                            spec.fit,
+                        )
                     })
                     .collect();
                 images.extend(processed);
                 labels.extend(records.iter().map(|(_, l)| *l));
             }
-            (cifar::CLASSES.iter().map(|s| s.to_string()).collect(), images, labels)
+            (
+                cifar::CLASSES.iter().map(|s| s.to_string()).collect(),
+                images,
+                labels,
+            )
         }
         DatasetKind::Folder => {
             let dir = folder_split_dir(&spec.dir, split);
@@ -177,7 +202,8 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
             let images = files
                 .par_iter()
                 .map(|(path, _)| {
-                    folder::decode(path).map(|img| preprocess::to_chw_bytes(&img, size, spec.channels, spec.fit))
+                    folder::decode(path)
+                        .map(|img| preprocess::to_chw_bytes(&img, size, spec.channels, spec.fit))
                 })
                 .collect::<Result<Vec<_>>>()?;
             (classes, images, files.iter().map(|(_, l)| *l).collect())
@@ -199,7 +225,11 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
 /// A folder data set may hold `train/` and `test/` splits; otherwise the folder is the train split
 /// and the test split.
 fn folder_split_dir(dir: &Path, split: Split) -> PathBuf {
-    let sub = dir.join(if split == Split::Train { "train" } else { "test" });
+    let sub = dir.join(if split == Split::Train {
+        "train"
+    } else {
+        "test"
+    });
     if sub.is_dir() {
         sub
     } else {

@@ -31,7 +31,12 @@ pub fn to_chw_bytes(img: &DynamicImage, size: u32, channels: usize, fit: Fit) ->
     let (w, h) = (img.width(), img.height());
     let square = if fit == Fit::Pad && w <= size && h <= size {
         let mut canvas = DynamicImage::new(size, size, img.color());
-        image::imageops::overlay(&mut canvas, img, ((size - w) / 2) as i64, ((size - h) / 2) as i64);
+        image::imageops::overlay(
+            &mut canvas,
+            img,
+            ((size - w) / 2) as i64,
+            ((size - h) / 2) as i64,
+        );
         canvas
     } else if w == size && h == size {
         img.clone()

@@ -11,7 +11,9 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use gantry_models::checkpoint::CheckpointMeta;
 use gantry_models::init::{normal_vec, rng_for};
-use gantry_models::{Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState};
+use gantry_models::{
+    Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState,
+};
 
 pub use config::TrainConfig;
 
@@ -25,8 +27,15 @@ pub fn latents(seed: u64, purpose: &str, n: usize, dim: usize, device: &Device) 
     Ok(Tensor::from_vec(data, (n, dim), device)?)
 }
 
+/// Runs one phase of a step under the profiler's name `phase: {name}`.
+fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    gantry_models::profile::span(|| format!("phase: {name}"), f)
+}
+
 fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
-    Ok(candle_nn::ops::sigmoid(logits)?.mean_all()?.to_scalar::<f32>()?)
+    Ok(candle_nn::ops::sigmoid(logits)?
+        .mean_all()?
+        .to_scalar::<f32>()?)
 }
 
 fn finite(what: &'static str, value: f32, step: u64) -> Result<f32> {
@@ -56,12 +65,21 @@ pub struct Trainer {
 
 impl Trainer {
     /// A fresh run: networks initialised from the seed, optimisers at zero.
-    pub fn new(config: TrainConfig, model: ModelConfig, data: Dataset, device: &Device) -> Result<Self> {
+    pub fn new(
+        config: TrainConfig,
+        model: ModelConfig,
+        data: Dataset,
+        device: &Device,
+    ) -> Result<Self> {
         validate(&config, &model, &data)?;
         let generator = Generator::new(&model, config.seed, device)?;
         let discriminator = Discriminator::new(&model, config.seed, device)?;
         let generator_ema = match config.ema {
-            Some(_) => Some(Generator::from_tensors(&model, &generator.net.to_tensors()?, device)?),
+            Some(_) => Some(Generator::from_tensors(
+                &model,
+                &generator.net.to_tensors()?,
+                device,
+            )?),
             None => None,
         };
         let opt_g = Adam::new(generator.net.parameters(), config.adam)?;
@@ -73,16 +91,36 @@ impl Trainer {
             seed: config.seed,
             elapsed_seconds: 0.0,
         };
-        Ok(Self::assemble(config, model, generator, discriminator, generator_ema, opt_g, opt_d, state, data, device))
+        Ok(Self::assemble(
+            config,
+            model,
+            generator,
+            discriminator,
+            generator_ema,
+            opt_g,
+            opt_d,
+            state,
+            data,
+            device,
+        ))
     }
 
     /// Continues the run saved in `ckpt` (a complete checkpoint from [`Checkpoint::load`]).
-    pub fn from_checkpoint(ckpt: &Checkpoint, config: TrainConfig, data: Dataset, device: &Device) -> Result<Self> {
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: TrainConfig,
+        data: Dataset,
+        device: &Device,
+    ) -> Result<Self> {
         let model = ckpt.meta.model.clone();
         validate(&config, &model, &data)?;
-        let missing = |what: &str| TrainError::option("--resume", format!("checkpoint has no {what}"));
+        let missing =
+            |what: &str| TrainError::option("--resume", format!("checkpoint has no {what}"));
         let generator = Generator::from_tensors(&model, &ckpt.generator, device)?;
-        let d_tensors = ckpt.discriminator.as_ref().ok_or_else(|| missing("discriminator"))?;
+        let d_tensors = ckpt
+            .discriminator
+            .as_ref()
+            .ok_or_else(|| missing("discriminator"))?;
         let discriminator = Discriminator::from_tensors(&model, d_tensors, device)?;
         let generator_ema = match (config.ema, &ckpt.generator_ema) {
             (None, _) => None,
@@ -91,12 +129,40 @@ impl Trainer {
         };
         let mut opt_g = Adam::new(generator.net.parameters(), config.adam)?;
         let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
-        let (tg, mg) = ckpt.optimizer_g.as_ref().ok_or_else(|| missing("generator optimizer state"))?;
-        opt_g.load_state(tg, mg, std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_G_FILE))?;
-        let (td, md) = ckpt.optimizer_d.as_ref().ok_or_else(|| missing("discriminator optimizer state"))?;
-        opt_d.load_state(td, md, std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_D_FILE))?;
-        let state = ckpt.trainer_state.clone().ok_or_else(|| missing("trainer state"))?;
-        Ok(Self::assemble(config, model, generator, discriminator, generator_ema, opt_g, opt_d, state, data, device))
+        let (tg, mg) = ckpt
+            .optimizer_g
+            .as_ref()
+            .ok_or_else(|| missing("generator optimizer state"))?;
+        opt_g.load_state(
+            tg,
+            mg,
+            std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_G_FILE),
+        )?;
+        let (td, md) = ckpt
+            .optimizer_d
+            .as_ref()
+            .ok_or_else(|| missing("discriminator optimizer state"))?;
+        opt_d.load_state(
+            td,
+            md,
+            std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_D_FILE),
+        )?;
+        let state = ckpt
+            .trainer_state
+            .clone()
+            .ok_or_else(|| missing("trainer state"))?;
+        Ok(Self::assemble(
+            config,
+            model,
+            generator,
+            discriminator,
+            generator_ema,
+            opt_g,
+            opt_d,
+            state,
+            data,
+            device,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -168,25 +234,49 @@ impl Trainer {
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let step = self.state.step;
-        let indices = self.order.batch(&self.permutation, self.state.batch_in_epoch as usize).to_vec();
+        let indices = self
+            .order
+            .batch(&self.permutation, self.state.batch_in_epoch as usize)
+            .to_vec();
         let (real, labels) = self.data.batch(&indices, &self.device)?;
         let labels = self.config.conditional.then_some(labels);
-        let z = latents(self.config.seed, &format!("latent/step-{step}"), indices.len(), self.model.latent_dim, &self.device)?;
+        let z = latents(
+            self.config.seed,
+            &format!("latent/step-{step}"),
+            indices.len(),
+            self.model.latent_dim,
+            &self.device,
+        )?;
         let loss = self.config.loss;
 
-        let fake = self.generator.forward(&z, labels.as_ref(), true)?;
-        let d_real = self.discriminator.forward(&real, labels.as_ref(), true)?;
-        let d_fake = self.discriminator.forward(&fake.detach(), labels.as_ref(), true)?;
-        let loss_d = loss.discriminator(&d_real, &d_fake)?;
+        let fake = phase("1 G forward", || {
+            self.generator.forward(&z, labels.as_ref(), true)
+        })?;
+        let (d_real, d_fake, loss_d) = phase("2 D forward (real, fake)", || {
+            let d_real = self.discriminator.forward(&real, labels.as_ref(), true)?;
+            let d_fake = self
+                .discriminator
+                .forward(&fake.detach(), labels.as_ref(), true)?;
+            let loss_d = loss.discriminator(&d_real, &d_fake)?;
+            Ok::<_, TrainError>((d_real, d_fake, loss_d))
+        })?;
         let loss_d_value = finite("loss_d", loss_d.to_scalar::<f32>()?, step + 1)?;
-        self.opt_d.step(&loss_d.backward()?)?;
+        let grads_d = phase("3 D backward", || loss_d.backward())?;
+        phase("4 D Adam", || self.opt_d.step(&grads_d))?;
 
-        let d_fake_for_g = self.discriminator.forward(&fake, labels.as_ref(), true)?;
-        let loss_g = loss.generator(&d_fake_for_g)?;
+        // D's parameters are constants here: G's update needs gradients only through D.
+        let loss_g = phase("5 D forward (G update)", || {
+            let d_fake_for_g = self
+                .discriminator
+                .forward_frozen(&fake, labels.as_ref(), true)?;
+            loss.generator(&d_fake_for_g)
+        })?;
         let loss_g_value = finite("loss_g", loss_g.to_scalar::<f32>()?, step + 1)?;
-        // The gradients reach D's parameters too; only G's optimiser consumes them.
-        self.opt_g.step(&loss_g.backward()?)?;
-        self.update_ema()?;
+        let grads_g = phase("6 G backward (through D)", || loss_g.backward())?;
+        phase("7 G Adam + EMA", || {
+            self.opt_g.step(&grads_g)?;
+            self.update_ema()
+        })?;
 
         let d_real_p = mean_sigmoid(&d_real)?;
         let d_fake_p = mean_sigmoid(&d_fake)?;
@@ -220,8 +310,15 @@ impl Trainer {
         let (Some(decay), Some(ema)) = (self.config.ema, &self.generator_ema) else {
             return Ok(());
         };
-        let params: Vec<_> = self.generator.net.parameters().into_iter().map(|(k, _)| k).collect();
-        for ((name, live), (_, avg)) in self.generator.net.all_vars().iter().zip(ema.net.all_vars()) {
+        let params: Vec<_> = self
+            .generator
+            .net
+            .parameters()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for ((name, live), (_, avg)) in self.generator.net.all_vars().iter().zip(ema.net.all_vars())
+        {
             let next = if params.contains(name) {
                 ((avg.as_tensor() * decay)? + (live.as_tensor() * (1.0 - decay))?)?
             } else {
@@ -245,7 +342,13 @@ impl Trainer {
             (true, Some(n)) => n,
             _ => 8,
         };
-        let z = latents(self.config.seed, "samples", rows * cols, self.model.latent_dim, &self.device)?;
+        let z = latents(
+            self.config.seed,
+            "samples",
+            rows * cols,
+            self.model.latent_dim,
+            &self.device,
+        )?;
         let labels = if self.config.conditional {
             let l: Vec<u32> = (0..rows * cols).map(|i| (i / cols) as u32).collect();
             Some(Tensor::from_vec(l, rows * cols, &self.device)?)
@@ -258,7 +361,9 @@ impl Trainer {
     /// The fixed sample batch from the sampling generator in eval mode: `[N, C, H, W]`.
     pub fn samples(&self) -> Result<Tensor> {
         let (z, labels, _) = self.sample_inputs()?;
-        Ok(self.sampling_generator().forward(&z, labels.as_ref(), false)?)
+        Ok(self
+            .sampling_generator()
+            .forward(&z, labels.as_ref(), false)?)
     }
 
     /// A complete checkpoint of the current state.
@@ -267,7 +372,11 @@ impl Trainer {
         Ok(Checkpoint {
             meta: CheckpointMeta::new(self.model.clone(), Some(self.data.name.clone()), training),
             generator: self.generator.net.to_tensors()?,
-            generator_ema: self.generator_ema.as_ref().map(|g| g.net.to_tensors()).transpose()?,
+            generator_ema: self
+                .generator_ema
+                .as_ref()
+                .map(|g| g.net.to_tensors())
+                .transpose()?,
             discriminator: Some(self.discriminator.net.to_tensors()?),
             optimizer_g: Some(self.opt_g.state()?),
             optimizer_d: Some(self.opt_d.state()?),
@@ -278,29 +387,52 @@ impl Trainer {
 
 fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result<()> {
     if config.batch_size < 2 {
-        return Err(TrainError::option("--batch-size", format!("must be at least 2 (BatchNorm needs two images), got {}", config.batch_size)));
+        return Err(TrainError::option(
+            "--batch-size",
+            format!(
+                "must be at least 2 (BatchNorm needs two images), got {}",
+                config.batch_size
+            ),
+        ));
     }
     if data.len() < 2 {
-        return Err(TrainError::option("--dataset", "the data set needs at least two images"));
+        return Err(TrainError::option(
+            "--dataset",
+            "the data set needs at least two images",
+        ));
     }
     if data.image_size != model.image_size || data.channels != model.channels {
         return Err(TrainError::option(
             "--image-size",
             format!(
                 "data is {}x{}x{} but the model is {}x{}x{}",
-                data.image_size, data.image_size, data.channels, model.image_size, model.image_size, model.channels
+                data.image_size,
+                data.image_size,
+                data.channels,
+                model.image_size,
+                model.image_size,
+                model.channels
             ),
         ));
     }
     if config.conditional {
         let classes = data.class_names.len();
         if model.num_classes != Some(classes) {
-            return Err(TrainError::option("--conditional", format!("the data set has {classes} classes but the model expects {:?}", model.num_classes)));
+            return Err(TrainError::option(
+                "--conditional",
+                format!(
+                    "the data set has {classes} classes but the model expects {:?}",
+                    model.num_classes
+                ),
+            ));
         }
     }
     if let Some(d) = config.ema {
         if !(0.0..1.0).contains(&d) {
-            return Err(TrainError::option("--ema", format!("decay must be in [0, 1), got {d}")));
+            return Err(TrainError::option(
+                "--ema",
+                format!("decay must be in [0, 1), got {d}"),
+            ));
         }
     }
     Ok(())

@@ -41,7 +41,10 @@ impl RunPaths {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {
     /// The step budget was reached; `final/` holds the result.
-    Finished { step: u64, last_sample: Option<PathBuf> },
+    Finished {
+        step: u64,
+        last_sample: Option<PathBuf>,
+    },
     /// A stop was requested; `checkpoint/` holds the state at `step`.
     Stopped { step: u64 },
 }
@@ -56,7 +59,12 @@ pub fn prepare_out_dir(out: &Path) -> Result<()> {
 }
 
 /// Trains until the budget is reached or `stop` is set, writing outputs under `paths`.
-pub fn run(trainer: &mut Trainer, paths: &RunPaths, stop: &AtomicBool, log_every: u64) -> Result<RunOutcome> {
+pub fn run(
+    trainer: &mut Trainer,
+    paths: &RunPaths,
+    stop: &AtomicBool,
+    log_every: u64,
+) -> Result<RunOutcome> {
     prepare_out_dir(&paths.out)?;
     let (mut log, mut history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
     let mut progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
@@ -65,7 +73,9 @@ pub fn run(trainer: &mut Trainer, paths: &RunPaths, stop: &AtomicBool, log_every
         while !trainer.is_done() {
             if stop.load(Ordering::SeqCst) {
                 save_checkpoint(trainer, paths, &history)?;
-                return Ok(RunOutcome::Stopped { step: trainer.state.step });
+                return Ok(RunOutcome::Stopped {
+                    step: trainer.state.step,
+                });
             }
             let m = trainer.step()?;
             log.append(&m)?;

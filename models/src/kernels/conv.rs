@@ -1,0 +1,347 @@
+//! Convolution and transposed convolution as candle custom ops built on im2col/col2im + GEMM,
+//! forward and backward, on channel-major tensors (`[C, B, H, W]`).
+//!
+//! For a convolution `x [Ci, B, H, W] -> y [Co, B, Ho, Wo]` with weight `W [Co, Ci*k*k]` and
+//! `cols = im2col(x)` (`[Ci*k*k, B*Ho*Wo]`):
+//! - forward: `Y = W * cols` (already channel-major: no permute)
+//! - input gradient: `col2im(W^T * dY)`
+//! - weight gradient: `dY * cols^T`
+//!
+//! A transposed convolution is the adjoint of the convolution that maps its output back to its
+//! input, so its forward is the convolution's input gradient and vice versa.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use super::im2col::{col2im, im2col, Window};
+use super::matmul::{matmul, Operand};
+use crate::spec::ConvKind;
+
+/// Static description of one convolution layer as the kernels need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    pub kind: ConvKind,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+/// The shapes of one call: batch, channels and sides of input and output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    h_in: usize,
+    w_in: usize,
+    h_out: usize,
+    w_out: usize,
+}
+
+impl ConvParams {
+    fn out_side(&self, side: usize) -> usize {
+        match self.kind {
+            ConvKind::Conv => (side + 2 * self.padding - self.kernel) / self.stride + 1,
+            ConvKind::ConvTranspose => (side - 1) * self.stride + self.kernel - 2 * self.padding,
+        }
+    }
+
+    fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Dims> {
+        let ([ci, b, h, wi], [w0, w1, kh, kw]) = (x, w) else {
+            candle_core::bail!("gantry conv expects 4-D input and weight, got {x:?} and {w:?}");
+        };
+        let (wci, co) = match self.kind {
+            ConvKind::Conv => (*w1, *w0),
+            ConvKind::ConvTranspose => (*w0, *w1),
+        };
+        if wci != *ci || *kh != self.kernel || *kw != self.kernel {
+            candle_core::bail!(
+                "gantry conv: weight {w:?} does not fit input {x:?} ({:?})",
+                self.kind
+            );
+        }
+        if self.kind == ConvKind::Conv
+            && (*h + 2 * self.padding < self.kernel || *wi + 2 * self.padding < self.kernel)
+        {
+            candle_core::bail!("gantry conv: input {x:?} is smaller than the kernel");
+        }
+        Ok(Dims {
+            batch: *b,
+            c_in: *ci,
+            c_out: co,
+            h_in: *h,
+            w_in: *wi,
+            h_out: self.out_side(*h),
+            w_out: self.out_side(*wi),
+        })
+    }
+
+    /// The window of the underlying convolution: over the input for `Conv`, over the output
+    /// for `ConvTranspose`.
+    fn window(&self, d: &Dims) -> Window {
+        let (channels, height, width, col_height, col_width) = match self.kind {
+            ConvKind::Conv => (d.c_in, d.h_in, d.w_in, d.h_out, d.w_out),
+            ConvKind::ConvTranspose => (d.c_out, d.h_out, d.w_out, d.h_in, d.w_in),
+        };
+        Window {
+            batch: d.batch,
+            channels,
+            height,
+            width,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            col_height,
+            col_width,
+        }
+    }
+
+    /// `y` from `x` and `w`.
+    fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
+        let win = self.window(d);
+        match self.kind {
+            ConvKind::Conv => {
+                let cols = im2col(x, &win);
+                matmul(
+                    d.c_out,
+                    win.cols(),
+                    win.rows(),
+                    Operand::plain(w),
+                    Operand::plain(&cols),
+                )
+            }
+            ConvKind::ConvTranspose => {
+                let cols = matmul(
+                    win.rows(),
+                    win.cols(),
+                    d.c_in,
+                    Operand::t(w),
+                    Operand::plain(x),
+                );
+                col2im(&cols, &win)
+            }
+        }
+    }
+
+    /// Gradient with respect to `x` from `dy` and `w`.
+    fn input_grad(&self, dy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
+        let win = self.window(d);
+        match self.kind {
+            ConvKind::Conv => {
+                let dcols = matmul(
+                    win.rows(),
+                    win.cols(),
+                    d.c_out,
+                    Operand::t(w),
+                    Operand::plain(dy),
+                );
+                col2im(&dcols, &win)
+            }
+            ConvKind::ConvTranspose => {
+                let dcols = im2col(dy, &win);
+                matmul(
+                    d.c_in,
+                    win.cols(),
+                    win.rows(),
+                    Operand::plain(w),
+                    Operand::plain(&dcols),
+                )
+            }
+        }
+    }
+
+    /// Gradient with respect to `w` from `x` and `dy`.
+    ///
+    /// `dW = dY * cols^T` has a long inner dimension (every pixel of the batch); `gemm` is about
+    /// twice as fast on `dW^T = cols * dY^T` (transposed operand on the right, narrow result),
+    /// so that is computed and the small result transposed.
+    fn weight_grad(&self, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+        let win = self.window(d);
+        let (cols, channels, other) = match self.kind {
+            ConvKind::Conv => (im2col(x, &win), d.c_out, dy),
+            ConvKind::ConvTranspose => (im2col(dy, &win), d.c_in, x),
+        };
+        let wt = matmul(
+            win.rows(),
+            channels,
+            win.cols(),
+            Operand::plain(&cols),
+            Operand::t(other),
+        );
+        transpose(&wt, win.rows(), channels)
+    }
+}
+
+/// Records a kernel call in the profiler (when enabled) under `conv|convT CixHxW->CoxHoxWo phase`.
+struct Span(Option<(String, std::time::Instant)>);
+
+impl Span {
+    fn new(p: &ConvParams, phase: &str, d: &Dims) -> Self {
+        Self(crate::profile::enabled().then(|| {
+            let kind = if p.kind == ConvKind::Conv {
+                "conv "
+            } else {
+                "convT"
+            };
+            let name = format!(
+                "{kind} {}x{}x{} -> {}x{}x{} {phase}",
+                d.c_in, d.h_in, d.w_in, d.c_out, d.h_out, d.w_out
+            );
+            (name, std::time::Instant::now())
+        }))
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some((name, start)) = self.0.take() {
+            crate::profile::record(name, start.elapsed());
+        }
+    }
+}
+
+/// The transpose of a row-major `rows x cols` matrix.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("gantry conv: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("gantry conv: {what} must be contiguous"),
+    }
+}
+
+/// Forward op: `(x, w) -> y`.
+struct ConvForward(ConvParams);
+/// `(dy, w) -> dx`, `x_shape` fixing the output shape.
+struct ConvInputGrad(ConvParams, [usize; 4]);
+/// `(x, dy) -> dw`, `w_shape` fixing the output shape.
+struct ConvWeightGrad(ConvParams, [usize; 4]);
+
+impl CustomOp2 for ConvForward {
+    fn name(&self) -> &'static str {
+        "gantry-conv"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.0.dims(l1.dims(), l2.dims())?;
+        let _span = Span::new(&self.0, "fwd", &d);
+        let y = self.0.forward(
+            contiguous_f32(s1, l1, "input")?,
+            contiguous_f32(s2, l2, "weight")?,
+            &d,
+        );
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((d.c_out, d.batch, d.h_out, d.w_out)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            let shape: [usize; 4] = x
+                .dims()
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("4-D input".into()))?;
+            Some(dy.apply_op2_no_bwd(w, &ConvInputGrad(self.0, shape))?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let shape: [usize; 4] = w
+                .dims()
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("4-D weight".into()))?;
+            Some(x.apply_op2_no_bwd(&dy, &ConvWeightGrad(self.0, shape))?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "gantry-conv-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.0.dims(&self.1, l2.dims())?;
+        if l1.dims() != [d.c_out, d.batch, d.h_out, d.w_out] {
+            candle_core::bail!(
+                "gantry conv: gradient shape {:?} does not match the output",
+                l1.dims()
+            );
+        }
+        let _span = Span::new(&self.0, "bwd-input", &d);
+        let dx = self.0.input_grad(
+            contiguous_f32(s1, l1, "gradient")?,
+            contiguous_f32(s2, l2, "weight")?,
+            &d,
+        );
+        Ok((CpuStorage::F32(dx), Shape::from(self.1.to_vec())))
+    }
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "gantry-conv-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.0.dims(l1.dims(), &self.1)?;
+        if l2.dims() != [d.c_out, d.batch, d.h_out, d.w_out] {
+            candle_core::bail!(
+                "gantry conv: gradient shape {:?} does not match the output",
+                l2.dims()
+            );
+        }
+        let _span = Span::new(&self.0, "bwd-weight", &d);
+        let dw = self.0.weight_grad(
+            contiguous_f32(s1, l1, "input")?,
+            contiguous_f32(s2, l2, "gradient")?,
+            &d,
+        );
+        Ok((CpuStorage::F32(dw), Shape::from(self.1.to_vec())))
+    }
+}
+
+/// Applies the convolution (or transposed convolution) `p` to a channel-major `x`
+/// (`[C, B, H, W]`), with candle autograd support.
+pub fn conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, ConvForward(p))
+}

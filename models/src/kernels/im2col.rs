@@ -1,0 +1,170 @@
+//! `im2col` / `col2im` between channel-major images and the batch-merged column matrices the
+//! GEMMs use.
+//!
+//! Images are stored channel-major, `[C, B, H, W]` (see [`super`] for why). The column matrix of
+//! such an image seen through a `k x k` window with stride `s` and
+//! padding `p` that yields `Hc x Wc` positions is `[C * k * k, B * Hc * Wc]`: row `(c, ky, kx)`,
+//! column `(b, oy, ox)` holds `image[b, c, oy * s + ky - p, ox * s + kx - p]` (0 outside).
+
+use rayon::prelude::*;
+
+/// Shape of an image and the window positions over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub batch: usize,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// Window positions vertically.
+    pub col_height: usize,
+    /// Window positions horizontally.
+    pub col_width: usize,
+}
+
+impl Window {
+    /// Rows of the column matrix: `C * k * k`.
+    pub fn rows(&self) -> usize {
+        self.channels * self.kernel * self.kernel
+    }
+
+    /// Columns of the column matrix: `B * Hc * Wc`.
+    pub fn cols(&self) -> usize {
+        self.batch * self.col_height * self.col_width
+    }
+
+    /// Elements of the image.
+    pub fn image_len(&self) -> usize {
+        self.batch * self.channels * self.height * self.width
+    }
+
+    /// Source coordinate of window offset `kk` at position `o`, if inside the image.
+    #[inline]
+    fn source(&self, o: usize, kk: usize, size: usize) -> Option<usize> {
+        let i = (o * self.stride + kk) as isize - self.padding as isize;
+        (i >= 0 && (i as usize) < size).then_some(i as usize)
+    }
+}
+
+/// Unfolds `image` into the column matrix (see the module docs).
+pub fn im2col(image: &[f32], w: &Window) -> Vec<f32> {
+    let k = w.kernel;
+    let (hc, wc) = (w.col_height, w.col_width);
+    let plane = w.height * w.width;
+    let mut cols = vec![0f32; w.rows() * w.cols()];
+    cols.par_chunks_mut(w.cols())
+        .enumerate()
+        .for_each(|(row, out)| {
+            let c = row / (k * k);
+            let (ky, kx) = ((row / k) % k, row % k);
+            for b in 0..w.batch {
+                let src = &image[(c * w.batch + b) * plane..][..plane];
+                let dst = &mut out[b * hc * wc..][..hc * wc];
+                for oy in 0..hc {
+                    let Some(iy) = w.source(oy, ky, w.height) else {
+                        continue;
+                    };
+                    let src_row = &src[iy * w.width..][..w.width];
+                    let dst_row = &mut dst[oy * wc..][..wc];
+                    for (ox, d) in dst_row.iter_mut().enumerate() {
+                        if let Some(ix) = w.source(ox, kx, w.width) {
+                            *d = src_row[ix];
+                        }
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// Folds a column matrix back into an image, summing overlapping windows (the adjoint of
+/// [`im2col`]).
+pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
+    let k = w.kernel;
+    let (hc, wc) = (w.col_height, w.col_width);
+    let plane = w.height * w.width;
+    let ncols = w.cols();
+    let mut image = vec![0f32; w.image_len()];
+    image
+        .par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(cb, out)| {
+            let (c, b) = (cb / w.batch, cb % w.batch);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let src = &cols[row * ncols + b * hc * wc..][..hc * wc];
+                    for oy in 0..hc {
+                        let Some(iy) = w.source(oy, ky, w.height) else {
+                            continue;
+                        };
+                        let out_row = &mut out[iy * w.width..][..w.width];
+                        let src_row = &src[oy * wc..][..wc];
+                        for (ox, &v) in src_row.iter().enumerate() {
+                            if let Some(ix) = w.source(ox, kx, w.width) {
+                                out_row[ix] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    image
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> Window {
+        Window {
+            batch: 2,
+            channels: 3,
+            height: 5,
+            width: 4,
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+            col_height: 3,
+            col_width: 2,
+        }
+    }
+
+    /// col2im is the adjoint of im2col: <im2col(x), y> == <x, col2im(y)> for any x, y.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        let w = window();
+        let x: Vec<f32> = (0..w.image_len())
+            .map(|i| ((i * 7919) % 13) as f32 - 6.0)
+            .collect();
+        let y: Vec<f32> = (0..w.rows() * w.cols())
+            .map(|i| ((i * 104729) % 11) as f32 - 5.0)
+            .collect();
+        let lhs: f64 = im2col(&x, &w)
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (*a * *b) as f64)
+            .sum();
+        let rhs: f64 = x
+            .iter()
+            .zip(col2im(&y, &w))
+            .map(|(a, b)| (*a * b) as f64)
+            .sum();
+        assert_eq!(lhs, rhs);
+    }
+
+    #[test]
+    fn im2col_picks_the_window_pixels() {
+        let w = window();
+        let x: Vec<f32> = (0..w.image_len()).map(|i| i as f32).collect();
+        let cols = im2col(&x, &w);
+        // row (c=1, ky=1, kx=2), column (b=1, oy=2, ox=1): image[c=1, b=1, 4, 3]
+        let row = (3 + 1) * 3 + 2;
+        let col = 6 + 2 * 2 + 1;
+        assert_eq!(cols[row * w.cols() + col], x[((2 + 1) * 5 + 4) * 4 + 3]);
+        // row (c=0, ky=0, kx=0), column (b=0, oy=0, ox=0): padding
+        assert_eq!(cols[0], 0.0);
+    }
+}

@@ -1,0 +1,35 @@
+//! Gantry's CPU kernels as candle custom operations: GEMM-based convolutions and fused
+//! BatchNorm + activation (forward and backward) that replace candle's direct-loop CPU
+//! convolutions and many-op BatchNorm in training.
+//!
+//! Layout: tensors are channel-major, `[C, B, H, W]`, between the kernels. With the batch merged
+//! into the GEMM's column dimension, a convolution's output `W * im2col(x)` is already
+//! `[C_out, B * H * W]`, so no permute is needed anywhere inside a network, and every channel's
+//! values are contiguous for BatchNorm. Networks convert from/to NCHW once at their ends.
+
+pub mod conv;
+pub mod im2col;
+pub mod matmul;
+pub mod norm;
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::spec::ConvLayer;
+
+pub use conv::ConvParams;
+pub use norm::Act;
+
+/// The convolution of `layer` on a channel-major `x` with weight `w` through Gantry's kernels.
+pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
+    let params = ConvParams {
+        kind: layer.kind,
+        kernel: layer.kernel,
+        stride: layer.stride,
+        padding: layer.padding,
+    };
+    Ok(conv::conv(x, w, params)?)
+}
+
+#[cfg(test)]
+mod tests;

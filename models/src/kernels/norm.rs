@@ -1,0 +1,319 @@
+//! Fused training-mode BatchNorm + activation, and standalone activations, as candle custom ops
+//! on channel-major tensors (`[C, B, H, W]`: each channel's values are one contiguous slab, so
+//! statistics are plain slice reductions).
+//!
+//! Forward: `y = act(gamma * (x - mean) * inv_std + beta)` with batch statistics.
+//! Backward, with `dz = dy * act'(y)` and `x_hat = (x - mean) * inv_std`:
+//! `dbeta = sum(dz)`, `dgamma = sum(dz * x_hat)`,
+//! `dx = gamma * inv_std / M * (M * dz - dbeta - x_hat * dgamma)`.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::spec::Activation;
+
+/// An activation that the kernels fuse; its derivative is read off the output `y`, which works
+/// because each of these is monotonic with `y > 0` exactly when its input is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    Identity,
+    Relu,
+    LeakyRelu(f32),
+}
+
+impl Act {
+    /// The fusable form of a spec activation (`None` for Tanh).
+    pub fn from_spec(a: Activation) -> Option<Self> {
+        match a {
+            Activation::Identity => Some(Self::Identity),
+            Activation::Relu => Some(Self::Relu),
+            Activation::LeakyRelu(s) => Some(Self::LeakyRelu(s as f32)),
+            Activation::Tanh => None,
+        }
+    }
+
+    #[inline]
+    fn apply(self, z: f32) -> f32 {
+        match self {
+            Self::Identity => z,
+            Self::Relu => z.max(0.0),
+            Self::LeakyRelu(s) => {
+                if z > 0.0 {
+                    z
+                } else {
+                    s * z
+                }
+            }
+        }
+    }
+
+    /// `act'(z)` from `y = act(z)`.
+    #[inline]
+    fn slope_at_output(self, y: f32) -> f32 {
+        match self {
+            Self::Identity => 1.0,
+            Self::Relu => f32::from(u8::from(y > 0.0)),
+            Self::LeakyRelu(s) => {
+                if y > 0.0 {
+                    1.0
+                } else {
+                    s
+                }
+            }
+        }
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("gantry kernels: {what} must be f32");
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("gantry kernels: {what} must be contiguous"),
+    }
+}
+
+/// Per-channel batch statistics kept by the forward pass for the backward pass and the running
+/// statistics update.
+#[derive(Debug, Clone, Default)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    /// Biased variance (divided by the count).
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// `(x, gamma, beta) -> act(batchnorm(x))` in training mode.
+struct BnActTrain {
+    eps: f64,
+    act: Act,
+    stats: Arc<Mutex<BatchStats>>,
+}
+
+impl CustomOp3 for BnActTrain {
+    fn name(&self) -> &'static str {
+        "gantry-batchnorm-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "input")?;
+        let gamma = slice(s2, l2, "gamma")?;
+        let beta = slice(s3, l3, "beta")?;
+        let c = l1.dims()[0];
+        if gamma.len() != c || beta.len() != c || x.len() % c != 0 {
+            candle_core::bail!(
+                "gantry batchnorm: {c} channels but gamma {} / beta {}",
+                gamma.len(),
+                beta.len()
+            );
+        }
+        let m = x.len() / c;
+        let mut y = vec![0f32; x.len()];
+        let per_channel: Vec<(f32, f32, f32)> = y
+            .par_chunks_mut(m)
+            .zip(x.par_chunks(m))
+            .enumerate()
+            .map(|(ch, (out, xs))| {
+                let mean = (xs.iter().map(|&v| v as f64).sum::<f64>() / m as f64) as f32;
+                let var = (xs.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / m as f64)
+                    as f32;
+                let inv_std = 1.0 / (var as f64 + self.eps).sqrt() as f32;
+                let scale = gamma[ch] * inv_std;
+                let shift = beta[ch] - mean * scale;
+                for (o, &v) in out.iter_mut().zip(xs) {
+                    *o = self.act.apply(v * scale + shift);
+                }
+                (mean, var, inv_std)
+            })
+            .collect();
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        stats.mean = per_channel.iter().map(|s| s.0).collect();
+        stats.var = per_channel.iter().map(|s| s.1).collect();
+        stats.inv_std = per_channel.iter().map(|s| s.2).collect();
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let gamma_values: Vec<f32> = gamma.to_vec1()?;
+        let op = BnActGrad {
+            act: self.act,
+            gamma: gamma_values,
+            stats,
+        };
+        let packed = x
+            .contiguous()?
+            .apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &op)?;
+        let (c, total) = (x.dim(0)?, x.elem_count());
+        let dx = x
+            .track_op()
+            .then(|| packed.narrow(0, 0, total)?.reshape(x.shape()))
+            .transpose()?;
+        let dgamma = gamma
+            .track_op()
+            .then(|| packed.narrow(0, total, c))
+            .transpose()?;
+        let dbeta = beta
+            .track_op()
+            .then(|| packed.narrow(0, total + c, c))
+            .transpose()?;
+        Ok((dx, dgamma, dbeta))
+    }
+}
+
+/// `(x, y, dy) -> [dx, dgamma, dbeta]` packed in one vector.
+struct BnActGrad {
+    act: Act,
+    gamma: Vec<f32>,
+    stats: BatchStats,
+}
+
+impl CustomOp3 for BnActGrad {
+    fn name(&self) -> &'static str {
+        "gantry-batchnorm-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "input")?;
+        let y = slice(s2, l2, "output")?;
+        let dy = slice(s3, l3, "gradient")?;
+        let c = self.gamma.len();
+        let m = x.len() / c;
+        let mut dx = vec![0f32; x.len()];
+        let sums: Vec<(f32, f32)> = dx
+            .par_chunks_mut(m)
+            .enumerate()
+            .map(|(ch, dxs)| {
+                let range = ch * m..(ch + 1) * m;
+                let (xs, ys, dys) = (&x[range.clone()], &y[range.clone()], &dy[range]);
+                let (mean, inv_std) = (self.stats.mean[ch], self.stats.inv_std[ch]);
+                let (mut dbeta, mut dgamma) = (0f64, 0f64);
+                for ((&xv, &yv), &g) in xs.iter().zip(ys).zip(dys) {
+                    let dz = g * self.act.slope_at_output(yv);
+                    dbeta += dz as f64;
+                    dgamma += (dz * (xv - mean) * inv_std) as f64;
+                }
+                let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
+                let k = self.gamma[ch] * inv_std / m as f32;
+                for (((d, &xv), &yv), &g) in dxs.iter_mut().zip(xs).zip(ys).zip(dys) {
+                    let dz = g * self.act.slope_at_output(yv);
+                    let x_hat = (xv - mean) * inv_std;
+                    *d = k * (m as f32 * dz - dbeta - x_hat * dgamma);
+                }
+                (dgamma, dbeta)
+            })
+            .collect();
+        dx.extend(sums.iter().map(|s| s.0));
+        dx.extend(sums.iter().map(|s| s.1));
+        let len = dx.len();
+        Ok((CpuStorage::F32(dx), Shape::from(len)))
+    }
+}
+
+/// Training-mode BatchNorm + activation of a channel-major `x` with autograd; returns the output
+/// and the batch (mean, biased variance) per channel for the running statistics.
+pub fn batch_norm_act_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Act,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let stats = Arc::new(Mutex::new(BatchStats::default()));
+    let op = BnActTrain {
+        eps,
+        act,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((y, s.mean.clone(), s.var.clone()))
+}
+
+/// An elementwise activation with autograd (for layers without BatchNorm).
+struct ActOp(Act);
+/// `(dy, y) -> dx` of an activation.
+struct ActGrad(Act);
+
+impl CustomOp1 for ActOp {
+    fn name(&self) -> &'static str {
+        "gantry-activation"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "input")?;
+        let y: Vec<f32> = x
+            .par_iter()
+            .with_min_len(4096)
+            .map(|&v| self.0.apply(v))
+            .collect();
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            dy.contiguous()?
+                .apply_op2_no_bwd(&y.contiguous()?, &ActGrad(self.0))?,
+        ))
+    }
+}
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "gantry-activation-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dy = slice(s1, l1, "gradient")?;
+        let y = slice(s2, l2, "output")?;
+        let dx: Vec<f32> = dy
+            .par_iter()
+            .zip(y.par_iter())
+            .with_min_len(4096)
+            .map(|(&g, &v)| g * self.0.slope_at_output(v))
+            .collect();
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Applies `act` elementwise with autograd.
+pub fn activation(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
+    if act == Act::Identity {
+        return Ok(x.clone());
+    }
+    x.contiguous()?.apply_op1(ActOp(act))
+}

@@ -1,0 +1,99 @@
+//! `trainer bench`: times the training step on synthetic data (like the PyTorch reference in
+//! `../shared/bench/torch_dcgan_bench.py`) and, with profiling, where the time goes.
+
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use gantry_models::{profile, AdamConfig, Kernels, ModelConfig};
+use rand::RngCore;
+
+use crate::data::{Dataset, DatasetKind, Fit};
+use crate::error::Result;
+use crate::loss::LossKind;
+use crate::train::{TrainConfig, Trainer};
+
+/// One benchmark configuration.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub image_size: usize,
+    pub channels: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub kernels: Kernels,
+}
+
+/// What a benchmark measured.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    /// Median step time.
+    pub median: Duration,
+    pub img_per_sec: f64,
+    /// Profiled spans `(name, calls per step, time per step)`, when profiling was on.
+    pub spans: Vec<(String, f64, Duration)>,
+}
+
+fn synthetic_data(spec: &BenchSpec) -> Dataset {
+    let n = spec.batch_size * 4;
+    let mut pixels = vec![0u8; n * spec.channels * spec.image_size * spec.image_size];
+    gantry_models::init::rng_for(0, "bench-data").fill_bytes(&mut pixels);
+    Dataset {
+        name: "synthetic".into(),
+        image_size: spec.image_size,
+        channels: spec.channels,
+        pixels,
+        labels: vec![0; n],
+        class_names: vec!["noise".into()],
+    }
+}
+
+/// Runs `warmup + steps` training steps of the default DCGAN on `device`; the median of the
+/// timed steps is reported. With `profile_spans`, also the per-phase and per-kernel breakdown.
+pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
+    let model = ModelConfig {
+        image_size: spec.image_size,
+        channels: spec.channels,
+        ..ModelConfig::default()
+    };
+    let config = TrainConfig {
+        dataset: DatasetKind::Folder,
+        data_dir: "synthetic".into(),
+        fit: Fit::Crop,
+        batch_size: spec.batch_size,
+        epochs: u64::MAX / 1024,
+        max_steps: None,
+        seed: 0,
+        adam: AdamConfig::default(),
+        loss: LossKind::Bce,
+        ema: None,
+        conditional: false,
+        sample_every: 0,
+        checkpoint_every: 0,
+    };
+    let mut trainer = Trainer::new(config, model, synthetic_data(spec), device)?;
+    trainer.set_kernels(spec.kernels);
+    for _ in 0..spec.warmup {
+        trainer.step()?;
+    }
+    profile::take();
+    profile::set_enabled(profile_spans);
+    let mut times = Vec::with_capacity(spec.steps);
+    for _ in 0..spec.steps {
+        let start = Instant::now();
+        trainer.step()?;
+        times.push(start.elapsed());
+    }
+    profile::set_enabled(false);
+    let steps = spec.steps.max(1) as f64;
+    let spans = profile::take()
+        .into_iter()
+        .map(|(name, calls, total)| (name, calls as f64 / steps, total.div_f64(steps)))
+        .collect();
+    times.sort();
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        median,
+        img_per_sec: spec.batch_size as f64 / median.as_secs_f64(),
+        spans,
+    })
+}
