@@ -1,0 +1,72 @@
+//! Folding inference-mode BatchNorm into the preceding transposed convolution.
+//!
+//! With `s_o = gamma_o / sqrt(var_o + eps)`: `W'[:, o] = W[:, o] * s_o` and
+//! `b'_o = beta_o - s_o * mean_o` (the convolution has no bias of its own). Computed in f64.
+
+/// A folded weight (`[C_in, C_out, k, k]`, same layout) and its new bias.
+pub struct Folded {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// Folds BatchNorm (per output channel) into a transposed-convolution weight laid out
+/// `[in_channels, out_channels, kernel_area]`.
+#[allow(clippy::too_many_arguments)]
+pub fn fold_batchnorm(
+    weight: &[f32],
+    in_channels: usize,
+    out_channels: usize,
+    kernel_area: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> Folded {
+    let scale: Vec<f64> = (0..out_channels)
+        .map(|o| gamma[o] as f64 / (var[o] as f64 + eps).sqrt())
+        .collect();
+    let mut folded = weight.to_vec();
+    for i in 0..in_channels {
+        for (o, s) in scale.iter().enumerate() {
+            let start = (i * out_channels + o) * kernel_area;
+            for w in &mut folded[start..start + kernel_area] {
+                *w = (*w as f64 * s) as f32;
+            }
+        }
+    }
+    let bias = (0..out_channels)
+        .map(|o| (beta[o] as f64 - scale[o] * mean[o] as f64) as f32)
+        .collect();
+    Folded {
+        weight: folded,
+        bias,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1-input, 2-output, 1-tap "convolution": y_o = w_o * x; BN afterwards; the folded affine
+    /// map must give the same output for any x.
+    #[test]
+    fn folded_affine_map_equals_conv_then_batchnorm() {
+        let w = [0.5f32, -2.0];
+        let (gamma, beta, mean, var) = (
+            [1.5f32, 0.25],
+            [0.1f32, -0.3],
+            [0.2f32, -1.0],
+            [4.0f32, 0.09],
+        );
+        let f = fold_batchnorm(&w, 1, 2, 1, &gamma, &beta, &mean, &var, 1e-5);
+        for x in [-3.0f32, 0.0, 0.7, 5.0] {
+            for o in 0..2 {
+                let conv = w[o] * x;
+                let bn = gamma[o] * (conv - mean[o]) / (var[o] + 1e-5).sqrt() + beta[o];
+                let folded = f.weight[o] * x + f.bias[o];
+                assert!((bn - folded).abs() < 1e-5, "{bn} vs {folded}");
+            }
+        }
+    }
+}

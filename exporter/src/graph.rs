@@ -1,0 +1,364 @@
+//! The generator's ONNX graph, built by walking the same layer spec as the candle network.
+
+use candle_onnx::onnx::{
+    tensor_proto::DataType, GraphProto, NodeProto, TensorProto, ValueInfoProto,
+};
+use gantry_models::spec::{Activation, ConvKind, ConvLayer, BN_EPS};
+use gantry_models::{generator_spec, ModelConfig, TensorMap};
+
+use crate::error::{ExportError, Result};
+use crate::fold::fold_batchnorm;
+use crate::proto::{f16_tensor, f32_tensor, i64_tensor, node, value_info, Attr, Dim};
+
+/// Name of the latent input.
+pub const INPUT_Z: &str = "z";
+/// Name of the class-label input of conditional models.
+pub const INPUT_LABEL: &str = "label";
+/// Name of the image output.
+pub const OUTPUT_IMAGE: &str = "image";
+/// Name of the dynamic batch dimension.
+pub const BATCH_DIM: &str = "N";
+
+/// Storage and compute precision of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// float32 weights and compute.
+    Fp32,
+    /// float16 weights and compute, float32 input and output (Casts at the edges).
+    Fp16,
+}
+
+/// What the graph outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// float32 `[N, C, H, W]` in [-1, 1].
+    Float,
+    /// uint8 `[N, H, W, C]`, `round((x + 1) * 127.5)` clipped to 0..=255: ready to write as PNG.
+    Uint8,
+}
+
+impl OutputFormat {
+    /// The name recorded in metadata (`gantry.output`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Float => "float",
+            Self::Uint8 => "uint8",
+        }
+    }
+}
+
+/// Options that shape the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraphOptions {
+    pub precision: Precision,
+    pub fold_batchnorm: bool,
+    pub output: OutputFormat,
+}
+
+/// Accumulates nodes and initialisers.
+struct Builder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    precision: Precision,
+}
+
+impl Builder {
+    /// Adds a weight initialiser in the graph's precision.
+    fn weight(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        let t = match self.precision {
+            Precision::Fp32 => f32_tensor(name, dims, values),
+            Precision::Fp16 => f16_tensor(name, dims, values),
+        };
+        self.initializers.push(t);
+        name.to_string()
+    }
+
+    /// Adds a float32 constant (used in the float32 tail of the graph).
+    fn f32_const(&mut self, name: &str, value: f32) -> String {
+        self.initializers.push(f32_tensor(name, &[], &[value]));
+        name.to_string()
+    }
+
+    fn add(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<Attr>,
+    ) -> String {
+        self.nodes.push(node(op, name, inputs, &[output], attrs));
+        output.to_string()
+    }
+}
+
+fn values(tensors: &TensorMap, name: &str) -> Result<Vec<f32>> {
+    let t = tensors.get(name).ok_or_else(|| {
+        ExportError::option(
+            "--checkpoint",
+            format!("the generator has no tensor `{name}`"),
+        )
+    })?;
+    let flat = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+    flat.map_err(|e| {
+        ExportError::option(
+            "--checkpoint",
+            format!("tensor `{name}` is unreadable: {e}"),
+        )
+    })
+}
+
+fn conv_attrs(layer: &ConvLayer) -> Vec<Attr> {
+    let (k, s, p) = (
+        layer.kernel as i64,
+        layer.stride as i64,
+        layer.padding as i64,
+    );
+    vec![
+        Attr::Ints("kernel_shape", vec![k, k]),
+        Attr::Ints("strides", vec![s, s]),
+        Attr::Ints("pads", vec![p, p, p, p]),
+        Attr::Ints("dilations", vec![1, 1]),
+        Attr::Int("group", 1),
+    ]
+}
+
+/// The generator graph of `cfg` with weights `tensors` (checkpoint names).
+pub fn generator_graph(
+    cfg: &ModelConfig,
+    tensors: &TensorMap,
+    opts: &GraphOptions,
+) -> Result<GraphProto> {
+    let spec = generator_spec(cfg);
+    let mut b = Builder {
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+        precision: opts.precision,
+    };
+    let mut inputs: Vec<ValueInfoProto> = vec![value_info(
+        INPUT_Z,
+        DataType::Float,
+        &[Dim::Named(BATCH_DIM), Dim::Fixed(cfg.latent_dim)],
+    )];
+    let mut cur = INPUT_Z.to_string();
+    if opts.precision == Precision::Fp16 {
+        cur = b.add(
+            "Cast",
+            "z.cast_fp16",
+            &[&cur],
+            "z_fp16",
+            vec![Attr::Int("to", DataType::Float16 as i64)],
+        );
+    }
+    if let Some(cond) = &spec.conditioning {
+        inputs.push(value_info(
+            INPUT_LABEL,
+            DataType::Int64,
+            &[Dim::Named(BATCH_DIM)],
+        ));
+        let name = cond.tensor_name();
+        let table = b.weight(name, &cond.shape(), &values(tensors, name)?);
+        let emb = b.add(
+            "Gather",
+            "label_embedding",
+            &[&table, INPUT_LABEL],
+            "label_embedded",
+            vec![Attr::Int("axis", 0)],
+        );
+        cur = b.add(
+            "Concat",
+            "latent_concat",
+            &[&cur, &emb],
+            "latent",
+            vec![Attr::Int("axis", 1)],
+        );
+    }
+    b.initializers.push(i64_tensor(
+        "latent_shape",
+        &[4],
+        &[-1, cfg.generator_input_dim() as i64, 1, 1],
+    ));
+    cur = b.add(
+        "Reshape",
+        "latent_reshape",
+        &[&cur, "latent_shape"],
+        "latent_4d",
+        vec![],
+    );
+
+    for layer in &spec.layers {
+        if layer.kind != ConvKind::ConvTranspose {
+            return Err(ExportError::option(
+                "--checkpoint",
+                "generator layers must be transposed convolutions",
+            ));
+        }
+        let i = layer.index;
+        let w = values(tensors, &layer.weight_name())?;
+        let out = format!("layers.{i}.out");
+        cur = if layer.batch_norm && opts.fold_batchnorm {
+            let folded = fold_batchnorm(
+                &w,
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel * layer.kernel,
+                &values(tensors, &layer.bn_name("weight"))?,
+                &values(tensors, &layer.bn_name("bias"))?,
+                &values(tensors, &layer.bn_name("running_mean"))?,
+                &values(tensors, &layer.bn_name("running_var"))?,
+                BN_EPS,
+            );
+            let wn = b.weight(
+                &format!("layers.{i}.weight_folded"),
+                &layer.weight_shape(),
+                &folded.weight,
+            );
+            let bn = b.weight(
+                &format!("layers.{i}.bias_folded"),
+                &[layer.out_channels],
+                &folded.bias,
+            );
+            b.add(
+                "ConvTranspose",
+                &format!("layers.{i}.conv_transpose"),
+                &[&cur, &wn, &bn],
+                &out,
+                conv_attrs(layer),
+            )
+        } else {
+            let wn = b.weight(&layer.weight_name(), &layer.weight_shape(), &w);
+            let conv = b.add(
+                "ConvTranspose",
+                &format!("layers.{i}.conv_transpose"),
+                &[&cur, &wn],
+                &format!("layers.{i}.conv"),
+                conv_attrs(layer),
+            );
+            if layer.batch_norm {
+                let c = [layer.out_channels];
+                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|t| {
+                        Ok(b.weight(&layer.bn_name(t), &c, &values(tensors, &layer.bn_name(t))?))
+                    })
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&str> = std::iter::once(conv.as_str())
+                    .chain(names.iter().map(String::as_str))
+                    .collect();
+                b.add(
+                    "BatchNormalization",
+                    &format!("layers.{i}.batch_norm"),
+                    &refs,
+                    &out,
+                    vec![Attr::Float("epsilon", BN_EPS as f32)],
+                )
+            } else {
+                conv
+            }
+        };
+        let act_out = format!("layers.{i}.act");
+        cur = match layer.activation {
+            Activation::Relu => b.add(
+                "Relu",
+                &format!("layers.{i}.relu"),
+                &[&cur],
+                &act_out,
+                vec![],
+            ),
+            Activation::Tanh => b.add(
+                "Tanh",
+                &format!("layers.{i}.tanh"),
+                &[&cur],
+                &act_out,
+                vec![],
+            ),
+            Activation::Identity => cur,
+            Activation::LeakyRelu(alpha) => b.add(
+                "LeakyRelu",
+                &format!("layers.{i}.leaky_relu"),
+                &[&cur],
+                &act_out,
+                vec![Attr::Float("alpha", alpha as f32)],
+            ),
+        };
+    }
+
+    if opts.precision == Precision::Fp16 {
+        let target = if opts.output == OutputFormat::Float {
+            OUTPUT_IMAGE
+        } else {
+            "image_fp32"
+        };
+        cur = b.add(
+            "Cast",
+            "image.cast_fp32",
+            &[&cur],
+            target,
+            vec![Attr::Int("to", DataType::Float as i64)],
+        );
+    }
+    let (c, s) = (cfg.channels, cfg.image_size);
+    let output = match opts.output {
+        OutputFormat::Float => {
+            if cur != OUTPUT_IMAGE {
+                // Rename the last node's output to the graph output name.
+                if let Some(last) = b.nodes.last_mut() {
+                    last.output[0] = OUTPUT_IMAGE.to_string();
+                }
+            }
+            value_info(
+                OUTPUT_IMAGE,
+                DataType::Float,
+                &[
+                    Dim::Named(BATCH_DIM),
+                    Dim::Fixed(c),
+                    Dim::Fixed(s),
+                    Dim::Fixed(s),
+                ],
+            )
+        }
+        OutputFormat::Uint8 => {
+            let one = b.f32_const("u8.one", 1.0);
+            let scale = b.f32_const("u8.scale", 127.5);
+            let lo = b.f32_const("u8.min", 0.0);
+            let hi = b.f32_const("u8.max", 255.0);
+            cur = b.add("Add", "u8.shift", &[&cur, &one], "u8.shifted", vec![]);
+            cur = b.add("Mul", "u8.scale", &[&cur, &scale], "u8.scaled", vec![]);
+            cur = b.add("Round", "u8.round", &[&cur], "u8.rounded", vec![]);
+            cur = b.add("Clip", "u8.clip", &[&cur, &lo, &hi], "u8.clipped", vec![]);
+            cur = b.add(
+                "Cast",
+                "u8.cast",
+                &[&cur],
+                "u8.bytes",
+                vec![Attr::Int("to", DataType::Uint8 as i64)],
+            );
+            b.add(
+                "Transpose",
+                "u8.to_nhwc",
+                &[&cur],
+                OUTPUT_IMAGE,
+                vec![Attr::Ints("perm", vec![0, 2, 3, 1])],
+            );
+            value_info(
+                OUTPUT_IMAGE,
+                DataType::Uint8,
+                &[
+                    Dim::Named(BATCH_DIM),
+                    Dim::Fixed(s),
+                    Dim::Fixed(s),
+                    Dim::Fixed(c),
+                ],
+            )
+        }
+    };
+    Ok(GraphProto {
+        node: b.nodes,
+        name: "gantry_generator".into(),
+        initializer: b.initializers,
+        input: inputs,
+        output: vec![output],
+        doc_string: "DCGAN generator exported by Gantry".into(),
+        ..Default::default()
+    })
+}

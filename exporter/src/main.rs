@@ -1,0 +1,115 @@
+//! `exporter`: writes a Gantry checkpoint's generator as an ONNX model. See `exporter --help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use gantry_exporter::{
+    export, ExportOptions, GraphOptions, OutputFormat, Precision, TritonOptions, WeightsChoice,
+    DEFAULT_OPSET,
+};
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Fp16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputArg {
+    Float,
+    Uint8,
+}
+
+/// Export a trained generator to ONNX (validated before it is written).
+#[derive(Parser)]
+#[command(name = "exporter", version)]
+struct Cli {
+    /// Checkpoint directory, or a run directory (its latest checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// ONNX file to write.
+    #[arg(long, required_unless_present = "triton_repo")]
+    out: Option<PathBuf>,
+    /// ONNX opset (13..=21).
+    #[arg(long, default_value_t = DEFAULT_OPSET)]
+    opset: i64,
+    /// fp32, or fp16 weights and compute with float32 input/output (for GPU providers).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
+    /// Keep BatchNormalization nodes instead of folding them into the convolutions.
+    #[arg(long)]
+    no_fold_batchnorm: bool,
+    /// Output float [N,C,H,W] in [-1,1], or uint8 [N,H,W,C] ready to write as PNG.
+    #[arg(long, value_enum, default_value = "float")]
+    output: OutputArg,
+    /// Export the EMA generator (the default when the checkpoint has one).
+    #[arg(long, conflicts_with = "no_ema")]
+    use_ema: bool,
+    /// Export the raw generator even when EMA weights exist.
+    #[arg(long)]
+    no_ema: bool,
+    /// Also write a Triton Inference Server model repository entry under this folder.
+    #[arg(long, requires = "name")]
+    triton_repo: Option<PathBuf>,
+    /// Model name in the Triton repository.
+    #[arg(long)]
+    name: Option<String>,
+    /// Triton max_batch_size.
+    #[arg(long, default_value_t = 1024)]
+    max_batch_size: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let opts = ExportOptions {
+        checkpoint: cli.checkpoint,
+        out: cli.out,
+        opset: cli.opset,
+        graph: GraphOptions {
+            precision: match cli.precision {
+                PrecisionArg::Fp32 => Precision::Fp32,
+                PrecisionArg::Fp16 => Precision::Fp16,
+            },
+            fold_batchnorm: !cli.no_fold_batchnorm,
+            output: match cli.output {
+                OutputArg::Float => OutputFormat::Float,
+                OutputArg::Uint8 => OutputFormat::Uint8,
+            },
+        },
+        weights: if cli.use_ema {
+            WeightsChoice::Ema
+        } else if cli.no_ema {
+            WeightsChoice::Raw
+        } else {
+            WeightsChoice::Auto
+        },
+        triton: cli.triton_repo.map(|repo| TritonOptions {
+            repo,
+            name: cli.name.unwrap_or_default(),
+            max_batch_size: cli.max_batch_size,
+        }),
+    };
+    match export(&opts) {
+        Ok(r) => {
+            let weights = if r.used_ema { "EMA" } else { "raw" };
+            if let Some(out) = &r.out {
+                println!(
+                    "exported {} ({} bytes, {} nodes, {weights} weights) from {}",
+                    out.display(),
+                    r.bytes,
+                    r.nodes,
+                    r.checkpoint.display()
+                );
+            }
+            if let Some(dir) = &r.triton_dir {
+                println!("Triton model repository entry: {}", dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
