@@ -119,6 +119,25 @@ pub fn recover_dir(dir: &Path) -> PathBuf {
         .unwrap_or_else(|| dir.to_path_buf())
 }
 
+/// Removes temp directories and files that [`write_dir_atomic`] / [`write_file_atomic`] left in
+/// `dir` when a process was killed mid-write (`.{name}.tmp-*`). Complete data is never touched.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,3 +46,21 @@ pub fn take() -> Vec<(String, u64, Duration)> {
         .map(|(k, (n, d))| (k, n, d))
         .collect()
 }
+
+/// Records the time until it is dropped (when profiling is enabled).
+pub struct Timer(Option<(String, Instant)>);
+
+impl Timer {
+    /// Starts a span named `name()` if profiling is on.
+    pub fn start(name: impl FnOnce() -> String) -> Self {
+        Self(enabled().then(|| (name(), Instant::now())))
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        if let Some((name, start)) = self.0.take() {
+            record(name, start.elapsed());
+        }
+    }
+}

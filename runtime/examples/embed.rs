@@ -14,7 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(args.next().ok_or("usage: embed MODEL.onnx OUT_DIR")?);
     std::fs::create_dir_all(&out)?;
 
-    let generator = Arc::new(Generator::builder().model(&model).providers(ProviderChoice::Auto).build()?);
+    let generator = Arc::new(
+        Generator::builder()
+            .model(&model)
+            .providers(ProviderChoice::Auto)
+            .build()?,
+    );
     println!("{} on {}", model.display(), generator.providers());
 
     // Four workers, each with its own seed: the generator is Send + Sync.
@@ -27,7 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 request.truncation = Some(2.0);
                 let images = generator.generate_request(&request)?;
                 for (i, img) in images.iter().enumerate() {
-                    gantry_runtime::output::save_png(img, &out.join(format!("worker{worker}_{i}.png")))?;
+                    gantry_runtime::output::save_png(
+                        img,
+                        &out.join(format!("worker{worker}_{i}.png")),
+                    )?;
                 }
                 Ok(images.len())
             })

@@ -8,6 +8,7 @@ pub mod loss;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod sample;
 pub mod samples;
 pub mod train;
 

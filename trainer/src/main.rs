@@ -2,10 +2,17 @@
 
 use std::process::ExitCode;
 
-/// mimalloc reuses the large per-op buffers of a training step instead of mapping fresh pages
-/// from the kernel every time (measured: see docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Keeps glibc's allocator from handing the multi-megabyte tensors of every training step back
+/// to the kernel and page-faulting them in again on the next step: with these settings the
+/// 32x32 benchmark makes 7x fewer page faults and uses 17% less CPU time (docs/benchmarks.md).
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,9 +33,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train (or resume training) a DCGAN on a data set.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Time training steps on synthetic data (img/s), optionally with a per-layer breakdown.
     Bench(BenchArgs),
+    /// Write a grid of samples from a checkpoint.
+    Sample(SampleArgs),
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Checkpoint or run directory.
+    #[arg(long)]
+    checkpoint: std::path::PathBuf,
+    /// Output PNG.
+    #[arg(long, default_value = "samples.png")]
+    out: std::path::PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Seed of the latents.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use batch statistics (train mode) instead of the running ones (eval mode, as exported).
+    #[arg(long)]
+    train_mode: bool,
+    /// Use the raw generator even when the checkpoint has EMA weights.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(clap::Args)]
@@ -137,10 +168,21 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Bench(args) => bench(args),
+        Command::Sample(a) => gantry_trainer::sample::write_grid(
+            &a.checkpoint,
+            &a.out,
+            a.n,
+            a.seed,
+            a.train_mode,
+            a.raw,
+        )
+        .map(|()| println!("samples: {}", a.out.display()))
+        .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,8 +12,28 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use super::im2col::{col2im, im2col, Window};
-use super::matmul::{matmul, Operand};
+use super::im2col::{col2im, im2col_into, Window};
+use super::matmul::{matmul, matmul_into, Operand};
+
+thread_local! {
+    /// Reused buffer for column matrices: they live only within one kernel call, and reusing
+    /// the memory avoids mapping (and page-faulting) tens of megabytes per training step.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with a scratch slice of `len` floats (contents unspecified).
+fn with_scratch<T>(len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (not expected): fall back to a fresh buffer.
+        Err(_) => f(&mut vec![0f32; len]),
+    })
+}
 use crate::spec::ConvKind;
 
 /// Static description of one convolution layer as the kernels need it.
@@ -98,55 +118,49 @@ impl ConvParams {
     /// `y` from `x` and `w`.
     fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        match self.kind {
+        let (rows, cols) = (win.rows(), win.cols());
+        with_scratch(rows * cols, |buf| match self.kind {
             ConvKind::Conv => {
-                let cols = im2col(x, &win);
-                matmul(
-                    d.c_out,
-                    win.cols(),
-                    win.rows(),
-                    Operand::plain(w),
-                    Operand::plain(&cols),
-                )
+                im2col_into(x, &win, buf);
+                matmul(d.c_out, cols, rows, Operand::plain(w), Operand::plain(buf))
             }
             ConvKind::ConvTranspose => {
-                let cols = matmul(
-                    win.rows(),
-                    win.cols(),
+                matmul_into(
+                    buf,
+                    rows,
+                    cols,
                     d.c_in,
                     Operand::t(w),
                     Operand::plain(x),
+                    false,
                 );
-                col2im(&cols, &win)
+                col2im(buf, &win)
             }
-        }
+        })
     }
 
     /// Gradient with respect to `x` from `dy` and `w`.
     fn input_grad(&self, dy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        match self.kind {
+        let (rows, cols) = (win.rows(), win.cols());
+        with_scratch(rows * cols, |buf| match self.kind {
             ConvKind::Conv => {
-                let dcols = matmul(
-                    win.rows(),
-                    win.cols(),
+                matmul_into(
+                    buf,
+                    rows,
+                    cols,
                     d.c_out,
                     Operand::t(w),
                     Operand::plain(dy),
+                    false,
                 );
-                col2im(&dcols, &win)
+                col2im(buf, &win)
             }
             ConvKind::ConvTranspose => {
-                let dcols = im2col(dy, &win);
-                matmul(
-                    d.c_in,
-                    win.cols(),
-                    win.rows(),
-                    Operand::plain(w),
-                    Operand::plain(&dcols),
-                )
+                im2col_into(dy, &win, buf);
+                matmul(d.c_in, cols, rows, Operand::plain(w), Operand::plain(buf))
             }
-        }
+        })
     }
 
     /// Gradient with respect to `w` from `x` and `dy`.
@@ -156,47 +170,32 @@ impl ConvParams {
     /// so that is computed and the small result transposed.
     fn weight_grad(&self, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        let (cols, channels, other) = match self.kind {
-            ConvKind::Conv => (im2col(x, &win), d.c_out, dy),
-            ConvKind::ConvTranspose => (im2col(dy, &win), d.c_in, x),
+        let (rows, cols) = (win.rows(), win.cols());
+        let (image, channels, other) = match self.kind {
+            ConvKind::Conv => (x, d.c_out, dy),
+            ConvKind::ConvTranspose => (dy, d.c_in, x),
         };
-        let wt = matmul(
-            win.rows(),
-            channels,
-            win.cols(),
-            Operand::plain(&cols),
-            Operand::t(other),
-        );
-        transpose(&wt, win.rows(), channels)
+        let wt = with_scratch(rows * cols, |buf| {
+            im2col_into(image, &win, buf);
+            matmul(rows, channels, cols, Operand::plain(buf), Operand::t(other))
+        });
+        transpose(&wt, rows, channels)
     }
 }
 
-/// Records a kernel call in the profiler (when enabled) under `conv|convT CixHxW->CoxHoxWo phase`.
-struct Span(Option<(String, std::time::Instant)>);
-
-impl Span {
-    fn new(p: &ConvParams, phase: &str, d: &Dims) -> Self {
-        Self(crate::profile::enabled().then(|| {
-            let kind = if p.kind == ConvKind::Conv {
-                "conv "
-            } else {
-                "convT"
-            };
-            let name = format!(
-                "{kind} {}x{}x{} -> {}x{}x{} {phase}",
-                d.c_in, d.h_in, d.w_in, d.c_out, d.h_out, d.w_out
-            );
-            (name, std::time::Instant::now())
-        }))
-    }
-}
-
-impl Drop for Span {
-    fn drop(&mut self) {
-        if let Some((name, start)) = self.0.take() {
-            crate::profile::record(name, start.elapsed());
-        }
-    }
+/// Profiler span of a kernel call: `conv|convT CixHxW -> CoxHoxWo phase`.
+fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
+    crate::profile::Timer::start(|| {
+        let kind = if p.kind == ConvKind::Conv {
+            "conv "
+        } else {
+            "convT"
+        };
+        format!(
+            "{kind} {}x{}x{} -> {}x{}x{} {phase}",
+            d.c_in, d.h_in, d.w_in, d.c_out, d.h_out, d.w_out
+        )
+    })
 }
 
 /// The transpose of a row-major `rows x cols` matrix.
@@ -240,7 +239,7 @@ impl CustomOp2 for ConvForward {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = self.0.dims(l1.dims(), l2.dims())?;
-        let _span = Span::new(&self.0, "fwd", &d);
+        let _span = span(&self.0, "fwd", &d);
         let y = self.0.forward(
             contiguous_f32(s1, l1, "input")?,
             contiguous_f32(s2, l2, "weight")?,
@@ -301,7 +300,7 @@ impl CustomOp2 for ConvInputGrad {
                 l1.dims()
             );
         }
-        let _span = Span::new(&self.0, "bwd-input", &d);
+        let _span = span(&self.0, "bwd-input", &d);
         let dx = self.0.input_grad(
             contiguous_f32(s1, l1, "gradient")?,
             contiguous_f32(s2, l2, "weight")?,
@@ -330,7 +329,7 @@ impl CustomOp2 for ConvWeightGrad {
                 l2.dims()
             );
         }
-        let _span = Span::new(&self.0, "bwd-weight", &d);
+        let _span = span(&self.0, "bwd-weight", &d);
         let dw = self.0.weight_grad(
             contiguous_f32(s1, l1, "input")?,
             contiguous_f32(s2, l2, "gradient")?,

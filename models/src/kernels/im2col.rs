@@ -40,42 +40,63 @@ impl Window {
         self.batch * self.channels * self.height * self.width
     }
 
-    /// Source coordinate of window offset `kk` at position `o`, if inside the image.
+    /// The positions `o` in `0..positions` whose source `o * stride + kk - padding` lies inside
+    /// `0..size`, as a half-open range (so inner loops need no bounds tests).
     #[inline]
-    fn source(&self, o: usize, kk: usize, size: usize) -> Option<usize> {
-        let i = (o * self.stride + kk) as isize - self.padding as isize;
-        (i >= 0 && (i as usize) < size).then_some(i as usize)
+    fn valid_range(&self, kk: usize, size: usize, positions: usize) -> std::ops::Range<usize> {
+        let (s, p) = (self.stride as isize, self.padding as isize);
+        let kk = kk as isize;
+        // o * s + kk - p >= 0  <=>  o >= ceil((p - kk) / s)
+        let lo = if p - kk > 0 { (p - kk + s - 1) / s } else { 0 };
+        // o * s + kk - p <= size - 1  <=>  o <= floor((size - 1 + p - kk) / s)
+        let top = size as isize - 1 + p - kk;
+        let hi = if top < 0 { 0 } else { top / s + 1 };
+        let lo = (lo.max(0) as usize).min(positions);
+        lo..(hi.max(0) as usize).min(positions).max(lo)
     }
 }
 
-/// Unfolds `image` into the column matrix (see the module docs).
-pub fn im2col(image: &[f32], w: &Window) -> Vec<f32> {
+/// Unfolds `image` into the column matrix (see the module docs), written into `cols` (which
+/// must hold `rows * cols` values; every value is written, so it needs no clearing).
+pub fn im2col_into(image: &[f32], w: &Window, cols: &mut [f32]) {
     let k = w.kernel;
     let (hc, wc) = (w.col_height, w.col_width);
     let plane = w.height * w.width;
-    let mut cols = vec![0f32; w.rows() * w.cols()];
+    let stride = w.stride;
+    assert_eq!(cols.len(), w.rows() * w.cols(), "column buffer size");
     cols.par_chunks_mut(w.cols())
         .enumerate()
         .for_each(|(row, out)| {
             let c = row / (k * k);
             let (ky, kx) = ((row / k) % k, row % k);
+            let xs = w.valid_range(kx, w.width, wc);
+            let ys = w.valid_range(ky, w.height, hc);
             for b in 0..w.batch {
                 let src = &image[(c * w.batch + b) * plane..][..plane];
                 let dst = &mut out[b * hc * wc..][..hc * wc];
                 for oy in 0..hc {
-                    let Some(iy) = w.source(oy, ky, w.height) else {
-                        continue;
-                    };
-                    let src_row = &src[iy * w.width..][..w.width];
                     let dst_row = &mut dst[oy * wc..][..wc];
-                    for (ox, d) in dst_row.iter_mut().enumerate() {
-                        if let Some(ix) = w.source(ox, kx, w.width) {
-                            *d = src_row[ix];
-                        }
+                    if !ys.contains(&oy) {
+                        dst_row.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * stride + ky - w.padding;
+                    let src_row = &src[iy * w.width..][..w.width];
+                    dst_row[..xs.start].fill(0.0);
+                    dst_row[xs.end..].fill(0.0);
+                    let first = xs.start * stride + kx - w.padding;
+                    for (d, ox) in dst_row[xs.clone()].iter_mut().zip(0..) {
+                        *d = src_row[first + ox * stride];
                     }
                 }
             }
         });
+}
+
+/// Unfolds `image` into a new column matrix.
+pub fn im2col(image: &[f32], w: &Window) -> Vec<f32> {
+    let mut cols = vec![0f32; w.rows() * w.cols()];
+    im2col_into(image, w, &mut cols);
     cols
 }
 
@@ -86,6 +107,7 @@ pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
     let (hc, wc) = (w.col_height, w.col_width);
     let plane = w.height * w.width;
     let ncols = w.cols();
+    let stride = w.stride;
     let mut image = vec![0f32; w.image_len()];
     image
         .par_chunks_mut(plane)
@@ -93,19 +115,18 @@ pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
         .for_each(|(cb, out)| {
             let (c, b) = (cb / w.batch, cb % w.batch);
             for ky in 0..k {
+                let ys = w.valid_range(ky, w.height, hc);
                 for kx in 0..k {
+                    let xs = w.valid_range(kx, w.width, wc);
                     let row = (c * k + ky) * k + kx;
                     let src = &cols[row * ncols + b * hc * wc..][..hc * wc];
-                    for oy in 0..hc {
-                        let Some(iy) = w.source(oy, ky, w.height) else {
-                            continue;
-                        };
+                    for oy in ys.clone() {
+                        let iy = oy * stride + ky - w.padding;
                         let out_row = &mut out[iy * w.width..][..w.width];
                         let src_row = &src[oy * wc..][..wc];
-                        for (ox, &v) in src_row.iter().enumerate() {
-                            if let Some(ix) = w.source(ox, kx, w.width) {
-                                out_row[ix] += v;
-                            }
+                        let first = xs.start * stride + kx - w.padding;
+                        for (&v, ox) in src_row[xs.clone()].iter().zip(0..) {
+                            out_row[first + ox * stride] += v;
                         }
                     }
                 }
@@ -153,6 +174,42 @@ mod tests {
             .map(|(a, b)| (*a * b) as f64)
             .sum();
         assert_eq!(lhs, rhs);
+    }
+
+    #[test]
+    fn valid_ranges_match_a_bounds_check() {
+        for (stride, padding, kernel, size, positions) in [
+            (2, 1, 4, 16, 8),
+            (1, 0, 4, 4, 1),
+            (2, 1, 4, 1, 1),
+            (3, 2, 5, 7, 3),
+            (1, 3, 3, 2, 6),
+        ] {
+            let w = Window {
+                batch: 1,
+                channels: 1,
+                height: size,
+                width: size,
+                kernel,
+                stride,
+                padding,
+                col_height: positions,
+                col_width: positions,
+            };
+            for kk in 0..kernel {
+                let want: Vec<usize> = (0..positions)
+                    .filter(|&o| {
+                        let i = (o * stride + kk) as isize - padding as isize;
+                        i >= 0 && (i as usize) < size
+                    })
+                    .collect();
+                let got: Vec<usize> = w.valid_range(kk, size, positions).collect();
+                assert_eq!(
+                    got, want,
+                    "stride {stride} pad {padding} kk {kk} size {size}"
+                );
+            }
+        }
     }
 
     #[test]

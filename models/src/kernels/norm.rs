@@ -66,6 +66,53 @@ impl Act {
     }
 }
 
+/// Lanes of the partial sums below: independent accumulators let the compiler vectorise what
+/// would otherwise be one long dependency chain of additions.
+const LANES: usize = 16;
+
+/// `sum(f(x))` over a slice with `LANES` f32 partial sums, combined in f64.
+#[inline]
+fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f(v);
+        }
+    }
+    acc.iter().map(|&a| a as f64).sum::<f64>() + tail.iter().map(|&v| f(v) as f64).sum::<f64>()
+}
+
+/// `(sum(g(x, y, dy)), sum(h(x, y, dy)))` over three equal slices, vectorised like [`lane_sum`].
+#[inline]
+fn lane_sum2(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    g: impl Fn(f32, f32, f32) -> (f32, f32),
+) -> (f64, f64) {
+    let (mut a, mut b) = ([0f32; LANES], [0f32; LANES]);
+    let n = x.len() / LANES * LANES;
+    for i in (0..n).step_by(LANES) {
+        for l in 0..LANES {
+            let (u, v) = g(x[i + l], y[i + l], dy[i + l]);
+            a[l] += u;
+            b[l] += v;
+        }
+    }
+    let (mut sa, mut sb) = (
+        a.iter().map(|&v| v as f64).sum::<f64>(),
+        b.iter().map(|&v| v as f64).sum::<f64>(),
+    );
+    for i in n..x.len() {
+        let (u, v) = g(x[i], y[i], dy[i]);
+        sa += u as f64;
+        sb += v as f64;
+    }
+    (sa, sb)
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("gantry kernels: {what} must be f32");
@@ -107,6 +154,7 @@ impl CustomOp3 for BnActTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} fwd", l1.dims()));
         let x = slice(s1, l1, "input")?;
         let gamma = slice(s2, l2, "gamma")?;
         let beta = slice(s3, l3, "beta")?;
@@ -125,9 +173,8 @@ impl CustomOp3 for BnActTrain {
             .zip(x.par_chunks(m))
             .enumerate()
             .map(|(ch, (out, xs))| {
-                let mean = (xs.iter().map(|&v| v as f64).sum::<f64>() / m as f64) as f32;
-                let var = (xs.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / m as f64)
-                    as f32;
+                let mean = (lane_sum(xs, |v| v) / m as f64) as f32;
+                let var = (lane_sum(xs, |v| (v - mean) * (v - mean)) / m as f64) as f32;
                 let inv_std = 1.0 / (var as f64 + self.eps).sqrt() as f32;
                 let scale = gamma[ch] * inv_std;
                 let shift = beta[ch] - mean * scale;
@@ -200,6 +247,7 @@ impl CustomOp3 for BnActGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} bwd", l1.dims()));
         let x = slice(s1, l1, "input")?;
         let y = slice(s2, l2, "output")?;
         let dy = slice(s3, l3, "gradient")?;
@@ -213,12 +261,11 @@ impl CustomOp3 for BnActGrad {
                 let range = ch * m..(ch + 1) * m;
                 let (xs, ys, dys) = (&x[range.clone()], &y[range.clone()], &dy[range]);
                 let (mean, inv_std) = (self.stats.mean[ch], self.stats.inv_std[ch]);
-                let (mut dbeta, mut dgamma) = (0f64, 0f64);
-                for ((&xv, &yv), &g) in xs.iter().zip(ys).zip(dys) {
-                    let dz = g * self.act.slope_at_output(yv);
-                    dbeta += dz as f64;
-                    dgamma += (dz * (xv - mean) * inv_std) as f64;
-                }
+                let act = self.act;
+                let (dbeta, dgamma) = lane_sum2(xs, ys, dys, |xv, yv, g| {
+                    let dz = g * act.slope_at_output(yv);
+                    (dz, dz * (xv - mean) * inv_std)
+                });
                 let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
                 let k = self.gamma[ch] * inv_std / m as f32;
                 for (((d, &xv), &yv), &g) in dxs.iter_mut().zip(xs).zip(ys).zip(dys) {

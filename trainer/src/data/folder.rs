@@ -22,8 +22,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(entries)
 }
 
-/// Class names (sorted) and `(file, class index)` pairs of an image folder.
-pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<(PathBuf, u32)>)> {
+/// An image file and its class index.
+pub type LabelledFile = (PathBuf, u32);
+
+/// Class names (sorted) and the labelled files of an image folder.
+pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<LabelledFile>)> {
     let entries = sorted_entries(dir)?;
     let class_dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
     let mut classes = Vec::new();

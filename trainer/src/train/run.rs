@@ -52,6 +52,7 @@ pub enum RunOutcome {
 /// Makes sure `out` exists and is writable before any work is done.
 pub fn prepare_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out.join("samples")).map_err(|e| TrainError::io(out, e))?;
+    gantry_models::atomic::remove_stale_temps(out);
     let probe = out.join(".write-test");
     std::fs::write(&probe, b"").map_err(|e| TrainError::io(out, e))?;
     let _ = std::fs::remove_file(probe);

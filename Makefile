@@ -1,0 +1,50 @@
+# Gantry: train DCGANs in Rust, export them to ONNX, serve them with ONNX Runtime.
+#   make demo   train the default MNIST 32x32 model, export it, generate 64 images
+#   make test   every test (installs protoc, the ONNX checker and ONNX Runtime first)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+DEMO_STEPS ?= 700
+DEMO_BATCH ?= 64
+DEMO_RUN ?= runs/demo
+BENCH_PYTHON ?= ../venv-bench/bin/python
+
+.PHONY: demo test tools ort data lint bench bench-generate clean-demo
+
+tools:
+	scripts/setup-tools.sh
+
+ort:
+	scripts/fetch-ort.sh >/dev/null
+
+data:
+	scripts/fetch-data.sh mnist
+
+demo: tools ort data
+	$(CARGO) build --release --bins
+	rm -rf $(DEMO_RUN) out/demo
+	time target/release/trainer train --dataset mnist --data-dir data/mnist --image-size 32 \
+		--batch-size $(DEMO_BATCH) --max-steps $(DEMO_STEPS) --ema 0.99 \
+		--sample-every 100 --checkpoint-every 100 --out $(DEMO_RUN)
+	target/release/exporter --checkpoint $(DEMO_RUN) --out $(DEMO_RUN)/generator.onnx
+	target/release/runtime generate -n 64 --seed 1 --model $(DEMO_RUN)/generator.onnx --out out/demo
+	@echo
+	@echo "training samples: $(DEMO_RUN)/samples/   loss plot: $(DEMO_RUN)/losses.png"
+	@echo "ONNX model:       $(DEMO_RUN)/generator.onnx"
+	@echo "generated grid:   out/demo/grid.png"
+
+test: tools ort
+	$(CARGO) build --workspace --bins --examples
+	$(CARGO) test --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Training speed, side by side with the PyTorch reference (needs torch in BENCH_PYTHON).
+bench: data
+	scripts/bench-train.sh $(BENCH_PYTHON)
+
+# Generation speed: runtime vs Python onnxruntime vs PyTorch eager on the same weights.
+bench-generate: ort
+	scripts/bench-generate.sh $(BENCH_PYTHON)
