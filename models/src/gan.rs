@@ -83,6 +83,27 @@ impl Generator {
     }
 }
 
+impl Generator {
+    /// Replaces every BatchNorm's running statistics by their average over `batches` train-mode
+    /// batches of `batch` latents (drawn from `latent`), so eval mode normalises with statistics
+    /// that belong to these weights. Needed for an EMA generator, whose copied statistics were
+    /// measured on the live weights ("standing statistics", as BigGAN does).
+    pub fn recalibrate_batchnorm(
+        &self,
+        batches: usize,
+        batch: usize,
+        mut latent: impl FnMut(usize) -> Result<(Tensor, Option<Tensor>)>,
+    ) -> Result<()> {
+        for i in 0..batches {
+            self.net.set_bn_momentum(1.0 / (i + 1) as f64);
+            let (z, labels) = latent(batch)?;
+            self.forward(&z, labels.as_ref(), true)?;
+        }
+        self.net.set_bn_momentum(crate::spec::BN_MOMENTUM);
+        Ok(())
+    }
+}
+
 /// DCGAN discriminator: images `[N, C, H, W]` (plus labels when conditional) -> logits `[N]`.
 #[derive(Debug)]
 pub struct Discriminator {
@@ -284,6 +305,46 @@ mod tests {
                 assert!(grads.get(v.as_tensor()).is_none(), "{name} got a gradient");
             }
         }
+    }
+
+    /// Recalibrated statistics are the exact (unbiased) statistics of the layer inputs: feeding
+    /// the same batch twice must give that batch's mean and variance of the first layer's output.
+    #[test]
+    fn recalibration_sets_the_exact_batch_statistics() {
+        let dev = Device::Cpu;
+        let cfg = config(None);
+        let g = Generator::new(&cfg, 2, &dev).unwrap();
+        let z = Tensor::from_vec(
+            normal_vec(&mut crate::init::rng_for(0, "rz"), 6 * 12, 0.0, 1.0),
+            (6, 12),
+            &dev,
+        )
+        .unwrap();
+        g.recalibrate_batchnorm(2, 6, |_| Ok((z.clone(), None)))
+            .unwrap();
+        let block = &g.net.blocks[0];
+        let y = ops::conv(
+            &z.reshape((6, 12, 1, 1)).unwrap(),
+            block.weight.as_tensor(),
+            &block.layer,
+        )
+        .unwrap();
+        let mean = y.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap();
+        let n = (6 * 4 * 4) as f64;
+        let var = (y
+            .broadcast_sub(&y.mean_keepdim((0, 2, 3)).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_keepdim((0, 2, 3))
+            .unwrap()
+            / (n - 1.0))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let bn = block.bn.as_ref().unwrap();
+        assert!(max_diff(bn.running_mean.as_tensor(), &mean) < 1e-5);
+        assert!(max_diff(bn.running_var.as_tensor(), &var) < 1e-5);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! batch-merged GEMMs with no permutes, and BatchNorm's per-channel statistics are contiguous
 //! slices). [`Network::forward_blocks`] takes and returns NCHW either way.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{Device, Tensor, Var};
 
 use crate::error::{ModelError, Result};
@@ -30,6 +32,8 @@ pub struct BatchNorm2d {
     pub beta: Var,
     pub running_mean: Var,
     pub running_var: Var,
+    /// Weight of a new batch in the running statistics (f64 bits; PyTorch's 0.1 by default).
+    momentum: AtomicU64,
 }
 
 impl BatchNorm2d {
@@ -38,7 +42,7 @@ impl BatchNorm2d {
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let count = count as f64;
         let unbiased = (var * (count / (count - 1.0).max(1.0)))?;
-        let m = BN_MOMENTUM;
+        let m = f64::from_bits(self.momentum.load(Ordering::Relaxed));
         let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
         self.running_mean.set(&rm)?;
@@ -166,6 +170,7 @@ impl Network {
                         beta: var(&layer.bn_name("bias"))?,
                         running_mean: var(&layer.bn_name("running_mean"))?,
                         running_var: var(&layer.bn_name("running_var"))?,
+                        momentum: AtomicU64::new(BN_MOMENTUM.to_bits()),
                     })
                 } else {
                     None
@@ -215,6 +220,14 @@ impl Network {
                 h = block.forward_candle(&h, train, frozen)?;
             }
             Ok(h)
+        }
+    }
+
+    /// Sets the running-statistics momentum of every BatchNorm (1/(i+1) for batch i gives the
+    /// exact average over batches; [`BN_MOMENTUM`] is the training default).
+    pub fn set_bn_momentum(&self, momentum: f64) {
+        for bn in self.blocks.iter().filter_map(|b| b.bn.as_ref()) {
+            bn.momentum.store(momentum.to_bits(), Ordering::Relaxed);
         }
     }
 

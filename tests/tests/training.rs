@@ -237,13 +237,12 @@ fn hinge_loss_and_ema_train() {
         values(c.generator_ema.as_ref().unwrap()),
     );
     for ((name, a), (_, b)) in g.iter().zip(&ema) {
-        if name.contains("running") {
-            assert_eq!(
-                a, b,
-                "{name}: BatchNorm statistics are copied to the EMA generator"
-            );
-        } else {
-            assert_ne!(a, b, "{name}: the EMA lags the live weights");
+        // Parameters lag the live ones; BatchNorm statistics are the EMA weights' own
+        // (recalibrated when the checkpoint is taken), so they differ too.
+        assert_ne!(a, b, "{name}");
+        assert!(b.iter().all(|v| v.is_finite()), "{name}");
+        if name.ends_with("running_var") {
+            assert!(b.iter().all(|&v| v > 0.0), "{name}");
         }
     }
 }

@@ -294,3 +294,182 @@ pub fn execute(
 ) -> Result<RunOutcome> {
     run(&mut prepared.trainer, &prepared.paths, stop, log_every)
 }
+
+/// `trainer eval` options.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// Checkpoint or run folder to evaluate (its generator(s) in eval and train mode).
+    #[arg(long, conflicts_with = "images", required_unless_present = "images")]
+    pub checkpoint: Option<PathBuf>,
+    /// Instead: a folder of generated images (e.g. PyTorch's samples).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Data set whose test split is the reference [the checkpoint's].
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    /// Its folder [the checkpoint's, else data/<dataset>].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Image size for --images [32].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Channels for --images [the data set's].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// How real images are fitted to the size [the checkpoint's, else crop].
+    #[arg(long)]
+    pub fit: Option<Fit>,
+    /// Generated samples per variant.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Seed of the sample latents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the report [<run folder>/eval.json, or <images>/eval.json].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `trainer classifier` options.
+#[derive(Debug, Clone, Args)]
+pub struct ClassifierArgs {
+    #[arg(long)]
+    pub dataset: DatasetKind,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    #[arg(long)]
+    pub channels: Option<usize>,
+    #[arg(long, default_value = "crop")]
+    pub fit: Fit,
+    #[arg(long, default_value_t = crate::eval::CLASSIFIER_EPOCHS)]
+    pub epochs: usize,
+    /// Retrain even when a cached classifier exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn plain_spec(
+    kind: DatasetKind,
+    dir: Option<&PathBuf>,
+    size: usize,
+    channels: Option<usize>,
+    fit: Fit,
+) -> Result<data::DataSpec> {
+    if !(16..=256).contains(&size) || !size.is_power_of_two() {
+        return Err(TrainError::option(
+            "--image-size",
+            format!("must be a power of two between 16 and 256, got {size}"),
+        ));
+    }
+    Ok(data::DataSpec {
+        kind,
+        dir: dir
+            .cloned()
+            .unwrap_or_else(|| Path::new("data").join(kind.name())),
+        image_size: size,
+        channels: channels.unwrap_or(kind.default_channels()),
+        fit,
+    })
+}
+
+/// Runs `trainer eval`; returns the report and where it was written.
+pub fn run_eval(
+    args: &EvalArgs,
+    log: &mut dyn FnMut(String),
+) -> Result<(crate::eval::EvalReport, PathBuf)> {
+    use crate::eval::{evaluate, EvalSource};
+    let (source, spec, default_out) = match (&args.checkpoint, &args.images) {
+        (Some(path), _) => {
+            let dir = resolve_checkpoint(path)
+                .map_err(|e| TrainError::option("--checkpoint", e.to_string()))?;
+            let meta = Checkpoint::read_meta(&dir)?;
+            let trained: Option<TrainConfig> = serde_json::from_value(meta.training.clone()).ok();
+            let kind = args
+                .dataset
+                .or(trained.as_ref().map(|t| t.dataset))
+                .ok_or_else(|| {
+                    TrainError::option(
+                        "--dataset",
+                        "required: the checkpoint does not name its data set",
+                    )
+                })?;
+            let spec = data::DataSpec {
+                kind,
+                dir: args
+                    .data_dir
+                    .clone()
+                    .or(trained.as_ref().map(|t| t.data_dir.clone()))
+                    .unwrap_or_else(|| Path::new("data").join(kind.name())),
+                image_size: meta.model.image_size,
+                channels: meta.model.channels,
+                fit: args
+                    .fit
+                    .or(trained.as_ref().map(|t| t.fit))
+                    .unwrap_or_default(),
+            };
+            let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            (
+                EvalSource::Checkpoint(path.clone()),
+                spec,
+                run_dir.join("eval.json"),
+            )
+        }
+        (None, Some(images)) => {
+            let kind = args
+                .dataset
+                .ok_or_else(|| TrainError::option("--dataset", "required with --images"))?;
+            let spec = plain_spec(
+                kind,
+                args.data_dir.as_ref(),
+                args.image_size.unwrap_or(32),
+                args.channels,
+                args.fit.unwrap_or_default(),
+            )?;
+            (
+                EvalSource::Images(images.clone()),
+                spec,
+                images.join("eval.json"),
+            )
+        }
+        (None, None) => {
+            return Err(TrainError::option(
+                "--checkpoint",
+                "give --checkpoint or --images",
+            ))
+        }
+    };
+    let report = evaluate(&source, &spec, args.n, args.seed, &Device::Cpu, log)?;
+    let out = args.out.clone().unwrap_or(default_out);
+    let mut json = serde_json::to_vec_pretty(&report).expect("report serialises");
+    json.push(b'\n');
+    gantry_models::atomic::write_file_atomic(&out, &json)?;
+    Ok((report, out))
+}
+
+/// Runs `trainer classifier`: trains (or with a cache, reports) the evaluation classifier.
+pub fn run_classifier(
+    args: &ClassifierArgs,
+    log: &mut dyn FnMut(String),
+) -> Result<crate::eval::classifier::ClassifierInfo> {
+    use crate::eval::classifier;
+    let spec = plain_spec(
+        args.dataset,
+        args.data_dir.as_ref(),
+        args.image_size,
+        args.channels,
+        args.fit,
+    )?;
+    let model = if args.force {
+        classifier::train(&spec, args.epochs, &Device::Cpu, log)?
+    } else {
+        classifier::load_or_train(&spec, args.epochs, &Device::Cpu, log)?
+    };
+    log(format!(
+        "classifier: {} ({:.2}% test accuracy)",
+        classifier::cache_path(&spec).display(),
+        model.info.test_accuracy * 100.0
+    ));
+    Ok(model.info)
+}

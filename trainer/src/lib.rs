@@ -4,6 +4,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod loss;
 pub mod metrics;
 pub mod plot;

@@ -20,7 +20,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use gantry_models::Kernels;
 use gantry_trainer::bench::{bench_train, BenchSpec};
-use gantry_trainer::cli::{execute, prepare, select_device, TrainArgs};
+use gantry_trainer::cli::{
+    execute, prepare, run_classifier, run_eval, select_device, ClassifierArgs, EvalArgs, TrainArgs,
+};
 use gantry_trainer::train::run::RunOutcome;
 
 #[derive(Parser)]
@@ -38,6 +40,10 @@ enum Command {
     Bench(BenchArgs),
     /// Write a grid of samples from a checkpoint.
     Sample(SampleArgs),
+    /// FID and class coverage of a checkpoint's samples (or an image folder) against the test split.
+    Eval(EvalArgs),
+    /// Train (and cache next to the data) the classifier `eval` scores with.
+    Classifier(ClassifierArgs),
 }
 
 #[derive(clap::Args)]
@@ -173,6 +179,32 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train(*args),
         Command::Bench(args) => bench(args),
+        Command::Eval(a) => run_eval(&a, &mut |line| eprintln!("{line}"))
+            .map(|(report, out)| {
+                for r in &report.results {
+                    println!(
+                        "{}: FID {:.3}  classes>=5% {}  entropy {:.3} bits  confidence {:.3}{}",
+                        r.variant,
+                        r.fid,
+                        r.coverage.classes_over_5_percent,
+                        r.coverage.label_entropy_bits,
+                        r.coverage.mean_confidence,
+                        r.coverage
+                            .class_agreement
+                            .map(|a| format!("  class agreement {:.1}%", a * 100.0))
+                            .unwrap_or_default()
+                    );
+                }
+                println!(
+                    "reference (train vs test): FID {:.3}",
+                    report.reference_fid_train_vs_test
+                );
+                println!("report: {}", out.display());
+            })
+            .map_err(Into::into),
+        Command::Classifier(a) => run_classifier(&a, &mut |line| eprintln!("{line}"))
+            .map(|_| ())
+            .map_err(Into::into),
         Command::Sample(a) => gantry_trainer::sample::write_grid(
             &a.checkpoint,
             &a.out,

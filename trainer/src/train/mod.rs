@@ -21,6 +21,10 @@ use crate::data::{Dataset, EpochOrder};
 use crate::error::{Result, TrainError};
 use crate::metrics::StepMetrics;
 
+/// Batches and batch size of the EMA generator's BatchNorm recalibration.
+const RECALIBRATION_BATCHES: usize = 16;
+const RECALIBRATION_BATCH: usize = 128;
+
 /// `n` latent vectors drawn from N(0, 1) out of the stream `(seed, purpose)`.
 pub fn latents(seed: u64, purpose: &str, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
     let data = normal_vec(&mut rng_for(seed, purpose), n * dim, 0.0, 1.0);
@@ -358,6 +362,31 @@ impl Trainer {
         Ok((z, labels, cols))
     }
 
+    /// Gives the EMA generator BatchNorm statistics of its own (see
+    /// [`Generator::recalibrate_batchnorm`]); the live generator's are kept as they are.
+    pub fn recalibrate_ema(&self) -> Result<()> {
+        let Some(ema) = &self.generator_ema else {
+            return Ok(());
+        };
+        let mut rng = gantry_models::init::rng_for(self.config.seed, "bn-recalibration");
+        let classes = self.model.num_classes.filter(|_| self.config.conditional);
+        ema.recalibrate_batchnorm(RECALIBRATION_BATCHES, RECALIBRATION_BATCH, |n| {
+            let z = normal_vec(&mut rng, n * self.model.latent_dim, 0.0, 1.0);
+            let z = Tensor::from_vec(z, (n, self.model.latent_dim), &self.device)?;
+            let labels = classes
+                .map(|k| {
+                    Tensor::from_vec(
+                        (0..n).map(|i| (i % k) as u32).collect::<Vec<_>>(),
+                        n,
+                        &self.device,
+                    )
+                })
+                .transpose()?;
+            Ok((z, labels))
+        })?;
+        Ok(())
+    }
+
     /// The fixed sample batch from the sampling generator in eval mode: `[N, C, H, W]`.
     pub fn samples(&self) -> Result<Tensor> {
         let (z, labels, _) = self.sample_inputs()?;
@@ -366,8 +395,10 @@ impl Trainer {
             .forward(&z, labels.as_ref(), false)?)
     }
 
-    /// A complete checkpoint of the current state.
+    /// A complete checkpoint of the current state (the EMA generator's BatchNorm statistics are
+    /// recalibrated first).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
+        self.recalibrate_ema()?;
         let training = serde_json::to_value(&self.config).expect("config serialises");
         Ok(Checkpoint {
             meta: CheckpointMeta::new(self.model.clone(), Some(self.data.name.clone()), training),

@@ -113,6 +113,7 @@ fn save_checkpoint(trainer: &Trainer, paths: &RunPaths, history: &[StepMetrics])
 
 /// Writes the fixed-latent sample grid of the current step; returns its path.
 pub fn write_samples(trainer: &Trainer, paths: &RunPaths) -> Result<PathBuf> {
+    trainer.recalibrate_ema()?;
     let (_, _, cols) = trainer.sample_inputs()?;
     let images = samples::to_images(&trainer.samples()?)?;
     let path = paths.sample(trainer.state.step);

@@ -1,0 +1,217 @@
+//! Sample quality: FID on features of Gantry's own classifier, and class coverage
+//! (`trainer classifier`, `trainer eval`).
+
+pub mod classifier;
+pub mod coverage;
+pub mod fid;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use gantry_models::{Checkpoint, Generator, ModelConfig};
+use serde::Serialize;
+
+use crate::data::{self, preprocess, DataSpec, Split};
+use crate::error::{Result, TrainError};
+use crate::train::latents;
+use classifier::{Classifier, ClassifierInfo};
+use coverage::Coverage;
+use fid::{frechet_distance, GaussianStats};
+
+/// Epochs the evaluation classifier trains for when it is not cached yet.
+pub const CLASSIFIER_EPOCHS: usize = 4;
+
+/// Scores of one way of sampling.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantScore {
+    /// `ema/eval`, `raw/train`, ... (weights / BatchNorm mode), or `images`.
+    pub variant: String,
+    pub fid: f64,
+    pub coverage: Coverage,
+}
+
+/// `eval.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub source: PathBuf,
+    pub training_steps: Option<u64>,
+    pub dataset: String,
+    pub samples: usize,
+    pub classifier: ClassifierInfo,
+    pub classifier_path: PathBuf,
+    /// FID of real training images against the test split: the floor a perfect generator reaches
+    /// at this sample count.
+    pub reference_fid_train_vs_test: f64,
+    pub results: Vec<VariantScore>,
+}
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub enum EvalSource {
+    /// A checkpoint (or run folder): its generator(s) in eval and train mode.
+    Checkpoint(PathBuf),
+    /// A folder of generated PNG/JPEG images (e.g. the PyTorch reference's samples).
+    Images(PathBuf),
+}
+
+fn score(
+    classifier: &Classifier,
+    real: &GaussianStats,
+    images: &Tensor,
+    asked: Option<&[u32]>,
+    variant: &str,
+) -> Result<VariantScore> {
+    let (features, probs) = classifier.features_and_probs(images)?;
+    let stats = GaussianStats::from_rows(&features, classifier::FEATURE_DIM);
+    Ok(VariantScore {
+        variant: variant.to_string(),
+        fid: frechet_distance(real, &stats),
+        coverage: coverage::coverage(&probs, classifier.info.classes, asked),
+    })
+}
+
+fn stats_of(
+    classifier: &Classifier,
+    data: &data::Dataset,
+    limit: usize,
+    device: &Device,
+) -> Result<GaussianStats> {
+    let idx: Vec<usize> = (0..data.len().min(limit)).collect();
+    let (x, _) = data.batch(&idx, device)?;
+    let (features, _) = classifier.features_and_probs(&x)?;
+    Ok(GaussianStats::from_rows(&features, classifier::FEATURE_DIM))
+}
+
+/// `n` samples of `generator` (labels cycling through the classes for conditional models) in
+/// batches of 128; `train_mode` normalises with batch statistics.
+fn sample(
+    generator: &Generator,
+    n: usize,
+    seed: u64,
+    train_mode: bool,
+    device: &Device,
+) -> Result<(Tensor, Option<Vec<u32>>)> {
+    let cfg: &ModelConfig = &generator.config;
+    let labels: Option<Vec<u32>> = cfg
+        .num_classes
+        .map(|k| (0..n).map(|i| (i % k) as u32).collect());
+    let z = latents(seed, "eval", n, cfg.latent_dim, device)?;
+    let mut parts = Vec::new();
+    for start in (0..n).step_by(128) {
+        let len = 128.min(n - start);
+        let l = labels
+            .as_ref()
+            .map(|l| Tensor::from_slice(&l[start..start + len], len, device))
+            .transpose()?;
+        parts.push(
+            generator
+                .forward(&z.narrow(0, start, len)?, l.as_ref(), train_mode)?
+                .detach(),
+        );
+    }
+    Ok((Tensor::cat(&parts, 0)?, labels))
+}
+
+fn load_images(dir: &Path, spec: &DataSpec, device: &Device) -> Result<Tensor> {
+    let (_, files) = data::folder::scan(dir)?;
+    let s = spec.image_size;
+    let mut pixels = Vec::with_capacity(files.len() * spec.channels * s * s);
+    for (path, _) in &files {
+        let img = data::folder::decode(path)?;
+        pixels.extend(
+            preprocess::to_chw_bytes(&img, s as u32, spec.channels, spec.fit)
+                .iter()
+                .map(|&b| b as f32 / 127.5 - 1.0),
+        );
+    }
+    Ok(Tensor::from_vec(
+        pixels,
+        (files.len(), spec.channels, s, s),
+        device,
+    )?)
+}
+
+/// Evaluates `source` against the test split of `data`, with `n` generated samples.
+pub fn evaluate(
+    source: &EvalSource,
+    data_spec: &DataSpec,
+    n: usize,
+    seed: u64,
+    device: &Device,
+    log: &mut dyn FnMut(String),
+) -> Result<EvalReport> {
+    if n < 2 {
+        return Err(TrainError::option(
+            "--n",
+            "at least 2 samples are needed for a covariance",
+        ));
+    }
+    let classifier = classifier::load_or_train(data_spec, CLASSIFIER_EPOCHS, device, log)?;
+    let test = data::load(data_spec, Split::Test)?;
+    let real = stats_of(&classifier, &test, usize::MAX, device)?;
+    let train = data::load(data_spec, Split::Train)?;
+    let reference = frechet_distance(&stats_of(&classifier, &train, n, device)?, &real);
+    let mut results = Vec::new();
+    let mut steps = None;
+    match source {
+        EvalSource::Images(dir) => {
+            let images = load_images(dir, data_spec, device)?;
+            log(format!(
+                "scoring {} images from {}",
+                images.dim(0)?,
+                dir.display()
+            ));
+            results.push(score(&classifier, &real, &images, None, "images")?);
+        }
+        EvalSource::Checkpoint(path) => {
+            let dir = gantry_models::resolve_checkpoint(path)?;
+            let ckpt = Checkpoint::load_generator(&dir)?;
+            steps = Some(ckpt.step());
+            let cfg = &ckpt.meta.model;
+            if cfg.image_size != data_spec.image_size || cfg.channels != data_spec.channels {
+                return Err(TrainError::option(
+                    "--dataset",
+                    "the model's image size/channels differ from the evaluation data",
+                ));
+            }
+            let mut weights = vec![("raw", &ckpt.generator)];
+            if let Some(ema) = &ckpt.generator_ema {
+                weights.insert(0, ("ema", ema));
+            }
+            for (name, tensors) in weights {
+                let g = Generator::from_tensors(cfg, tensors, device)?;
+                for (mode, train_mode) in [("eval", false), ("train", true)] {
+                    let (images, asked) = sample(&g, n, seed, train_mode, device)?;
+                    let s = score(
+                        &classifier,
+                        &real,
+                        &images,
+                        asked.as_deref(),
+                        &format!("{name}/{mode}"),
+                    )?;
+                    log(format!(
+                        "{}: FID {:.2}, {} classes >= 5%, entropy {:.3} bits",
+                        s.variant,
+                        s.fid,
+                        s.coverage.classes_over_5_percent,
+                        s.coverage.label_entropy_bits
+                    ));
+                    results.push(s);
+                }
+            }
+        }
+    }
+    let source_path = match source {
+        EvalSource::Checkpoint(p) | EvalSource::Images(p) => p.clone(),
+    };
+    Ok(EvalReport {
+        source: source_path,
+        training_steps: steps,
+        dataset: test.name.clone(),
+        samples: n,
+        classifier_path: classifier::cache_path(data_spec),
+        classifier: classifier.info.clone(),
+        reference_fid_train_vs_test: reference,
+        results,
+    })
+}
