@@ -173,7 +173,18 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// candle runs its element-wise CPU ops on a thread pool of its own that spins while idle; beside
+/// rayon's pool (which Gantry's kernels and GEMMs use) it oversubscribes small machines. The
+/// remaining candle element-wise work is small, so it runs on the calling thread: 20% less CPU
+/// time per training step on 2 cores (docs/benchmarks.md). `CANDLE_NUM_THREADS` still overrides.
+fn tune_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() -> ExitCode {
+    tune_threads();
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
