@@ -12,21 +12,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::kernels::{f32_slice, f32_slice_mut};
 use crate::tensors::TensorMap;
-
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adam: expected contiguous f32 tensors"),
-    }
-}
-
-fn cpu_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => candle_core::bail!("adam: expected contiguous f32 tensors"),
-    }
-}
 
 /// `m = beta * m + (1 - beta) * g` (or `g^2` for the second moment), in place.
 struct Moment {
@@ -46,8 +33,8 @@ impl InplaceOp2 for Moment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<()> {
-        let m = cpu_slice_mut(s1, l1)?;
-        let g = cpu_slice(s2, l2)?;
+        let m = f32_slice_mut(s1, l1, "parameter")?;
+        let g = f32_slice(s2, l2, "gradient")?;
         let (b, c) = (self.beta, 1.0 - self.beta);
         let square = self.square;
         m.par_chunks_mut(1 << 14)
@@ -82,8 +69,8 @@ impl InplaceOp3 for Update {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let p = cpu_slice_mut(s1, l1)?;
-        let (m, v) = (cpu_slice(s2, l2)?, cpu_slice(s3, l3)?);
+        let p = f32_slice_mut(s1, l1, "parameter")?;
+        let (m, v) = (f32_slice(s2, l2, "moment")?, f32_slice(s3, l3, "moment")?);
         let chunk = 1 << 14;
         p.par_chunks_mut(chunk)
             .zip(m.par_chunks(chunk).zip(v.par_chunks(chunk)))

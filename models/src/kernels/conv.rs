@@ -12,6 +12,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use super::f32_slice;
 use super::im2col::{col2im, im2col_into, Window};
 use super::matmul::{matmul, matmul_into, Operand};
 
@@ -209,16 +210,6 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("gantry conv: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("gantry conv: {what} must be contiguous"),
-    }
-}
-
 /// Forward op: `(x, w) -> y`.
 struct ConvForward(ConvParams);
 /// `(dy, w) -> dx`, `x_shape` fixing the output shape.
@@ -241,8 +232,8 @@ impl CustomOp2 for ConvForward {
         let d = self.0.dims(l1.dims(), l2.dims())?;
         let _span = span(&self.0, "fwd", &d);
         let y = self.0.forward(
-            contiguous_f32(s1, l1, "input")?,
-            contiguous_f32(s2, l2, "weight")?,
+            f32_slice(s1, l1, "input")?,
+            f32_slice(s2, l2, "weight")?,
             &d,
         );
         Ok((
@@ -302,8 +293,8 @@ impl CustomOp2 for ConvInputGrad {
         }
         let _span = span(&self.0, "bwd-input", &d);
         let dx = self.0.input_grad(
-            contiguous_f32(s1, l1, "gradient")?,
-            contiguous_f32(s2, l2, "weight")?,
+            f32_slice(s1, l1, "gradient")?,
+            f32_slice(s2, l2, "weight")?,
             &d,
         );
         Ok((CpuStorage::F32(dx), Shape::from(self.1.to_vec())))
@@ -331,8 +322,8 @@ impl CustomOp2 for ConvWeightGrad {
         }
         let _span = span(&self.0, "bwd-weight", &d);
         let dw = self.0.weight_grad(
-            contiguous_f32(s1, l1, "input")?,
-            contiguous_f32(s2, l2, "gradient")?,
+            f32_slice(s1, l1, "input")?,
+            f32_slice(s2, l2, "gradient")?,
             &d,
         );
         Ok((CpuStorage::F32(dw), Shape::from(self.1.to_vec())))

@@ -12,13 +12,39 @@ pub mod im2col;
 pub mod matmul;
 pub mod norm;
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, Layout, Tensor};
 
 use crate::error::Result;
 use crate::spec::ConvLayer;
 
 pub use conv::ConvParams;
 pub use norm::Act;
+
+/// The contiguous f32 data of a custom op's CPU operand (`what` names it in errors).
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&data[start..end]),
+        (CpuStorage::F32(_), None) => {
+            candle_core::bail!("gantry kernels: {what} must be contiguous")
+        }
+        _ => candle_core::bail!("gantry kernels: {what} must be f32"),
+    }
+}
+
+/// The contiguous f32 data of an in-place op's destination.
+pub fn f32_slice_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        (CpuStorage::F32(_), None) => {
+            candle_core::bail!("gantry kernels: {what} must be contiguous")
+        }
+        _ => candle_core::bail!("gantry kernels: {what} must be f32"),
+    }
+}
 
 /// The convolution of `layer` on a channel-major `x` with weight `w` through Gantry's kernels.
 pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::f32_slice;
 use crate::spec::Activation;
 
 /// An activation that the kernels fuse; its derivative is read off the output `y`, which works
@@ -113,16 +114,6 @@ fn lane_sum2(
     (sa, sb)
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("gantry kernels: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("gantry kernels: {what} must be contiguous"),
-    }
-}
-
 /// Per-channel batch statistics kept by the forward pass for the backward pass and the running
 /// statistics update.
 #[derive(Debug, Clone, Default)]
@@ -155,9 +146,9 @@ impl CustomOp3 for BnActTrain {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} fwd", l1.dims()));
-        let x = slice(s1, l1, "input")?;
-        let gamma = slice(s2, l2, "gamma")?;
-        let beta = slice(s3, l3, "beta")?;
+        let x = f32_slice(s1, l1, "input")?;
+        let gamma = f32_slice(s2, l2, "gamma")?;
+        let beta = f32_slice(s3, l3, "beta")?;
         let c = l1.dims()[0];
         if gamma.len() != c || beta.len() != c || x.len() % c != 0 {
             candle_core::bail!(
@@ -248,9 +239,9 @@ impl CustomOp3 for BnActGrad {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} bwd", l1.dims()));
-        let x = slice(s1, l1, "input")?;
-        let y = slice(s2, l2, "output")?;
-        let dy = slice(s3, l3, "gradient")?;
+        let x = f32_slice(s1, l1, "input")?;
+        let y = f32_slice(s2, l2, "output")?;
+        let dy = f32_slice(s3, l3, "gradient")?;
         let c = self.gamma.len();
         let m = x.len() / c;
         let mut dx = vec![0f32; x.len()];
@@ -316,7 +307,7 @@ impl CustomOp1 for ActOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "input")?;
+        let x = f32_slice(s, l, "input")?;
         let y: Vec<f32> = x
             .par_iter()
             .with_min_len(4096)
@@ -345,8 +336,8 @@ impl CustomOp2 for ActGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dy = slice(s1, l1, "gradient")?;
-        let y = slice(s2, l2, "output")?;
+        let dy = f32_slice(s1, l1, "gradient")?;
+        let y = f32_slice(s2, l2, "output")?;
         let dx: Vec<f32> = dy
             .par_iter()
             .zip(y.par_iter())
