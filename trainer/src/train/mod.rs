@@ -309,11 +309,16 @@ impl Trainer {
         }
     }
 
-    /// EMA of parameters; BatchNorm running statistics are copied, not averaged.
+    /// EMA of parameters with warm-up; BatchNorm running statistics are copied, not averaged
+    /// (and recalibrated for the EMA weights when samples or checkpoints are taken).
     fn update_ema(&mut self) -> Result<()> {
         let (Some(decay), Some(ema)) = (self.config.ema, &self.generator_ema) else {
             return Ok(());
         };
+        // Warm-up (TensorFlow's ExponentialMovingAverage with num_updates): early on the average
+        // follows the weights closely instead of holding on to the random initialisation.
+        let t = self.state.step as f64;
+        let decay = decay.min((1.0 + t) / (10.0 + t));
         let params: Vec<_> = self
             .generator
             .net
