@@ -78,6 +78,20 @@ impl GenerateRequest {
     }
 }
 
+/// How much ONNX Runtime rewrites the graph before running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GraphOptimization {
+    /// No rewrites (a reference for checking that optimisations keep the results).
+    Disabled,
+    /// Constant folding and redundant-node removal.
+    Basic,
+    /// Plus operator fusions.
+    Extended,
+    /// Everything, including layout optimisations (the default).
+    #[default]
+    All,
+}
+
 /// Configures and loads a [`Generator`].
 #[derive(Debug, Clone, Default)]
 pub struct GeneratorBuilder {
@@ -86,6 +100,7 @@ pub struct GeneratorBuilder {
     providers: ProviderChoice,
     provider_options: ProviderOptions,
     intra_threads: Option<usize>,
+    optimization: GraphOptimization,
 }
 
 impl GeneratorBuilder {
@@ -113,6 +128,12 @@ impl GeneratorBuilder {
         self
     }
 
+    /// Graph optimisation level (default: all).
+    pub fn graph_optimization(mut self, level: GraphOptimization) -> Self {
+        self.optimization = level;
+        self
+    }
+
     /// Threads ONNX Runtime uses inside one run (default: all cores).
     pub fn intra_threads(mut self, threads: usize) -> Self {
         self.intra_threads = Some(threads);
@@ -137,7 +158,12 @@ impl GeneratorBuilder {
         };
         let mut builder = Session::builder(library::environment()?)
             .map_err(ort_err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(match self.optimization {
+                GraphOptimization::Disabled => GraphOptimizationLevel::Disable,
+                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
+                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
+                GraphOptimization::All => GraphOptimizationLevel::All,
+            })
             .map_err(|e| ort_err(e.into()))?;
         if let Some(t) = self.intra_threads {
             builder = builder

@@ -29,7 +29,9 @@ pub mod providers;
 pub mod signature;
 
 pub use error::{Result, RuntimeError};
-pub use generator::{GenerateRequest, Generator, GeneratorBuilder, ImageBatch, MAX_IMAGES};
+pub use generator::{
+    GenerateRequest, Generator, GeneratorBuilder, GraphOptimization, ImageBatch, MAX_IMAGES,
+};
 pub use latent::{slerp, LatentStream};
 pub use providers::{Provider, ProviderChoice, ProviderOptions, ProviderReport};
 pub use signature::{ModelInfo, OutputLayout, Signature};
