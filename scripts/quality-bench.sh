@@ -35,7 +35,7 @@ train() {
 torch() {
     local steps=$1 dir="$out/torch_$1"
     "$py" -c "import torch" 2>/dev/null || { echo "skipping PyTorch: $py cannot import torch" >&2; return; }
-    [ -f "$dir/run.json" ] || "$py" "$torch_script" --mnist data/mnist --out "$dir" --max-steps "$steps" --n-samples $N
+    [ -f "$dir/run.json" ] || "$py" "$torch_script" --mnist data/mnist --out "$dir" --epochs 100 --max-steps "$steps" --n-samples $N
     for mode in eval train; do
         $T eval --images "$dir/samples_$mode" --dataset mnist --fit pad --n $N --out "$dir/eval_$mode.json"
     done
