@@ -156,8 +156,13 @@ pub fn generator_graph(
             DataType::Int64,
             &[Dim::Named(BATCH_DIM)],
         ));
-        let name = cond.tensor_name();
-        let table = b.weight(name, &cond.shape(), &values(tensors, name)?);
+        let (Some(name), Some(shape)) = (cond.tensor_name(), cond.shape()) else {
+            return Err(ExportError::option(
+                "--checkpoint",
+                "the generator's conditioning has no embedding table",
+            ));
+        };
+        let table = b.weight(name, &shape, &values(tensors, name)?);
         let emb = b.add(
             "Gather",
             "label_embedding",

@@ -6,7 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::init::init_tensors;
 use crate::network::Network;
-use crate::ops::{self, Kernels};
+use crate::ops::Kernels;
 use crate::spec::{discriminator_spec, generator_spec};
 use crate::tensors::TensorMap;
 
@@ -163,27 +163,19 @@ impl Discriminator {
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
         check_labels(&self.config, labels, n)?;
-        let (last, hidden) = self
-            .net
-            .blocks
-            .split_last()
-            .expect("a discriminator has layers");
-        let h = self.net.forward_blocks(x, hidden, train, frozen)?;
+        let input = match (labels, self.config.num_classes) {
+            (Some(l), Some(k)) => {
+                let (_, _, h, w) = x.dims4()?;
+                let one_hot = Tensor::eye(k, x.dtype(), x.device())?.index_select(l, 0)?;
+                let maps = one_hot.reshape((n, k, 1, 1))?.broadcast_as((n, k, h, w))?;
+                Tensor::cat(&[x, &maps], 1)?
+            }
+            _ => x.clone(),
+        };
         let logits = self
             .net
-            .forward_blocks(&h, std::slice::from_ref(last), train, frozen)?
-            .reshape(n)?;
-        match labels {
-            None => Ok(logits),
-            Some(l) => {
-                let mut embedding = self.net.embed(l)?;
-                if frozen {
-                    embedding = embedding.detach();
-                }
-                let projection = (embedding * ops::sum_spatial(&h)?)?.sum(1)?;
-                Ok((logits + projection)?)
-            }
-        }
+            .forward_blocks(&input, &self.net.blocks, train, frozen)?;
+        Ok(logits.reshape(n)?)
     }
 }
 
@@ -196,6 +188,7 @@ pub fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::init::normal_vec;
+    use crate::ops;
 
     fn config(num_classes: Option<usize>) -> ModelConfig {
         ModelConfig {

@@ -1,5 +1,5 @@
 //! Seeded DCGAN weight initialisation: conv weights N(0, 0.02), BatchNorm gamma N(1, 0.02), beta 0,
-//! running mean 0, running variance 1, label embeddings N(0, 1) (generator) / N(0, 0.02) (projection).
+//! running mean 0, running variance 1, label embeddings N(0, 1).
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;

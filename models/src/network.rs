@@ -182,8 +182,8 @@ impl Network {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embedding = match &spec.conditioning {
-            Some(c) => Some(var(c.tensor_name())?),
+        let embedding = match spec.conditioning.as_ref().and_then(|c| c.tensor_name()) {
+            Some(name) => Some(var(name)?),
             None => None,
         };
         Ok(Self {
@@ -243,8 +243,14 @@ impl Network {
 
     fn named_vars(&self, with_buffers: bool) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        if let (Some(c), Some(e)) = (&self.spec.conditioning, &self.embedding) {
-            out.push((c.tensor_name().to_string(), e.clone()));
+        if let (Some(name), Some(e)) = (
+            self.spec
+                .conditioning
+                .as_ref()
+                .and_then(|c| c.tensor_name()),
+            &self.embedding,
+        ) {
+            out.push((name.to_string(), e.clone()));
         }
         for b in &self.blocks {
             out.push((b.layer.weight_name(), b.weight.clone()));

@@ -5,7 +5,7 @@
 //! a network through Gantry's CPU custom operations (see [`crate::kernels`]) when the tensors
 //! are on the CPU; the two agree to float tolerance, forward and backward.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::error::Result;
 use crate::spec::{Activation, ConvKind, ConvLayer};
@@ -94,9 +94,4 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
         }
         Activation::Tanh => x.tanh()?,
     })
-}
-
-/// Sums an NCHW tensor over its spatial dimensions: `[N, C]`.
-pub fn sum_spatial(x: &Tensor) -> Result<Tensor> {
-    Ok(x.flatten_from(2)?.sum(D::Minus1)?)
 }

@@ -97,34 +97,37 @@ pub enum Conditioning {
         num_classes: usize,
         embed_dim: usize,
     },
-    /// Discriminator (projection discriminator, Miyato & Koyama 2018): the logit gains
-    /// `<embedding[label], sum_hw(features)>` where features feed the last layer.
-    Projection {
-        num_classes: usize,
-        embed_dim: usize,
-    },
+    /// Discriminator: one-hot label maps (`num_classes` constant planes) are concatenated to the
+    /// image, so the first convolution sees the class everywhere (the classic conditional DCGAN).
+    LabelMaps { num_classes: usize },
 }
 
 impl Conditioning {
-    /// Checkpoint name of the embedding table.
-    pub fn tensor_name(&self) -> &'static str {
+    /// Checkpoint name of the embedding table, for conditionings that have one.
+    pub fn tensor_name(&self) -> Option<&'static str> {
         match self {
-            Self::ConcatEmbedding { .. } => "label_embedding.weight",
-            Self::Projection { .. } => "projection.weight",
+            Self::ConcatEmbedding { .. } => Some("label_embedding.weight"),
+            Self::LabelMaps { .. } => None,
         }
     }
 
-    /// Shape `[num_classes, embed_dim]` of the embedding table.
-    pub fn shape(&self) -> Vec<usize> {
+    /// Shape `[num_classes, embed_dim]` of the embedding table, for conditionings that have one.
+    pub fn shape(&self) -> Option<Vec<usize>> {
         match *self {
             Self::ConcatEmbedding {
                 num_classes,
                 embed_dim,
+            } => Some(vec![num_classes, embed_dim]),
+            Self::LabelMaps { .. } => None,
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        match *self {
+            Self::ConcatEmbedding { num_classes, .. } | Self::LabelMaps { num_classes } => {
+                num_classes
             }
-            | Self::Projection {
-                num_classes,
-                embed_dim,
-            } => vec![num_classes, embed_dim],
         }
     }
 }
@@ -160,8 +163,12 @@ impl NetworkSpec {
             shape,
             role: TensorRole::Parameter,
         };
-        if let Some(c) = &self.conditioning {
-            out.push(param(c.tensor_name().to_string(), c.shape()));
+        if let Some((name, shape)) = self
+            .conditioning
+            .as_ref()
+            .and_then(|c| c.tensor_name().zip(c.shape()))
+        {
+            out.push(param(name.to_string(), shape));
         }
         for layer in &self.layers {
             out.push(param(layer.weight_name(), layer.weight_shape()));
@@ -245,11 +252,11 @@ pub fn generator_spec(cfg: &ModelConfig) -> NetworkSpec {
 }
 
 /// The DCGAN discriminator: stride-2 Conv + BN + LeakyReLU stages (no BN on the first), then a
-/// 4x4 Conv to one logit.
+/// 4x4 Conv to one logit. Conditional models see one-hot label maps beside the image channels.
 pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
     let stages = cfg.num_stages();
     let mut layers = Vec::with_capacity(stages + 1);
-    let mut channels = cfg.channels;
+    let mut channels = cfg.channels + cfg.num_classes.unwrap_or(0);
     let mut size = cfg.image_size;
     for stage in 0..stages {
         let out_channels = cfg.d_width << stage;
@@ -269,7 +276,6 @@ pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
         channels = out_channels;
         size /= 2;
     }
-    let feature_channels = channels;
     layers.push(ConvLayer {
         index: stages,
         kind: ConvKind::Conv,
@@ -285,10 +291,9 @@ pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
     });
     NetworkSpec {
         layers,
-        conditioning: cfg.num_classes.map(|num_classes| Conditioning::Projection {
-            num_classes,
-            embed_dim: feature_channels,
-        }),
+        conditioning: cfg
+            .num_classes
+            .map(|num_classes| Conditioning::LabelMaps { num_classes }),
     }
 }
 
@@ -350,6 +355,10 @@ mod tests {
         assert_eq!(g.layers[0].in_channels, 150);
         assert_eq!(g.tensors()[0].shape, vec![10, 50]);
         let d = discriminator_spec(&c);
-        assert_eq!(d.tensors()[0].shape, vec![10, 256]);
+        assert_eq!(
+            d.tensors()[0].shape,
+            vec![64, 11, 4, 4],
+            "label maps widen D's input"
+        );
     }
 }
