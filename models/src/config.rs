@@ -4,8 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// Size of the label embedding concatenated to `z` in class-conditional generators.
-pub const DEFAULT_LABEL_EMBED_DIM: usize = 50;
+/// Default label encoding of class-conditional generators: 0 means a fixed one-hot vector
+/// concatenated to `z` (the classic conditional DCGAN); a positive value a learned embedding of
+/// that size.
+pub const DEFAULT_LABEL_EMBED_DIM: usize = 0;
 
 /// Hyper-parameters that fix the shapes of a DCGAN pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +25,8 @@ pub struct ModelConfig {
     /// Number of classes for a class-conditional pair; `None` for an unconditional one.
     #[serde(default)]
     pub num_classes: Option<usize>,
-    /// Size of the generator's label embedding (conditional models only).
+    /// Size of the generator's learned label embedding; 0 (the default) concatenates a fixed
+    /// one-hot vector instead (conditional models only).
     #[serde(default = "default_label_embed_dim")]
     pub label_embed_dim: usize,
 }
@@ -69,9 +72,6 @@ impl ModelConfig {
             if n < 2 {
                 return bad(format!("num_classes must be at least 2, got {n}"));
             }
-            if self.label_embed_dim == 0 {
-                return bad("label_embed_dim must be at least 1".into());
-            }
         }
         Ok(())
     }
@@ -81,9 +81,18 @@ impl ModelConfig {
         (self.image_size / 4).trailing_zeros() as usize
     }
 
-    /// Channels of the generator input after the label embedding is concatenated.
+    /// Size of the label vector concatenated to `z` (0 for unconditional models).
+    pub fn label_dim(&self) -> usize {
+        match self.num_classes {
+            None => 0,
+            Some(k) if self.label_embed_dim == 0 => k,
+            Some(_) => self.label_embed_dim,
+        }
+    }
+
+    /// Channels of the generator input after the label vector is concatenated.
     pub fn generator_input_dim(&self) -> usize {
-        self.latent_dim + self.num_classes.map_or(0, |_| self.label_embed_dim)
+        self.latent_dim + self.label_dim()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Seeded DCGAN weight initialisation: conv weights N(0, 0.02), BatchNorm gamma N(1, 0.02), beta 0,
-//! running mean 0, running variance 1, label embeddings N(0, 1).
+//! running mean 0, running variance 1, learned label embeddings N(0, 1), one-hot label tables the
+//! identity.
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
@@ -38,6 +39,13 @@ pub fn init_tensors(spec: &NetworkSpec, prefix: &str, seed: u64) -> Result<Tenso
         let n: usize = t.shape.iter().product();
         let mut rng = rng_for(seed, &format!("{prefix}.{}", t.name));
         let data = match (t.role, t.name.rsplit('.').next().unwrap_or("")) {
+            (TensorRole::Buffer, _) if t.name == "label_embedding.weight" => {
+                // A fixed one-hot code: the identity table.
+                let k = t.shape[0];
+                (0..n)
+                    .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
+                    .collect()
+            }
             (TensorRole::Buffer, "running_var") => vec![1.0; n],
             (TensorRole::Buffer, _) => vec![0.0; n],
             (_, "bias") => vec![0.0; n],

@@ -92,10 +92,12 @@ impl ConvLayer {
 /// How class labels enter a network.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Conditioning {
-    /// Generator: `embedding[label]` (dim `embed_dim`) is concatenated to `z`.
+    /// Generator: `embedding[label]` (dim `embed_dim`) is concatenated to `z`. A non-trainable
+    /// table is the identity: a fixed one-hot code.
     ConcatEmbedding {
         num_classes: usize,
         embed_dim: usize,
+        trainable: bool,
     },
     /// Discriminator: one-hot label maps (`num_classes` constant planes) are concatenated to the
     /// image, so the first convolution sees the class everywhere (the classic conditional DCGAN).
@@ -117,9 +119,21 @@ impl Conditioning {
             Self::ConcatEmbedding {
                 num_classes,
                 embed_dim,
+                ..
             } => Some(vec![num_classes, embed_dim]),
             Self::LabelMaps { .. } => None,
         }
+    }
+
+    /// Whether the optimiser trains the table (a fixed one-hot table is a buffer).
+    pub fn trainable(&self) -> bool {
+        matches!(
+            self,
+            Self::ConcatEmbedding {
+                trainable: true,
+                ..
+            }
+        )
     }
 
     /// Number of classes.
@@ -163,12 +177,19 @@ impl NetworkSpec {
             shape,
             role: TensorRole::Parameter,
         };
-        if let Some((name, shape)) = self
-            .conditioning
-            .as_ref()
-            .and_then(|c| c.tensor_name().zip(c.shape()))
-        {
-            out.push(param(name.to_string(), shape));
+        if let Some(c) = &self.conditioning {
+            if let (Some(name), Some(shape)) = (c.tensor_name(), c.shape()) {
+                let role = if c.trainable() {
+                    TensorRole::Parameter
+                } else {
+                    TensorRole::Buffer
+                };
+                out.push(TensorSpec {
+                    name: name.to_string(),
+                    shape,
+                    role,
+                });
+            }
         }
         for layer in &self.layers {
             out.push(param(layer.weight_name(), layer.weight_shape()));
@@ -246,7 +267,8 @@ pub fn generator_spec(cfg: &ModelConfig) -> NetworkSpec {
             .num_classes
             .map(|num_classes| Conditioning::ConcatEmbedding {
                 num_classes,
-                embed_dim: cfg.label_embed_dim,
+                embed_dim: cfg.label_dim(),
+                trainable: cfg.label_embed_dim > 0,
             }),
     }
 }
@@ -352,8 +374,15 @@ mod tests {
             ..Default::default()
         };
         let g = generator_spec(&c);
-        assert_eq!(g.layers[0].in_channels, 150);
-        assert_eq!(g.tensors()[0].shape, vec![10, 50]);
+        assert_eq!(g.layers[0].in_channels, 110, "one-hot labels by default");
+        assert_eq!(g.tensors()[0].shape, vec![10, 10]);
+        assert_eq!(g.tensors()[0].role, TensorRole::Buffer);
+        let learned = generator_spec(&ModelConfig {
+            label_embed_dim: 50,
+            ..c.clone()
+        });
+        assert_eq!(learned.layers[0].in_channels, 150);
+        assert_eq!(learned.tensors()[0].role, TensorRole::Parameter);
         let d = discriminator_spec(&c);
         assert_eq!(
             d.tensors()[0].shape,
