@@ -35,6 +35,16 @@ impl Window {
         self.batch * self.col_height * self.col_width
     }
 
+    /// Whether the window covers the whole unpadded image in one position (a DCGAN's 4x4 <-> 1x1
+    /// layers): the column matrix is then a transpose of the image.
+    fn is_whole_image(&self) -> bool {
+        self.padding == 0
+            && self.col_height == 1
+            && self.col_width == 1
+            && self.kernel == self.height
+            && self.kernel == self.width
+    }
+
     /// Elements of the image.
     pub fn image_len(&self) -> usize {
         self.batch * self.channels * self.height * self.width
@@ -56,6 +66,13 @@ impl Window {
     }
 }
 
+/// Rows (or planes) of `len` values each one rayon task should take at least, so that small
+/// layers are not split into thousands of tasks that cost more to schedule than to run.
+fn min_rows_per_task(len: usize) -> usize {
+    const MIN_VALUES_PER_TASK: usize = 16 * 1024;
+    MIN_VALUES_PER_TASK.div_ceil(len.max(1))
+}
+
 /// Unfolds `image` into the column matrix (see the module docs), written into `cols` (which
 /// must hold `rows * cols` values; every value is written, so it needs no clearing).
 pub fn im2col_into(image: &[f32], w: &Window, cols: &mut [f32]) {
@@ -64,8 +81,24 @@ pub fn im2col_into(image: &[f32], w: &Window, cols: &mut [f32]) {
     let plane = w.height * w.width;
     let stride = w.stride;
     assert_eq!(cols.len(), w.rows() * w.cols(), "column buffer size");
+    if w.is_whole_image() {
+        // Each channel's [B, k*k] block becomes a [k*k, B] block: a plain transpose.
+        let (kk, b) = (k * k, w.batch);
+        for (src, dst) in image
+            .chunks_exact(b * kk)
+            .zip(cols.chunks_exact_mut(kk * b))
+        {
+            for (bi, pixels) in src.chunks_exact(kk).enumerate() {
+                for (t, &v) in pixels.iter().enumerate() {
+                    dst[t * b + bi] = v;
+                }
+            }
+        }
+        return;
+    }
     cols.par_chunks_mut(w.cols())
         .enumerate()
+        .with_min_len(min_rows_per_task(w.cols()))
         .for_each(|(row, out)| {
             let c = row / (k * k);
             let (ky, kx) = ((row / k) % k, row % k);
@@ -109,9 +142,25 @@ pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
     let ncols = w.cols();
     let stride = w.stride;
     let mut image = vec![0f32; w.image_len()];
+    if w.is_whole_image() {
+        // The inverse transpose of im2col's (windows do not overlap: nothing to sum).
+        let (kk, b) = (k * k, w.batch);
+        for (dst, src) in image
+            .chunks_exact_mut(b * kk)
+            .zip(cols.chunks_exact(kk * b))
+        {
+            for (bi, pixels) in dst.chunks_exact_mut(kk).enumerate() {
+                for (t, v) in pixels.iter_mut().enumerate() {
+                    *v = src[t * b + bi];
+                }
+            }
+        }
+        return image;
+    }
     image
         .par_chunks_mut(plane)
         .enumerate()
+        .with_min_len(min_rows_per_task(plane * k * k))
         .for_each(|(cb, out)| {
             let (c, b) = (cb / w.batch, cb % w.batch);
             for ky in 0..k {
@@ -223,5 +272,37 @@ mod tests {
         assert_eq!(cols[row * w.cols() + col], x[((2 + 1) * 5 + 4) * 4 + 3]);
         // row (c=0, ky=0, kx=0), column (b=0, oy=0, ox=0): padding
         assert_eq!(cols[0], 0.0);
+    }
+
+    /// The whole-image fast path (4x4 image, 4x4 window, one position) agrees with the
+    /// definition in the module docs, and col2im inverts it.
+    #[test]
+    fn whole_image_window_is_a_transpose() {
+        let w = Window {
+            batch: 3,
+            channels: 2,
+            height: 4,
+            width: 4,
+            kernel: 4,
+            stride: 1,
+            padding: 0,
+            col_height: 1,
+            col_width: 1,
+        };
+        assert!(w.is_whole_image());
+        let x: Vec<f32> = (0..w.image_len()).map(|i| i as f32).collect();
+        let cols = im2col(&x, &w);
+        for c in 0..2 {
+            for b in 0..3 {
+                for ky in 0..4 {
+                    for kx in 0..4 {
+                        let row = (c * 4 + ky) * 4 + kx;
+                        let pixel = ((c * 3 + b) * 4 + ky) * 4 + kx;
+                        assert_eq!(cols[row * w.cols() + b], x[pixel]);
+                    }
+                }
+            }
+        }
+        assert_eq!(col2im(&cols, &w), x);
     }
 }

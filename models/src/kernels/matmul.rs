@@ -97,6 +97,61 @@ pub fn matmul_into(
     }
 }
 
+/// `C[m, n] = A[m, k] * B[n, k]^T` for row-major `A` and `B` whose shared dimension `k` is much
+/// longer than the result (a weight gradient of a thin layer: every pixel of the batch against
+/// a few channels). `gemm` parallelises over the result only, so such products ran on one core;
+/// here `k` is split across the threads and the partial products are summed.
+pub fn matmul_nt_split_k(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert_eq!(a.len(), m * k, "lhs size");
+    assert_eq!(b.len(), n * k, "rhs size");
+    let parts = rayon::current_num_threads().min(k / 1024).max(1);
+    if parts == 1 || m == 0 || n == 0 {
+        return matmul(m, n, k, Operand::plain(a), Operand::t(b));
+    }
+    let chunk = k.div_ceil(parts);
+    (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (start, end) = (p * chunk, ((p + 1) * chunk).min(k));
+            let mut c = vec![0f32; m * n];
+            if start < end {
+                // SAFETY: A is read at rows 0..m, columns start..end (row stride k) and B^T at
+                // rows start..end, columns 0..n (B's row stride k): all inside the slices,
+                // whose lengths were asserted; `c` is a fresh m x n buffer.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        end - start,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().add(start),
+                        1,
+                        k as isize,
+                        b.as_ptr().add(start),
+                        k as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+            c
+        })
+        .reduce_with(|mut acc, part| {
+            acc.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
+            acc
+        })
+        .expect("at least one part")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +200,23 @@ mod tests {
             true,
         );
         assert!(acc.iter().zip(&want).all(|(x, y)| *x == 2.0 * y));
+    }
+
+    #[test]
+    fn split_k_product_matches_the_naive_product() {
+        // Integer-valued inputs keep every partial sum exact, so the split must agree exactly.
+        let (m, n, k) = (5, 7, 5000);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 9) as f32 - 4.0).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| ((i * 17) % 5) as f32 - 2.0).collect();
+        let want = naive(m, n, k, &|i, l| a[i * k + l], &|l, j| b[j * k + l]);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| matmul_nt_split_k(m, n, k, &a, &b)), want);
+        assert_eq!(
+            matmul_nt_split_k(m, n, 10, &a[..m * 10], &b[..n * 10]),
+            naive(m, n, 10, &|i, l| a[i * 10 + l], &|l, j| b[j * 10 + l])
+        );
     }
 }
