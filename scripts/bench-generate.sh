@@ -19,15 +19,23 @@ for g in g32 g64; do
     $E --checkpoint $work/$g --out $work/$g.onnx >&2
     $E --checkpoint $work/$g --out $work/$g-u8.onnx --output uint8 >&2
 done
-for g in g32 g64; do
-    for b in 1 64 1024; do
-        iters=30; [ $b = 1024 ] && iters=5
-        echo "== $g batch $b"
-        $R bench --model $work/$g.onnx --batch-size $b --iterations $iters 2>/dev/null
-        $R bench --model $work/$g-u8.onnx --batch-size $b --iterations $iters 2>/dev/null | sed 's/RESULT runtime/RESULT runtime-uint8/'
-        "$py" scripts/bench_generate.py $work/$g/final $work/$g.onnx $b $iters
+# Rounds alternate the engines so that a slow spell of this (shared, noisy) machine hits all of
+# them alike; the summary keeps each engine's best round.
+rounds=${ROUNDS:-3}
+for round in $(seq $rounds); do
+    for g in g32 g64; do
+        for b in 1 64 1024; do
+            iters=30; [ $b = 1024 ] && iters=5
+            echo "== $g batch $b round $round"
+            $R bench --model $work/$g.onnx --batch-size $b --iterations $iters 2>/dev/null
+            $R bench --model $work/$g-u8.onnx --batch-size $b --iterations $iters 2>/dev/null | sed 's/RESULT runtime/RESULT runtime-uint8/'
+            "$py" scripts/bench_generate.py $work/$g/final $work/$g.onnx $b $iters
+        done
     done
-done
+done | tee $work/results.txt
+echo
+python3 scripts/bench_generate_table.py $work/results.txt
+echo
 echo "== CLI end to end (process start to last PNG and grid written)"
 for g in g32 g64; do
     for n in 64 1024; do

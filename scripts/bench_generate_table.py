@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Markdown table from the RESULT lines scripts/bench-generate.sh collects: for every model and
+batch size, each engine's best round (ms per batch, img/s) and the ratios that matter.
+usage: bench_generate_table.py RESULTS_TXT"""
+import re
+import sys
+
+best = {}  # (model, batch, engine) -> ms
+model = batch = None
+for line in open(sys.argv[1]):
+    head = re.match(r"== (\S+) batch (\d+)", line)
+    if head:
+        model, batch = head.group(1), int(head.group(2))
+        continue
+    res = re.match(r"RESULT (\S+) .*?([\d.]+) ms/batch", line)
+    if res and model:
+        key = (model, batch, res.group(1))
+        ms = float(res.group(2))
+        best[key] = min(ms, best.get(key, ms))
+
+engines = ["runtime", "runtime-uint8", "onnxruntime", "torch"]
+print("| model | batch | Gantry runtime (float out) | Gantry runtime (uint8 out) | Python onnxruntime | PyTorch eager | runtime speed-up over PyTorch | over onnxruntime |")
+print("|---|---|---|---|---|---|---|---|")
+for m, b in sorted({(k[0], k[1]) for k in best}):
+    cell = []
+    for e in engines:
+        ms = best.get((m, b, e))
+        cell.append("–" if ms is None else f"{ms:.2f} ms ({b / ms * 1e3:,.0f} img/s)")
+    rt = min(v for v in (best.get((m, b, "runtime")), best.get((m, b, "runtime-uint8"))) if v)
+    ratio = lambda other: "–" if best.get((m, b, other)) is None else f"{best[(m, b, other)] / rt:.2f}x"
+    side = {"g32": "32x32x1", "g64": "64x64x3"}.get(m, m)
+    print(f"| {side} | {b} | " + " | ".join(cell) + f" | {ratio('torch')} | {ratio('onnxruntime')} |")
