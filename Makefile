@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
-DEMO_STEPS ?= 700
+DEMO_STEPS ?= 938
 DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= ../venv-bench/bin/python
@@ -24,7 +24,7 @@ demo: tools ort data
 	$(CARGO) build --release --bins
 	rm -rf $(DEMO_RUN) out/demo
 	time target/release/trainer train --dataset mnist --data-dir data/mnist --image-size 32 \
-		--batch-size $(DEMO_BATCH) --max-steps $(DEMO_STEPS) --ema 0.99 \
+		--batch-size $(DEMO_BATCH) --max-steps $(DEMO_STEPS) --ema 0.999 \
 		--sample-every 100 --checkpoint-every 100 --out $(DEMO_RUN)
 	target/release/exporter --checkpoint $(DEMO_RUN) --out $(DEMO_RUN)/generator.onnx
 	target/release/runtime generate -n 64 --seed 1 --model $(DEMO_RUN)/generator.onnx --out out/demo
