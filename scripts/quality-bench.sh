@@ -48,6 +48,8 @@ torch 469
 train mnist 938 --dataset mnist --ema 0.999
 torch 938
 train cond 938 --dataset mnist --conditional --ema 0.999
+train cond 1876 --dataset mnist --conditional --ema 0.999
+train hinge 938 --dataset mnist --loss hinge --ema 0.999
 train fashion 469 --dataset fashion-mnist --ema 0.999
 train fashion 938 --dataset fashion-mnist --ema 0.999
 train mnist 2345 --dataset mnist --ema 0.999

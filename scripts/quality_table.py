@@ -20,7 +20,7 @@ def row(name, steps, r, floor):
 print("| run | steps | variant | FID | classes >= 5% | label entropy (bits) | mean confidence | class agreement | real train vs test FID |")
 print("|---|---|---|---|---|---|---|---|---|")
 entries = []
-for run in ("mnist", "cond", "fashion"):
+for run in ("mnist", "hinge", "cond", "fashion"):
     for f in glob.glob(os.path.join(out, run, "eval_*.json")):
         steps = int(f.rsplit("_", 1)[1].split(".")[0])
         entries.append((run, steps, f))
@@ -30,7 +30,7 @@ for d in glob.glob(os.path.join(out, "torch_*")):
         f = os.path.join(d, f"eval_{mode}.json")
         if os.path.exists(f):
             entries.append((f"pytorch ({mode} mode)", steps, f))
-order = {"mnist": 0, "pytorch": 0, "cond": 1, "fashion": 2}
+order = {"mnist": 0, "pytorch": 0, "hinge": 1, "cond": 2, "fashion": 3}
 for name, steps, f in sorted(entries, key=lambda e: (order[e[0].split()[0]], e[1], e[0])):
     rep = json.load(open(f))
     for r in rep["results"]:
