@@ -108,6 +108,17 @@ fn values(tensors: &TensorMap, name: &str) -> Result<Vec<f32>> {
     })
 }
 
+/// Whether `layer` maps a 1x1 input to a `k x k` map (stride 1, no padding): a matrix product,
+/// exported as `Gemm` + `Reshape` (with BatchNorm folded, its bias is stored once per output
+/// pixel, `k * k` values per channel, because `Gemm` adds a bias per output value).
+pub fn is_projection(layer: &ConvLayer) -> bool {
+    layer.kind == ConvKind::ConvTranspose
+        && layer.in_size == 1
+        && layer.stride == 1
+        && layer.padding == 0
+        && layer.out_size == layer.kernel
+}
+
 fn conv_attrs(layer: &ConvLayer) -> Vec<Attr> {
     let (k, s, p) = (
         layer.kernel as i64,
@@ -178,18 +189,24 @@ pub fn generator_graph(
             vec![Attr::Int("axis", 1)],
         );
     }
-    b.initializers.push(i64_tensor(
-        "latent_shape",
-        &[4],
-        &[-1, cfg.generator_input_dim() as i64, 1, 1],
-    ));
-    cur = b.add(
-        "Reshape",
-        "latent_reshape",
-        &[&cur, "latent_shape"],
-        "latent_4d",
-        vec![],
-    );
+    // A first layer that maps the 1x1 latent to a k x k map is a matrix product (ONNX Runtime's
+    // ConvTranspose from a 1x1 input ran at a tenth of its GEMM speed): export it as Gemm +
+    // Reshape; other generators get the latent as a 1x1 image.
+    let projects = spec.layers.first().is_some_and(is_projection);
+    if !projects {
+        b.initializers.push(i64_tensor(
+            "latent_shape",
+            &[4],
+            &[-1, cfg.generator_input_dim() as i64, 1, 1],
+        ));
+        cur = b.add(
+            "Reshape",
+            "latent_reshape",
+            &[&cur, "latent_shape"],
+            "latent_4d",
+            vec![],
+        );
+    }
 
     for layer in &spec.layers {
         if layer.kind != ConvKind::ConvTranspose {
@@ -201,6 +218,52 @@ pub fn generator_graph(
         let i = layer.index;
         let w = values(tensors, &layer.weight_name())?;
         let out = format!("layers.{i}.out");
+        // The transposed convolution itself: `ConvTranspose`, or `Gemm` + `Reshape` for the
+        // projection from the latent (weight [Ci, Co, k, k] read as [Ci, Co * k * k]).
+        let conv_node = |b: &mut Builder, x: &str, w: &str, bias: Option<&str>, y: &str| {
+            if layer.index == 0 && projects {
+                let flat = format!("layers.{i}.projection");
+                let mut ins = vec![x, w];
+                ins.extend(bias);
+                b.add("Gemm", &format!("layers.{i}.gemm"), &ins, &flat, vec![]);
+                let shape = format!("layers.{i}.shape");
+                b.initializers.push(i64_tensor(
+                    &shape,
+                    &[4],
+                    &[
+                        -1,
+                        layer.out_channels as i64,
+                        layer.out_size as i64,
+                        layer.out_size as i64,
+                    ],
+                ));
+                b.add(
+                    "Reshape",
+                    &format!("layers.{i}.reshape"),
+                    &[&flat, &shape],
+                    y,
+                    vec![],
+                )
+            } else {
+                let mut ins = vec![x, w];
+                ins.extend(bias);
+                b.add(
+                    "ConvTranspose",
+                    &format!("layers.{i}.conv_transpose"),
+                    &ins,
+                    y,
+                    conv_attrs(layer),
+                )
+            }
+        };
+        let weight_dims = if layer.index == 0 && projects {
+            vec![
+                layer.in_channels,
+                layer.out_channels * layer.kernel * layer.kernel,
+            ]
+        } else {
+            layer.weight_shape()
+        };
         cur = if layer.batch_norm && opts.fold_batchnorm {
             let folded = fold_batchnorm(
                 &w,
@@ -215,30 +278,33 @@ pub fn generator_graph(
             );
             let wn = b.weight(
                 &format!("layers.{i}.weight_folded"),
-                &layer.weight_shape(),
+                &weight_dims,
                 &folded.weight,
             );
-            let bn = b.weight(
-                &format!("layers.{i}.bias_folded"),
-                &[layer.out_channels],
-                &folded.bias,
-            );
-            b.add(
-                "ConvTranspose",
-                &format!("layers.{i}.conv_transpose"),
-                &[&cur, &wn, &bn],
-                &out,
-                conv_attrs(layer),
-            )
+            let bn = if layer.index == 0 && projects {
+                // Gemm adds its bias per output value: one per channel and pixel.
+                let k2 = layer.kernel * layer.kernel;
+                let per_pixel: Vec<f32> = folded
+                    .bias
+                    .iter()
+                    .flat_map(|&v| std::iter::repeat_n(v, k2))
+                    .collect();
+                b.weight(
+                    &format!("layers.{i}.bias_folded_per_pixel"),
+                    &[per_pixel.len()],
+                    &per_pixel,
+                )
+            } else {
+                b.weight(
+                    &format!("layers.{i}.bias_folded"),
+                    &[layer.out_channels],
+                    &folded.bias,
+                )
+            };
+            conv_node(&mut b, &cur, &wn, Some(&bn), &out)
         } else {
-            let wn = b.weight(&layer.weight_name(), &layer.weight_shape(), &w);
-            let conv = b.add(
-                "ConvTranspose",
-                &format!("layers.{i}.conv_transpose"),
-                &[&cur, &wn],
-                &format!("layers.{i}.conv"),
-                conv_attrs(layer),
-            );
+            let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
+            let conv = conv_node(&mut b, &cur, &wn, None, &format!("layers.{i}.conv"));
             if layer.batch_norm {
                 let c = [layer.out_channels];
                 let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]

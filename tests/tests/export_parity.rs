@@ -140,6 +140,7 @@ fn folded_and_unfolded_exports_agree() {
         OutputFormat::Float,
     ))
     .unwrap();
+    let spec_layers = gantry_models::generator_spec(&cfg).layers.len();
     let z = latents(7, 100, "fold");
     let a: Vec<f32> = ort(&folded)
         .raw_output(&z, None)
@@ -168,6 +169,13 @@ fn folded_and_unfolded_exports_agree() {
     };
     assert!(ops(&unfolded).iter().any(|o| o == "BatchNormalization"));
     assert!(!ops(&folded).iter().any(|o| o == "BatchNormalization"));
+    // Both export the projection from the latent as one Gemm, the rest as ConvTranspose (and
+    // the parity checks above cover the Gemm path, with and without a folded bias).
+    for p in [&folded, &unfolded] {
+        let ops = ops(p);
+        assert_eq!(ops.iter().filter(|o| *o == "Gemm").count(), 1, "{ops:?}");
+        assert_eq!(ops.iter().filter(|o| *o == "ConvTranspose").count(), spec_layers - 1);
+    }
 }
 
 /// The uint8 output equals the float output mapped by round((x + 1) * 127.5) in NHWC order.
@@ -319,7 +327,8 @@ fn exported_size_is_parameter_bytes_plus_a_small_constant() {
     let ckpt = dir.path().join("ckpt");
     write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, 7), 1);
     let spec = gantry_models::generator_spec(&cfg);
-    // Folded: every conv weight, plus one bias per BatchNorm'd layer.
+    // Folded: every conv weight, plus one bias per BatchNorm'd layer (per output pixel for the
+    // projection from the latent, which is exported as Gemm).
     let weights: usize = spec
         .layers
         .iter()
@@ -329,7 +338,14 @@ fn exported_size_is_parameter_bytes_plus_a_small_constant() {
         .layers
         .iter()
         .filter(|l| l.batch_norm)
-        .map(|l| l.out_channels)
+        .map(|l| {
+            let per_channel = if gantry_exporter::graph::is_projection(l) {
+                l.kernel * l.kernel
+            } else {
+                1
+            };
+            l.out_channels * per_channel
+        })
         .sum();
     for (precision, bytes_per) in [(Precision::Fp32, 4), (Precision::Fp16, 2)] {
         let out = dir.path().join(format!("{precision:?}.onnx"));
