@@ -174,7 +174,10 @@ fn folded_and_unfolded_exports_agree() {
     for p in [&folded, &unfolded] {
         let ops = ops(p);
         assert_eq!(ops.iter().filter(|o| *o == "Gemm").count(), 1, "{ops:?}");
-        assert_eq!(ops.iter().filter(|o| *o == "ConvTranspose").count(), spec_layers - 1);
+        assert_eq!(
+            ops.iter().filter(|o| *o == "ConvTranspose").count(),
+            spec_layers - 1
+        );
     }
 }
 
