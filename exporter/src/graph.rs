@@ -218,10 +218,11 @@ pub fn generator_graph(
         let i = layer.index;
         let w = values(tensors, &layer.weight_name())?;
         let out = format!("layers.{i}.out");
+        let as_gemm = layer.index == 0 && projects;
         // The transposed convolution itself: `ConvTranspose`, or `Gemm` + `Reshape` for the
         // projection from the latent (weight [Ci, Co, k, k] read as [Ci, Co * k * k]).
         let conv_node = |b: &mut Builder, x: &str, w: &str, bias: Option<&str>, y: &str| {
-            if layer.index == 0 && projects {
+            if as_gemm {
                 let flat = format!("layers.{i}.projection");
                 let mut ins = vec![x, w];
                 ins.extend(bias);
@@ -256,7 +257,7 @@ pub fn generator_graph(
                 )
             }
         };
-        let weight_dims = if layer.index == 0 && projects {
+        let weight_dims = if as_gemm {
             vec![
                 layer.in_channels,
                 layer.out_channels * layer.kernel * layer.kernel,
@@ -281,7 +282,7 @@ pub fn generator_graph(
                 &weight_dims,
                 &folded.weight,
             );
-            let bn = if layer.index == 0 && projects {
+            let bn = if as_gemm {
                 // Gemm adds its bias per output value: one per channel and pixel.
                 let k2 = layer.kernel * layer.kernel;
                 let per_pixel: Vec<f32> = folded
