@@ -91,6 +91,7 @@ pub fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
                 .configure_mesh()
                 .x_desc("step")
                 .y_desc("loss")
+                .x_label_formatter(&|x| format!("{x:.0}"))
                 .draw()?;
         } else {
             chart
