@@ -35,6 +35,37 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Runs a workspace binary with `args`.
+/// Flags of a tiny model (16x16, widths 8, latent 16, batch 8) that trains in a fraction of a second.
+pub const TINY_MODEL_FLAGS: [&str; 10] = [
+    "--image-size",
+    "16",
+    "--g-width",
+    "8",
+    "--d-width",
+    "8",
+    "--latent-dim",
+    "16",
+    "--batch-size",
+    "8",
+];
+
+/// `trainer train` arguments for a tiny model on the MNIST fixture in `data`, writing to `out`,
+/// followed by `extra`.
+pub fn tiny_train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(&TINY_MODEL_FLAGS);
+    a.extend_from_slice(extra);
+    a
+}
+
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(bin(name))
         .args(args)

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use gantry_tests::{run, stderr, stdout, write_mnist_fixture};
+use gantry_tests::{run, stderr, stdout, tiny_train_args, write_mnist_fixture};
 use gantry_trainer::data::{DataSpec, DatasetKind, Fit};
 use gantry_trainer::eval::{classifier, evaluate, EvalSource};
 
@@ -88,29 +88,11 @@ fn real_images_score_far_below_noise_and_checkpoints_get_every_variant() {
     let out = tmp.path().join("run");
     let o = run(
         "trainer",
-        &[
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
+        &tiny_train_args(
             data.to_str().unwrap(),
-            "--out",
             out.to_str().unwrap(),
-            "--image-size",
-            "16",
-            "--g-width",
-            "8",
-            "--d-width",
-            "8",
-            "--latent-dim",
-            "16",
-            "--batch-size",
-            "8",
-            "--max-steps",
-            "4",
-            "--ema",
-            "0.9",
-        ],
+            &["--max-steps", "4", "--ema", "0.9"],
+        ),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(
@@ -153,30 +135,11 @@ fn conditional_checkpoints_report_class_agreement() {
     let out = tmp.path().join("run");
     let o = run(
         "trainer",
-        &[
-            "train",
-            "--dataset",
-            "mnist",
-            "--data-dir",
+        &tiny_train_args(
             data.to_str().unwrap(),
-            "--out",
             out.to_str().unwrap(),
-            "--image-size",
-            "16",
-            "--g-width",
-            "8",
-            "--d-width",
-            "8",
-            "--latent-dim",
-            "16",
-            "--batch-size",
-            "8",
-            "--max-steps",
-            "3",
-            "--conditional",
-            "--sample-every",
-            "3",
-        ],
+            &["--max-steps", "3", "--conditional", "--sample-every", "3"],
+        ),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     // One row per class: 10 rows of 8.

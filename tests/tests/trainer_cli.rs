@@ -6,36 +6,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gantry_models::{resolve_checkpoint, Checkpoint};
-use gantry_tests::{assert_fails_with, bin, run, stderr, stdout, write_mnist_fixture};
+use gantry_tests::{
+    assert_fails_with, bin, run, stderr, stdout, tiny_train_args, write_mnist_fixture,
+};
 use gantry_trainer::data::idx::encode_idx;
-
-const TINY: [&str; 10] = [
-    "--image-size",
-    "16",
-    "--g-width",
-    "8",
-    "--d-width",
-    "8",
-    "--latent-dim",
-    "16",
-    "--batch-size",
-    "8",
-];
-
-fn train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "train",
-        "--dataset",
-        "mnist",
-        "--data-dir",
-        data,
-        "--out",
-        out,
-    ];
-    a.extend_from_slice(&TINY);
-    a.extend_from_slice(extra);
-    a
-}
 
 fn fixture(dir: &Path) -> PathBuf {
     let data = dir.join("mnist");
@@ -92,7 +66,10 @@ fn bad_input_gives_one_line_errors_naming_the_file_or_flag() {
 
     let missing = d.join("nowhere");
     assert_fails_with(
-        &run("trainer", &train_args(missing.to_str().unwrap(), os, &[])),
+        &run(
+            "trainer",
+            &tiny_train_args(missing.to_str().unwrap(), os, &[]),
+        ),
         &["nowhere", "does not exist"],
     );
 
@@ -110,7 +87,10 @@ fn bad_input_gives_one_line_errors_naming_the_file_or_flag() {
         .unwrap()
     });
     assert_fails_with(
-        &run("trainer", &train_args(magic.to_str().unwrap(), os, &[])),
+        &run(
+            "trainer",
+            &tiny_train_args(magic.to_str().unwrap(), os, &[]),
+        ),
         &["train-images-idx3-ubyte", "not an IDX file"],
     );
 
@@ -120,7 +100,10 @@ fn bad_input_gives_one_line_errors_naming_the_file_or_flag() {
         std::fs::write(&p, &bytes[..bytes.len() - 100]).unwrap();
     });
     assert_fails_with(
-        &run("trainer", &train_args(truncated.to_str().unwrap(), os, &[])),
+        &run(
+            "trainer",
+            &tiny_train_args(truncated.to_str().unwrap(), os, &[]),
+        ),
         &["train-images-idx3-ubyte", "truncated"],
     );
 
@@ -132,7 +115,10 @@ fn bad_input_gives_one_line_errors_naming_the_file_or_flag() {
         .unwrap()
     });
     assert_fails_with(
-        &run("trainer", &train_args(mismatch.to_str().unwrap(), os, &[])),
+        &run(
+            "trainer",
+            &tiny_train_args(mismatch.to_str().unwrap(), os, &[]),
+        ),
         &["train-labels-idx1-ubyte", "15 labels", "16 images"],
     );
 
@@ -194,7 +180,10 @@ fn bad_input_gives_one_line_errors_naming_the_file_or_flag() {
     std::fs::write(&file, "x").unwrap();
     let blocked = file.join("run");
     assert_fails_with(
-        &run("trainer", &train_args(ds, blocked.to_str().unwrap(), &[])),
+        &run(
+            "trainer",
+            &tiny_train_args(ds, blocked.to_str().unwrap(), &[]),
+        ),
         &["a-file/run"],
     );
 
@@ -215,12 +204,12 @@ fn existing_checkpoints_are_never_damaged() {
     let data = fixture(tmp.path());
     let out = tmp.path().join("run");
     let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let o = run("trainer", &train_args(ds, os, &["--max-steps", "2"]));
+    let o = run("trainer", &tiny_train_args(ds, os, &["--max-steps", "2"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let before = dir_bytes(&out.join("checkpoint"));
     // A fresh run into the same folder refuses.
     assert_fails_with(
-        &run("trainer", &train_args(ds, os, &["--max-steps", "2"])),
+        &run("trainer", &tiny_train_args(ds, os, &["--max-steps", "2"])),
         &["already holds a checkpoint", "--resume"],
     );
     // Resuming with a broken data folder fails before touching anything.
@@ -256,7 +245,7 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_zero() {
     let data = fixture(tmp.path());
     let out = tmp.path().join("run");
     let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let child = spawn_trainer(&train_args(
+    let child = spawn_trainer(&tiny_train_args(
         ds,
         os,
         &[
@@ -313,7 +302,7 @@ fn kill_9_at_any_moment_leaves_a_loadable_checkpoint() {
     let mut last = 0;
     for round in 0..4u64 {
         let args = if round == 0 {
-            train_args(
+            tiny_train_args(
                 ds,
                 os,
                 &[
@@ -354,7 +343,7 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
     let o = run(
         "trainer",
-        &train_args(ds, os, &["--max-steps", "2", "--checkpoint-every", "1"]),
+        &tiny_train_args(ds, os, &["--max-steps", "2", "--checkpoint-every", "1"]),
     );
     assert!(o.status.success(), "{}", stderr(&o));
     // Poison the discriminator's logit layer so the next loss overflows.
@@ -386,7 +375,7 @@ fn train_export_generate_end_to_end() {
     let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
     let o = run(
         "trainer",
-        &train_args(
+        &tiny_train_args(
             ds,
             os,
             &["--max-steps", "6", "--sample-every", "3", "--ema", "0.9"],
