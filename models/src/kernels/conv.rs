@@ -7,36 +7,17 @@
 //! - input gradient: `col2im(W^T * dY)`
 //! - weight gradient: `dY * cols^T`
 //!
+//! The products run cache-blocked over groups of images ([`super::blocked`]).
+//!
 //! A transposed convolution is the adjoint of the convolution that maps its output back to its
 //! input, so its forward is the convolution's input gradient and vice versa.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
+use super::blocked;
 use super::f32_slice;
-use super::im2col::{col2im, im2col_into, Window};
-use super::matmul::{matmul, matmul_into, matmul_nt_split_k, Operand};
+use super::im2col::Window;
 
-thread_local! {
-    /// Reused buffers for column matrices (and, in the weight gradient, a transposed operand):
-    /// they live only within one kernel call, and reusing the memory avoids mapping (and
-    /// page-faulting) tens of megabytes per training step.
-    static SCRATCH: [std::cell::RefCell<Vec<f32>>; 2] =
-        const { [std::cell::RefCell::new(Vec::new()), std::cell::RefCell::new(Vec::new())] };
-}
-
-/// Runs `f` with scratch slice number `which` (0 or 1) of `len` floats (contents unspecified).
-fn with_scratch<T>(which: usize, len: usize, f: impl FnOnce(&mut [f32]) -> T) -> T {
-    SCRATCH.with(|cells| match cells[which].try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered (not expected): fall back to a fresh buffer.
-        Err(_) => f(&mut vec![0f32; len]),
-    })
-}
 use crate::spec::ConvKind;
 
 /// Static description of one convolution layer as the kernels need it.
@@ -121,83 +102,36 @@ impl ConvParams {
     /// `y` from `x` and `w`.
     fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        let (rows, cols) = (win.rows(), win.cols());
-        with_scratch(0, rows * cols, |buf| match self.kind {
-            ConvKind::Conv => {
-                im2col_into(x, &win, buf);
-                matmul(d.c_out, cols, rows, Operand::plain(w), Operand::plain(buf))
-            }
-            ConvKind::ConvTranspose => {
-                matmul_into(
-                    buf,
-                    rows,
-                    cols,
-                    d.c_in,
-                    Operand::t(w),
-                    Operand::plain(x),
-                    false,
-                );
-                col2im(buf, &win)
-            }
-        })
+        match self.kind {
+            ConvKind::Conv => blocked::unfold_matmul(x, &win, w, d.c_out),
+            ConvKind::ConvTranspose => blocked::matmul_fold(x, d.c_in, &win, w),
+        }
     }
 
     /// Gradient with respect to `x` from `dy` and `w`.
     fn input_grad(&self, dy: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        let (rows, cols) = (win.rows(), win.cols());
-        with_scratch(0, rows * cols, |buf| match self.kind {
-            ConvKind::Conv => {
-                matmul_into(
-                    buf,
-                    rows,
-                    cols,
-                    d.c_out,
-                    Operand::t(w),
-                    Operand::plain(dy),
-                    false,
-                );
-                col2im(buf, &win)
-            }
-            ConvKind::ConvTranspose => {
-                im2col_into(dy, &win, buf);
-                matmul(d.c_in, cols, rows, Operand::plain(w), Operand::plain(buf))
-            }
-        })
+        match self.kind {
+            ConvKind::Conv => blocked::matmul_fold(dy, d.c_out, &win, w),
+            ConvKind::ConvTranspose => blocked::unfold_matmul(dy, &win, w, d.c_in),
+        }
     }
 
     /// Gradient with respect to `w` from `x` and `dy`.
     ///
     /// `dW = dY * cols^T` has a long inner dimension (every pixel of the batch); `gemm` runs
     /// `dW^T = cols * dY^T` fastest with both operands stored plainly (about 200 GFLOP/s here,
-    /// against 150 with `dY^T` read transposed and 75 for `dY * cols^T`), so `dY` is transposed
-    /// first (it is 8x smaller than `cols`), and the small result transposed back.
+    /// against 150 with `dY^T` read transposed and 75 for `dY * cols^T`), so that is computed
+    /// (see [`blocked::unfold_matmul_t`]) and the small result transposed back.
     fn weight_grad(&self, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
-        let (rows, cols) = (win.rows(), win.cols());
         let (image, channels, other) = match self.kind {
             ConvKind::Conv => (x, d.c_out, dy),
             ConvKind::ConvTranspose => (dy, d.c_in, x),
         };
-        let wt = with_scratch(0, rows * cols, |buf| {
-            im2col_into(image, &win, buf);
-            if rows * channels <= 32 * 1024 && cols >= 8 * 1024 {
-                matmul_nt_split_k(rows, channels, cols, buf, other)
-            } else {
-                with_scratch(1, cols * channels, |other_t| {
-                    transpose_into(other, channels, cols, other_t);
-                    matmul(
-                        rows,
-                        channels,
-                        cols,
-                        Operand::plain(buf),
-                        Operand::plain(other_t),
-                    )
-                })
-            }
-        });
+        let wt = blocked::unfold_matmul_t(image, &win, other, channels);
         let mut w = vec![0f32; wt.len()];
-        transpose_into(&wt, rows, channels, &mut w);
+        transpose_into(&wt, win.rows(), channels, &mut w);
         w
     }
 }

@@ -6,8 +6,6 @@
 //! padding `p` that yields `Hc x Wc` positions is `[C * k * k, B * Hc * Wc]`: row `(c, ky, kx)`,
 //! column `(b, oy, ox)` holds `image[b, c, oy * s + ky - p, ox * s + kx - p]` (0 outside).
 
-use rayon::prelude::*;
-
 /// Shape of an image and the window positions over it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -37,7 +35,7 @@ impl Window {
 
     /// Whether the window covers the whole unpadded image in one position (a DCGAN's 4x4 <-> 1x1
     /// layers): the column matrix is then a transpose of the image.
-    fn is_whole_image(&self) -> bool {
+    pub fn is_whole_image(&self) -> bool {
         self.padding == 0
             && self.col_height == 1
             && self.col_width == 1
@@ -129,25 +127,26 @@ impl PhaseLayout {
     }
 }
 
-/// How many planes of one channel a task takes: enough that each column-matrix row gets a long
-/// contiguous stretch (`planes * hc * wc` values) per task, instead of short blocks 4 KB apart
-/// that all fall into the same cache sets.
-fn planes_per_task(w: &Window) -> usize {
-    const MIN_RUN: usize = 512;
-    MIN_RUN
-        .div_ceil(w.col_height * w.col_width)
-        .clamp(1, w.batch)
-}
-
-/// `dst[..n] = src[..n]` for the short runs of a window tap, with the common lengths inlined
-/// as fixed-size copies (a variable-length copy of 8 floats is a library call).
+/// `dst[..n] = src[..n]` for the short runs of a window tap, with the common lengths as
+/// fixed-size copies, which compile to a few vector moves (a slice copy of 16 floats was a call
+/// to `memcpy`).
 #[inline(always)]
 fn copy_run(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn copy<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let d: &mut [f32; N] = (&mut dst[..N]).try_into().expect("run length");
+        let s: &[f32; N] = src[..N].try_into().expect("run length");
+        // In 16-byte pieces: LLVM emits a whole 64-byte array copy as a `memcpy` call.
+        for (d, s) in d.chunks_exact_mut(4).zip(s.chunks_exact(4)) {
+            let d: &mut [f32; 4] = d.try_into().expect("piece");
+            *d = s.try_into().expect("piece");
+        }
+    }
     match dst.len() {
-        4 => dst[..4].copy_from_slice(&src[..4]),
-        8 => dst[..8].copy_from_slice(&src[..8]),
-        16 => dst[..16].copy_from_slice(&src[..16]),
-        32 => dst[..32].copy_from_slice(&src[..32]),
+        4 => copy::<4>(dst, src),
+        8 => copy::<8>(dst, src),
+        16 => copy::<16>(dst, src),
+        32 => copy::<32>(dst, src),
         n => dst.copy_from_slice(&src[..n]),
     }
 }
@@ -155,6 +154,7 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 /// `dst[..n] += src[..n]`, the adjoint of [`copy_run`].
 #[inline(always)]
 fn add_run(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
     fn add<const N: usize>(dst: &mut [f32], src: &[f32]) {
         let (d, s): (&mut [f32; N], &[f32; N]) = (
             (&mut dst[..N]).try_into().expect("run length"),
@@ -173,30 +173,13 @@ fn add_run(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// A raw pointer to the column matrix that tasks writing disjoint parts of it can share.
-#[derive(Clone, Copy)]
-struct SharedColumns(*mut f32);
-// SAFETY: only used by tasks that write disjoint index ranges (see `im2col_into`).
-unsafe impl Send for SharedColumns {}
-unsafe impl Sync for SharedColumns {}
-
-impl SharedColumns {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn at(&self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// Unfolds `image` into the column matrix (see the module docs), written into `cols` (which
 /// must hold `rows * cols` values; every value is written, so it needs no clearing).
-///
-/// Each task takes a group of one channel's planes (consecutive images): it pads and
-/// phase-splits each plane once (a few hundred floats each, in L1), then fills, tap by tap, the
-/// group's contiguous stretch of that tap's row with runs of plain copies.
+/// Serial: the training kernels run [`im2col_images`] per group of images in parallel
+/// ([`super::blocked`]); this whole-batch form serves the 4x4 <-> 1x1 layers (a transpose) and
+/// tests.
 pub fn im2col_into(image: &[f32], w: &Window, cols: &mut [f32]) {
     let k = w.kernel;
-    let (hc, wc) = (w.col_height, w.col_width);
-    let plane_len = w.height * w.width;
     assert_eq!(cols.len(), w.rows() * w.cols(), "column buffer size");
     assert_eq!(image.len(), w.image_len(), "image size");
     if w.is_whole_image() {
@@ -214,50 +197,66 @@ pub fn im2col_into(image: &[f32], w: &Window, cols: &mut [f32]) {
         }
         return;
     }
-    let ncols = w.cols();
-    let block = hc * wc;
+    im2col_images(image, w, 0..w.batch, cols, &mut Vec::new());
+}
+
+/// im2col of images `batches` alone: `out` is `[rows, batches.len() * hc * wc]` (serial; the
+/// caller parallelises over image groups). `bufs` is scratch (any contents), resized as needed.
+pub fn im2col_images(
+    image: &[f32],
+    w: &Window,
+    batches: std::ops::Range<usize>,
+    out: &mut [f32],
+    bufs: &mut Vec<f32>,
+) {
+    let plane_len = w.height * w.width;
+    let n = batches.len() * w.col_height * w.col_width;
+    assert_eq!(out.len(), w.rows() * n, "column buffer size");
+    assert!(batches.end <= w.batch, "images out of range");
     let layout = PhaseLayout::new(w);
-    let group = planes_per_task(w);
-    let groups_per_channel = w.batch.div_ceil(group);
-    let out = SharedColumns(cols.as_mut_ptr());
-    (0..w.channels * groups_per_channel)
-        .into_par_iter()
-        .for_each_init(
-            || vec![0f32; group * layout.len()],
-            |bufs, task| {
-                let (c, g) = (task / groups_per_channel, task % groups_per_channel);
-                let batches = g * group..((g + 1) * group).min(w.batch);
-                let planes = &image[(c * w.batch + batches.start) * plane_len..]
-                    [..batches.len() * plane_len];
-                for (plane, buf) in planes
-                    .chunks_exact(plane_len)
-                    .zip(bufs.chunks_exact_mut(layout.len()))
-                {
-                    layout.load(plane, buf);
-                }
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let row = (c * k + ky) * k + kx;
-                        let offset = row * ncols + batches.start * block;
-                        // SAFETY: `row < rows` and `batches` lies in `0..batch`, so the stretch is
-                        // inside `cols` (its length was asserted); it belongs to channel `c`'s
-                        // group `g` alone, so no other task touches it.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(out.at(offset), batches.len() * block)
-                        };
-                        let (start, step) = layout.tap(ky, kx);
-                        for (dst, buf) in dst
-                            .chunks_exact_mut(block)
-                            .zip(bufs.chunks_exact(layout.len()))
-                        {
-                            for (oy, run) in dst.chunks_exact_mut(wc).enumerate() {
-                                copy_run(run, &buf[start + oy * step..]);
-                            }
-                        }
-                    }
-                }
-            },
-        );
+    if bufs.len() < batches.len() * layout.len() {
+        bufs.resize(batches.len() * layout.len(), 0.0);
+    }
+    // The scratch may hold another call's data; loading rewrites only the interior.
+    bufs[..batches.len() * layout.len()].fill(0.0);
+    for c in 0..w.channels {
+        let planes =
+            &image[(c * w.batch + batches.start) * plane_len..][..batches.len() * plane_len];
+        let kk = w.kernel * w.kernel;
+        unfold_planes(w, &layout, planes, bufs, &mut out[c * kk * n..][..kk * n]);
+    }
+}
+
+/// Writes the `k * k` column-matrix rows of one channel (`rows`, contiguous) for consecutive
+/// images (`planes`).
+fn unfold_planes(
+    w: &Window,
+    layout: &PhaseLayout,
+    planes: &[f32],
+    bufs: &mut [f32],
+    rows: &mut [f32],
+) {
+    let wc = w.col_width;
+    let block = w.col_height * wc;
+    let plane_len = w.height * w.width;
+    for (plane, buf) in planes
+        .chunks_exact(plane_len)
+        .zip(bufs.chunks_exact_mut(layout.len()))
+    {
+        layout.load(plane, buf);
+    }
+    let n = planes.len() / plane_len * block;
+    for (tap, row) in rows.chunks_exact_mut(n).enumerate() {
+        let (start, step) = layout.tap(tap / w.kernel, tap % w.kernel);
+        for (dst, buf) in row
+            .chunks_exact_mut(block)
+            .zip(bufs.chunks_exact(layout.len()))
+        {
+            for (oy, run) in dst.chunks_exact_mut(wc).enumerate() {
+                copy_run(run, &buf[start + oy * step..]);
+            }
+        }
+    }
 }
 
 /// Unfolds `image` into a new column matrix.
@@ -268,13 +267,10 @@ pub fn im2col(image: &[f32], w: &Window) -> Vec<f32> {
 }
 
 /// Folds a column matrix back into an image, summing overlapping windows (the adjoint of
-/// [`im2col`]): each task accumulates whole `(c, b)` planes in a padded, phase-split buffer.
+/// [`im2col`]); serial, like [`im2col_into`].
 pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
     let k = w.kernel;
-    let (hc, wc) = (w.col_height, w.col_width);
-    let plane_len = w.height * w.width;
-    let ncols = w.cols();
-    assert_eq!(cols.len(), w.rows() * ncols, "column buffer size");
+    assert_eq!(cols.len(), w.rows() * w.cols(), "column buffer size");
     let mut image = vec![0f32; w.image_len()];
     if w.is_whole_image() {
         // The inverse transpose of im2col's (windows do not overlap: nothing to sum).
@@ -291,48 +287,91 @@ pub fn col2im(cols: &[f32], w: &Window) -> Vec<f32> {
         }
         return image;
     }
-    let block = hc * wc;
+    // SAFETY: `image` is this call's own buffer of `image_len` values.
+    unsafe { col2im_images(cols, w, 0..w.batch, image.as_mut_ptr(), &mut Vec::new()) };
+    image
+}
+
+/// col2im of images `batches` alone from their columns `cols` (`[rows, batches.len() * hc *
+/// wc]`), written (not added) into those images' planes of `image`, the base of the whole
+/// `[C, B, H, W]` image (serial; the caller parallelises over image groups).
+///
+/// # Safety
+/// `image` must be valid for writes of `w.image_len()` values, and the planes of `batches`
+/// must not be accessed by anyone else meanwhile.
+pub unsafe fn col2im_images(
+    cols: &[f32],
+    w: &Window,
+    batches: std::ops::Range<usize>,
+    image: *mut f32,
+    bufs: &mut Vec<f32>,
+) {
+    let plane_len = w.height * w.width;
+    let n = batches.len() * w.col_height * w.col_width;
+    assert_eq!(cols.len(), w.rows() * n, "column buffer size");
+    assert!(batches.end <= w.batch, "images out of range");
     let layout = PhaseLayout::new(w);
-    let group = planes_per_task(w);
-    image
-        .par_chunks_mut(w.batch * plane_len)
-        .enumerate()
-        .flat_map_iter(|(c, channel)| {
-            channel
-                .chunks_mut(group * plane_len)
-                .enumerate()
-                .map(move |(g, planes)| (c, g * group, planes))
-        })
-        .for_each_init(
-            || vec![0f32; group * layout.len()],
-            |bufs, (c, first, planes)| {
-                let count = planes.len() / plane_len;
-                let bufs = &mut bufs[..count * layout.len()];
-                bufs.fill(0.0);
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let row = (c * k + ky) * k + kx;
-                        let src = &cols[row * ncols + first * block..][..count * block];
-                        let (start, step) = layout.tap(ky, kx);
-                        for (src, buf) in src
-                            .chunks_exact(block)
-                            .zip(bufs.chunks_exact_mut(layout.len()))
-                        {
-                            for (oy, run) in src.chunks_exact(wc).enumerate() {
-                                add_run(&mut buf[start + oy * step..][..wc], run);
-                            }
-                        }
-                    }
-                }
-                for (plane, buf) in planes
-                    .chunks_exact_mut(plane_len)
-                    .zip(bufs.chunks_exact(layout.len()))
-                {
-                    layout.store(buf, plane);
-                }
-            },
+    if bufs.len() < batches.len() * layout.len() {
+        bufs.resize(batches.len() * layout.len(), 0.0);
+    }
+    for c in 0..w.channels {
+        // SAFETY: these planes are inside the image and this call's alone (caller's promise).
+        let planes = unsafe {
+            std::slice::from_raw_parts_mut(
+                image.add((c * w.batch + batches.start) * plane_len),
+                batches.len() * plane_len,
+            )
+        };
+        fold_planes(
+            w,
+            &layout,
+            cols,
+            c * w.kernel * w.kernel * n,
+            n,
+            bufs,
+            planes,
         );
-    image
+    }
+}
+
+/// Sums one channel's column-matrix rows back into consecutive images' planes (`planes`,
+/// overwritten): tap row `t` is read from `cols[base + t * row_stride..]`,
+/// `planes.len() / plane_len * hc * wc` values.
+fn fold_planes(
+    w: &Window,
+    layout: &PhaseLayout,
+    cols: &[f32],
+    base: usize,
+    row_stride: usize,
+    bufs: &mut [f32],
+    planes: &mut [f32],
+) {
+    let (k, wc) = (w.kernel, w.col_width);
+    let block = w.col_height * wc;
+    let plane_len = w.height * w.width;
+    let count = planes.len() / plane_len;
+    let bufs = &mut bufs[..count * layout.len()];
+    bufs.fill(0.0);
+    for ky in 0..k {
+        for kx in 0..k {
+            let src = &cols[base + (ky * k + kx) * row_stride..][..count * block];
+            let (start, step) = layout.tap(ky, kx);
+            for (src, buf) in src
+                .chunks_exact(block)
+                .zip(bufs.chunks_exact_mut(layout.len()))
+            {
+                for (oy, run) in src.chunks_exact(wc).enumerate() {
+                    add_run(&mut buf[start + oy * step..][..wc], run);
+                }
+            }
+        }
+    }
+    for (plane, buf) in planes
+        .chunks_exact_mut(plane_len)
+        .zip(bufs.chunks_exact(layout.len()))
+    {
+        layout.store(buf, plane);
+    }
 }
 
 #[cfg(test)]

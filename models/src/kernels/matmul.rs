@@ -97,59 +97,61 @@ pub fn matmul_into(
     }
 }
 
-/// `C[m, n] = A[m, k] * B[n, k]^T` for row-major `A` and `B` whose shared dimension `k` is much
-/// longer than the result (a weight gradient of a thin layer: every pixel of the batch against
-/// a few channels). `gemm` parallelises over the result only, so such products ran on one core;
-/// here `k` is split across the threads and the partial products are summed.
-pub fn matmul_nt_split_k(m: usize, n: usize, k: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
-    use rayon::prelude::*;
-    assert_eq!(a.len(), m * k, "lhs size");
-    assert_eq!(b.len(), n * k, "rhs size");
-    let parts = rayon::current_num_threads().min(k / 1024).max(1);
-    if parts == 1 || m == 0 || n == 0 {
-        return matmul(m, n, k, Operand::plain(a), Operand::t(b));
+/// Where [`matmul_block_serial`] writes: an `m x n` block of a larger row-major matrix.
+#[derive(Clone, Copy)]
+pub struct Block {
+    /// The block's first element.
+    pub ptr: *mut f32,
+    /// Distance between the block's rows.
+    pub row_stride: usize,
+    /// Add the product to what is there instead of overwriting it.
+    pub accumulate: bool,
+}
+
+/// `C (+)= A[m, k] * B[k, n]` on one thread into the block `c`.
+///
+/// # Safety
+/// The block must be valid for writes and not accessed by anyone else meanwhile.
+pub unsafe fn matmul_block_serial(
+    c: Block,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<'_>,
+    b: Operand<'_>,
+) {
+    assert_eq!(a.data.len(), m * k, "lhs size");
+    assert_eq!(b.data.len(), k * n, "rhs size");
+    assert!(n <= c.row_stride, "block wider than its matrix");
+    if m == 0 || n == 0 {
+        return;
     }
-    let chunk = k.div_ceil(parts);
-    (0..parts)
-        .into_par_iter()
-        .map(|p| {
-            let (start, end) = (p * chunk, ((p + 1) * chunk).min(k));
-            let mut c = vec![0f32; m * n];
-            if start < end {
-                // SAFETY: A is read at rows 0..m, columns start..end (row stride k) and B^T at
-                // rows start..end, columns 0..n (B's row stride k): all inside the slices,
-                // whose lengths were asserted; `c` is a fresh m x n buffer.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        end - start,
-                        c.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        a.as_ptr().add(start),
-                        1,
-                        k as isize,
-                        b.as_ptr().add(start),
-                        k as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            c
-        })
-        .reduce_with(|mut acc, part| {
-            acc.iter_mut().zip(&part).for_each(|(x, y)| *x += y);
-            acc
-        })
-        .expect("at least one part")
+    let (a_cs, a_rs) = a.strides(m, k);
+    let (b_cs, b_rs) = b.strides(k, n);
+    // SAFETY: operand sizes asserted; the destination block is the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.ptr,
+            1,
+            c.row_stride as isize,
+            c.accumulate,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -200,23 +202,5 @@ mod tests {
             true,
         );
         assert!(acc.iter().zip(&want).all(|(x, y)| *x == 2.0 * y));
-    }
-
-    #[test]
-    fn split_k_product_matches_the_naive_product() {
-        // Integer-valued inputs keep every partial sum exact, so the split must agree exactly.
-        let (m, n, k) = (5, 7, 5000);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 9) as f32 - 4.0).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| ((i * 17) % 5) as f32 - 2.0).collect();
-        let want = naive(m, n, k, &|i, l| a[i * k + l], &|l, j| b[j * k + l]);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        assert_eq!(pool.install(|| matmul_nt_split_k(m, n, k, &a, &b)), want);
-        assert_eq!(
-            matmul_nt_split_k(m, n, 10, &a[..m * 10], &b[..n * 10]),
-            naive(m, n, 10, &|i, l| a[i * 10 + l], &|l, j| b[j * 10 + l])
-        );
     }
 }

@@ -7,6 +7,7 @@
 //! `[C_out, B * H * W]`, so no permute is needed anywhere inside a network, and every channel's
 //! values are contiguous for BatchNorm. Networks convert from/to NCHW once at their ends.
 
+pub mod blocked;
 pub mod conv;
 pub mod im2col;
 pub mod matmul;

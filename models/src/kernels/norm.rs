@@ -244,7 +244,9 @@ impl CustomOp3 for BnActGrad {
         let dy = f32_slice(s3, l3, "gradient")?;
         let c = self.gamma.len();
         let m = x.len() / c;
-        let mut dx = vec![0f32; x.len()];
+        // Room for dgamma and dbeta behind dx from the start: growing it later copied dx.
+        let mut dx = Vec::with_capacity(x.len() + 2 * c);
+        dx.resize(x.len(), 0f32);
         let sums: Vec<(f32, f32)> = dx
             .par_chunks_mut(m)
             .enumerate()
