@@ -35,35 +35,30 @@ impl Act {
         }
     }
 
-    #[inline]
-    fn apply(self, z: f32) -> f32 {
-        match self {
-            Self::Identity => z,
-            Self::Relu => z.max(0.0),
-            Self::LeakyRelu(s) => {
-                if z > 0.0 {
-                    z
-                } else {
-                    s * z
-                }
-            }
-        }
-    }
-
-    /// `act'(z)` from `y = act(z)`.
-    #[inline]
-    fn slope_at_output(self, y: f32) -> f32 {
+    /// The slope for negative inputs: each activation is `max(z, 0) + neg * min(z, 0)`.
+    fn negative_slope(self) -> f32 {
         match self {
             Self::Identity => 1.0,
-            Self::Relu => f32::from(u8::from(y > 0.0)),
-            Self::LeakyRelu(s) => {
-                if y > 0.0 {
-                    1.0
-                } else {
-                    s
-                }
-            }
+            Self::Relu => 0.0,
+            Self::LeakyRelu(s) => s,
         }
+    }
+}
+
+/// `act(z)` for the activation with negative slope `neg`: branch-free, so that loops over it
+/// vectorise (a `match` on [`Act`] per element, with data-dependent branches, did not).
+#[inline(always)]
+fn activate(z: f32, neg: f32) -> f32 {
+    z.max(0.0) + neg * z.min(0.0)
+}
+
+/// `act'(z)` read off `y = act(z)` (positive exactly when `z` is).
+#[inline(always)]
+fn slope_at_output(y: f32, neg: f32) -> f32 {
+    if y > 0.0 {
+        1.0
+    } else {
+        neg
     }
 }
 
@@ -169,8 +164,9 @@ impl CustomOp3 for BnActTrain {
                 let inv_std = 1.0 / (var as f64 + self.eps).sqrt() as f32;
                 let scale = gamma[ch] * inv_std;
                 let shift = beta[ch] - mean * scale;
+                let neg = self.act.negative_slope();
                 for (o, &v) in out.iter_mut().zip(xs) {
-                    *o = self.act.apply(v * scale + shift);
+                    *o = activate(v * scale + shift, neg);
                 }
                 (mean, var, inv_std)
             })
@@ -254,15 +250,15 @@ impl CustomOp3 for BnActGrad {
                 let range = ch * m..(ch + 1) * m;
                 let (xs, ys, dys) = (&x[range.clone()], &y[range.clone()], &dy[range]);
                 let (mean, inv_std) = (self.stats.mean[ch], self.stats.inv_std[ch]);
-                let act = self.act;
+                let neg = self.act.negative_slope();
                 let (dbeta, dgamma) = lane_sum2(xs, ys, dys, |xv, yv, g| {
-                    let dz = g * act.slope_at_output(yv);
+                    let dz = g * slope_at_output(yv, neg);
                     (dz, dz * (xv - mean) * inv_std)
                 });
                 let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
                 let k = self.gamma[ch] * inv_std / m as f32;
                 for (((d, &xv), &yv), &g) in dxs.iter_mut().zip(xs).zip(ys).zip(dys) {
-                    let dz = g * self.act.slope_at_output(yv);
+                    let dz = g * slope_at_output(yv, neg);
                     let x_hat = (xv - mean) * inv_std;
                     *d = k * (m as f32 * dz - dbeta - x_hat * dgamma);
                 }
@@ -310,10 +306,11 @@ impl CustomOp1 for ActOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "input")?;
+        let neg = self.0.negative_slope();
         let y: Vec<f32> = x
             .par_iter()
             .with_min_len(4096)
-            .map(|&v| self.0.apply(v))
+            .map(|&v| activate(v, neg))
             .collect();
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -340,11 +337,12 @@ impl CustomOp2 for ActGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dy = f32_slice(s1, l1, "gradient")?;
         let y = f32_slice(s2, l2, "output")?;
+        let neg = self.0.negative_slope();
         let dx: Vec<f32> = dy
             .par_iter()
             .zip(y.par_iter())
             .with_min_len(4096)
-            .map(|(&g, &v)| g * self.0.slope_at_output(v))
+            .map(|(&g, &v)| g * slope_at_output(v, neg))
             .collect();
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
