@@ -18,32 +18,58 @@ use super::matmul::{matmul, matmul_block_serial, matmul_into, Block, Operand};
 /// class's 1 MB L2, leaving room for the GEMM's packed operands.
 const GROUP_BYTES: usize = 512 * 1024;
 
-/// The same for weight gradients, whose GEMM sums over the group's pixels: its result
-/// (`rows x channels`, up to a few MB) is read and written once per group, so groups are
-/// larger (a longer sum per pass) at the price of columns spilling from L2 to L3.
-const WEIGHT_GRAD_GROUP_BYTES: usize = 2 * 1024 * 1024;
+/// The same for weight gradients (columns and the block of the other operand), whose GEMM sums
+/// over the group's pixels: its result (`rows x channels`, up to a few MB) is read and written
+/// once per group, so groups are larger (a longer sum per pass) at the price of spilling from
+/// L2 to L3.
+const WEIGHT_GRAD_GROUP_BYTES: usize = 3 * 1024 * 1024;
 
-/// Images per group: as many as fit `bytes` of columns, but at least `min_groups` groups where
-/// the batch allows.
-fn images_per_group(win: &Window, bytes: usize, min_groups: usize) -> usize {
-    let per_image = win.rows() * win.col_height * win.col_width * std::mem::size_of::<f32>();
-    let by_cache = (bytes / per_image.max(1)).max(1);
-    let for_balance = win.batch.div_ceil(min_groups.max(1)).max(1);
-    by_cache.min(for_balance)
-}
-
-/// The image ranges of the groups (see [`images_per_group`]).
-fn groups(win: &Window, bytes: usize, min_groups: usize) -> Vec<Range<usize>> {
-    let size = images_per_group(win, bytes, min_groups);
-    (0..win.batch.div_ceil(size))
-        .map(|g| g * size..((g + 1) * size).min(win.batch))
+/// `range` cut into `parts` consecutive ranges whose lengths differ by at most one (fewer, none
+/// empty, when the range is shorter).
+fn split_evenly(range: Range<usize>, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, range.len().max(1));
+    let (base, extra) = (range.len() / parts, range.len() % parts);
+    let mut start = range.start;
+    (0..parts)
+        .map(|p| {
+            let len = base + usize::from(p < extra);
+            start += len;
+            start - len..start
+        })
+        .filter(|r| !r.is_empty())
         .collect()
 }
 
-/// Groups for the forward-shaped products: at least four per thread, so that both cores stay
-/// busy to the end.
+/// Images of one group at most: as many as fit `bytes` of `values_per_image` floats each.
+fn largest_group(values_per_image: usize, bytes: usize) -> usize {
+    (bytes / (values_per_image * std::mem::size_of::<f32>()).max(1)).max(1)
+}
+
+/// Groups for the forward-shaped products: cache-sized, at least four per thread (so that both
+/// cores stay busy to the end), of even sizes.
 fn forward_groups(win: &Window) -> Vec<Range<usize>> {
-    groups(win, GROUP_BYTES, 4 * rayon::current_num_threads())
+    let largest = largest_group(win.rows() * win.col_height * win.col_width, GROUP_BYTES);
+    let count = win
+        .batch
+        .div_ceil(largest)
+        .max(4 * rayon::current_num_threads());
+    split_evenly(0..win.batch, count)
+}
+
+/// Groups for a weight gradient, one list per thread: the batch split evenly across the
+/// threads (each sums its share into its own partial product; uneven shares had left a core
+/// idle), each share cut into cache-sized groups of even sizes.
+fn weight_grad_groups(win: &Window, channels: usize) -> Vec<Vec<Range<usize>>> {
+    // the group's columns and its block of the other operand
+    let per_image = (win.rows() + channels) * win.col_height * win.col_width;
+    let largest = largest_group(per_image, WEIGHT_GRAD_GROUP_BYTES);
+    split_evenly(0..win.batch, rayon::current_num_threads())
+        .into_iter()
+        .map(|share| {
+            let count = share.len().div_ceil(largest);
+            split_evenly(share, count)
+        })
+        .collect()
 }
 
 /// Per-thread buffers, reused across calls (no page faults per call).
@@ -55,6 +81,8 @@ struct Scratch {
     planes: Vec<f32>,
     /// The group's block of the other GEMM operand, made contiguous.
     operand: Vec<f32>,
+    /// The group's column matrix transposed (weight gradients of thin layers).
+    cols_t: Vec<f32>,
 }
 
 thread_local! {
@@ -217,15 +245,23 @@ pub fn matmul_fold(src: &[f32], c: usize, win: &Window, w: &[f32]) -> Vec<f32> {
     image
 }
 
-/// `im2col(image) * other^T` for `other [channels, B * hc * wc]`: the `[rows, channels]`
-/// transpose of a weight gradient. The sum over the batch is split into one contiguous run of
-/// groups per thread, each accumulating its own partial product; the partials are added.
-pub fn unfold_matmul_t(image: &[f32], win: &Window, other: &[f32], channels: usize) -> Vec<f32> {
+/// `other * im2col(image)^T` for `other [channels, B * hc * wc]`: a `[channels, rows]` weight
+/// gradient. The sum over the batch is split into one contiguous run of groups per thread,
+/// each accumulating its own partial product; the partials are added.
+///
+/// `gemm` is fastest with both operands stored plainly (about 200 GFLOP/s here, against 150
+/// with one read transposed and 75 for `other * cols^T` as is), so each group transposes the
+/// narrower of its two operands: `other`'s block when `channels <= rows` (the partial is then
+/// `dW^T = cols * other^T`, transposed once at the end), else the group's columns (`dW =
+/// other * cols^T` directly): on a thin first layer (48 rows, 64 channels) transposing
+/// `other` had cost more than the product.
+pub fn weight_grad(image: &[f32], win: &Window, other: &[f32], channels: usize) -> Vec<f32> {
     let (rows, ncols) = (win.rows(), win.cols());
     let per_image = win.col_height * win.col_width;
     assert_eq!(other.len(), channels * ncols, "operand size");
-    if win.is_whole_image() {
-        return with_scratch(|s| {
+    let transpose_other = channels <= rows;
+    let partial = if win.is_whole_image() {
+        with_scratch(|s| {
             let cols = sized(&mut s.cols, rows * ncols);
             im2col_into(image, win, cols);
             matmul(
@@ -235,49 +271,79 @@ pub fn unfold_matmul_t(image: &[f32], win: &Window, other: &[f32], channels: usi
                 Operand::plain(cols),
                 Operand::t(other),
             )
-        });
-    }
-    let all = groups(win, WEIGHT_GRAD_GROUP_BYTES, rayon::current_num_threads());
-    let threads = rayon::current_num_threads().min(all.len()).max(1);
-    let share = all.len().div_ceil(threads);
-    all.par_chunks(share)
-        .map(|mine| {
-            let mut acc = vec![0f32; rows * channels];
-            with_scratch(|s| {
-                for images in mine {
-                    let n = images.len() * per_image;
-                    let cols = sized(&mut s.cols, rows * n);
-                    im2col_images(image, win, images.clone(), cols, &mut s.planes);
-                    let block = images.start * per_image..images.end * per_image;
-                    // dY^T made contiguous: reading it strided in the GEMM measured the same
-                    // on the big layers and 2x slower on the thin ones (64 channels).
-                    let operand = sized(&mut s.operand, n * channels);
-                    transpose_column_block(other, ncols, channels, block, operand);
-                    let rhs = Operand::plain(operand);
-                    // SAFETY: `acc` is this task's own `rows x channels` matrix.
-                    unsafe {
-                        matmul_block_serial(
-                            Block {
-                                ptr: acc.as_mut_ptr(),
-                                row_stride: channels,
-                                accumulate: true,
-                            },
-                            rows,
-                            channels,
-                            n,
-                            Operand::plain(cols),
-                            rhs,
-                        )
+        })
+    } else {
+        weight_grad_groups(win, channels)
+            .into_par_iter()
+            .map(|mine| {
+                let mut acc = vec![0f32; rows * channels];
+                with_scratch(|s| {
+                    for images in mine {
+                        let n = images.len() * per_image;
+                        let block = images.start * per_image..images.end * per_image;
+                        let cols = sized(&mut s.cols, rows * n);
+                        im2col_images(image, win, images.clone(), cols, &mut s.planes);
+                        let operand = sized(&mut s.operand, n * channels);
+                        let (m, width, lhs, rhs) = if transpose_other {
+                            transpose_column_block(other, ncols, channels, block, operand);
+                            (rows, channels, &*cols, &*operand)
+                        } else {
+                            copy_column_block(other, ncols, channels, block, operand);
+                            let cols_t = sized(&mut s.cols_t, n * rows);
+                            transpose_column_block(cols, n, rows, 0..n, cols_t);
+                            (channels, rows, &*operand, &*cols_t)
+                        };
+                        // SAFETY: `acc` is this task's own `m x width` matrix.
+                        unsafe {
+                            matmul_block_serial(
+                                Block {
+                                    ptr: acc.as_mut_ptr(),
+                                    row_stride: width,
+                                    accumulate: true,
+                                },
+                                m,
+                                width,
+                                n,
+                                Operand::plain(lhs),
+                                Operand::plain(rhs),
+                            )
+                        }
                     }
-                }
-            });
-            acc
-        })
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0f32; rows * channels])
+                });
+                acc
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            })
+            .unwrap_or_else(|| vec![0f32; rows * channels])
+    };
+    if transpose_other || win.is_whole_image() {
+        let mut w = vec![0f32; rows * channels];
+        transpose_into(&partial, rows, channels, &mut w);
+        w
+    } else {
+        partial
+    }
+}
+
+/// Writes the transpose of a row-major `rows x cols` matrix into `out`, in 32 x 32 tiles so
+/// that both the reads and the strided writes stay within a few cache lines; bands of 32
+/// output rows run in parallel.
+fn transpose_into(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const TILE: usize = 32;
+    assert_eq!(m.len(), rows * cols, "transpose input size");
+    assert_eq!(out.len(), rows * cols, "transpose output size");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    out.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .with_min_len((64 * 1024 / (TILE * rows)).max(1))
+        .for_each(|(band, out)| {
+            let c0 = band * TILE;
+            transpose_column_block(m, cols, rows, c0..(c0 + TILE).min(cols), out);
+        });
 }
 
 #[cfg(test)]
@@ -349,24 +415,62 @@ mod tests {
             );
             assert_eq!(matmul_fold(&src, m, &win, &w), want, "matmul_fold b{batch}");
 
-            let want = matmul(rows, m, ncols, Operand::plain(&cols), Operand::t(&src));
+            let want = matmul(m, rows, ncols, Operand::plain(&src), Operand::t(&cols));
             assert_eq!(
-                unfold_matmul_t(&image, &win, &src, m),
+                weight_grad(&image, &win, &src, m),
                 want,
-                "unfold_matmul_t b{batch}"
+                "weight_grad b{batch}"
+            );
+            // more channels than rows: the other orientation
+            let wide = rows + 3;
+            let src = values(wide * ncols, 17);
+            let want = matmul(wide, rows, ncols, Operand::plain(&src), Operand::t(&cols));
+            assert_eq!(
+                weight_grad(&image, &win, &src, wide),
+                want,
+                "weight_grad b{batch}, {wide} channels"
             );
         }
     }
 
     #[test]
-    fn groups_cover_the_batch_once_in_order() {
-        for batch in [1, 2, 7, 64, 129] {
-            let g = forward_groups(&window(batch));
-            assert_eq!(g.first().map(|r| r.start), Some(0));
-            assert_eq!(g.last().map(|r| r.end), Some(batch));
-            assert!(g
-                .windows(2)
-                .all(|p| p[0].end == p[1].start && !p[0].is_empty()));
+    fn tiled_transpose_matches_the_definition() {
+        for (rows, cols) in [(70, 45), (1, 33), (32, 32), (100, 1)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut t = vec![0f32; m.len()];
+            transpose_into(&m, rows, cols, &mut t);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], m[r * cols + c], "{rows}x{cols} at {r},{c}");
+                }
+            }
         }
+    }
+
+    /// Groups tile the batch in order, none empty, with sizes differing by at most one within
+    /// a list.
+    #[test]
+    fn groups_cover_the_batch_once_in_order() {
+        let check = |g: &[Range<usize>], from: usize, to: usize| {
+            assert_eq!(g.first().map(|r| r.start), Some(from));
+            assert_eq!(g.last().map(|r| r.end), Some(to));
+            assert!(g.windows(2).all(|p| p[0].end == p[1].start));
+            let lens: Vec<usize> = g.iter().map(|r| r.len()).collect();
+            let (lo, hi) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+            assert!(*lo >= 1 && hi - lo <= 1, "{g:?}");
+        };
+        for batch in [1, 2, 7, 64, 129] {
+            check(&forward_groups(&window(batch)), 0, batch);
+            let shares = weight_grad_groups(&window(batch), 5);
+            let flat: Vec<Range<usize>> = shares.iter().flatten().cloned().collect();
+            check(&flat[..1], 0, flat[0].end);
+            assert_eq!(flat.last().map(|r| r.end), Some(batch));
+            assert!(flat.windows(2).all(|p| p[0].end == p[1].start));
+            for share in &shares {
+                check(share, share[0].start, share[share.len() - 1].end);
+            }
+        }
+        assert_eq!(split_evenly(3..10, 3), vec![3..6, 6..8, 8..10]);
+        assert_eq!(split_evenly(0..2, 5), vec![0..1, 1..2]);
     }
 }
