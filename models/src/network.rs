@@ -98,27 +98,31 @@ impl ConvBlock {
 
     /// The same block with Gantry's CPU kernels on a channel-major `x` (`[C, B, H, W]`).
     pub fn forward_fast(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
-        let y = kernels::conv(x, &param(&self.weight, frozen), &self.layer)?;
+        let w = param(&self.weight, frozen);
         let act = Act::from_spec(self.layer.activation);
-        match (&self.bn, train, act) {
-            (Some(bn), true, Some(act)) => {
-                let (y, mean, var) = kernels::norm::batch_norm_act_train(
-                    &y,
-                    &param(&bn.gamma, frozen),
-                    &param(&bn.beta, frozen),
-                    BN_EPS,
-                    act,
-                )?;
-                let c = mean.len();
-                let dev = y.device();
-                bn.update_running(
-                    &Tensor::from_vec(mean, c, dev)?,
-                    &Tensor::from_vec(var, c, dev)?,
-                    y.elem_count() / c,
-                )?;
-                Ok(y)
-            }
-            (Some(bn), _, _) => {
+        if let (Some(bn), true, Some(act)) = (&self.bn, train, act) {
+            // Convolution, BatchNorm and activation as one autograd node.
+            let (y, mean, var) = kernels::block::conv_bn_act_train(
+                x,
+                &w,
+                &param(&bn.gamma, frozen),
+                &param(&bn.beta, frozen),
+                kernels::conv_params(&self.layer),
+                BN_EPS,
+                act,
+            )?;
+            let c = mean.len();
+            let dev = y.device();
+            bn.update_running(
+                &Tensor::from_vec(mean, c, dev)?,
+                &Tensor::from_vec(var, c, dev)?,
+                y.elem_count() / c,
+            )?;
+            return Ok(y);
+        }
+        let y = kernels::conv(x, &w, &self.layer)?;
+        match (&self.bn, act) {
+            (Some(bn), _) => {
                 let y = if train {
                     // BatchNorm before a non-fusable activation: candle's ops, channel axis 0.
                     let (y, mean, var) = ops::batch_norm_train(
@@ -134,8 +138,8 @@ impl ConvBlock {
                 };
                 ops::activate(&y, self.layer.activation)
             }
-            (None, _, Some(act)) => Ok(kernels::norm::activation(&y, act)?),
-            (None, _, None) => ops::activate(&y, self.layer.activation),
+            (None, Some(act)) => Ok(kernels::norm::activation(&y, act)?),
+            (None, None) => ops::activate(&y, self.layer.activation),
         }
     }
 }

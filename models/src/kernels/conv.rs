@@ -31,14 +31,14 @@ pub struct ConvParams {
 
 /// The shapes of one call: batch, channels and sides of input and output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Dims {
-    batch: usize,
-    c_in: usize,
-    c_out: usize,
-    h_in: usize,
-    w_in: usize,
-    h_out: usize,
-    w_out: usize,
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub h_in: usize,
+    pub w_in: usize,
+    pub h_out: usize,
+    pub w_out: usize,
 }
 
 impl ConvParams {
@@ -49,7 +49,7 @@ impl ConvParams {
         }
     }
 
-    fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Dims> {
+    pub(crate) fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Dims> {
         let ([ci, b, h, wi], [w0, w1, kh, kw]) = (x, w) else {
             candle_core::bail!("gantry conv expects 4-D input and weight, got {x:?} and {w:?}");
         };
@@ -100,7 +100,7 @@ impl ConvParams {
     }
 
     /// `y` from `x` and `w`.
-    fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
+    pub(crate) fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
         match self.kind {
             ConvKind::Conv => blocked::unfold_matmul(x, &win, w, d.c_out),
@@ -129,7 +129,7 @@ impl ConvParams {
 }
 
 /// Profiler span of a kernel call: `conv|convT CixHxW -> CoxHoxWo phase`.
-fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
+pub(crate) fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
     crate::profile::Timer::start(|| {
         let kind = if p.kind == ConvKind::Conv {
             "conv "
@@ -146,9 +146,9 @@ fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer 
 /// Forward op: `(x, w) -> y`.
 struct ConvForward(ConvParams);
 /// `(dy, w) -> dx`, `x_shape` fixing the output shape.
-struct ConvInputGrad(ConvParams, [usize; 4]);
+pub(crate) struct ConvInputGrad(pub ConvParams, pub [usize; 4]);
 /// `(x, dy) -> dw`, `w_shape` fixing the output shape.
-struct ConvWeightGrad(ConvParams, [usize; 4]);
+pub(crate) struct ConvWeightGrad(pub ConvParams, pub [usize; 4]);
 
 impl CustomOp2 for ConvForward {
     fn name(&self) -> &'static str {

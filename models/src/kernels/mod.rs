@@ -7,6 +7,7 @@
 //! `[C_out, B * H * W]`, so no permute is needed anywhere inside a network, and every channel's
 //! values are contiguous for BatchNorm. Networks convert from/to NCHW once at their ends.
 
+pub mod block;
 pub mod blocked;
 pub mod conv;
 pub mod im2col;
@@ -47,15 +48,19 @@ pub fn f32_slice_mut<'a>(
     }
 }
 
-/// The convolution of `layer` on a channel-major `x` with weight `w` through Gantry's kernels.
-pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
-    let params = ConvParams {
+/// The kernels' description of `layer`'s convolution.
+pub fn conv_params(layer: &ConvLayer) -> ConvParams {
+    ConvParams {
         kind: layer.kind,
         kernel: layer.kernel,
         stride: layer.stride,
         padding: layer.padding,
-    };
-    Ok(conv::conv(x, w, params)?)
+    }
+}
+
+/// The convolution of `layer` on a channel-major `x` with weight `w` through Gantry's kernels.
+pub fn conv(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
+    Ok(conv::conv(x, w, conv_params(layer))?)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Fused training-mode BatchNorm + activation, and standalone activations, as candle custom ops
-//! on channel-major tensors (`[C, B, H, W]`: each channel's values are one contiguous slab, so
+//! Training-mode BatchNorm fused with its activation (the math; [`super::block`] runs it inside
+//! each convolution block's autograd node), and standalone activations as candle custom ops, on
+//! channel-major tensors (`[C, B, H, W]`: each channel's values are one contiguous slab, so
 //! statistics are plain slice reductions).
 //!
 //! Forward: `y = act(gamma * (x - mean) * inv_std + beta)` with batch statistics.
@@ -7,9 +8,7 @@
 //! `dbeta = sum(dz)`, `dgamma = sum(dz * x_hat)`,
 //! `dx = gamma * inv_std / M * (M * dz - dbeta - x_hat * dgamma)`.
 
-use std::sync::{Arc, Mutex};
-
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -36,7 +35,7 @@ impl Act {
     }
 
     /// The slope for negative inputs: each activation is `max(z, 0) + neg * min(z, 0)`.
-    fn negative_slope(self) -> f32 {
+    pub(crate) fn negative_slope(self) -> f32 {
         match self {
             Self::Identity => 1.0,
             Self::Relu => 0.0,
@@ -112,186 +111,94 @@ fn lane_sum2(
 /// Per-channel batch statistics kept by the forward pass for the backward pass and the running
 /// statistics update.
 #[derive(Debug, Clone, Default)]
-pub struct BatchStats {
+pub(crate) struct BatchStats {
     pub mean: Vec<f32>,
     /// Biased variance (divided by the count).
     pub var: Vec<f32>,
     pub inv_std: Vec<f32>,
 }
 
-/// `(x, gamma, beta) -> act(batchnorm(x))` in training mode.
-struct BnActTrain {
+/// `act(batchnorm(x))` in training mode for a channel-major `x` (`c` channels): the output and
+/// the batch statistics.
+pub(crate) fn bn_act_forward(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
     eps: f64,
     act: Act,
-    stats: Arc<Mutex<BatchStats>>,
-}
-
-impl CustomOp3 for BnActTrain {
-    fn name(&self) -> &'static str {
-        "gantry-batchnorm-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} fwd", l1.dims()));
-        let x = f32_slice(s1, l1, "input")?;
-        let gamma = f32_slice(s2, l2, "gamma")?;
-        let beta = f32_slice(s3, l3, "beta")?;
-        let c = l1.dims()[0];
-        if gamma.len() != c || beta.len() != c || x.len() % c != 0 {
-            candle_core::bail!(
-                "gantry batchnorm: {c} channels but gamma {} / beta {}",
-                gamma.len(),
-                beta.len()
-            );
-        }
-        let m = x.len() / c;
-        let mut y = vec![0f32; x.len()];
-        let per_channel: Vec<(f32, f32, f32)> = y
-            .par_chunks_mut(m)
-            .zip(x.par_chunks(m))
-            .enumerate()
-            .map(|(ch, (out, xs))| {
-                let mean = (lane_sum(xs, |v| v) / m as f64) as f32;
-                let var = (lane_sum(xs, |v| (v - mean) * (v - mean)) / m as f64) as f32;
-                let inv_std = 1.0 / (var as f64 + self.eps).sqrt() as f32;
-                let scale = gamma[ch] * inv_std;
-                let shift = beta[ch] - mean * scale;
-                let neg = self.act.negative_slope();
-                for (o, &v) in out.iter_mut().zip(xs) {
-                    *o = activate(v * scale + shift, neg);
-                }
-                (mean, var, inv_std)
-            })
-            .collect();
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        stats.mean = per_channel.iter().map(|s| s.0).collect();
-        stats.var = per_channel.iter().map(|s| s.1).collect();
-        stats.inv_std = per_channel.iter().map(|s| s.2).collect();
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        gamma: &Tensor,
-        beta: &Tensor,
-        y: &Tensor,
-        dy: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let gamma_values: Vec<f32> = gamma.to_vec1()?;
-        let op = BnActGrad {
-            act: self.act,
-            gamma: gamma_values,
-            stats,
-        };
-        let packed = x
-            .contiguous()?
-            .apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &op)?;
-        let (c, total) = (x.dim(0)?, x.elem_count());
-        let dx = x
-            .track_op()
-            .then(|| packed.narrow(0, 0, total)?.reshape(x.shape()))
-            .transpose()?;
-        let dgamma = gamma
-            .track_op()
-            .then(|| packed.narrow(0, total, c))
-            .transpose()?;
-        let dbeta = beta
-            .track_op()
-            .then(|| packed.narrow(0, total + c, c))
-            .transpose()?;
-        Ok((dx, dgamma, dbeta))
-    }
-}
-
-/// `(x, y, dy) -> [dx, dgamma, dbeta]` packed in one vector.
-struct BnActGrad {
-    act: Act,
-    gamma: Vec<f32>,
-    stats: BatchStats,
-}
-
-impl CustomOp3 for BnActGrad {
-    fn name(&self) -> &'static str {
-        "gantry-batchnorm-act-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let _span = crate::profile::Timer::start(|| format!("batchnorm+act {:?} bwd", l1.dims()));
-        let x = f32_slice(s1, l1, "input")?;
-        let y = f32_slice(s2, l2, "output")?;
-        let dy = f32_slice(s3, l3, "gradient")?;
-        let c = self.gamma.len();
-        let m = x.len() / c;
-        // Room for dgamma and dbeta behind dx from the start: growing it later copied dx.
-        let mut dx = Vec::with_capacity(x.len() + 2 * c);
-        dx.resize(x.len(), 0f32);
-        let sums: Vec<(f32, f32)> = dx
-            .par_chunks_mut(m)
-            .enumerate()
-            .map(|(ch, dxs)| {
-                let range = ch * m..(ch + 1) * m;
-                let (xs, ys, dys) = (&x[range.clone()], &y[range.clone()], &dy[range]);
-                let (mean, inv_std) = (self.stats.mean[ch], self.stats.inv_std[ch]);
-                let neg = self.act.negative_slope();
-                let (dbeta, dgamma) = lane_sum2(xs, ys, dys, |xv, yv, g| {
-                    let dz = g * slope_at_output(yv, neg);
-                    (dz, dz * (xv - mean) * inv_std)
-                });
-                let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
-                let k = self.gamma[ch] * inv_std / m as f32;
-                for (((d, &xv), &yv), &g) in dxs.iter_mut().zip(xs).zip(ys).zip(dys) {
-                    let dz = g * slope_at_output(yv, neg);
-                    let x_hat = (xv - mean) * inv_std;
-                    *d = k * (m as f32 * dz - dbeta - x_hat * dgamma);
-                }
-                (dgamma, dbeta)
-            })
-            .collect();
-        dx.extend(sums.iter().map(|s| s.0));
-        dx.extend(sums.iter().map(|s| s.1));
-        let len = dx.len();
-        Ok((CpuStorage::F32(dx), Shape::from(len)))
-    }
-}
-
-/// Training-mode BatchNorm + activation of a channel-major `x` with autograd; returns the output
-/// and the batch (mean, biased variance) per channel for the running statistics.
-pub fn batch_norm_act_train(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-    act: Act,
-) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
-    let stats = Arc::new(Mutex::new(BatchStats::default()));
-    let op = BnActTrain {
-        eps,
-        act,
-        stats: stats.clone(),
+) -> (Vec<f32>, BatchStats) {
+    let _span =
+        crate::profile::Timer::start(|| format!("batchnorm+act [{c}, {}] fwd", x.len() / c.max(1)));
+    let m = x.len() / c;
+    let mut y = vec![0f32; x.len()];
+    let neg = act.negative_slope();
+    let per_channel: Vec<(f32, f32, f32)> = y
+        .par_chunks_mut(m)
+        .zip(x.par_chunks(m))
+        .enumerate()
+        .map(|(ch, (out, xs))| {
+            let mean = (lane_sum(xs, |v| v) / m as f64) as f32;
+            let var = (lane_sum(xs, |v| (v - mean) * (v - mean)) / m as f64) as f32;
+            let inv_std = 1.0 / (var as f64 + eps).sqrt() as f32;
+            let scale = gamma[ch] * inv_std;
+            let shift = beta[ch] - mean * scale;
+            for (o, &v) in out.iter_mut().zip(xs) {
+                *o = activate(v * scale + shift, neg);
+            }
+            (mean, var, inv_std)
+        })
+        .collect();
+    let stats = BatchStats {
+        mean: per_channel.iter().map(|s| s.0).collect(),
+        var: per_channel.iter().map(|s| s.1).collect(),
+        inv_std: per_channel.iter().map(|s| s.2).collect(),
     };
-    let y = x
-        .contiguous()?
-        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let s = stats.lock().unwrap_or_else(|e| e.into_inner());
-    Ok((y, s.mean.clone(), s.var.clone()))
+    (y, stats)
+}
+
+/// The backward pass of [`bn_act_forward`] from its input `x`, output `y` and the output's
+/// gradient `dy`: `[dx, dgamma, dbeta]` packed in one vector.
+pub(crate) fn bn_act_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    stats: &BatchStats,
+    act: Act,
+) -> Vec<f32> {
+    let c = gamma.len();
+    let _span =
+        crate::profile::Timer::start(|| format!("batchnorm+act [{c}, {}] bwd", x.len() / c.max(1)));
+    let m = x.len() / c;
+    let neg = act.negative_slope();
+    // Room for dgamma and dbeta behind dx from the start: growing it later copied dx.
+    let mut dx = Vec::with_capacity(x.len() + 2 * c);
+    dx.resize(x.len(), 0f32);
+    let sums: Vec<(f32, f32)> = dx
+        .par_chunks_mut(m)
+        .enumerate()
+        .map(|(ch, dxs)| {
+            let range = ch * m..(ch + 1) * m;
+            let (xs, ys, dys) = (&x[range.clone()], &y[range.clone()], &dy[range]);
+            let (mean, inv_std) = (stats.mean[ch], stats.inv_std[ch]);
+            let (dbeta, dgamma) = lane_sum2(xs, ys, dys, |xv, yv, g| {
+                let dz = g * slope_at_output(yv, neg);
+                (dz, dz * (xv - mean) * inv_std)
+            });
+            let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
+            let k = gamma[ch] * inv_std / m as f32;
+            for (((d, &xv), &yv), &g) in dxs.iter_mut().zip(xs).zip(ys).zip(dys) {
+                let dz = g * slope_at_output(yv, neg);
+                let x_hat = (xv - mean) * inv_std;
+                *d = k * (m as f32 * dz - dbeta - x_hat * dgamma);
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    dx.extend(sums.iter().map(|s| s.0));
+    dx.extend(sums.iter().map(|s| s.1));
+    dx
 }
 
 /// An elementwise activation with autograd (for layers without BatchNorm).

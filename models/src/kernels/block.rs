@@ -1,0 +1,169 @@
+//! A convolution followed by training-mode BatchNorm and its activation as one autograd node.
+//!
+//! candle's backward pass zero-fills and then adds every gradient it stores (`zeros_like` +
+//! `add` per node). With BatchNorm as a node of its own, each layer's convolution output — with
+//! the BatchNorm output, the largest tensors of a step — went through that on every backward
+//! pass; here the gradient between the two stays inside the node.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use super::conv::{self, ConvInputGrad, ConvParams, ConvWeightGrad};
+use super::f32_slice;
+use super::norm::{bn_act_backward, bn_act_forward, Act, BatchStats};
+
+/// What the forward pass keeps for the backward pass: the convolution output (BatchNorm's
+/// input) and the batch statistics.
+#[derive(Default)]
+struct Saved {
+    conv_out: Vec<f32>,
+    stats: BatchStats,
+}
+
+/// `(x, w, [gamma; beta]) -> act(batchnorm(conv(x, w)))`.
+struct ConvBnAct {
+    conv: ConvParams,
+    eps: f64,
+    act: Act,
+    saved: Arc<Mutex<Saved>>,
+}
+
+/// `(y, dy) -> [d conv_out, dgamma, dbeta]`, reading the convolution output saved by the
+/// forward pass.
+struct BnGrad {
+    act: Act,
+    gamma: Vec<f32>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for ConvBnAct {
+    fn name(&self) -> &'static str {
+        "gantry-conv-batchnorm-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = self.conv.dims(l1.dims(), l2.dims())?;
+        let x = f32_slice(s1, l1, "input")?;
+        let w = f32_slice(s2, l2, "weight")?;
+        let affine = f32_slice(s3, l3, "gamma and beta")?;
+        let c = d.c_out;
+        if affine.len() != 2 * c {
+            candle_core::bail!(
+                "gantry conv+batchnorm: {c} channels but {} affine values",
+                affine.len()
+            );
+        }
+        let conv_out = {
+            let _span = conv::span(&self.conv, "fwd", &d);
+            self.conv.forward(x, w, &d)
+        };
+        let (y, stats) =
+            bn_act_forward(&conv_out, c, &affine[..c], &affine[c..], self.eps, self.act);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Saved { conv_out, stats };
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((c, d.batch, d.h_out, d.w_out)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = y.dim(0)?;
+        let op = BnGrad {
+            act: self.act,
+            gamma: affine.narrow(0, 0, c)?.to_vec1()?,
+            saved: self.saved.clone(),
+        };
+        let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
+        let total = y.elem_count();
+        let d_conv_out = packed.narrow(0, 0, total)?.reshape(y.shape())?;
+        let shape4 = |t: &Tensor| -> candle_core::Result<[usize; 4]> {
+            t.dims()
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
+        };
+        let dx = if x.track_op() {
+            let op = ConvInputGrad(self.conv, shape4(x)?);
+            Some(d_conv_out.apply_op2_no_bwd(w, &op)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let op = ConvWeightGrad(self.conv, shape4(w)?);
+            Some(x.apply_op2_no_bwd(&d_conv_out, &op)?)
+        } else {
+            None
+        };
+        let d_affine = if affine.track_op() {
+            Some(packed.narrow(0, total, 2 * c)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, d_affine))
+    }
+}
+
+impl CustomOp2 for BnGrad {
+    fn name(&self) -> &'static str {
+        "gantry-batchnorm-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "output")?;
+        let dy = f32_slice(s2, l2, "gradient")?;
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if saved.conv_out.len() != y.len() || saved.stats.inv_std.len() != self.gamma.len() {
+            candle_core::bail!("gantry conv+batchnorm: backward without its forward pass");
+        }
+        let packed = bn_act_backward(&saved.conv_out, y, dy, &self.gamma, &saved.stats, self.act);
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
+    }
+}
+
+/// `act(batchnorm(conv(x, w)))` in training mode on a channel-major `x`, as one autograd node;
+/// also returns the batch (mean, biased variance) per channel for the running statistics.
+pub fn conv_bn_act_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    conv: ConvParams,
+    eps: f64,
+    act: Act,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let op = ConvBnAct {
+        conv,
+        eps,
+        act,
+        saved: saved.clone(),
+    };
+    let affine = Tensor::cat(&[gamma, beta], 0)?;
+    let y = x
+        .contiguous()?
+        .apply_op3(&w.contiguous()?, &affine.contiguous()?, op)?;
+    let s = saved.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
+}
