@@ -62,39 +62,19 @@ pub fn matmul_into(
         }
         return;
     }
-    let (a_cs, a_rs) = a.strides(m, k);
-    let (b_cs, b_rs) = b.strides(k, n);
     let threads = rayon::current_num_threads();
     let parallelism = if (m * n * k) < 64 * 64 * 64 || threads == 1 {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(threads)
     };
-    // SAFETY: the asserts above guarantee every index the strides reach is inside the slices;
-    // `c` is exclusively borrowed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let dst = Block {
+        ptr: c.as_mut_ptr(),
+        row_stride: n,
+        accumulate,
+    };
+    // SAFETY: the asserts above cover the operands; `c` is exclusively borrowed and m x n.
+    unsafe { gemm_block(dst, m, n, k, a, b, parallelism) }
 }
 
 /// Where [`matmul_block_serial`] writes: an `m x n` block of a larger row-major matrix.
@@ -126,9 +106,27 @@ pub unsafe fn matmul_block_serial(
     if m == 0 || n == 0 {
         return;
     }
+    // SAFETY: operand sizes asserted; the destination block is the caller's promise.
+    unsafe { gemm_block(c, m, n, k, a, b, gemm::Parallelism::None) }
+}
+
+/// The one call into `gemm`: `C (+)= A * B` into the block `c`.
+///
+/// # Safety
+/// The operands must hold `m x k` and `k x n` matrices (checked by the callers) and the block
+/// must be valid for writes and not accessed by anyone else meanwhile.
+unsafe fn gemm_block(
+    c: Block,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand<'_>,
+    b: Operand<'_>,
+    parallelism: gemm::Parallelism,
+) {
     let (a_cs, a_rs) = a.strides(m, k);
     let (b_cs, b_rs) = b.strides(k, n);
-    // SAFETY: operand sizes asserted; the destination block is the caller's promise.
+    // SAFETY: guaranteed by the caller.
     unsafe {
         gemm::gemm(
             m,
@@ -149,7 +147,7 @@ pub unsafe fn matmul_block_serial(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
