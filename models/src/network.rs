@@ -120,6 +120,16 @@ impl ConvBlock {
             )?;
             return Ok(y);
         }
+        if let (None, Some(act)) = (&self.bn, act) {
+            if act != Act::Identity {
+                return Ok(kernels::block::conv_act(
+                    x,
+                    &w,
+                    kernels::conv_params(&self.layer),
+                    act,
+                )?);
+            }
+        }
         let y = kernels::conv(x, &w, &self.layer)?;
         match (&self.bn, act) {
             (Some(bn), _) => {
@@ -138,7 +148,7 @@ impl ConvBlock {
                 };
                 ops::activate(&y, self.layer.activation)
             }
-            (None, Some(act)) => Ok(kernels::norm::activation(&y, act)?),
+            (None, Some(_)) => Ok(y), // the identity
             (None, None) => ops::activate(&y, self.layer.activation),
         }
     }

@@ -1,9 +1,10 @@
-//! A convolution followed by training-mode BatchNorm and its activation as one autograd node.
+//! A convolution with what follows it in a block — training-mode BatchNorm and its activation,
+//! or the activation alone — as one autograd node.
 //!
 //! candle's backward pass zero-fills and then adds every gradient it stores (`zeros_like` +
-//! `add` per node). With BatchNorm as a node of its own, each layer's convolution output — with
-//! the BatchNorm output, the largest tensors of a step — went through that on every backward
-//! pass; here the gradient between the two stays inside the node.
+//! `add` per node). With BatchNorm or the activation as nodes of their own, each layer's
+//! convolution output — with the block's output, the largest tensors of a step — went through
+//! that on every backward pass; here the gradient between them stays inside the node.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use super::conv::{self, ConvInputGrad, ConvParams, ConvWeightGrad};
 use super::f32_slice;
-use super::norm::{bn_act_backward, bn_act_forward, Act, BatchStats};
+use super::norm::{activate, bn_act_backward, bn_act_forward, Act, ActGrad, BatchStats};
 
 /// What the forward pass keeps for the backward pass: the convolution output (BatchNorm's
 /// input) and the batch statistics.
@@ -92,23 +93,7 @@ impl CustomOp3 for ConvBnAct {
         let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
         let total = y.elem_count();
         let d_conv_out = packed.narrow(0, 0, total)?.reshape(y.shape())?;
-        let shape4 = |t: &Tensor| -> candle_core::Result<[usize; 4]> {
-            t.dims()
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
-        };
-        let dx = if x.track_op() {
-            let op = ConvInputGrad(self.conv, shape4(x)?);
-            Some(d_conv_out.apply_op2_no_bwd(w, &op)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let op = ConvWeightGrad(self.conv, shape4(w)?);
-            Some(x.apply_op2_no_bwd(&d_conv_out, &op)?)
-        } else {
-            None
-        };
+        let (dx, dw) = conv_grads(self.conv, x, w, &d_conv_out)?;
         let d_affine = if affine.track_op() {
             Some(packed.narrow(0, total, 2 * c)?)
         } else {
@@ -166,4 +151,88 @@ pub fn conv_bn_act_train(
         .apply_op3(&w.contiguous()?, &affine.contiguous()?, op)?;
     let s = saved.lock().unwrap_or_else(|e| e.into_inner());
     Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
+}
+
+/// The gradients of a convolution's input and weight (those that autograd tracks) from the
+/// gradient of its output.
+fn conv_grads(
+    conv: ConvParams,
+    x: &Tensor,
+    w: &Tensor,
+    d_conv_out: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let shape4 = |t: &Tensor| -> candle_core::Result<[usize; 4]> {
+        t.dims()
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
+    };
+    let dx = if x.track_op() {
+        Some(d_conv_out.apply_op2_no_bwd(w, &ConvInputGrad(conv, shape4(x)?))?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        Some(x.apply_op2_no_bwd(d_conv_out, &ConvWeightGrad(conv, shape4(w)?))?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
+}
+
+/// `(x, w) -> act(conv(x, w))`, for blocks without BatchNorm.
+struct ConvAct {
+    conv: ConvParams,
+    act: Act,
+}
+
+impl CustomOp2 for ConvAct {
+    fn name(&self) -> &'static str {
+        "gantry-conv-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let d = self.conv.dims(l1.dims(), l2.dims())?;
+        let mut y = {
+            let _span = conv::span(&self.conv, "fwd", &d);
+            self.conv.forward(
+                f32_slice(s1, l1, "input")?,
+                f32_slice(s2, l2, "weight")?,
+                &d,
+            )
+        };
+        let neg = self.act.negative_slope();
+        y.par_iter_mut()
+            .with_min_len(4096)
+            .for_each(|v| *v = activate(*v, neg));
+        Ok((
+            CpuStorage::F32(y),
+            Shape::from((d.c_out, d.batch, d.h_out, d.w_out)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d_conv_out = dy
+            .contiguous()?
+            .apply_op2_no_bwd(&y.contiguous()?, &ActGrad(self.act))?;
+        conv_grads(self.conv, x, w, &d_conv_out)
+    }
+}
+
+/// `act(conv(x, w))` on a channel-major `x`, as one autograd node.
+pub fn conv_act(x: &Tensor, w: &Tensor, conv: ConvParams, act: Act) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvAct { conv, act })
 }

@@ -1,5 +1,5 @@
-//! Training-mode BatchNorm fused with its activation (the math; [`super::block`] runs it inside
-//! each convolution block's autograd node), and standalone activations as candle custom ops, on
+//! Training-mode BatchNorm fused with its activation, and the activations' backward pass (the
+//! math; [`super::block`] runs it inside each convolution block's autograd node), on
 //! channel-major tensors (`[C, B, H, W]`: each channel's values are one contiguous slab, so
 //! statistics are plain slice reductions).
 //!
@@ -8,7 +8,7 @@
 //! `dbeta = sum(dz)`, `dgamma = sum(dz * x_hat)`,
 //! `dx = gamma * inv_std / M * (M * dz - dbeta - x_hat * dgamma)`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -47,7 +47,7 @@ impl Act {
 /// `act(z)` for the activation with negative slope `neg`: branch-free, so that loops over it
 /// vectorise (a `match` on [`Act`] per element, with data-dependent branches, did not).
 #[inline(always)]
-fn activate(z: f32, neg: f32) -> f32 {
+pub(crate) fn activate(z: f32, neg: f32) -> f32 {
     z.max(0.0) + neg * z.min(0.0)
 }
 
@@ -201,34 +201,8 @@ pub(crate) fn bn_act_backward(
     dx
 }
 
-/// An elementwise activation with autograd (for layers without BatchNorm).
-struct ActOp(Act);
-/// `(dy, y) -> dx` of an activation.
-struct ActGrad(Act);
-
-impl CustomOp1 for ActOp {
-    fn name(&self) -> &'static str {
-        "gantry-activation"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "input")?;
-        let neg = self.0.negative_slope();
-        let y: Vec<f32> = x
-            .par_iter()
-            .with_min_len(4096)
-            .map(|&v| activate(v, neg))
-            .collect();
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            dy.contiguous()?
-                .apply_op2_no_bwd(&y.contiguous()?, &ActGrad(self.0))?,
-        ))
-    }
-}
+/// `(dy, y) -> dx` of an activation, reading its slope off the output `y`.
+pub(crate) struct ActGrad(pub Act);
 
 impl CustomOp2 for ActGrad {
     fn name(&self) -> &'static str {
@@ -253,12 +227,4 @@ impl CustomOp2 for ActGrad {
             .collect();
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
-}
-
-/// Applies `act` elementwise with autograd.
-pub fn activation(x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
-    if act == Act::Identity {
-        return Ok(x.clone());
-    }
-    x.contiguous()?.apply_op1(ActOp(act))
 }
