@@ -1,5 +1,6 @@
-//! Gantry's CPU kernels as candle custom operations: GEMM-based convolutions and fused
-//! BatchNorm + activation (forward and backward) that replace candle's direct-loop CPU
+//! Gantry's CPU kernels as candle custom operations: cache-blocked im2col/col2im + GEMM
+//! convolutions ([`blocked`], [`conv`]), and each convolution fused with its BatchNorm and
+//! activation into one autograd node ([`block`], [`norm`]), replacing candle's direct-loop CPU
 //! convolutions and many-op BatchNorm in training.
 //!
 //! Layout: tensors are channel-major, `[C, B, H, W]`, between the kernels. With the batch merged
