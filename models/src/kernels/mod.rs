@@ -1,5 +1,5 @@
 //! Gantry's CPU kernels as candle custom operations: cache-blocked im2col/col2im + GEMM
-//! convolutions ([`blocked`], [`conv`]), and each convolution fused with its BatchNorm and
+//! convolutions ([`blocked`], [`mod@conv`]), and each convolution fused with its BatchNorm and
 //! activation into one autograd node ([`block`], [`norm`]), replacing candle's direct-loop CPU
 //! convolutions and many-op BatchNorm in training.
 //!
