@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::conv::{self, ConvInputGrad, ConvParams, ConvWeightGrad};
+use super::conv::{self, ConvParams};
 use super::f32_slice;
 use super::norm::{activate, bn_act_backward, bn_act_forward, Act, ActGrad, BatchStats};
 
@@ -93,7 +93,7 @@ impl CustomOp3 for ConvBnAct {
         let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
         let total = y.elem_count();
         let d_conv_out = packed.narrow(0, 0, total)?.reshape(y.shape())?;
-        let (dx, dw) = conv_grads(self.conv, x, w, &d_conv_out)?;
+        let (dx, dw) = conv::grads(self.conv, x, w, &d_conv_out)?;
         let d_affine = if affine.track_op() {
             Some(packed.narrow(0, total, 2 * c)?)
         } else {
@@ -153,32 +153,6 @@ pub fn conv_bn_act_train(
     Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
 }
 
-/// The gradients of a convolution's input and weight (those that autograd tracks) from the
-/// gradient of its output.
-fn conv_grads(
-    conv: ConvParams,
-    x: &Tensor,
-    w: &Tensor,
-    d_conv_out: &Tensor,
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-    let shape4 = |t: &Tensor| -> candle_core::Result<[usize; 4]> {
-        t.dims()
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
-    };
-    let dx = if x.track_op() {
-        Some(d_conv_out.apply_op2_no_bwd(w, &ConvInputGrad(conv, shape4(x)?))?)
-    } else {
-        None
-    };
-    let dw = if w.track_op() {
-        Some(x.apply_op2_no_bwd(d_conv_out, &ConvWeightGrad(conv, shape4(w)?))?)
-    } else {
-        None
-    };
-    Ok((dx, dw))
-}
-
 /// `(x, w) -> act(conv(x, w))`, for blocks without BatchNorm.
 struct ConvAct {
     conv: ConvParams,
@@ -227,7 +201,7 @@ impl CustomOp2 for ConvAct {
         let d_conv_out = dy
             .contiguous()?
             .apply_op2_no_bwd(&y.contiguous()?, &ActGrad(self.act))?;
-        conv_grads(self.conv, x, w, &d_conv_out)
+        conv::grads(self.conv, x, w, &d_conv_out)
     }
 }
 

@@ -146,9 +146,9 @@ pub(crate) fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::prof
 /// Forward op: `(x, w) -> y`.
 struct ConvForward(ConvParams);
 /// `(dy, w) -> dx`, `x_shape` fixing the output shape.
-pub(crate) struct ConvInputGrad(pub ConvParams, pub [usize; 4]);
+struct ConvInputGrad(ConvParams, [usize; 4]);
 /// `(x, dy) -> dw`, `w_shape` fixing the output shape.
-pub(crate) struct ConvWeightGrad(pub ConvParams, pub [usize; 4]);
+struct ConvWeightGrad(ConvParams, [usize; 4]);
 
 impl CustomOp2 for ConvForward {
     fn name(&self) -> &'static str {
@@ -182,27 +182,34 @@ impl CustomOp2 for ConvForward {
         _y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = if x.track_op() {
-            let shape: [usize; 4] = x
-                .dims()
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("4-D input".into()))?;
-            Some(dy.apply_op2_no_bwd(w, &ConvInputGrad(self.0, shape))?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let shape: [usize; 4] = w
-                .dims()
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("4-D weight".into()))?;
-            Some(x.apply_op2_no_bwd(&dy, &ConvWeightGrad(self.0, shape))?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        grads(self.0, x, w, &dy.contiguous()?)
     }
+}
+
+/// The gradients of a convolution's input and weight (those autograd tracks) from the gradient
+/// `dy` (contiguous) of its output.
+pub(crate) fn grads(
+    p: ConvParams,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let shape4 = |t: &Tensor| -> candle_core::Result<[usize; 4]> {
+        t.dims()
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
+    };
+    let dx = if x.track_op() {
+        Some(dy.apply_op2_no_bwd(w, &ConvInputGrad(p, shape4(x)?))?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        Some(x.apply_op2_no_bwd(dy, &ConvWeightGrad(p, shape4(w)?))?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }
 
 impl CustomOp2 for ConvInputGrad {
