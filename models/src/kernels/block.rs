@@ -52,10 +52,8 @@ impl CustomOp3 for ConvBnAct {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = self.conv.dims(l1.dims(), l2.dims())?;
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
         let affine = f32_slice(s3, l3, "gamma and beta")?;
+        let (conv_out, d) = self.conv.forward_storage(s1, l1, s2, l2)?;
         let c = d.c_out;
         if affine.len() != 2 * c {
             candle_core::bail!(
@@ -63,17 +61,10 @@ impl CustomOp3 for ConvBnAct {
                 affine.len()
             );
         }
-        let conv_out = {
-            let _span = conv::span(&self.conv, "fwd", &d);
-            self.conv.forward(x, w, &d)
-        };
         let (y, stats) =
             bn_act_forward(&conv_out, c, &affine[..c], &affine[c..], self.eps, self.act);
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Saved { conv_out, stats };
-        Ok((
-            CpuStorage::F32(y),
-            Shape::from((c, d.batch, d.h_out, d.w_out)),
-        ))
+        Ok((CpuStorage::F32(y), d.out_shape()))
     }
 
     fn bwd(
@@ -172,23 +163,12 @@ impl CustomOp2 for ConvAct {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let d = self.conv.dims(l1.dims(), l2.dims())?;
-        let mut y = {
-            let _span = conv::span(&self.conv, "fwd", &d);
-            self.conv.forward(
-                f32_slice(s1, l1, "input")?,
-                f32_slice(s2, l2, "weight")?,
-                &d,
-            )
-        };
+        let (mut y, d) = self.conv.forward_storage(s1, l1, s2, l2)?;
         let neg = self.act.negative_slope();
         y.par_iter_mut()
             .with_min_len(4096)
             .for_each(|v| *v = activate(*v, neg));
-        Ok((
-            CpuStorage::F32(y),
-            Shape::from((d.c_out, d.batch, d.h_out, d.w_out)),
-        ))
+        Ok((CpuStorage::F32(y), d.out_shape()))
     }
 
     fn bwd(

@@ -41,6 +41,13 @@ pub(crate) struct Dims {
     pub w_out: usize,
 }
 
+impl Dims {
+    /// The output's shape, `[C_out, B, H_out, W_out]`.
+    pub(crate) fn out_shape(&self) -> Shape {
+        Shape::from((self.c_out, self.batch, self.h_out, self.w_out))
+    }
+}
+
 impl ConvParams {
     fn out_side(&self, side: usize) -> usize {
         match self.kind {
@@ -99,6 +106,25 @@ impl ConvParams {
         }
     }
 
+    /// The forward pass on a custom op's operands (input, weight): the output and the shapes,
+    /// timed as this layer's `fwd` kernel.
+    pub(crate) fn forward_storage(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(Vec<f32>, Dims)> {
+        let d = self.dims(l1.dims(), l2.dims())?;
+        let _span = span(self, "fwd", &d);
+        let y = self.forward(
+            f32_slice(s1, l1, "input")?,
+            f32_slice(s2, l2, "weight")?,
+            &d,
+        );
+        Ok((y, d))
+    }
+
     /// `y` from `x` and `w`.
     pub(crate) fn forward(&self, x: &[f32], w: &[f32], d: &Dims) -> Vec<f32> {
         let win = self.window(d);
@@ -129,7 +155,7 @@ impl ConvParams {
 }
 
 /// Profiler span of a kernel call: `conv|convT CixHxW -> CoxHoxWo phase`.
-pub(crate) fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
+fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
     crate::profile::Timer::start(|| {
         let kind = if p.kind == ConvKind::Conv {
             "conv "
@@ -162,17 +188,8 @@ impl CustomOp2 for ConvForward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let d = self.0.dims(l1.dims(), l2.dims())?;
-        let _span = span(&self.0, "fwd", &d);
-        let y = self.0.forward(
-            f32_slice(s1, l1, "input")?,
-            f32_slice(s2, l2, "weight")?,
-            &d,
-        );
-        Ok((
-            CpuStorage::F32(y),
-            Shape::from((d.c_out, d.batch, d.h_out, d.w_out)),
-        ))
+        let (y, d) = self.0.forward_storage(s1, l1, s2, l2)?;
+        Ok((CpuStorage::F32(y), d.out_shape()))
     }
 
     fn bwd(
