@@ -387,7 +387,7 @@ fn transpose_into(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::im2col::{col2im, im2col};
+    use crate::kernels::im2col::{col2im, im2col, whole_image_window};
     use crate::kernels::matmul::matmul;
 
     fn window(batch: usize) -> Window {
@@ -401,21 +401,6 @@ mod tests {
             padding: 1,
             col_height: 4,
             col_width: 3,
-        }
-    }
-
-    /// A DCGAN's 4x4 <-> 1x1 layer: the whole-batch path.
-    fn whole_image_window(batch: usize) -> Window {
-        Window {
-            batch,
-            channels: 2,
-            height: 4,
-            width: 4,
-            kernel: 4,
-            stride: 1,
-            padding: 0,
-            col_height: 1,
-            col_width: 1,
         }
     }
 

@@ -414,6 +414,22 @@ fn fold_planes(
     }
 }
 
+/// A DCGAN's 4x4 <-> 1x1 window over 2 channels (the whole-image case), for tests.
+#[cfg(test)]
+pub(crate) fn whole_image_window(batch: usize) -> Window {
+    Window {
+        batch,
+        channels: 2,
+        height: 4,
+        width: 4,
+        kernel: 4,
+        stride: 1,
+        padding: 0,
+        col_height: 1,
+        col_width: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,17 +551,7 @@ mod tests {
     /// definition in the module docs, and col2im inverts it.
     #[test]
     fn whole_image_window_is_a_transpose() {
-        let w = Window {
-            batch: 3,
-            channels: 2,
-            height: 4,
-            width: 4,
-            kernel: 4,
-            stride: 1,
-            padding: 0,
-            col_height: 1,
-            col_width: 1,
-        };
+        let w = whole_image_window(3);
         assert!(w.is_whole_image());
         let x: Vec<f32> = (0..w.image_len()).map(|i| i as f32).collect();
         let cols = im2col(&x, &w);
