@@ -1,19 +1,22 @@
 //! [`Generator`]: an ONNX generator loaded into ONNX Runtime, shared safely between threads.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use image::DynamicImage;
-use ndarray::{Array1, Array2, Array4, Axis, Ix4};
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, Axis, Ix4};
+use ort::session::Session;
 use ort::value::{DynValue, TensorRef};
 use rayon::prelude::*;
 
 use crate::error::{Result, RuntimeError};
+use crate::lanes::{split_evenly, Lanes};
 use crate::latent::{slerp, LatentStream};
 use crate::library;
-use crate::providers::{self, ProviderChoice, ProviderOptions, ProviderReport};
+use crate::providers::{self, Provider, ProviderChoice, ProviderOptions, ProviderReport};
+use crate::session::{GraphOptimization, SessionSpec};
 use crate::signature::{self, ModelInfo, OutputLayout};
 
 /// Largest number of images one request may ask for.
@@ -44,6 +47,18 @@ impl ImageBatch {
         } else {
             DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, px).expect("sizes agree"))
         }
+    }
+
+    /// The batches one after another (all of the same image size).
+    pub fn concat(parts: Vec<ImageBatch>) -> ImageBatch {
+        let mut parts = parts.into_iter();
+        let mut all = parts.next().expect("at least one batch");
+        for part in parts {
+            debug_assert_eq!(part.image_len(), all.image_len());
+            all.pixels.extend_from_slice(&part.pixels);
+            all.count += part.count;
+        }
+        all
     }
 
     /// All images.
@@ -78,20 +93,6 @@ impl GenerateRequest {
     }
 }
 
-/// How much ONNX Runtime rewrites the graph before running it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GraphOptimization {
-    /// No rewrites (a reference for checking that optimisations keep the results).
-    Disabled,
-    /// Constant folding and redundant-node removal.
-    Basic,
-    /// Plus operator fusions.
-    Extended,
-    /// Everything, including layout optimisations (the default).
-    #[default]
-    All,
-}
-
 /// Configures and loads a [`Generator`].
 #[derive(Debug, Clone, Default)]
 pub struct GeneratorBuilder {
@@ -100,6 +101,7 @@ pub struct GeneratorBuilder {
     providers: ProviderChoice,
     provider_options: ProviderOptions,
     intra_threads: Option<usize>,
+    batch_lanes: Option<usize>,
     optimization: GraphOptimization,
 }
 
@@ -140,6 +142,16 @@ impl GeneratorBuilder {
         self
     }
 
+    /// On the CPU provider, batches of at least `lanes` images run as `lanes` single-threaded
+    /// sessions at once, each on a slice of the batch (default: as many as
+    /// [`intra_threads`](Self::intra_threads), else one per core; 1 turns lanes off). Ignored on
+    /// GPU providers. Faster because ONNX Runtime leaves parts of each operator (such as
+    /// ConvTranspose's col2im) on one thread, while lanes keep every core busy for the whole graph.
+    pub fn batch_lanes(mut self, lanes: usize) -> Self {
+        self.batch_lanes = Some(lanes);
+        self
+    }
+
     /// Loads the library and the model, registers providers and checks the model's signature.
     pub fn build(self) -> Result<Generator> {
         let path = self.model.ok_or_else(|| {
@@ -152,31 +164,10 @@ impl GeneratorBuilder {
             });
         }
         library::ensure_loaded(self.ort_library.as_deref())?;
-        let ort_err = |e: ort::Error| RuntimeError::Model {
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        let mut builder = Session::builder(library::environment()?)
-            .map_err(ort_err)?
-            .with_optimization_level(match self.optimization {
-                GraphOptimization::Disabled => GraphOptimizationLevel::Disable,
-                GraphOptimization::Basic => GraphOptimizationLevel::Level1,
-                GraphOptimization::Extended => GraphOptimizationLevel::Level2,
-                GraphOptimization::All => GraphOptimizationLevel::All,
-            })
-            .map_err(|e| ort_err(e.into()))?;
-        if let Some(t) = self.intra_threads {
-            builder = builder
-                .with_intra_threads(t)
-                .map_err(|e| ort_err(e.into()))?;
-        }
+        let spec = SessionSpec::new(&path, self.optimization);
+        let mut builder = spec.builder(self.intra_threads)?;
         let report = providers::register(&mut builder, self.providers, &self.provider_options)?;
-        let session = builder
-            .commit_from_file(&path)
-            .map_err(|e| RuntimeError::Model {
-                path: path.clone(),
-                message: format!("not a loadable ONNX model ({e})"),
-            })?;
+        let session = spec.open(builder)?;
         let inputs: Vec<_> = session
             .inputs()
             .iter()
@@ -190,8 +181,18 @@ impl GeneratorBuilder {
         let signature = signature::detect(&path, &inputs, &outputs)?;
         let (metadata, producer) = read_metadata(&session);
         let info = ModelInfo::new(&path, signature, &inputs, &outputs, metadata, producer);
+        let lanes = if report.active == Provider::Cpu {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            Lanes::new(
+                spec,
+                self.batch_lanes.or(self.intra_threads).unwrap_or(cores),
+            )
+        } else {
+            Lanes::none()
+        };
         Ok(Generator {
             session: Mutex::new(session),
+            lanes,
             info,
             providers: report,
         })
@@ -211,10 +212,13 @@ fn read_metadata(session: &Session) -> (BTreeMap<String, String>, Option<String>
 }
 
 /// A generator model ready to run. `Send + Sync`: share it between threads (runs are serialised
-/// on the one ONNX Runtime session, which itself uses all cores; latent sampling and image
-/// conversion run in parallel outside the lock).
+/// on the ONNX Runtime sessions, which themselves use all cores; latent sampling runs outside
+/// the lock).
 pub struct Generator {
+    /// The session small batches (and every batch on a GPU) run on, with all intra-op threads.
     session: Mutex<Session>,
+    /// Single-threaded sessions that large CPU batches are split over.
+    lanes: Lanes,
     info: ModelInfo,
     providers: ProviderReport,
 }
@@ -233,6 +237,12 @@ impl Generator {
     /// The execution provider in use and the ones that were skipped (and why).
     pub fn providers(&self) -> &ProviderReport {
         &self.providers
+    }
+
+    /// How many single-threaded sessions a CPU batch of at least that many images is split over
+    /// (1: batches always run whole).
+    pub fn batch_lanes(&self) -> usize {
+        self.lanes.count()
     }
 
     /// Latent size of the model.
@@ -284,7 +294,8 @@ impl Generator {
         labels: Option<&Array1<i64>>,
     ) -> Result<ImageBatch> {
         let layout = self.info.signature.layout;
-        self.run(z, labels, |out| to_image_batch(out, layout))
+        let parts = self.run(z, labels, |out| to_image_batch(out, layout))?;
+        Ok(ImageBatch::concat(parts))
     }
 
     /// The raw float output `[N, C, H, W]` of a float model for explicit latents (for programs
@@ -295,22 +306,18 @@ impl Generator {
                 "raw_output needs a model with float NCHW output".into(),
             ));
         }
-        self.run(z, labels, |out| {
+        let parts = self.run(z, labels, |out| {
             let a = out.try_extract_array::<f32>().map_err(inference)?;
             a.to_owned()
                 .into_dimensionality::<Ix4>()
                 .map_err(|e| RuntimeError::Inference(e.to_string()))
-        })
+        })?;
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(Axis(0), &views).map_err(|e| RuntimeError::Inference(e.to_string()))
     }
 
-    /// Feeds latents (and labels) to the session and hands the image output to `read` while
-    /// the session is held.
-    fn run<T>(
-        &self,
-        z: &Array2<f32>,
-        labels: Option<&Array1<i64>>,
-        read: impl FnOnce(&DynValue) -> Result<T>,
-    ) -> Result<T> {
+    /// Checks latents (and labels) against the model's inputs.
+    fn check_inputs(&self, z: &Array2<f32>, labels: Option<&Array1<i64>>) -> Result<()> {
         let sig = &self.info.signature;
         let n = z.nrows();
         if z.ncols() != sig.latent_dim {
@@ -325,47 +332,87 @@ impl Generator {
                 "at least one latent is needed".into(),
             ));
         }
+        match (&sig.label_input, labels) {
+            (Some(_), Some(l)) if l.len() != n => Err(RuntimeError::Invalid(format!(
+                "{} labels for {n} latents",
+                l.len()
+            ))),
+            (Some(_), None) => Err(RuntimeError::Invalid(
+                "this conditional model needs labels".into(),
+            )),
+            (None, Some(_)) => Err(RuntimeError::Invalid("this model takes no labels".into())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs the model on latents (and labels) and hands each output to `read` while its session
+    /// is held. Large CPU batches run as slices on the lanes at once; the parts come back in
+    /// batch order (one part when the batch ran whole).
+    fn run<T: Send>(
+        &self,
+        z: &Array2<f32>,
+        labels: Option<&Array1<i64>>,
+        read: impl Fn(&DynValue) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        self.check_inputs(z, labels)?;
+        let z = z.as_standard_layout();
+        let Some(sessions) = self.lanes.for_batch(z.nrows())? else {
+            return Ok(vec![self.run_on(
+                &self.session,
+                z.view(),
+                labels.map(|l| l.view()),
+                &read,
+            )?]);
+        };
+        let slices = split_evenly(z.nrows(), sessions.len());
+        let run_slice = |(range, session): (&Range<usize>, &Mutex<Session>)| {
+            let l = labels.map(|l| l.slice(s![range.clone()]));
+            self.run_on(session, z.slice(s![range.clone(), ..]), l, &read)
+        };
+        std::thread::scope(|scope| {
+            let mut jobs = slices.iter().zip(sessions);
+            let first = jobs.next().expect("at least one slice");
+            let others: Vec<_> = jobs
+                .map(|job| scope.spawn(move || run_slice(job)))
+                .collect();
+            let mut parts = vec![run_slice(first)];
+            parts.extend(
+                others
+                    .into_iter()
+                    .map(|h| h.join().expect("a lane does not panic")),
+            );
+            parts.into_iter().collect()
+        })
+    }
+
+    /// One run on one session: feeds the latents (and labels) and reads the image output.
+    fn run_on<T>(
+        &self,
+        session: &Mutex<Session>,
+        z: ArrayView2<f32>,
+        labels: Option<ArrayView1<i64>>,
+        read: &impl Fn(&DynValue) -> Result<T>,
+    ) -> Result<T> {
+        let sig = &self.info.signature;
         let z4;
         let z_value = if sig.latent_is_4d {
             z4 = z
-                .view()
-                .into_shape_with_order((n, sig.latent_dim, 1, 1))
+                .into_shape_with_order((z.nrows(), sig.latent_dim, 1, 1))
                 .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-            TensorRef::from_array_view(z4.view())
+            TensorRef::from_array_view(z4)
                 .map_err(inference)?
                 .into_dyn()
         } else {
-            TensorRef::from_array_view(z.view())
-                .map_err(inference)?
-                .into_dyn()
+            TensorRef::from_array_view(z).map_err(inference)?.into_dyn()
         };
         let mut inputs = vec![(sig.latent_input.clone(), z_value)];
-        match (&sig.label_input, labels) {
-            (Some(name), Some(l)) => {
-                if l.len() != n {
-                    return Err(RuntimeError::Invalid(format!(
-                        "{} labels for {n} latents",
-                        l.len()
-                    )));
-                }
-                inputs.push((
-                    name.clone(),
-                    TensorRef::from_array_view(l.view())
-                        .map_err(inference)?
-                        .into_dyn(),
-                ));
-            }
-            (Some(_), None) => {
-                return Err(RuntimeError::Invalid(
-                    "this conditional model needs labels".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(RuntimeError::Invalid("this model takes no labels".into()))
-            }
-            (None, None) => {}
+        if let (Some(name), Some(l)) = (&sig.label_input, labels) {
+            inputs.push((
+                name.clone(),
+                TensorRef::from_array_view(l).map_err(inference)?.into_dyn(),
+            ));
         }
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
         let outputs = session.run(inputs).map_err(inference)?;
         read(&outputs[sig.output.as_str()])
     }

@@ -22,16 +22,17 @@
 pub mod commands;
 pub mod error;
 pub mod generator;
+mod lanes;
 pub mod latent;
 pub mod library;
 pub mod output;
 pub mod providers;
+mod session;
 pub mod signature;
 
 pub use error::{Result, RuntimeError};
-pub use generator::{
-    GenerateRequest, Generator, GeneratorBuilder, GraphOptimization, ImageBatch, MAX_IMAGES,
-};
+pub use generator::{GenerateRequest, Generator, GeneratorBuilder, ImageBatch, MAX_IMAGES};
 pub use latent::{slerp, LatentStream};
 pub use providers::{Provider, ProviderChoice, ProviderOptions, ProviderReport};
+pub use session::GraphOptimization;
 pub use signature::{ModelInfo, OutputLayout, Signature};

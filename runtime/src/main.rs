@@ -37,6 +37,10 @@ struct EngineArgs {
     /// Threads ONNX Runtime uses within a run (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// CPU: split batches of at least this many images over as many single-threaded sessions
+    /// running at once (default: --threads, else one per core; 1 turns it off).
+    #[arg(long, global = true)]
+    lanes: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -119,6 +123,9 @@ fn load(engine: &EngineArgs, model: &PathBuf) -> anyhow::Result<Generator> {
     }
     if let Some(t) = engine.threads {
         b = b.intra_threads(t);
+    }
+    if let Some(l) = engine.lanes {
+        b = b.batch_lanes(l);
     }
     let generator = b.build()?;
     eprintln!("provider: {}", generator.providers());
@@ -208,6 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             for (p, why) in &generator.providers().skipped {
                 println!("provider skipped: {}: {why}", p.ort_name());
+            }
+            match generator.batch_lanes() {
+                1 => println!("batch lanes: off"),
+                n => println!("batch lanes: {n} (batches of {n} or more images)"),
             }
         }
         Command::Bench {

@@ -132,6 +132,68 @@ fn image_i_does_not_depend_on_the_batch_size() {
     }
 }
 
+/// Batch lanes split a batch over concurrent single-threaded sessions; the images (and their
+/// order, and each image's label) must be those of one whole run. Both runs use the same graph
+/// and kernels, only the batch split differs, which can change the accumulation order inside
+/// ONNX Runtime's GEMMs by a few ulps; outputs lie in [-1, 1], so 1e-5 (~100 ulps at 1.0) allows
+/// that. (Measured: identical. Slices given the wrong labels, or put back in the wrong order,
+/// differ by ~1e-3 even in this tiny model.)
+#[test]
+fn batch_lanes_give_the_images_of_one_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |m: &Path, lanes: usize| {
+        Generator::builder()
+            .model(m)
+            .providers(ProviderChoice::Only(Provider::Cpu))
+            .batch_lanes(lanes)
+            .build()
+            .unwrap()
+    };
+    let float = model(dir.path(), Some(4), OutputFormat::Float);
+    let (whole, lanes) = (open(&float, 1), open(&float, 3));
+    assert_eq!((whole.batch_lanes(), lanes.batch_lanes()), (1, 3));
+    // 7 images over 3 lanes: slices of 3, 2 and 2; labels 0..4 cycling so every slice differs.
+    let z = LatentStream::new(11, whole.latent_dim(), None).next_batch(7);
+    let labels = ndarray::Array1::from_iter((0..7).map(|i| (i % 4) as i64));
+    let a = whole.raw_output(&z, Some(&labels)).unwrap();
+    let b = lanes.raw_output(&z, Some(&labels)).unwrap();
+    assert_eq!(a.shape(), b.shape());
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff <= 1e-5, "lanes vs whole batch: max |diff| {diff}");
+    // Fewer images than lanes run whole on the shared session.
+    let small = z.slice(ndarray::s![..2, ..]).to_owned();
+    let small_labels = labels.slice(ndarray::s![..2]).to_owned();
+    let c = lanes.raw_output(&small, Some(&small_labels)).unwrap();
+    let head = a.slice(ndarray::s![..2, .., .., ..]);
+    assert!(c
+        .iter()
+        .zip(head.iter())
+        .all(|(x, y)| (x - y).abs() <= 1e-5));
+
+    let bytes = model(dir.path(), None, OutputFormat::Uint8);
+    let (whole, lanes) = (open(&bytes, 1), open(&bytes, 3));
+    let z = LatentStream::new(12, whole.latent_dim(), None).next_batch(8);
+    let a = whole.generate_from_latents(&z, None).unwrap();
+    let b = lanes.generate_from_latents(&z, None).unwrap();
+    assert_eq!(
+        (a.count, a.height, a.width, a.channels),
+        (b.count, b.height, b.width, b.channels)
+    );
+    // A few-ulp float difference can move a value across a rounding boundary: at most 1 level.
+    let worst = a
+        .pixels
+        .iter()
+        .zip(&b.pixels)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "lanes vs whole batch: {worst} levels apart");
+}
+
 #[test]
 fn same_seed_writes_byte_identical_pngs_and_a_grid() {
     let dir = tempfile::tempdir().unwrap();

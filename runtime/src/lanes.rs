@@ -1,0 +1,119 @@
+//! Batch lanes: a large batch on the CPU provider runs as several single-threaded sessions, each
+//! on its own slice of the batch, at the same time.
+//!
+//! One session with N intra-op threads parallelises inside each operator, and ONNX Runtime's CPU
+//! ConvTranspose leaves much of its work (the per-image col2im, the activations) on one thread.
+//! Slicing the batch keeps every core busy for the whole graph: on the 2-core benchmark machine a
+//! batch of 64 64x64x3 images takes ~75 ms as two lanes against ~85 ms as one two-thread run
+//! (docs/benchmarks.md). Small batches (fewer images than lanes) still run whole on the shared
+//! multi-threaded session, where intra-op threads are the only parallelism there is.
+
+use std::ops::Range;
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::Session;
+
+use crate::error::Result;
+use crate::session::SessionSpec;
+
+/// Up to `count` single-threaded sessions of one model, opened on first use.
+pub(crate) struct Lanes {
+    spec: Option<SessionSpec>,
+    count: usize,
+    sessions: OnceLock<Vec<Mutex<Session>>>,
+}
+
+impl Lanes {
+    /// No lanes: every batch runs whole.
+    pub(crate) fn none() -> Self {
+        Self {
+            spec: None,
+            count: 1,
+            sessions: OnceLock::new(),
+        }
+    }
+
+    /// `count` lanes of the model in `spec` (fewer than 2 means none).
+    pub(crate) fn new(spec: SessionSpec, count: usize) -> Self {
+        if count < 2 {
+            return Self::none();
+        }
+        Self {
+            spec: Some(spec),
+            count,
+            sessions: OnceLock::new(),
+        }
+    }
+
+    /// Number of lanes a big batch is split over (1: none).
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The sessions to split a batch of `n` images over, or `None` when it should run whole.
+    /// The first call that needs them opens them (in parallel).
+    pub(crate) fn for_batch(&self, n: usize) -> Result<Option<&[Mutex<Session>]>> {
+        let Some(spec) = &self.spec else {
+            return Ok(None);
+        };
+        if n < self.count {
+            return Ok(None);
+        }
+        if let Some(sessions) = self.sessions.get() {
+            return Ok(Some(sessions));
+        }
+        let opened: Vec<Result<Session>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.count)
+                .map(|_| scope.spawn(|| spec.open(spec.builder(Some(1))?)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("opening a session does not panic"))
+                .collect()
+        });
+        let sessions = opened
+            .into_iter()
+            .map(|s| s.map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        // Another thread may have opened them meanwhile; either set is as good.
+        Ok(Some(self.sessions.get_or_init(|| sessions)))
+    }
+}
+
+/// `n` items split into `parts` contiguous ranges whose lengths differ by at most one.
+pub(crate) fn split_evenly(n: usize, parts: usize) -> Vec<Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_evenly;
+
+    #[test]
+    fn split_covers_every_item_once_in_order() {
+        for n in 1..40 {
+            for parts in 1..10 {
+                let ranges = split_evenly(n, parts);
+                assert_eq!(ranges.len(), parts.min(n));
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges.last().unwrap().end, n);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
+                let (min, max) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+                assert!(max - min <= 1, "n={n} parts={parts}: {lens:?}");
+            }
+        }
+    }
+}
