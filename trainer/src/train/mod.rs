@@ -36,10 +36,9 @@ fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
     gantry_models::profile::span(|| format!("phase: {name}"), f)
 }
 
-fn mean_sigmoid(logits: &Tensor) -> Result<f32> {
-    Ok(candle_nn::ops::sigmoid(logits)?
-        .mean_all()?
-        .to_scalar::<f32>()?)
+/// The mean of `sigmoid(logits)`, left on the device.
+fn mean_sigmoid(logits: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::sigmoid(logits)?.mean_all()?)
 }
 
 fn finite(what: &'static str, value: f32, step: u64) -> Result<f32> {
@@ -235,6 +234,11 @@ impl Trainer {
 
     /// One training step; returns its metrics. On a NaN or infinite loss nothing is written and
     /// the error says at which step.
+    ///
+    /// The step's scalars (losses, mean D outputs) stay on the device until its end and are read
+    /// in one transfer: on a GPU each read waits for every queued kernel, so reading a loss
+    /// between the forward and backward passes would leave the GPU idle while the host queues
+    /// the rest of the step.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let step = self.state.step;
@@ -264,7 +268,6 @@ impl Trainer {
             let loss_d = loss.discriminator(&d_real, &d_fake)?;
             Ok::<_, TrainError>((d_real, d_fake, loss_d))
         })?;
-        let loss_d_value = finite("loss_d", loss_d.to_scalar::<f32>()?, step + 1)?;
         let grads_d = phase("3 D backward", || loss_d.backward())?;
         phase("4 D Adam", || self.opt_d.step(&grads_d))?;
 
@@ -275,15 +278,25 @@ impl Trainer {
                 .forward_frozen(&fake, labels.as_ref(), true)?;
             loss.generator(&d_fake_for_g)
         })?;
-        let loss_g_value = finite("loss_g", loss_g.to_scalar::<f32>()?, step + 1)?;
         let grads_g = phase("6 G backward (through D)", || loss_g.backward())?;
         phase("7 G Adam + EMA", || {
             self.opt_g.step(&grads_g)?;
             self.update_ema()
         })?;
 
-        let d_real_p = mean_sigmoid(&d_real)?;
-        let d_fake_p = mean_sigmoid(&d_fake)?;
+        let scalars = Tensor::stack(
+            &[
+                loss_d.detach(),
+                loss_g.detach(),
+                mean_sigmoid(&d_real.detach())?,
+                mean_sigmoid(&d_fake.detach())?,
+            ],
+            0,
+        )?
+        .to_vec1::<f32>()?;
+        let loss_d_value = finite("loss_d", scalars[0], step + 1)?;
+        let loss_g_value = finite("loss_g", scalars[1], step + 1)?;
+        let (d_real_p, d_fake_p) = (scalars[2], scalars[3]);
         self.advance();
         let seconds = start.elapsed().as_secs_f64();
         self.state.elapsed_seconds += seconds;
