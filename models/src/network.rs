@@ -73,11 +73,22 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    /// Convolution, BatchNorm (if any), activation, with candle's ops on an NCHW `x`. `frozen`
-    /// uses the parameters as constants: gradients reach the input but not this block's
-    /// parameters.
-    pub fn forward_candle(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
-        let y = ops::conv(x, &param(&self.weight, frozen), &self.layer)?;
+    /// Convolution, BatchNorm (if any), activation, with candle's ops on an NCHW `x` (the
+    /// convolution through cuDNN on CUDA when `kernels` is [`Kernels::Fast`] and the `cudnn`
+    /// feature is on). `frozen` uses the parameters as constants: gradients reach the input but
+    /// not this block's parameters.
+    pub fn forward_candle(
+        &self,
+        x: &Tensor,
+        train: bool,
+        frozen: bool,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let w = param(&self.weight, frozen);
+        let y = match kernels {
+            Kernels::Fast => kernels::conv_nchw(x, &w, &self.layer)?,
+            Kernels::Candle => ops::conv(x, &w, &self.layer)?,
+        };
         let y = match (&self.bn, train) {
             (Some(bn), true) => {
                 let (y, mean, var) = ops::batch_norm_train(
@@ -231,7 +242,7 @@ impl Network {
         } else {
             let mut h = x.clone();
             for block in blocks {
-                h = block.forward_candle(&h, train, frozen)?;
+                h = block.forward_candle(&h, train, frozen, self.kernels)?;
             }
             Ok(h)
         }

@@ -15,7 +15,8 @@ use crate::spec::{Activation, ConvKind, ConvLayer};
 pub enum Kernels {
     /// candle's built-in operations.
     Candle,
-    /// Gantry's GEMM-based custom operations (CPU), falling back to candle elsewhere.
+    /// Gantry's GEMM-based custom operations on the CPU, cuDNN for every convolution on CUDA
+    /// (feature `cudnn`), candle's ops elsewhere.
     #[default]
     Fast,
 }

@@ -49,7 +49,8 @@ impl Dims {
 }
 
 impl ConvParams {
-    fn out_side(&self, side: usize) -> usize {
+    /// The output side of an input side.
+    pub(crate) fn out_side(&self, side: usize) -> usize {
         match self.kind {
             ConvKind::Conv => (side + 2 * self.padding - self.kernel) / self.stride + 1,
             ConvKind::ConvTranspose => (side - 1) * self.stride + self.kernel - 2 * self.padding,

@@ -3,6 +3,9 @@
 //! activation into one autograd node ([`block`], [`norm`]), replacing candle's direct-loop CPU
 //! convolutions and many-op BatchNorm in training.
 //!
+//! On CUDA (feature `cudnn`), [`mod@cudnn`] runs every convolution and its gradients through cuDNN on
+//! NCHW tensors.
+//!
 //! Layout: tensors are channel-major, `[C, B, H, W]`, between the kernels. With the batch merged
 //! into the GEMM's column dimension, a convolution's output `W * im2col(x)` is already
 //! `[C_out, B * H * W]`, so no permute is needed anywhere inside a network, and every channel's
@@ -11,6 +14,8 @@
 pub mod block;
 pub mod blocked;
 pub mod conv;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod im2col;
 pub mod matmul;
 pub mod norm;
@@ -57,6 +62,16 @@ pub fn conv_params(layer: &ConvLayer) -> ConvParams {
         stride: layer.stride,
         padding: layer.padding,
     }
+}
+
+/// The convolution of `layer` on an NCHW `x` by the fastest implementation for its device:
+/// cuDNN custom ops on CUDA (feature `cudnn`), else candle's own op.
+pub fn conv_nchw(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
+    #[cfg(feature = "cudnn")]
+    if x.device().is_cuda() {
+        return Ok(cudnn::conv(x, w, conv_params(layer))?);
+    }
+    crate::ops::conv(x, w, layer)
 }
 
 /// The convolution of `layer` on a channel-major `x` with weight `w` through Gantry's kernels.
