@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Training speed, Gantry against the PyTorch reference, side by side on this machine.
 #   scripts/bench-train.sh [PYTHON_WITH_TORCH]        (ROUNDS=3 STEPS=6 by default)
+#   GANTRY_BENCH_DEVICE=cuda: on the GPU; TRAINER=path: a prebuilt trainer (no cargo needed);
+#   TORCH_BENCH_DIR: where torch_dcgan_bench.py is (default ../shared/bench).
 # For each configuration the engines run back to back: Gantry's train step (`trainer bench`,
 # fast kernels, and plain candle in the first round only: it is slow) and PyTorch's (train_bench
 # of ../shared/bench/torch_dcgan_bench.py: same DCGAN, Adam, BCE-with-logits, 2 threads).
@@ -10,13 +12,16 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${1:-$root/../venv-bench/bin/python}"
 cd "$root"
-cargo build --release --bins >&2
-T=target/release/trainer
+T=${TRAINER:-}
+if [ -z "$T" ]; then
+    cargo build --release --bins >&2
+    T=target/release/trainer
+fi
+export TORCH_BENCH_DIR="${TORCH_BENCH_DIR:-$root/../shared/bench}"
 device=cpu; [ "${GANTRY_BENCH_DEVICE:-}" = cuda ] && device=cuda
 steps=${STEPS:-6}
 rounds=${ROUNDS:-3}
 results=$(mktemp)
-export ROOT="$root"
 for round in $(seq "$rounds"); do
     for cfg in "32 1 64" "32 1 128" "64 3 64" "64 3 128"; do
         set -- $cfg
@@ -29,7 +34,7 @@ for round in $(seq "$rounds"); do
         fi
         "$py" - $1 $2 $3 $steps <<'PY' 2>/dev/null | awk '/^RESULT/ {for (i=1;i<=NF;i++) if ($i=="img/s") print "RESULT torch", $(i-1)}' | tee -a "$results" >&2 || true
 import sys, os, torch
-sys.path.insert(0, os.path.join(os.environ["ROOT"], "..", "shared", "bench"))
+sys.path.insert(0, os.environ["TORCH_BENCH_DIR"])
 img, nc, bs, steps = map(int, sys.argv[1:5])
 sys.argv = ["x", "/tmp"]
 import torch_dcgan_bench as b

@@ -31,9 +31,20 @@ pub fn latents(seed: u64, purpose: &str, n: usize, dim: usize, device: &Device) 
     Ok(Tensor::from_vec(data, (n, dim), device)?)
 }
 
-/// Runs one phase of a step under the profiler's name `phase: {name}`.
-fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
-    gantry_models::profile::span(|| format!("phase: {name}"), f)
+/// Runs one phase of a step under the profiler's name `phase: {name}`. When profiling on a GPU
+/// the phase waits for its kernels, so that the time is the phase's and not just its launches.
+fn phase<T>(device: &Device, name: &str, f: impl FnOnce() -> T) -> T {
+    gantry_models::profile::span(
+        || format!("phase: {name}"),
+        || {
+            let out = f();
+            if gantry_models::profile::enabled() && !device.is_cpu() {
+                // Only for the profile's timing; an error here resurfaces at the step's end.
+                let _ = device.synchronize();
+            }
+            out
+        },
+    )
 }
 
 /// The mean of `sigmoid(logits)`, left on the device.
@@ -256,11 +267,12 @@ impl Trainer {
             &self.device,
         )?;
         let loss = self.config.loss;
+        let device = self.device.clone();
 
-        let fake = phase("1 G forward", || {
+        let fake = phase(&device, "1 G forward", || {
             self.generator.forward(&z, labels.as_ref(), true)
         })?;
-        let (d_real, d_fake, loss_d) = phase("2 D forward (real, fake)", || {
+        let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
             let d_real = self.discriminator.forward(&real, labels.as_ref(), true)?;
             let d_fake = self
                 .discriminator
@@ -268,18 +280,18 @@ impl Trainer {
             let loss_d = loss.discriminator(&d_real, &d_fake)?;
             Ok::<_, TrainError>((d_real, d_fake, loss_d))
         })?;
-        let grads_d = phase("3 D backward", || loss_d.backward())?;
-        phase("4 D Adam", || self.opt_d.step(&grads_d))?;
+        let grads_d = phase(&device, "3 D backward", || loss_d.backward())?;
+        phase(&device, "4 D Adam", || self.opt_d.step(&grads_d))?;
 
         // D's parameters are constants here: G's update needs gradients only through D.
-        let loss_g = phase("5 D forward (G update)", || {
+        let loss_g = phase(&device, "5 D forward (G update)", || {
             let d_fake_for_g = self
                 .discriminator
                 .forward_frozen(&fake, labels.as_ref(), true)?;
             loss.generator(&d_fake_for_g)
         })?;
-        let grads_g = phase("6 G backward (through D)", || loss_g.backward())?;
-        phase("7 G Adam + EMA", || {
+        let grads_g = phase(&device, "6 G backward (through D)", || loss_g.backward())?;
+        phase(&device, "7 G Adam + EMA", || {
             self.opt_g.step(&grads_g)?;
             self.update_ema()
         })?;
