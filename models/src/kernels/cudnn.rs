@@ -28,7 +28,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::cudnn::safe::{
     ConvBackwardData, ConvBackwardFilter, ConvForward, Cudnn,
 };
-use candle_core::cuda_backend::cudarc::cudnn::sys;
+use candle_core::cuda_backend::cudarc::cudnn::{sys, CudnnError};
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::DeviceId;
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, CustomOp2, Layout, Shape, Tensor};
@@ -232,89 +232,120 @@ fn launch(
             .create_4d_tensor::<f32>(nchw, dims_i32(g.y)?)
             .map_err(cudnn_err)?;
         let key = (prim, *g);
-        let (algorithm, workspace_len) = match st.algorithms.get(&key) {
-            Some(found) => *found,
-            None => {
-                let chosen = match prim {
-                    Primitive::Forward => {
-                        let op = ConvForward {
-                            conv: &conv,
-                            x: &x,
-                            w: &w,
-                            y: &y,
-                        };
-                        let a = op.pick_algorithm().map_err(cudnn_err)?;
-                        (
-                            Algorithm::Forward(a),
-                            op.get_workspace_size(a).map_err(cudnn_err)?,
-                        )
-                    }
-                    Primitive::BackwardData => {
-                        let op = ConvBackwardData {
-                            conv: &conv,
-                            dx: &x,
-                            w: &w,
-                            dy: &y,
-                        };
-                        let a = op.pick_algorithm().map_err(cudnn_err)?;
-                        (
-                            Algorithm::BackwardData(a),
-                            op.get_workspace_size(a).map_err(cudnn_err)?,
-                        )
-                    }
-                    Primitive::BackwardFilter => {
-                        let op = ConvBackwardFilter {
-                            conv: &conv,
-                            x: &x,
-                            dw: &w,
-                            dy: &y,
-                        };
-                        let a = op.pick_algorithm().map_err(cudnn_err)?;
-                        (
-                            Algorithm::BackwardFilter(a),
-                            op.get_workspace_size(a).map_err(cudnn_err)?,
-                        )
-                    }
-                };
-                st.algorithms.insert(key, chosen);
-                chosen
-            }
-        };
-        if st.workspace.as_ref().map_or(0, |w| w.len()) < workspace_len.max(1) {
-            st.workspace = Some(unsafe { dev.alloc::<u8>(workspace_len.max(1))? });
-        }
-        let workspace = st.workspace.as_mut().expect("allocated above");
-        // SAFETY: the descriptors were built from the shapes of `a`, `b` and `out` (checked by
-        // the callers against `g`), all f32 NCHW/KCRS contiguous, and the workspace is at least
-        // as large as cuDNN asked for this algorithm.
-        unsafe {
-            match algorithm {
-                Algorithm::Forward(alg) => ConvForward {
+        let cached = st.algorithms.get(&key).copied();
+        let algorithms = &mut st.algorithms;
+        let workspace = &mut st.workspace;
+        let one = (1.0f32, 0.0f32);
+        // Each arm: the algorithm (cuDNN's heuristic pick, once per shape), a large enough
+        // workspace, then the launch.
+        // SAFETY (the launches): the descriptors were built from the shapes of `a`, `b` and
+        // `out` (checked by the callers against `g`), all f32 NCHW/KCRS and contiguous, and the
+        // workspace is at least as large as cuDNN asked for the algorithm.
+        match prim {
+            Primitive::Forward => {
+                let op = ConvForward {
                     conv: &conv,
                     x: &x,
                     w: &w,
                     y: &y,
-                }
-                .launch(alg, Some(workspace), (1.0f32, 0.0f32), a, b, &mut out),
-                Algorithm::BackwardData(alg) => ConvBackwardData {
+                };
+                let (Algorithm::Forward(alg), len) = remember(algorithms, key, cached, || {
+                    let a = op.pick_algorithm()?;
+                    Ok((Algorithm::Forward(a), op.get_workspace_size(a)?))
+                })?
+                else {
+                    unreachable!("cached under its primitive")
+                };
+                let ws = grown(workspace, len, dev)?;
+                unsafe { op.launch(alg, Some(ws), one, a, b, &mut out) }
+            }
+            Primitive::BackwardData => {
+                let op = ConvBackwardData {
                     conv: &conv,
                     dx: &x,
                     w: &w,
                     dy: &y,
-                }
-                .launch(alg, Some(workspace), (1.0f32, 0.0f32), &mut out, b, a),
-                Algorithm::BackwardFilter(alg) => ConvBackwardFilter {
+                };
+                let (Algorithm::BackwardData(alg), len) =
+                    remember(algorithms, key, cached, || {
+                        let a = op.pick_algorithm()?;
+                        Ok((Algorithm::BackwardData(a), op.get_workspace_size(a)?))
+                    })?
+                else {
+                    unreachable!("cached under its primitive")
+                };
+                let ws = grown(workspace, len, dev)?;
+                unsafe { op.launch(alg, Some(ws), one, &mut out, b, a) }
+            }
+            Primitive::BackwardFilter => {
+                let op = ConvBackwardFilter {
                     conv: &conv,
                     x: &x,
                     dw: &w,
                     dy: &y,
-                }
-                .launch(alg, Some(workspace), (1.0f32, 0.0f32), a, &mut out, b),
+                };
+                let (Algorithm::BackwardFilter(alg), len) =
+                    remember(algorithms, key, cached, || {
+                        let a = op.pick_algorithm()?;
+                        Ok((Algorithm::BackwardFilter(a), op.get_workspace_size(a)?))
+                    })?
+                else {
+                    unreachable!("cached under its primitive")
+                };
+                let ws = grown(workspace, len, dev)?;
+                unsafe { op.launch(alg, Some(ws), one, a, &mut out, b) }
             }
         }
         .map_err(cudnn_err)
     })?;
     Ok(out)
+}
+
+/// Runs `prim` of geometry `g` on a custom op's two operands; the result as candle storage.
+fn run_primitive(
+    prim: Primitive,
+    g: &Geometry,
+    s1: &CudaStorage,
+    l1: &Layout,
+    s2: &CudaStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CudaStorage, Shape)> {
+    let dev = &s1.device;
+    let a = operand(s1, l1, "first operand")?;
+    let b = operand(s2, l2, "second operand")?;
+    let out = launch(prim, g, &a, &b, dev)?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(g.output(prim).to_vec()),
+    ))
+}
+
+/// The algorithm cached for `key`, or the one `pick` chooses (then cached).
+fn remember(
+    algorithms: &mut HashMap<(Primitive, Geometry), (Algorithm, usize)>,
+    key: (Primitive, Geometry),
+    cached: Option<(Algorithm, usize)>,
+    pick: impl FnOnce() -> Result<(Algorithm, usize), CudnnError>,
+) -> candle_core::Result<(Algorithm, usize)> {
+    if let Some(found) = cached {
+        return Ok(found);
+    }
+    let chosen = pick().map_err(cudnn_err)?;
+    algorithms.insert(key, chosen);
+    Ok(chosen)
+}
+
+/// The kept workspace, grown to at least `len` bytes.
+fn grown<'a>(
+    workspace: &'a mut Option<CudaSlice<u8>>,
+    len: usize,
+    dev: &CudaDevice,
+) -> candle_core::Result<&'a mut CudaSlice<u8>> {
+    let len = len.max(1);
+    if workspace.as_ref().map_or(0, |w| w.len()) < len {
+        *workspace = Some(unsafe { dev.alloc::<u8>(len)? });
+    }
+    Ok(workspace.as_mut().expect("allocated above"))
 }
 
 /// A layer's convolution (forward, with autograd) on NCHW tensors.
@@ -349,19 +380,14 @@ impl CustomOp2 for LayerConv {
         l2: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         let g = Geometry::of_layer(self.0, l1.dims(), l2.dims())?;
-        let prim = layer_primitive(self.0.kind, Role::Forward);
-        let dev = &s1.device;
-        let out = launch(
-            prim,
+        run_primitive(
+            layer_primitive(self.0.kind, Role::Forward),
             &g,
-            &operand(s1, l1, "input")?,
-            &operand(s2, l2, "weight")?,
-            dev,
-        )?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from(g.output(prim).to_vec()),
-        ))
+            s1,
+            l1,
+            s2,
+            l2,
+        )
     }
 
     fn bwd(
@@ -432,18 +458,7 @@ impl CustomOp2 for PrimitiveOp {
                 l2.dims()
             );
         }
-        let dev = &s1.device;
-        let out = launch(
-            self.prim,
-            &self.geometry,
-            &operand(s1, l1, "first operand")?,
-            &operand(s2, l2, "second operand")?,
-            dev,
-        )?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(out, dev.clone()),
-            Shape::from(self.geometry.output(self.prim).to_vec()),
-        ))
+        run_primitive(self.prim, &self.geometry, s1, l1, s2, l2)
     }
 }
 
