@@ -1,71 +1,177 @@
 #!/usr/bin/env bash
-# The GPU half of issues 6 and 7, prepared here and run on a lent GPU machine (which has no
+# The GPU halves of issues 6 and 7, prepared here and run on a lent GPU machine (which has no
 # Rust, no registries and no internet; see ../shared/README.md, "gpu/").
 #
-#   scripts/gpu-check.sh build   here: builds the CUDA + cuDNN trainer and the gantry-models test
-#                                binary, and packs them (stripped, xz) with the PyTorch reference
-#                                into .gpu/ (git-ignored, ~15 MB)
-#   scripts/gpu-check.sh run     there (repository root, .gpu/ carried): the cuDNN parity tests,
-#                                then the training benchmark side by side with PyTorch on the GPU;
-#                                everything is also written to $OUT when that is set
+#   scripts/gpu-check.sh build   here: packs into .gpu/ (git-ignored, ~14 MB) the CUDA + cuDNN
+#                                trainer, the gantry-models test binary, the CPU-built exporter and
+#                                runtime (all stripped, xz) and the PyTorch reference; and into
+#                                .gpu-ort/ ONNX Runtime's GPU build in two parts (<64 MiB each)
+#   scripts/gpu-check.sh ort1    there, first call, carrying .gpu-ort/part1: stages it in /tmp
+#   scripts/gpu-check.sh run     there, right after (the machine stays up ~30 s), carrying .gpu and
+#                                .gpu-ort/part2: cuDNN parity tests, a step profile, training
+#                                speed vs PyTorch; then a generator trained 2 steps on the GPU,
+#                                exported fp32/fp16/uint8 and timed on ONNX Runtime's CUDA
+#                                provider vs PyTorch eager fp32/fp16. Everything also goes to $OUT.
 #
-# Build needs ../shared/gpu/cuda-toolkit.sh (CUDA_TK: where it assembles the toolkit, default
-# ../cuda-tk; GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda).
+# GPU_CHECK_DEVICE=cpu runs `run` here as a dry run of the script's logic (CPU builds, CPU
+# provider). Build needs ../shared/gpu/ (CUDA_TK: toolkit folder, default ../cuda-tk;
+# GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 carry="$root/.gpu"
+ort_parts="$root/.gpu-ort"
+ort_ver=1.31.1
+device="${GPU_CHECK_DEVICE:-cuda}"
 
 build() {
     local target="${GPU_TARGET_DIR:-$root/../target-cuda}"
-    # shellcheck disable=SC1091
-    source "$root/../shared/gpu/cuda-toolkit.sh" "${CUDA_TK:-$root/../cuda-tk}" >&2
-    export CARGO_TARGET_DIR="$target"
-    cargo build --release -p gantry-trainer --features cudnn >&2
-    local tests
-    tests=$(cargo test --release -p gantry-models --features cudnn --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import sys, json
+    cargo build --release -p gantry-exporter -p gantry-runtime --bins >&2
+    (
+        # shellcheck disable=SC1091
+        source "$root/../shared/gpu/cuda-toolkit.sh" "${CUDA_TK:-$root/../cuda-tk}" >&2
+        export CARGO_TARGET_DIR="$target"
+        cargo build --release -p gantry-trainer --features cudnn >&2
+        cargo test --release -p gantry-models --features cudnn --no-run --message-format=json 2>/dev/null |
+            python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gantry_models":
-        print(m["executable"])')
+        print(m["executable"])' > "$root/.gpu-tests-path"
+    )
+    local tests
+    tests=$(cat "$root/.gpu-tests-path") && rm -f "$root/.gpu-tests-path"
     [ -n "$tests" ] || { echo "error: no gantry-models test binary was built" >&2; exit 1; }
     rm -rf "$carry" && mkdir -p "$carry"
     cp "$target/release/trainer" "$carry/trainer"
     cp "$tests" "$carry/models-tests"
-    strip "$carry/trainer" "$carry/models-tests"
-    xz -T2 -6 "$carry/trainer" "$carry/models-tests"
+    cp target/release/exporter target/release/runtime "$carry/"
+    for f in trainer models-tests exporter runtime; do
+        strip "$carry/$f"
+        xz -T2 -6 "$carry/$f"
+    done
     cp "$root/../shared/bench/torch_dcgan_bench.py" "$root/../shared/gpu/device-env.sh" "$carry/"
-    du -sh "$carry"/*
-    echo "carry .gpu and run: scripts/gpu-check.sh run"
+    [ -f "$ort_parts/part1/libonnxruntime.so.$ort_ver.xz" ] ||
+        bash "$root/../shared/gpu/ort-gpu-parts.sh" "$ort_parts" "$ort_ver" >&2
+    du -sh "$carry" "$ort_parts/part1" "$ort_parts/part2"
+    echo "on the GPU machine: 'scripts/gpu-check.sh ort1' carrying .gpu-ort/part1, then at once"
+    echo "'scripts/gpu-check.sh run' carrying .gpu and .gpu-ort/part2"
+}
+
+ort1() {
+    mkdir -p /tmp/ortgpu
+    cp "$ort_parts"/part1/* /tmp/ortgpu/
+    ls -la /tmp/ortgpu
+}
+
+# The ONNX Runtime library the generation check uses: the GPU build staged by `ort1` plus
+# part2, or (dry run) the CPU library `make ort` installs.
+ort_library() {
+    if [ "$device" = cpu ]; then
+        echo "$root/.ort/lib/libonnxruntime.so.$ort_ver"
+        return
+    fi
+    local dir=/tmp/ortgpu
+    if [ ! -f "$dir/libonnxruntime_providers_cuda.so" ]; then
+        [ -f "$dir/cuda.xz.aa" ] && ls "$ort_parts"/part2/cuda.xz.* >/dev/null 2>&1 || return 1
+        cat "$dir/cuda.xz.aa" "$ort_parts"/part2/cuda.xz.* | xz -dc > "$dir/libonnxruntime_providers_cuda.so"
+        xz -dc "$dir/libonnxruntime.so.$ort_ver.xz" > "$dir/libonnxruntime.so.$ort_ver"
+    fi
+    echo "$dir/libonnxruntime.so.$ort_ver"
+}
+
+# Writes N random 64x64 RGB PNGs (the generator's speed does not depend on what it learnt).
+make_pngs() {
+    python3 - "$1" "$2" <<'PY'
+import os, random, struct, sys, zlib
+out, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(out, exist_ok=True)
+def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+rng = random.Random(0)
+for i in range(n):
+    rows = b"".join(b"\0" + bytes(rng.randrange(256) for _ in range(64 * 3)) for _ in range(64))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    open(os.path.join(out, f"{i:03}.png"), "wb").write(png)
+PY
 }
 
 run() {
     [ -d "$carry" ] || { echo "error: .gpu/ is missing: run 'scripts/gpu-check.sh build' here and carry .gpu" >&2; exit 1; }
-    local out="${OUT:-/tmp/gantry-gpu}"
-    mkdir -p "$out"
-    # shellcheck disable=SC1091
-    source "$carry/device-env.sh"
-    nvidia-smi -L | tee "$out/gpu.txt"
-    local bin=/tmp/gantry-gpu-bin
-    mkdir -p "$bin"
-    for f in trainer models-tests; do
-        xz -dc "$carry/$f.xz" > "$bin/$f"
-        chmod +x "$bin/$f"
-    done
-    echo "== cuDNN ops against candle's CPU ops"
-    "$bin/models-tests" cudnn --test-threads 1 2>&1 | tee "$out/cudnn-tests.txt"
+    local out="${OUT:-/tmp/gantry-gpu}" bin=/tmp/gantry-gpu-bin work=/tmp/gantry-gpu-work
+    mkdir -p "$out" "$bin" "$work"
+    if [ "$device" = cpu ]; then
+        for f in trainer exporter runtime; do cp "target/release/$f" "$bin/"; done
+    else
+        # shellcheck disable=SC1091
+        source "$carry/device-env.sh"
+        nvidia-smi -L | tee "$out/gpu.txt"
+        for f in trainer models-tests exporter runtime; do
+            xz -dc "$carry/$f.xz" > "$bin/$f"
+            chmod +x "$bin/$f"
+        done
+        echo "== cuDNN ops against candle's CPU ops"
+        "$bin/models-tests" cudnn --test-threads 1 2>&1 | tee "$out/cudnn-tests.txt"
+    fi
+    local steps="${STEPS:-20}"
     echo "== where a 64x64x3 batch-128 step spends its time"
-    "$bin/trainer" bench --device cuda --image-size 64 --channels 3 --batch-size 128 --steps 20 \
-        --warmup 3 --profile 2>&1 | tee "$out/profile-64x64x3-b128.txt"
+    "$bin/trainer" bench --device "$device" --image-size 64 --channels 3 --batch-size 128 \
+        --steps "$steps" --warmup 3 --profile 2>&1 | tee "$out/profile-64x64x3-b128.txt"
     echo "== training speed, Gantry vs PyTorch"
-    GANTRY_BENCH_DEVICE=cuda TRAINER="$bin/trainer" TORCH_BENCH_DIR="$carry" \
-        ROUNDS="${ROUNDS:-2}" STEPS="${STEPS:-20}" scripts/bench-train.sh python3 2>&1 |
-        tee "$out/bench-train-cuda.txt"
+    GANTRY_BENCH_DEVICE="$device" TRAINER="$bin/trainer" TORCH_BENCH_DIR="$carry" \
+        ROUNDS="${ROUNDS:-2}" STEPS="$steps" scripts/bench-train.sh "${PYTHON:-python3}" 2>&1 |
+        tee "$out/bench-train-$device.txt"
+
+    local lib ep=cuda
+    [ "$device" = cpu ] && ep=cpu
+    if ! lib=$(ort_library); then
+        echo "== generation skipped: ONNX Runtime's GPU build is not staged (run 'ort1' with .gpu-ort/part1 first)"
+        return
+    fi
+    echo "== a 64x64x3 generator: 2 training steps on $device, exported four ways"
+    make_pngs "$work/pngs" 32
+    rm -rf "$work/g64"
+    "$bin/trainer" train --device "$device" --dataset folder --data-dir "$work/pngs" --image-size 64 \
+        --max-steps 2 --batch-size 16 --out "$work/g64" --log-every 1000 2>&1 | tail -3
+    "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64.onnx" >/dev/null
+    "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-u8.onnx" --output uint8 >/dev/null
+    "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-fp16.onnx" --precision fp16 >/dev/null
+    "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-fp16-u8.onnx" --precision fp16 --output uint8 >/dev/null
+    local R=("$bin/runtime" --ort-lib "$lib" --ep "$ep")
+    "${R[@]}" info --model "$work/g64.onnx" 2>&1 | grep -i provider | tee "$out/providers.txt"
+    echo "== generation speed: runtime ($ep provider) vs PyTorch eager"
+    {
+        for b in 1 64 1024; do
+            iters=50; [ "$device" = cpu ] && iters=5
+            for m in g64 g64-u8 g64-fp16 g64-fp16-u8; do
+                "${R[@]}" bench --model "$work/$m.onnx" --batch-size $b --iterations $iters 2>/dev/null |
+                    sed "s|RESULT runtime [^ ]*|RESULT runtime $m|"
+            done
+            "${PYTHON:-python3}" - "$carry" $b $iters <<'PY' 2>/dev/null | grep RESULT || true
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import torch_dcgan_bench as t
+torch.backends.cudnn.benchmark = True
+b, iters = int(sys.argv[2]), int(sys.argv[3])
+t.gen_bench(64, 3, b, iters=iters)
+if t.dev == "cuda":
+    t.gen_bench(64, 3, b, half=True, iters=iters)
+PY
+        done
+        echo "== CLI end to end: runtime generate -n 1024 (process start to 1024 PNGs and the grid)"
+        for i in 1 2 3; do
+            s=$(date +%s%N)
+            "${R[@]}" generate -n 1024 --batch-size 256 --model "$work/g64-u8.onnx" --out "$work/png-out" >/dev/null 2>&1
+            e=$(date +%s%N)
+            echo "RESULT cli -n 1024: $(( (e - s) / 1000000 )) ms"
+        done
+    } 2>&1 | tee "$out/bench-generate-$device.txt"
 }
 
 case "${1:-}" in
     build) build ;;
+    ort1) ort1 ;;
     run) run ;;
-    *) echo "usage: scripts/gpu-check.sh build|run" >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-check.sh build|ort1|run" >&2; exit 2 ;;
 esac
