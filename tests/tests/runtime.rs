@@ -368,6 +368,21 @@ fn info_and_bench_name_the_provider() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
+    for (lanes, says) in [
+        ("3", "batch lanes: 3 (batches of 3 or more images)"),
+        ("1", "batch lanes: off"),
+    ] {
+        let o = run(
+            "runtime",
+            &["--lanes", lanes, "info", "--model", m.to_str().unwrap()],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(says),
+            "--lanes {lanes}:\n{}",
+            stdout(&o)
+        );
+    }
     let o = run(
         "runtime",
         &[
