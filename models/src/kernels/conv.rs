@@ -217,17 +217,12 @@ pub(crate) fn grads(
             .try_into()
             .map_err(|_| candle_core::Error::Msg("4-D tensor expected".into()))
     };
-    let dx = if x.track_op() {
-        Some(dy.apply_op2_no_bwd(w, &ConvInputGrad(p, shape4(x)?))?)
-    } else {
-        None
-    };
-    let dw = if w.track_op() {
-        Some(x.apply_op2_no_bwd(dy, &ConvWeightGrad(p, shape4(w)?))?)
-    } else {
-        None
-    };
-    Ok((dx, dw))
+    super::tracked_grads(
+        x,
+        w,
+        || dy.apply_op2_no_bwd(w, &ConvInputGrad(p, shape4(x)?)),
+        || x.apply_op2_no_bwd(dy, &ConvWeightGrad(p, shape4(w)?)),
+    )
 }
 
 impl CustomOp2 for ConvInputGrad {

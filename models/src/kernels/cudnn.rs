@@ -400,30 +400,25 @@ impl CustomOp2 for LayerConv {
         let g = Geometry::of_layer(self.0, x.dims(), w.dims())?;
         let dy = dy.contiguous()?;
         let kind = self.0.kind;
-        let dx = if x.track_op() {
-            let op = PrimitiveOp {
-                prim: layer_primitive(kind, Role::InputGrad),
-                geometry: g,
-            };
-            Some(dy.apply_op2_no_bwd(w, &op)?)
-        } else {
-            None
+        let input_grad = PrimitiveOp {
+            prim: layer_primitive(kind, Role::InputGrad),
+            geometry: g,
         };
-        let dw = if w.track_op() {
-            let op = PrimitiveOp {
-                prim: layer_primitive(kind, Role::WeightGrad),
-                geometry: g,
-            };
+        let weight_grad = PrimitiveOp {
+            prim: layer_primitive(kind, Role::WeightGrad),
+            geometry: g,
+        };
+        super::tracked_grads(
+            x,
+            w,
+            || dy.apply_op2_no_bwd(w, &input_grad),
             // The primitive takes (conv input, conv output gradient): (x, dy) for a
             // convolution; for a transposed one its conv input is the layer's output side.
-            Some(match kind {
-                ConvKind::Conv => x.apply_op2_no_bwd(&dy, &op)?,
-                ConvKind::ConvTranspose => dy.apply_op2_no_bwd(x, &op)?,
-            })
-        } else {
-            None
-        };
-        Ok((dx, dw))
+            || match kind {
+                ConvKind::Conv => x.apply_op2_no_bwd(&dy, &weight_grad),
+                ConvKind::ConvTranspose => dy.apply_op2_no_bwd(x, &weight_grad),
+            },
+        )
     }
 }
 

@@ -54,6 +54,19 @@ pub fn f32_slice_mut<'a>(
     }
 }
 
+/// A custom op's `bwd` result: the input and weight gradients, each computed only when autograd
+/// tracks that operand.
+pub(crate) fn tracked_grads(
+    x: &Tensor,
+    w: &Tensor,
+    input_grad: impl FnOnce() -> candle_core::Result<Tensor>,
+    weight_grad: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = x.track_op().then(input_grad).transpose()?;
+    let dw = w.track_op().then(weight_grad).transpose()?;
+    Ok((dx, dw))
+}
+
 /// The kernels' description of `layer`'s convolution.
 pub fn conv_params(layer: &ConvLayer) -> ConvParams {
     ConvParams {
