@@ -49,14 +49,14 @@ impl Dims {
 }
 
 impl ConvParams {
-    /// The output side of an input side.
-    pub(crate) fn out_side(&self, side: usize) -> usize {
+    fn out_side(&self, side: usize) -> usize {
         match self.kind {
             ConvKind::Conv => (side + 2 * self.padding - self.kernel) / self.stride + 1,
             ConvKind::ConvTranspose => (side - 1) * self.stride + self.kernel - 2 * self.padding,
         }
     }
 
+    /// The shapes of a call on a channel-major `x` with weight `w`, checked against each other.
     pub(crate) fn dims(&self, x: &[usize], w: &[usize]) -> candle_core::Result<Dims> {
         let ([ci, b, h, wi], [w0, w1, kh, kw]) = (x, w) else {
             candle_core::bail!("gantry conv expects 4-D input and weight, got {x:?} and {w:?}");

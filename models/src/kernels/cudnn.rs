@@ -61,39 +61,22 @@ impl Geometry {
     /// The convolution underlying layer `p` applied to an NCHW `input` with weight `weight`
     /// (checked against each other).
     fn of_layer(p: ConvParams, input: &[usize], weight: &[usize]) -> candle_core::Result<Self> {
-        let ([n, ci, h, wi], [w0, w1, kh, kw]) = (input, weight) else {
+        let ([n, c, h, w], Ok(weight4)) = (input, <[usize; 4]>::try_from(weight)) else {
             candle_core::bail!(
                 "gantry cudnn conv expects 4-D input and weight, got {input:?} and {weight:?}"
             );
         };
-        let layer_in = match p.kind {
-            ConvKind::Conv => *w1,
-            ConvKind::ConvTranspose => *w0,
-        };
-        if layer_in != *ci || *kh != p.kernel || *kw != p.kernel {
-            candle_core::bail!(
-                "gantry cudnn conv: weight {weight:?} does not fit input {input:?} ({:?})",
-                p.kind
-            );
-        }
-        if p.kind == ConvKind::Conv
-            && (*h + 2 * p.padding < p.kernel || *wi + 2 * p.padding < p.kernel)
-        {
-            candle_core::bail!("gantry cudnn conv: input {input:?} is smaller than the kernel");
-        }
-        let (ho, wo) = (p.out_side(*h), p.out_side(*wi));
-        let layer_out = match p.kind {
-            ConvKind::Conv => [*n, *w0, ho, wo],
-            ConvKind::ConvTranspose => [*n, *w1, ho, wo],
-        };
-        let layer_in = [*n, *ci, *h, *wi];
+        // The CPU kernels' shape checks, which take the input channel-major ([C, B, H, W]).
+        let d = p.dims(&[*c, *n, *h, *w], weight)?;
+        let layer_in = [d.batch, d.c_in, d.h_in, d.w_in];
+        let layer_out = [d.batch, d.c_out, d.h_out, d.w_out];
         let (x, y) = match p.kind {
             ConvKind::Conv => (layer_in, layer_out),
             ConvKind::ConvTranspose => (layer_out, layer_in),
         };
         Ok(Self {
             x,
-            w: [*w0, *w1, *kh, *kw],
+            w: weight4,
             y,
             padding: p.padding,
             stride: p.stride,
