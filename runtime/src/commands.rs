@@ -144,6 +144,7 @@ pub fn bench(
             (0..batch_size).map(|i| (i % generator.info().num_classes.unwrap_or(1)) as i64),
         )
     });
+    generator.open_lanes()?;
     for _ in 0..warmup {
         generator.generate_from_latents(&z, labels.as_ref())?;
     }

@@ -145,7 +145,8 @@ impl GeneratorBuilder {
     /// On the CPU provider, batches of at least `lanes` images run as `lanes` single-threaded
     /// sessions at once, each on a slice of the batch (default: as many as
     /// [`intra_threads`](Self::intra_threads), else one per core; 1 turns lanes off). Ignored on
-    /// GPU providers. Faster because ONNX Runtime leaves parts of each operator (such as
+    /// GPU providers. They open on the second batch large enough to use them, so that a one-batch
+    /// job does not pay for opening them. Faster because ONNX Runtime leaves parts of each operator (such as
     /// ConvTranspose's col2im) on one thread, while lanes keep every core busy for the whole graph.
     pub fn batch_lanes(mut self, lanes: usize) -> Self {
         self.batch_lanes = Some(lanes);
@@ -243,6 +244,18 @@ impl Generator {
     /// (1: batches always run whole).
     pub fn batch_lanes(&self) -> usize {
         self.lanes.count()
+    }
+
+    /// Opens the batch lanes now instead of on the second batch large enough to use them (for
+    /// programs that want their first large batch at full speed); does nothing without lanes.
+    pub fn open_lanes(&self) -> Result<()> {
+        self.lanes.open().map(|_| ())
+    }
+
+    /// Whether the batch lanes are open (they open on the second batch that can use them, or
+    /// with [`Generator::open_lanes`]).
+    pub fn lanes_open(&self) -> bool {
+        self.lanes.is_open()
     }
 
     /// Latent size of the model.

@@ -7,8 +7,13 @@
 //! batch of 64 64x64x3 images takes ~75 ms as two lanes against ~85 ms as one two-thread run
 //! (docs/benchmarks.md). Small batches (fewer images than lanes) still run whole on the shared
 //! multi-threaded session, where intra-op threads are the only parallelism there is.
+//!
+//! Opening the lane sessions costs about as much as one batch saves (~15 ms for a 32x32 model
+//! here), so they open on the second batch large enough to use them: a one-batch job (the CLI's
+//! default `-n 64`) does not pay for them. [`Lanes::open`] opens them at once.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
@@ -21,6 +26,8 @@ pub(crate) struct Lanes {
     spec: Option<SessionSpec>,
     count: usize,
     sessions: OnceLock<Vec<Mutex<Session>>>,
+    /// Whether a batch large enough for the lanes has run whole already.
+    seen_large_batch: AtomicBool,
 }
 
 impl Lanes {
@@ -30,6 +37,7 @@ impl Lanes {
             spec: None,
             count: 1,
             sessions: OnceLock::new(),
+            seen_large_batch: AtomicBool::new(false),
         }
     }
 
@@ -42,6 +50,7 @@ impl Lanes {
             spec: Some(spec),
             count,
             sessions: OnceLock::new(),
+            seen_large_batch: AtomicBool::new(false),
         }
     }
 
@@ -50,15 +59,27 @@ impl Lanes {
         self.count
     }
 
-    /// The sessions to split a batch of `n` images over, or `None` when it should run whole.
-    /// The first call that needs them opens them (in parallel).
+    /// The sessions to split a batch of `n` images over, or `None` when it should run whole:
+    /// when there are no lanes, `n` is smaller than their count, or this is the first batch
+    /// large enough (see the module documentation).
     pub(crate) fn for_batch(&self, n: usize) -> Result<Option<&[Mutex<Session>]>> {
+        if self.spec.is_none() || n < self.count {
+            return Ok(None);
+        }
+        if let Some(sessions) = self.sessions.get() {
+            return Ok(Some(sessions));
+        }
+        if !self.seen_large_batch.swap(true, Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.open()
+    }
+
+    /// Opens the lane sessions (in parallel) unless they are open; `None` when there are no lanes.
+    pub(crate) fn open(&self) -> Result<Option<&[Mutex<Session>]>> {
         let Some(spec) = &self.spec else {
             return Ok(None);
         };
-        if n < self.count {
-            return Ok(None);
-        }
         if let Some(sessions) = self.sessions.get() {
             return Ok(Some(sessions));
         }
@@ -77,6 +98,11 @@ impl Lanes {
             .collect::<Result<Vec<_>>>()?;
         // Another thread may have opened them meanwhile; either set is as good.
         Ok(Some(self.sessions.get_or_init(|| sessions)))
+    }
+
+    /// Whether the lane sessions are open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.sessions.get().is_some()
     }
 }
 

@@ -156,7 +156,14 @@ fn batch_lanes_give_the_images_of_one_whole_run() {
     let z = LatentStream::new(11, whole.latent_dim(), None).next_batch(7);
     let labels = ndarray::Array1::from_iter((0..7).map(|i| (i % 4) as i64));
     let a = whole.raw_output(&z, Some(&labels)).unwrap();
+    // The first large batch runs whole (a one-batch job does not pay for opening the lanes);
+    // the second opens them.
+    let first = lanes.raw_output(&z, Some(&labels)).unwrap();
+    assert!(!lanes.lanes_open());
+    assert_eq!(first, a);
     let b = lanes.raw_output(&z, Some(&labels)).unwrap();
+    assert!(lanes.lanes_open());
+    assert!(!whole.lanes_open(), "no lanes to open with --lanes 1");
     assert_eq!(a.shape(), b.shape());
     let diff = a
         .iter()
@@ -176,6 +183,8 @@ fn batch_lanes_give_the_images_of_one_whole_run() {
 
     let bytes = model(dir.path(), None, OutputFormat::Uint8);
     let (whole, lanes) = (open(&bytes, 1), open(&bytes, 3));
+    lanes.open_lanes().unwrap();
+    assert!(lanes.lanes_open());
     let z = LatentStream::new(12, whole.latent_dim(), None).next_batch(8);
     let a = whole.generate_from_latents(&z, None).unwrap();
     let b = lanes.generate_from_latents(&z, None).unwrap();
