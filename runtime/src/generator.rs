@@ -145,9 +145,10 @@ impl GeneratorBuilder {
     /// On the CPU provider, batches of at least `lanes` images run as `lanes` single-threaded
     /// sessions at once, each on a slice of the batch (default: as many as
     /// [`intra_threads`](Self::intra_threads), else one per core; 1 turns lanes off). Ignored on
-    /// GPU providers. They open on the second batch large enough to use them, so that a one-batch
-    /// job does not pay for opening them. Faster because ONNX Runtime leaves parts of each operator (such as
-    /// ConvTranspose's col2im) on one thread, while lanes keep every core busy for the whole graph.
+    /// GPU providers. Faster because ONNX Runtime leaves parts of each operator (such as
+    /// ConvTranspose's col2im) on one thread, while lanes keep every core busy for the whole
+    /// graph. They open on the second batch large enough to use them, so that a one-batch job
+    /// does not pay for opening them.
     pub fn batch_lanes(mut self, lanes: usize) -> Self {
         self.batch_lanes = Some(lanes);
         self
@@ -325,6 +326,9 @@ impl Generator {
                 .into_dimensionality::<Ix4>()
                 .map_err(|e| RuntimeError::Inference(e.to_string()))
         })?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().expect("one part"));
+        }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         ndarray::concatenate(Axis(0), &views).map_err(|e| RuntimeError::Inference(e.to_string()))
     }

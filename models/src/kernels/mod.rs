@@ -3,8 +3,8 @@
 //! activation into one autograd node ([`block`], [`norm`]), replacing candle's direct-loop CPU
 //! convolutions and many-op BatchNorm in training.
 //!
-//! On CUDA (feature `cudnn`), [`mod@cudnn`] runs every convolution and its gradients through cuDNN on
-//! NCHW tensors.
+//! On CUDA (feature `cudnn`), the `cudnn` module runs every convolution and its gradients
+//! through cuDNN on NCHW tensors.
 //!
 //! Layout: tensors are channel-major, `[C, B, H, W]`, between the kernels. With the batch merged
 //! into the GEMM's column dimension, a convolution's output `W * im2col(x)` is already
