@@ -32,6 +32,8 @@ build() {
         source "$root/../shared/gpu/cuda-toolkit.sh" "${CUDA_TK:-$root/../cuda-tk}" >&2
         export CARGO_TARGET_DIR="$target"
         cargo build --release -p gantry-trainer --features cudnn >&2
+        # Build the tests with errors shown, then ask cargo (no rebuild) where the binary is.
+        cargo test --release -p gantry-models --features cudnn --no-run >&2
         cargo test --release -p gantry-models --features cudnn --no-run --message-format=json 2>/dev/null |
             python3 -c 'import sys, json
 for line in sys.stdin:

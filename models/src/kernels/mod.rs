@@ -3,8 +3,8 @@
 //! activation into one autograd node ([`block`], [`norm`]), replacing candle's direct-loop CPU
 //! convolutions and many-op BatchNorm in training.
 //!
-//! On CUDA (feature `cudnn`), the `cudnn` module runs every convolution and its gradients
-//! through cuDNN on NCHW tensors.
+//! On CUDA (feature `cudnn`), every convolution and its gradients run through cuDNN on NCHW
+//! tensors ([`primitives`], and the `cudnn` module behind it).
 //!
 //! Layout: tensors are channel-major, `[C, B, H, W]`, between the kernels. With the batch merged
 //! into the GEMM's column dimension, a convolution's output `W * im2col(x)` is already
@@ -19,6 +19,7 @@ pub mod cudnn;
 pub mod im2col;
 pub mod matmul;
 pub mod norm;
+pub mod primitives;
 
 use candle_core::{CpuStorage, Layout, Tensor};
 
@@ -82,7 +83,7 @@ pub fn conv_params(layer: &ConvLayer) -> ConvParams {
 pub fn conv_nchw(x: &Tensor, w: &Tensor, layer: &ConvLayer) -> Result<Tensor> {
     #[cfg(feature = "cudnn")]
     if x.device().is_cuda() {
-        return Ok(cudnn::conv(x, w, conv_params(layer))?);
+        return Ok(primitives::conv(x, w, conv_params(layer))?);
     }
     crate::ops::conv(x, w, layer)
 }
