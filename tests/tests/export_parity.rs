@@ -402,6 +402,9 @@ fn tuned_generation_matches_untuned() {
         .intra_threads(2)
         .build()
         .unwrap();
+    // Tuned includes batch lanes: 2 single-threaded sessions on slices of the 9 latents.
+    tuned.open_lanes().unwrap();
+    assert!(tuned.lanes_open() && tuned.batch_lanes() == 2);
     let plain = OrtGenerator::builder()
         .model(&plain_file)
         .graph_optimization(GraphOptimization::Disabled)
