@@ -7,9 +7,9 @@ CARGO ?= cargo
 DEMO_STEPS ?= 938
 DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
-BENCH_PYTHON ?= ../venv-bench/bin/python
+BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint bench bench-generate clean-demo
+.PHONY: demo test tools ort data lint bench bench-generate bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -33,18 +33,22 @@ demo: tools ort data
 	@echo "ONNX model:       $(DEMO_RUN)/generator.onnx"
 	@echo "generated grid:   out/demo/grid.png"
 
+# `cargo test` builds every binary and example the tests run.
 test: tools ort
-	$(CARGO) build --workspace --bins --examples
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Training speed, side by side with the PyTorch reference (needs torch in BENCH_PYTHON).
-bench: data
+# The PyTorch reference's virtualenv (.tools/venv-bench: torch, numpy, onnxruntime), for benchmarks only.
+bench-tools:
+	scripts/setup-bench.sh >/dev/null
+
+# Training speed, side by side with the PyTorch reference (bench/torch_dcgan.py).
+bench: data bench-tools
 	scripts/bench-train.sh $(BENCH_PYTHON)
 
 # Generation speed: runtime vs Python onnxruntime vs PyTorch eager on the same weights.
-bench-generate: ort
+bench-generate: ort bench-tools
 	scripts/bench-generate.sh $(BENCH_PYTHON)

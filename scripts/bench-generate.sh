@@ -4,7 +4,7 @@
 #   scripts/bench-generate.sh [PYTHON_WITH_TORCH_AND_ONNXRUNTIME]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-py="${1:-$root/../venv-bench/bin/python}"
+py="${1:-$root/.tools/venv-bench/bin/python}"
 cd "$root"
 scripts/fetch-ort.sh >/dev/null
 scripts/fetch-data.sh mnist catsdogs

@@ -1,23 +1,22 @@
 #!/usr/bin/env bash
 # Training speed, Gantry against the PyTorch reference, side by side on this machine.
 #   scripts/bench-train.sh [PYTHON_WITH_TORCH]        (ROUNDS=3 STEPS=6 by default)
-#   GANTRY_BENCH_DEVICE=cuda: on the GPU; TRAINER=path: a prebuilt trainer (no cargo needed);
-#   TORCH_BENCH_DIR: where torch_dcgan_bench.py is (default ../shared/bench).
+#   GANTRY_BENCH_DEVICE=cuda: on the GPU; TRAINER=path: a prebuilt trainer (no cargo needed).
+# `make bench` makes the PyTorch virtualenv (.tools/venv-bench, scripts/setup-bench.sh) first.
 # For each configuration the engines run back to back: Gantry's train step (`trainer bench`,
-# fast kernels, and plain candle in the first round only: it is slow) and PyTorch's (train_bench
-# of ../shared/bench/torch_dcgan_bench.py: same DCGAN, Adam, BCE-with-logits, 2 threads).
+# fast kernels, and plain candle in the first round only: it is slow) and PyTorch's
+# (bench/torch_dcgan.py: the same DCGAN, Adam, BCE-with-logits, all cores).
 # Rounds alternate the engines so that a slow spell of this (shared, noisy) machine hits all of
 # them alike; the table keeps each engine's best round and prints the ratio Gantry / PyTorch.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-py="${1:-$root/../venv-bench/bin/python}"
+py="${1:-$root/.tools/venv-bench/bin/python}"
 cd "$root"
 T=${TRAINER:-}
 if [ -z "$T" ]; then
     cargo build --release --bins >&2
     T=target/release/trainer
 fi
-export TORCH_BENCH_DIR="${TORCH_BENCH_DIR:-$root/../shared/bench}"
 device=cpu; [ "${GANTRY_BENCH_DEVICE:-}" = cuda ] && device=cuda
 steps=${STEPS:-6}
 rounds=${ROUNDS:-3}
@@ -32,18 +31,7 @@ for round in $(seq "$rounds"); do
             $T bench --image-size $1 --channels $2 --batch-size $3 --steps 3 --warmup 1 --kernels candle --device $device |
                 awk '/^RESULT/ {print "RESULT plain", $(NF-1)}' | tee -a "$results" >&2
         fi
-        "$py" - $1 $2 $3 $steps <<'PY' 2>/dev/null | awk '/^RESULT/ {for (i=1;i<=NF;i++) if ($i=="img/s") print "RESULT torch", $(i-1)}' | tee -a "$results" >&2 || true
-import sys, os, torch
-sys.path.insert(0, os.environ["TORCH_BENCH_DIR"])
-img, nc, bs, steps = map(int, sys.argv[1:5])
-sys.argv = ["x", "/tmp"]
-import torch_dcgan_bench as b
-if b.dev == "cpu":
-    torch.set_num_threads(2)
-else:
-    torch.backends.cudnn.benchmark = True  # as the reference's own GPU runs
-b.train_bench(img, nc, bs, steps=steps, warm=2)
-PY
+        "$py" bench/torch_dcgan.py train $1 $2 $3 $steps 2>/dev/null | awk '/^RESULT/ {for (i=1;i<=NF;i++) if ($i=="img/s") print "RESULT torch", $(i-1)}' | tee -a "$results" >&2 || true
     done
 done
 python3 - "$results" <<'PY'

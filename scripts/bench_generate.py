@@ -2,9 +2,9 @@
 """Generation speed of the same DCGAN weights in Python onnxruntime and PyTorch eager.
 usage: bench_generate.py CHECKPOINT_DIR ONNX_FILE BATCH [ITERS]
 Prints 'RESULT onnxruntime ...' and 'RESULT torch ...' lines (median ms per batch, img/s).
-The PyTorch model is ../shared/bench/torch_dcgan_bench.py's G with the checkpoint's weights
+The PyTorch model is bench/torch_dcgan.py's generator with the checkpoint's weights
 (read from generator.safetensors without extra packages)."""
-import json, os, struct, sys, time
+import json, os, sys, time
 
 import numpy as np
 
@@ -22,20 +22,6 @@ def median_ms(fn, iters, warm=3):
     return times[len(times) // 2] * 1e3
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        out[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"])
-    return out
-
-
 cfg = json.load(open(os.path.join(ckpt, "config.json")))["model"]
 z = np.random.default_rng(0).standard_normal((batch, cfg["latent_dim"]), dtype=np.float32)
 
@@ -49,20 +35,10 @@ except ImportError as e:
 
 try:
     import torch
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench"))
-    sys.argv = ["x", "/tmp"]
-    import torch_dcgan_bench as b
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+    from torch_dcgan import load_gantry_generator
     torch.set_num_threads(os.cpu_count() or 2)
-    g = b.G(cfg["image_size"], cfg["channels"]).eval()
-    w = read_safetensors(os.path.join(ckpt, "generator.safetensors"))
-    state = {}
-    for i in range(len([k for k in w if k.endswith(".weight") and ".bn." not in k])):
-        state[f"{3 * i}.weight"] = w[f"layers.{i}.weight"]
-        if f"layers.{i}.bn.weight" in w:
-            for t in ("weight", "bias", "running_mean", "running_var"):
-                state[f"{3 * i + 1}.{t}"] = w[f"layers.{i}.bn.{t}"]
-    missing, unexpected = g.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()}, strict=False)
-    assert not [m for m in missing if not m.endswith("num_batches_tracked")] and not unexpected, (missing, unexpected)
+    g, _ = load_gantry_generator(ckpt)
     zt = torch.from_numpy(z).reshape(batch, -1, 1, 1)
     with torch.inference_mode():
         ms = median_ms(lambda: g(zt), iters)

@@ -3,8 +3,8 @@
 # Rust, no registries and no internet; see ../shared/README.md, "gpu/").
 #
 #   scripts/gpu-check.sh build   here: packs into .gpu/ (git-ignored, ~14 MB) the CUDA + cuDNN
-#                                trainer, the gantry-models test binary, the CPU-built exporter and
-#                                runtime (all stripped, xz) and the PyTorch reference; and into
+#                                trainer, the gantry-kernels test binary, the CPU-built exporter and
+#                                runtime (all stripped, xz); and into
 #                                .gpu-ort/ ONNX Runtime's GPU build in two parts (<64 MiB each)
 #   scripts/gpu-check.sh ort1    there, first call, carrying .gpu-ort/part1: stages it in /tmp
 #   scripts/gpu-check.sh run     there, right after (the machine stays up ~30 s), carrying .gpu and
@@ -14,8 +14,10 @@
 #                                provider vs PyTorch eager fp32/fp16. Everything also goes to $OUT.
 #
 # GPU_CHECK_DEVICE=cpu runs `run` here as a dry run of the script's logic (CPU builds, CPU
-# provider). Build needs ../shared/gpu/ (CUDA_TK: toolkit folder, default ../cuda-tk;
-# GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda).
+# provider). `build` is a maintainers' step: it needs the CUDA toolkit recipe and the GPU
+# machine's environment script of ../shared/gpu/ (CUDA_TK: toolkit folder, default ../cuda-tk;
+# GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda). The PyTorch
+# reference is the repository's bench/torch_dcgan.py.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -33,26 +35,26 @@ build() {
         export CARGO_TARGET_DIR="$target"
         cargo build --release -p gantry-trainer --features cudnn >&2
         # Build the tests with errors shown, then ask cargo (no rebuild) where the binary is.
-        cargo test --release -p gantry-models --features cudnn --no-run >&2
-        cargo test --release -p gantry-models --features cudnn --no-run --message-format=json 2>/dev/null |
+        cargo test --release -p gantry-kernels --features cudnn --no-run >&2
+        cargo test --release -p gantry-kernels --features cudnn --no-run --message-format=json 2>/dev/null |
             python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gantry_models":
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gantry_kernels":
         print(m["executable"])' > "$root/.gpu-tests-path"
     )
     local tests
     tests=$(cat "$root/.gpu-tests-path") && rm -f "$root/.gpu-tests-path"
-    [ -n "$tests" ] || { echo "error: no gantry-models test binary was built" >&2; exit 1; }
+    [ -n "$tests" ] || { echo "error: no gantry-kernels test binary was built" >&2; exit 1; }
     rm -rf "$carry" && mkdir -p "$carry"
     cp "$target/release/trainer" "$carry/trainer"
-    cp "$tests" "$carry/models-tests"
+    cp "$tests" "$carry/kernels-tests"
     cp target/release/exporter target/release/runtime "$carry/"
-    for f in trainer models-tests exporter runtime; do
+    for f in trainer kernels-tests exporter runtime; do
         strip "$carry/$f"
         xz -T2 -6 "$carry/$f"
     done
-    cp "$root/../shared/bench/torch_dcgan_bench.py" "$root/../shared/gpu/device-env.sh" "$carry/"
+    cp "$root/../shared/gpu/device-env.sh" "$carry/"
     [ -f "$ort_parts/part1/libonnxruntime.so.$ort_ver.xz" ] ||
         bash "$root/../shared/gpu/ort-gpu-parts.sh" "$ort_parts" "$ort_ver" >&2
     du -sh "$carry" "$ort_parts/part1" "$ort_parts/part2"
@@ -109,19 +111,19 @@ run() {
         # shellcheck disable=SC1091
         source "$carry/device-env.sh"
         nvidia-smi -L | tee "$out/gpu.txt"
-        for f in trainer models-tests exporter runtime; do
+        for f in trainer kernels-tests exporter runtime; do
             xz -dc "$carry/$f.xz" > "$bin/$f"
             chmod +x "$bin/$f"
         done
         echo "== cuDNN ops against candle's CPU ops"
-        "$bin/models-tests" cudnn --test-threads 1 2>&1 | tee "$out/cudnn-tests.txt"
+        "$bin/kernels-tests" cudnn --test-threads 1 2>&1 | tee "$out/cudnn-tests.txt"
     fi
     local steps="${STEPS:-20}"
     echo "== where a 64x64x3 batch-128 step spends its time"
     "$bin/trainer" bench --device "$device" --image-size 64 --channels 3 --batch-size 128 \
         --steps "$steps" --warmup 3 --profile 2>&1 | tee "$out/profile-64x64x3-b128.txt"
     echo "== training speed, Gantry vs PyTorch"
-    GANTRY_BENCH_DEVICE="$device" TRAINER="$bin/trainer" TORCH_BENCH_DIR="$carry" \
+    GANTRY_BENCH_DEVICE="$device" TRAINER="$bin/trainer" \
         ROUNDS="${ROUNDS:-2}" STEPS="$steps" scripts/bench-train.sh "${PYTHON:-python3}" 2>&1 |
         tee "$out/bench-train-$device.txt"
 
@@ -150,16 +152,10 @@ run() {
                 "${R[@]}" bench --model "$work/$m.onnx" --batch-size $b --iterations $iters 2>/dev/null |
                     sed "s|RESULT runtime [^ ]*|RESULT runtime $m|"
             done
-            "${PYTHON:-python3}" - "$carry" $b $iters <<'PY' 2>/dev/null | grep RESULT || true
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import torch_dcgan_bench as t
-torch.backends.cudnn.benchmark = True
-b, iters = int(sys.argv[2]), int(sys.argv[3])
-t.gen_bench(64, 3, b, iters=iters)
-if t.dev == "cuda":
-    t.gen_bench(64, 3, b, half=True, iters=iters)
-PY
+            "${PYTHON:-python3}" bench/torch_dcgan.py generate 64 3 $b $iters 2>/dev/null | grep RESULT || true
+            if [ "$device" = cuda ]; then
+                "${PYTHON:-python3}" bench/torch_dcgan.py generate 64 3 $b $iters fp16 2>/dev/null | grep RESULT || true
+            fi
         done
         echo "== CLI end to end: runtime generate -n 1024 (process start to 1024 PNGs and the grid)"
         for i in 1 2 3; do

@@ -2,15 +2,50 @@
 
 use std::path::PathBuf;
 
+/// A setting of an export (the `exporter` binary maps each to its flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExportSetting {
+    /// The ONNX file to write.
+    Out,
+    /// The ONNX opset.
+    Opset,
+    /// Which generator weights (EMA or raw).
+    Weights,
+    /// The model's name in a Triton repository.
+    TritonName,
+    /// Triton's `max_batch_size`.
+    MaxBatchSize,
+}
+
+impl std::fmt::Display for ExportSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Out => "output file",
+            Self::Opset => "opset",
+            Self::Weights => "weights",
+            Self::TritonName => "Triton model name",
+            Self::MaxBatchSize => "Triton max batch size",
+        })
+    }
+}
+
 /// What can go wrong exporting a generator.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     /// The checkpoint is missing, unreadable or does not match its config.
     #[error(transparent)]
     Checkpoint(#[from] gantry_models::ModelError),
-    /// An option is invalid (the flag is named).
-    #[error("{flag}: {message}")]
-    Option { flag: String, message: String },
+    /// A setting is out of range or does not fit the checkpoint.
+    #[error("{setting}: {problem}")]
+    Invalid {
+        setting: ExportSetting,
+        problem: String,
+    },
+    /// The generator's weights do not have the form the graph needs.
+    #[error("generator weights: {0}")]
+    Weights(String),
     /// Writing the output failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -24,11 +59,11 @@ pub enum ExportError {
 }
 
 impl ExportError {
-    /// An invalid option `flag`.
-    pub fn option(flag: &str, message: impl Into<String>) -> Self {
-        Self::Option {
-            flag: flag.to_string(),
-            message: message.into(),
+    /// An out-of-range `setting`.
+    pub fn invalid(setting: ExportSetting, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting,
+            problem: problem.into(),
         }
     }
 }

@@ -4,7 +4,7 @@ use candle_onnx::onnx::{
     tensor_proto::DataType, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use gantry_models::spec::{Activation, ConvKind, ConvLayer, BN_EPS};
-use gantry_models::{generator_spec, ModelConfig, TensorMap};
+use gantry_models::{generator_spec, ModelConfig, NetworkSpec, TensorMap};
 
 use crate::error::{ExportError, Result};
 use crate::fold::fold_batchnorm;
@@ -93,19 +93,11 @@ impl Builder {
 }
 
 fn values(tensors: &TensorMap, name: &str) -> Result<Vec<f32>> {
-    let t = tensors.get(name).ok_or_else(|| {
-        ExportError::option(
-            "--checkpoint",
-            format!("the generator has no tensor `{name}`"),
-        )
-    })?;
+    let t = tensors
+        .get(name)
+        .ok_or_else(|| ExportError::Weights(format!("the generator has no tensor `{name}`")))?;
     let flat = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
-    flat.map_err(|e| {
-        ExportError::option(
-            "--checkpoint",
-            format!("tensor `{name}` is unreadable: {e}"),
-        )
-    })
+    flat.map_err(|e| ExportError::Weights(format!("tensor `{name}` is unreadable: {e}")))
 }
 
 /// Whether `layer` maps a 1x1 input to a `k x k` map (stride 1, no padding): a matrix product,
@@ -134,7 +126,9 @@ fn conv_attrs(layer: &ConvLayer) -> Vec<Attr> {
     ]
 }
 
-/// The generator graph of `cfg` with weights `tensors` (checkpoint names).
+/// The generator graph of `cfg` with weights `tensors` (checkpoint names), built stage by
+/// stage: inputs and conditioning, the latent's way into the first layer, one block per layer
+/// of the spec, and the output conversion.
 pub fn generator_graph(
     cfg: &ModelConfig,
     tensors: &TensorMap,
@@ -146,13 +140,44 @@ pub fn generator_graph(
         initializers: Vec::new(),
         precision: opts.precision,
     };
-    let mut inputs: Vec<ValueInfoProto> = vec![value_info(
+    let (inputs, latent) = inputs_and_conditioning(&mut b, cfg, &spec, tensors)?;
+    let projects = spec.layers.first().is_some_and(is_projection);
+    let mut cur = if projects {
+        latent
+    } else {
+        latent_as_image(&mut b, cfg, &latent)
+    };
+    for layer in &spec.layers {
+        let as_gemm = layer.index == 0 && projects;
+        cur = layer_block(&mut b, layer, tensors, opts, &cur, as_gemm)?;
+    }
+    let output = output_conversion(&mut b, cfg, opts, &cur);
+    Ok(GraphProto {
+        node: b.nodes,
+        name: "gantry_generator".into(),
+        initializer: b.initializers,
+        input: inputs,
+        output: vec![output],
+        doc_string: "DCGAN generator exported by Gantry".into(),
+        ..Default::default()
+    })
+}
+
+/// The graph inputs (`z`, and `label` for conditional models) and the latent the first layer
+/// reads: `z` (cast to fp16 in fp16 graphs), with the label's embedding concatenated.
+fn inputs_and_conditioning(
+    b: &mut Builder,
+    cfg: &ModelConfig,
+    spec: &NetworkSpec,
+    tensors: &TensorMap,
+) -> Result<(Vec<ValueInfoProto>, String)> {
+    let mut inputs = vec![value_info(
         INPUT_Z,
         DataType::Float,
         &[Dim::Named(BATCH_DIM), Dim::Fixed(cfg.latent_dim)],
     )];
     let mut cur = INPUT_Z.to_string();
-    if opts.precision == Precision::Fp16 {
+    if b.precision == Precision::Fp16 {
         cur = b.add(
             "Cast",
             "z.cast_fp16",
@@ -168,9 +193,8 @@ pub fn generator_graph(
             &[Dim::Named(BATCH_DIM)],
         ));
         let (Some(name), Some(shape)) = (cond.tensor_name(), cond.shape()) else {
-            return Err(ExportError::option(
-                "--checkpoint",
-                "the generator's conditioning has no embedding table",
+            return Err(ExportError::Weights(
+                "the generator's conditioning has no embedding table".into(),
             ));
         };
         let table = b.weight(name, &shape, &values(tensors, name)?);
@@ -189,172 +213,209 @@ pub fn generator_graph(
             vec![Attr::Int("axis", 1)],
         );
     }
-    // A first layer that maps the 1x1 latent to a k x k map is a matrix product (ONNX Runtime's
-    // ConvTranspose from a 1x1 input ran at a tenth of its GEMM speed): export it as Gemm +
-    // Reshape; other generators get the latent as a 1x1 image.
-    let projects = spec.layers.first().is_some_and(is_projection);
-    if !projects {
-        b.initializers.push(i64_tensor(
-            "latent_shape",
-            &[4],
-            &[-1, cfg.generator_input_dim() as i64, 1, 1],
+    Ok((inputs, cur))
+}
+
+/// The latent as a 1x1 image, for generators whose first layer is not a projection (which
+/// takes the flat latent as a `Gemm`: ONNX Runtime's ConvTranspose from a 1x1 input ran at a
+/// tenth of its GEMM speed).
+fn latent_as_image(b: &mut Builder, cfg: &ModelConfig, latent: &str) -> String {
+    b.initializers.push(i64_tensor(
+        "latent_shape",
+        &[4],
+        &[-1, cfg.generator_input_dim() as i64, 1, 1],
+    ));
+    b.add(
+        "Reshape",
+        "latent_reshape",
+        &[latent, "latent_shape"],
+        "latent_4d",
+        vec![],
+    )
+}
+
+/// One layer: its transposed convolution (as `Gemm` + `Reshape` when `as_gemm`), BatchNorm
+/// folded into it or as its own node, then the activation. Returns the block's output.
+fn layer_block(
+    b: &mut Builder,
+    layer: &ConvLayer,
+    tensors: &TensorMap,
+    opts: &GraphOptions,
+    input: &str,
+    as_gemm: bool,
+) -> Result<String> {
+    if layer.kind != ConvKind::ConvTranspose {
+        return Err(ExportError::Weights(
+            "generator layers must be transposed convolutions".into(),
         ));
-        cur = b.add(
-            "Reshape",
-            "latent_reshape",
-            &[&cur, "latent_shape"],
-            "latent_4d",
-            vec![],
+    }
+    let i = layer.index;
+    let w = values(tensors, &layer.weight_name())?;
+    let out = format!("layers.{i}.out");
+    // The weight [Ci, Co, k, k] read as [Ci, Co * k * k] by a Gemm.
+    let weight_dims = if as_gemm {
+        vec![
+            layer.in_channels,
+            layer.out_channels * layer.kernel * layer.kernel,
+        ]
+    } else {
+        layer.weight_shape()
+    };
+    let normalised = if layer.batch_norm && opts.fold_batchnorm {
+        let folded = fold_batchnorm(
+            &w,
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel * layer.kernel,
+            &values(tensors, &layer.bn_name("weight"))?,
+            &values(tensors, &layer.bn_name("bias"))?,
+            &values(tensors, &layer.bn_name("running_mean"))?,
+            &values(tensors, &layer.bn_name("running_var"))?,
+            BN_EPS,
+        );
+        let wn = b.weight(
+            &format!("layers.{i}.weight_folded"),
+            &weight_dims,
+            &folded.weight,
+        );
+        let bias = if as_gemm {
+            // Gemm adds its bias per output value: one per channel and pixel.
+            let k2 = layer.kernel * layer.kernel;
+            let per_pixel: Vec<f32> = folded
+                .bias
+                .iter()
+                .flat_map(|&v| std::iter::repeat_n(v, k2))
+                .collect();
+            b.weight(
+                &format!("layers.{i}.bias_folded_per_pixel"),
+                &[per_pixel.len()],
+                &per_pixel,
+            )
+        } else {
+            b.weight(
+                &format!("layers.{i}.bias_folded"),
+                &[layer.out_channels],
+                &folded.bias,
+            )
+        };
+        conv_node(b, layer, as_gemm, input, &wn, Some(&bias), &out)
+    } else {
+        let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
+        let conv = conv_node(
+            b,
+            layer,
+            as_gemm,
+            input,
+            &wn,
+            None,
+            &format!("layers.{i}.conv"),
+        );
+        if layer.batch_norm {
+            batch_norm_node(b, layer, tensors, &conv, &out)?
+        } else {
+            conv
+        }
+    };
+    Ok(activation_node(b, layer, &normalised))
+}
+
+/// The transposed convolution itself: `ConvTranspose`, or `Gemm` + `Reshape` for the
+/// projection from the latent.
+fn conv_node(
+    b: &mut Builder,
+    layer: &ConvLayer,
+    as_gemm: bool,
+    x: &str,
+    w: &str,
+    bias: Option<&str>,
+    y: &str,
+) -> String {
+    let i = layer.index;
+    let mut ins = vec![x, w];
+    ins.extend(bias);
+    if !as_gemm {
+        return b.add(
+            "ConvTranspose",
+            &format!("layers.{i}.conv_transpose"),
+            &ins,
+            y,
+            conv_attrs(layer),
         );
     }
+    let flat = format!("layers.{i}.projection");
+    b.add("Gemm", &format!("layers.{i}.gemm"), &ins, &flat, vec![]);
+    let shape = format!("layers.{i}.shape");
+    b.initializers.push(i64_tensor(
+        &shape,
+        &[4],
+        &[
+            -1,
+            layer.out_channels as i64,
+            layer.out_size as i64,
+            layer.out_size as i64,
+        ],
+    ));
+    b.add(
+        "Reshape",
+        &format!("layers.{i}.reshape"),
+        &[&flat, &shape],
+        y,
+        vec![],
+    )
+}
 
-    for layer in &spec.layers {
-        if layer.kind != ConvKind::ConvTranspose {
-            return Err(ExportError::option(
-                "--checkpoint",
-                "generator layers must be transposed convolutions",
-            ));
-        }
-        let i = layer.index;
-        let w = values(tensors, &layer.weight_name())?;
-        let out = format!("layers.{i}.out");
-        let as_gemm = layer.index == 0 && projects;
-        // The transposed convolution itself: `ConvTranspose`, or `Gemm` + `Reshape` for the
-        // projection from the latent (weight [Ci, Co, k, k] read as [Ci, Co * k * k]).
-        let conv_node = |b: &mut Builder, x: &str, w: &str, bias: Option<&str>, y: &str| {
-            if as_gemm {
-                let flat = format!("layers.{i}.projection");
-                let mut ins = vec![x, w];
-                ins.extend(bias);
-                b.add("Gemm", &format!("layers.{i}.gemm"), &ins, &flat, vec![]);
-                let shape = format!("layers.{i}.shape");
-                b.initializers.push(i64_tensor(
-                    &shape,
-                    &[4],
-                    &[
-                        -1,
-                        layer.out_channels as i64,
-                        layer.out_size as i64,
-                        layer.out_size as i64,
-                    ],
-                ));
-                b.add(
-                    "Reshape",
-                    &format!("layers.{i}.reshape"),
-                    &[&flat, &shape],
-                    y,
-                    vec![],
-                )
-            } else {
-                let mut ins = vec![x, w];
-                ins.extend(bias);
-                b.add(
-                    "ConvTranspose",
-                    &format!("layers.{i}.conv_transpose"),
-                    &ins,
-                    y,
-                    conv_attrs(layer),
-                )
-            }
-        };
-        let weight_dims = if as_gemm {
-            vec![
-                layer.in_channels,
-                layer.out_channels * layer.kernel * layer.kernel,
-            ]
-        } else {
-            layer.weight_shape()
-        };
-        cur = if layer.batch_norm && opts.fold_batchnorm {
-            let folded = fold_batchnorm(
-                &w,
-                layer.in_channels,
-                layer.out_channels,
-                layer.kernel * layer.kernel,
-                &values(tensors, &layer.bn_name("weight"))?,
-                &values(tensors, &layer.bn_name("bias"))?,
-                &values(tensors, &layer.bn_name("running_mean"))?,
-                &values(tensors, &layer.bn_name("running_var"))?,
-                BN_EPS,
-            );
-            let wn = b.weight(
-                &format!("layers.{i}.weight_folded"),
-                &weight_dims,
-                &folded.weight,
-            );
-            let bn = if as_gemm {
-                // Gemm adds its bias per output value: one per channel and pixel.
-                let k2 = layer.kernel * layer.kernel;
-                let per_pixel: Vec<f32> = folded
-                    .bias
-                    .iter()
-                    .flat_map(|&v| std::iter::repeat_n(v, k2))
-                    .collect();
-                b.weight(
-                    &format!("layers.{i}.bias_folded_per_pixel"),
-                    &[per_pixel.len()],
-                    &per_pixel,
-                )
-            } else {
-                b.weight(
-                    &format!("layers.{i}.bias_folded"),
-                    &[layer.out_channels],
-                    &folded.bias,
-                )
-            };
-            conv_node(&mut b, &cur, &wn, Some(&bn), &out)
-        } else {
-            let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
-            let conv = conv_node(&mut b, &cur, &wn, None, &format!("layers.{i}.conv"));
-            if layer.batch_norm {
-                let c = [layer.out_channels];
-                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
-                    .iter()
-                    .map(|t| {
-                        Ok(b.weight(&layer.bn_name(t), &c, &values(tensors, &layer.bn_name(t))?))
-                    })
-                    .collect::<Result<_>>()?;
-                let refs: Vec<&str> = std::iter::once(conv.as_str())
-                    .chain(names.iter().map(String::as_str))
-                    .collect();
-                b.add(
-                    "BatchNormalization",
-                    &format!("layers.{i}.batch_norm"),
-                    &refs,
-                    &out,
-                    vec![Attr::Float("epsilon", BN_EPS as f32)],
-                )
-            } else {
-                conv
-            }
-        };
-        let act_out = format!("layers.{i}.act");
-        cur = match layer.activation {
-            Activation::Relu => b.add(
-                "Relu",
-                &format!("layers.{i}.relu"),
-                &[&cur],
-                &act_out,
-                vec![],
-            ),
-            Activation::Tanh => b.add(
-                "Tanh",
-                &format!("layers.{i}.tanh"),
-                &[&cur],
-                &act_out,
-                vec![],
-            ),
-            Activation::Identity => cur,
-            Activation::LeakyRelu(alpha) => b.add(
-                "LeakyRelu",
-                &format!("layers.{i}.leaky_relu"),
-                &[&cur],
-                &act_out,
-                vec![Attr::Float("alpha", alpha as f32)],
-            ),
-        };
+/// An unfolded `BatchNormalization` node with the layer's four statistics tensors.
+fn batch_norm_node(
+    b: &mut Builder,
+    layer: &ConvLayer,
+    tensors: &TensorMap,
+    x: &str,
+    y: &str,
+) -> Result<String> {
+    let c = [layer.out_channels];
+    let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+        .iter()
+        .map(|t| Ok(b.weight(&layer.bn_name(t), &c, &values(tensors, &layer.bn_name(t))?)))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&str> = std::iter::once(x)
+        .chain(names.iter().map(String::as_str))
+        .collect();
+    Ok(b.add(
+        "BatchNormalization",
+        &format!("layers.{}.batch_norm", layer.index),
+        &refs,
+        y,
+        vec![Attr::Float("epsilon", BN_EPS as f32)],
+    ))
+}
+
+/// The layer's activation node (none for the identity).
+fn activation_node(b: &mut Builder, layer: &ConvLayer, x: &str) -> String {
+    let i = layer.index;
+    let y = format!("layers.{i}.act");
+    match layer.activation {
+        Activation::Identity => x.to_string(),
+        Activation::Relu => b.add("Relu", &format!("layers.{i}.relu"), &[x], &y, vec![]),
+        Activation::Tanh => b.add("Tanh", &format!("layers.{i}.tanh"), &[x], &y, vec![]),
+        Activation::LeakyRelu(alpha) => b.add(
+            "LeakyRelu",
+            &format!("layers.{i}.leaky_relu"),
+            &[x],
+            &y,
+            vec![Attr::Float("alpha", alpha as f32)],
+        ),
     }
+}
 
+/// From the last layer's output to the graph output `image`: back to float32 in fp16 graphs,
+/// then either renamed (float NCHW) or converted to uint8 NHWC pixels in the graph.
+fn output_conversion(
+    b: &mut Builder,
+    cfg: &ModelConfig,
+    opts: &GraphOptions,
+    last: &str,
+) -> ValueInfoProto {
+    let mut cur = last.to_string();
     if opts.precision == Precision::Fp16 {
         let target = if opts.output == OutputFormat::Float {
             OUTPUT_IMAGE
@@ -370,7 +431,7 @@ pub fn generator_graph(
         );
     }
     let (c, s) = (cfg.channels, cfg.image_size);
-    let output = match opts.output {
+    match opts.output {
         OutputFormat::Float => {
             if cur != OUTPUT_IMAGE {
                 // Rename the last node's output to the graph output name.
@@ -423,14 +484,5 @@ pub fn generator_graph(
                 ],
             )
         }
-    };
-    Ok(GraphProto {
-        node: b.nodes,
-        name: "gantry_generator".into(),
-        initializer: b.initializers,
-        input: inputs,
-        output: vec![output],
-        doc_string: "DCGAN generator exported by Gantry".into(),
-        ..Default::default()
-    })
+    }
 }

@@ -7,6 +7,8 @@
 //! - output `image`: float32 `[N, C, H, W]` in [-1, 1], or uint8 `[N, H, W, C]` with `--output uint8`;
 //! - `metadata_props`: the `gantry.*` keys listed in [`METADATA_KEYS`].
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod fold;
 pub mod graph;
@@ -14,7 +16,6 @@ pub mod proto;
 pub mod triton;
 pub mod verify;
 
-use std::io::Write;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -24,7 +25,7 @@ use candle_onnx::onnx::{
 use gantry_models::{resolve_checkpoint, Checkpoint, ModelConfig};
 use prost::Message;
 
-pub use error::{ExportError, Result};
+pub use error::{ExportError, ExportSetting, Result};
 pub use graph::{
     GraphOptions, OutputFormat, Precision, BATCH_DIM, INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE,
 };
@@ -35,7 +36,7 @@ pub const SUPPORTED_OPSETS: RangeInclusive<i64> = 13..=21;
 pub const DEFAULT_OPSET: i64 = 17;
 /// Version of the `gantry.*` metadata contract.
 pub const METADATA_FORMAT_VERSION: &str = "1";
-/// Metadata keys every exported model carries.
+/// Metadata keys every exported model carries, in the order they are written.
 pub const METADATA_KEYS: [&str; 12] = [
     "gantry.format_version",
     "gantry.latent_dim",
@@ -105,38 +106,40 @@ pub fn ir_version(opset: i64) -> i64 {
     }
 }
 
-fn metadata(
+/// The `gantry.*` metadata of an export, as (key, value) pairs (keys: [`METADATA_KEYS`]).
+pub fn metadata(
     cfg: &ModelConfig,
     ckpt: &Checkpoint,
     opts: &GraphOptions,
     used_ema: bool,
-) -> Vec<StringStringEntryProto> {
+) -> Vec<(&'static str, String)> {
     let precision = match opts.precision {
         Precision::Fp32 => "fp32",
         Precision::Fp16 => "fp16",
     };
-    let values = [
-        METADATA_FORMAT_VERSION.to_string(),
-        cfg.latent_dim.to_string(),
-        cfg.image_size.to_string(),
-        cfg.channels.to_string(),
-        cfg.num_classes.unwrap_or(0).to_string(),
-        opts.output.name().to_string(),
-        ckpt.step().to_string(),
-        ckpt.meta.dataset.clone().unwrap_or_default(),
-        "tanh [-1,1]".to_string(),
-        precision.to_string(),
-        opts.fold_batchnorm.to_string(),
-        if used_ema { "ema" } else { "raw" }.to_string(),
-    ];
-    METADATA_KEYS
-        .iter()
-        .zip(values)
-        .map(|(k, v)| StringStringEntryProto {
-            key: k.to_string(),
-            value: v,
-        })
-        .collect()
+    vec![
+        ("gantry.format_version", METADATA_FORMAT_VERSION.to_string()),
+        ("gantry.latent_dim", cfg.latent_dim.to_string()),
+        ("gantry.image_size", cfg.image_size.to_string()),
+        ("gantry.channels", cfg.channels.to_string()),
+        (
+            "gantry.num_classes",
+            cfg.num_classes.unwrap_or(0).to_string(),
+        ),
+        ("gantry.output", opts.output.name().to_string()),
+        ("gantry.training_steps", ckpt.step().to_string()),
+        (
+            "gantry.dataset",
+            ckpt.meta.dataset.clone().unwrap_or_default(),
+        ),
+        ("gantry.normalization", "tanh [-1,1]".to_string()),
+        ("gantry.precision", precision.to_string()),
+        ("gantry.batchnorm_folded", opts.fold_batchnorm.to_string()),
+        (
+            "gantry.weights",
+            if used_ema { "ema" } else { "raw" }.to_string(),
+        ),
+    ]
 }
 
 /// The ONNX model of a loaded checkpoint's generator; returns it and whether EMA weights were used.
@@ -147,10 +150,10 @@ pub fn build_model(
     weights: WeightsChoice,
 ) -> Result<(ModelProto, bool)> {
     if !SUPPORTED_OPSETS.contains(&opset) {
-        return Err(ExportError::option(
-            "--opset",
+        return Err(ExportError::invalid(
+            ExportSetting::Opset,
             format!(
-                "opset {opset} is not supported (choose {}..={})",
+                "{opset} is not supported (choose {}..={})",
                 SUPPORTED_OPSETS.start(),
                 SUPPORTED_OPSETS.end()
             ),
@@ -160,9 +163,9 @@ pub fn build_model(
         (WeightsChoice::Raw, _) | (WeightsChoice::Auto, None) => (&ckpt.generator, false),
         (WeightsChoice::Auto | WeightsChoice::Ema, Some(ema)) => (ema, true),
         (WeightsChoice::Ema, None) => {
-            return Err(ExportError::option(
-                "--use-ema",
-                "the checkpoint has no EMA weights (train with --ema)",
+            return Err(ExportError::invalid(
+                ExportSetting::Weights,
+                "the checkpoint has no EMA weights (it was trained without an EMA)",
             ))
         }
     };
@@ -183,7 +186,13 @@ pub fn build_model(
             cfg.image_size, cfg.image_size, cfg.channels, cfg.latent_dim
         ),
         graph: Some(graph),
-        metadata_props: metadata(cfg, ckpt, opts, used_ema),
+        metadata_props: metadata(cfg, ckpt, opts, used_ema)
+            .into_iter()
+            .map(|(key, value)| StringStringEntryProto {
+                key: key.to_string(),
+                value,
+            })
+            .collect(),
         ..Default::default()
     };
     Ok((model, used_ema))
@@ -222,45 +231,30 @@ pub fn expectation(cfg: &ModelConfig, opset: i64, output: OutputFormat) -> verif
 /// Writes `bytes` to a temp file beside `out`, reads it back with candle-onnx, verifies it, and
 /// only then renames it to `out`: no partial or unverified file is ever left at `out`.
 fn write_verified(out: &Path, bytes: &[u8], want: &verify::Expectation) -> Result<()> {
-    let io = |path: &Path, e: std::io::Error| ExportError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| ExportError::Io {
+            path: parent.to_path_buf(),
+            source: e,
+        })?;
     }
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io(out, e))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| io(out, e))?;
-        let back = candle_onnx::read_file(&tmp).map_err(|e| ExportError::Verify {
+    gantry_models::atomic::write_file_checked(out, bytes, |tmp| {
+        let back = candle_onnx::read_file(tmp).map_err(|e| ExportError::Verify {
             path: out.to_path_buf(),
             message: format!("cannot read it back: {e}"),
         })?;
         verify::verify(&back, want).map_err(|message| ExportError::Verify {
             path: out.to_path_buf(),
             message,
-        })?;
-        std::fs::rename(&tmp, out).map_err(|e| io(out, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        })
+    })
 }
 
 /// Exports the generator of `opts.checkpoint` as described by `opts`.
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     if opts.out.is_none() && opts.triton.is_none() {
-        return Err(ExportError::option(
-            "--out",
-            "required (or give --triton-repo)",
+        return Err(ExportError::invalid(
+            ExportSetting::Out,
+            "required unless a Triton repository is written",
         ));
     }
     let dir = resolve_checkpoint(&opts.checkpoint)?;
@@ -273,11 +267,11 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     }
     let triton_dir = match &opts.triton {
         Some(t) => {
-            verify::verify(
-                &ModelProto::decode(bytes.as_slice()).expect("just encoded"),
-                &want,
-            )
-            .map_err(|message| ExportError::Verify {
+            let back = ModelProto::decode(bytes.as_slice()).map_err(|e| ExportError::Verify {
+                path: t.repo.clone(),
+                message: format!("cannot decode the encoded model: {e}"),
+            })?;
+            verify::verify(&back, &want).map_err(|message| ExportError::Verify {
                 path: t.repo.clone(),
                 message,
             })?;
@@ -299,4 +293,42 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         nodes: model.graph.as_ref().map_or(0, |g| g.node.len()),
         triton_dir,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_models::checkpoint::CheckpointMeta;
+
+    #[test]
+    fn metadata_has_every_key_once_in_order() {
+        let cfg = ModelConfig::default();
+        let ckpt = Checkpoint {
+            meta: CheckpointMeta::new(cfg.clone(), Some("mnist".into()), serde_json::json!({})),
+            generator: Default::default(),
+            generator_ema: None,
+            discriminator: None,
+            optimizer_g: None,
+            optimizer_d: None,
+            trainer_state: None,
+        };
+        let opts = GraphOptions {
+            precision: Precision::Fp16,
+            fold_batchnorm: true,
+            output: OutputFormat::Uint8,
+        };
+        let pairs = metadata(&cfg, &ckpt, &opts, true);
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, METADATA_KEYS);
+        let value = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(value("gantry.precision"), Some("fp16"));
+        assert_eq!(value("gantry.output"), Some("uint8"));
+        assert_eq!(value("gantry.weights"), Some("ema"));
+        assert_eq!(value("gantry.dataset"), Some("mnist"));
+    }
 }

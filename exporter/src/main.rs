@@ -1,12 +1,14 @@
 //! `exporter`: writes a Gantry checkpoint's generator as an ONNX model. See `exporter --help`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use gantry_exporter::{
-    export, ExportOptions, GraphOptions, OutputFormat, Precision, TritonOptions, WeightsChoice,
-    DEFAULT_OPSET,
+    export, ExportError, ExportOptions, ExportSetting, GraphOptions, OutputFormat, Precision,
+    TritonOptions, WeightsChoice, DEFAULT_OPSET,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -40,7 +42,7 @@ struct Cli {
     /// Keep BatchNormalization nodes instead of folding them into the convolutions.
     #[arg(long)]
     no_fold_batchnorm: bool,
-    /// Output float [N,C,H,W] in [-1,1], or uint8 [N,H,W,C] ready to write as PNG.
+    /// Output float NCHW in [-1, 1], or uint8 NHWC ready to write as PNG.
     #[arg(long, value_enum, default_value = "float")]
     output: OutputArg,
     /// Export the EMA generator (the default when the checkpoint has one).
@@ -58,6 +60,37 @@ struct Cli {
     /// Triton max_batch_size.
     #[arg(long, default_value_t = 1024)]
     max_batch_size: usize,
+}
+
+/// The flag that sets an export setting.
+fn flag(setting: ExportSetting) -> &'static str {
+    match setting {
+        ExportSetting::Out => "--out",
+        ExportSetting::Opset => "--opset",
+        ExportSetting::Weights => "--use-ema",
+        ExportSetting::TritonName => "--name",
+        ExportSetting::MaxBatchSize => "--max-batch-size",
+        _ => "an option",
+    }
+}
+
+/// The one-line message of an error, naming flags where the library names settings.
+fn render(e: &ExportError) -> String {
+    match e {
+        ExportError::Invalid { setting, problem } => format!("{} {problem}", flag(*setting)),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text = format!("{text}: {s_text}");
+                }
+                source = s.source();
+            }
+            text
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -108,7 +141,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", render(&e));
             ExitCode::FAILURE
         }
     }

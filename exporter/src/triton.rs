@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use gantry_models::ModelConfig;
 
-use crate::error::{ExportError, Result};
+use crate::error::{ExportError, ExportSetting, Result};
 use crate::graph::{OutputFormat, INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE};
 
 /// `config.pbtxt` for Triton's ONNX Runtime backend with dynamic batching.
@@ -39,8 +39,8 @@ pub fn config_pbtxt(
 /// model's folder.
 pub fn write_repository(repo: &Path, name: &str, onnx: &[u8], config: &str) -> Result<PathBuf> {
     if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-        return Err(ExportError::option(
-            "--name",
+        return Err(ExportError::invalid(
+            ExportSetting::TritonName,
             format!("`{name}` is not a valid Triton model name"),
         ));
     }

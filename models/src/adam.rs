@@ -7,81 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Var};
-use rayon::prelude::*;
+use candle_core::Var;
+use gantry_kernels::{adam_update, AdamStep};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
-use crate::kernels::{f32_slice, f32_slice_mut};
 use crate::tensors::TensorMap;
-
-/// `m = beta * m + (1 - beta) * g` (or `g^2` for the second moment), in place.
-struct Moment {
-    beta: f32,
-    square: bool,
-}
-
-impl InplaceOp2 for Moment {
-    fn name(&self) -> &'static str {
-        "gantry-adam-moment"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let m = f32_slice_mut(s1, l1, "parameter")?;
-        let g = f32_slice(s2, l2, "gradient")?;
-        let (b, c) = (self.beta, 1.0 - self.beta);
-        let square = self.square;
-        m.par_chunks_mut(1 << 14)
-            .zip(g.par_chunks(1 << 14))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    *m = b * *m + c * if square { g * g } else { g };
-                }
-            });
-        Ok(())
-    }
-}
-
-/// `p -= step_size * m / (sqrt(v) / bias2_sqrt + eps)`, in place.
-struct Update {
-    step_size: f32,
-    bias2_sqrt: f32,
-    eps: f32,
-}
-
-impl InplaceOp3 for Update {
-    fn name(&self) -> &'static str {
-        "gantry-adam-update"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<()> {
-        let p = f32_slice_mut(s1, l1, "parameter")?;
-        let (m, v) = (f32_slice(s2, l2, "moment")?, f32_slice(s3, l3, "moment")?);
-        let chunk = 1 << 14;
-        p.par_chunks_mut(chunk)
-            .zip(m.par_chunks(chunk).zip(v.par_chunks(chunk)))
-            .for_each(|(p, (m, v))| {
-                for ((p, &m), &v) in p.iter_mut().zip(m).zip(v) {
-                    *p -= self.step_size * m / (v.sqrt() / self.bias2_sqrt + self.eps);
-                }
-            });
-        Ok(())
-    }
-}
 
 /// Adam hyper-parameters (DCGAN's: lr 2e-4, betas (0.5, 0.999)).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -148,48 +79,17 @@ impl Adam {
             beta2,
             eps,
         } = self.config;
-        let bias1 = 1.0 - beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - beta2.powi(self.step as i32)).sqrt();
-        let step_size = (lr / bias1) as f32;
+        let coefficients = AdamStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            step: self.step,
+        };
         for (((_, p), m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
-            let Some(g) = grads.get(p.as_tensor()) else {
-                continue;
-            };
-            if p.device().is_cpu() {
-                // One fused pass per tensor, in place: no temporaries.
-                let g = g.contiguous()?;
-                m.inplace_op2(
-                    &g,
-                    &Moment {
-                        beta: beta1 as f32,
-                        square: false,
-                    },
-                )?;
-                v.inplace_op2(
-                    &g,
-                    &Moment {
-                        beta: beta2 as f32,
-                        square: true,
-                    },
-                )?;
-                p.inplace_op3(
-                    m.as_tensor(),
-                    v.as_tensor(),
-                    &Update {
-                        step_size,
-                        bias2_sqrt: bias2_sqrt as f32,
-                        eps: eps as f32,
-                    },
-                )?;
-                continue;
+            if let Some(g) = grads.get(p.as_tensor()) {
+                adam_update(p, m, v, g, &coefficients)?;
             }
-            let next_m = ((m.as_tensor() * beta1)? + (g * (1.0 - beta1))?)?;
-            let next_v = ((v.as_tensor() * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let denom = ((next_v.sqrt()? / bias2_sqrt)? + eps)?;
-            let update = (next_m.div(&denom)? * (lr / bias1))?;
-            p.set(&(p.as_tensor() - update)?)?;
-            m.set(&next_m)?;
-            v.set(&next_v)?;
         }
         Ok(())
     }

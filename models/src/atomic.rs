@@ -35,16 +35,34 @@ fn parent_of(path: &Path) -> &Path {
 /// Writes `bytes` to `path` so that readers see the old file or the complete new one, never a
 /// partial file: write a temp sibling, fsync, rename over.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file_checked(path, bytes, |_| Ok(()))
+}
+
+/// [`write_file_atomic`] with a check of the written temp file (read back from disk) before it
+/// replaces `path`: when `check` fails, the temp file is removed, `path` is untouched, and the
+/// check's error is returned.
+pub fn write_file_checked<E: From<ModelError>>(
+    path: &Path,
+    bytes: &[u8],
+    check: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let tmp = temp_sibling(path, "tmp");
-    let result = (|| {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if let Err(e) = result {
+    if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e));
+        return Err(ModelError::io(path, e).into());
+    }
+    if let Err(e) = check(&tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(ModelError::io(path, e).into());
     }
     sync_dir(parent_of(path));
     Ok(())

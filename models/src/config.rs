@@ -2,14 +2,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
+use crate::error::{ConfigField, ModelError, Result};
+use crate::spec::{discriminator_spec, generator_spec};
+
+/// Most trainable parameters a pair may have (G and D together): 4 GB of f32 weights, before
+/// the optimiser's moments and activations; far above any DCGAN people train.
+pub const MAX_PARAMETERS: usize = 1_000_000_000;
+/// Largest latent size, network width or class count accepted.
+pub const MAX_DIM: usize = 65_536;
 
 /// Default label encoding of class-conditional generators: 0 means a fixed one-hot vector
 /// concatenated to `z` (the classic conditional DCGAN); a positive value a learned embedding of
 /// that size.
 pub const DEFAULT_LABEL_EMBED_DIM: usize = 0;
 
-/// Hyper-parameters that fix the shapes of a DCGAN pair.
+/// Hyper-parameters that fix the shapes of a DCGAN pair. The default is the DCGAN of the paper
+/// (latent 100, widths 64) for 32x32 grey images (MNIST padded to 32, the trainer's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
     /// Length of the latent vector `z`.
@@ -39,8 +47,8 @@ impl Default for ModelConfig {
     fn default() -> Self {
         Self {
             latent_dim: 100,
-            image_size: 64,
-            channels: 3,
+            image_size: 32,
+            channels: 1,
             g_width: 64,
             d_width: 64,
             num_classes: None,
@@ -50,28 +58,75 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// Checks every field; the error names the offending one.
+    /// Checks every field, and the size of the networks they make; the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(ModelError::Config(msg));
+        let bad = |field, problem: String| Err(ModelError::invalid(field, problem));
         if !(16..=256).contains(&self.image_size) || !self.image_size.is_power_of_two() {
-            return bad(format!(
-                "image_size must be a power of two between 16 and 256, got {}",
-                self.image_size
-            ));
+            return bad(
+                ConfigField::ImageSize,
+                format!(
+                    "must be a power of two between 16 and 256, got {}",
+                    self.image_size
+                ),
+            );
         }
         if self.channels != 1 && self.channels != 3 {
-            return bad(format!("channels must be 1 or 3, got {}", self.channels));
+            return bad(
+                ConfigField::Channels,
+                format!("must be 1 or 3, got {}", self.channels),
+            );
         }
-        if self.latent_dim == 0 {
-            return bad("latent_dim must be at least 1".into());
-        }
-        if self.g_width == 0 || self.d_width == 0 {
-            return bad("g_width and d_width must be at least 1".into());
+        for (field, value) in [
+            (ConfigField::LatentDim, self.latent_dim),
+            (ConfigField::GeneratorWidth, self.g_width),
+            (ConfigField::DiscriminatorWidth, self.d_width),
+        ] {
+            if !(1..=MAX_DIM).contains(&value) {
+                return bad(
+                    field,
+                    format!("must be between 1 and {MAX_DIM}, got {value}"),
+                );
+            }
         }
         if let Some(n) = self.num_classes {
-            if n < 2 {
-                return bad(format!("num_classes must be at least 2, got {n}"));
+            if !(2..=MAX_DIM).contains(&n) {
+                return bad(
+                    ConfigField::NumClasses,
+                    format!("must be between 2 and {MAX_DIM}, got {n}"),
+                );
             }
+        }
+        if self.label_embed_dim > MAX_DIM {
+            return bad(
+                ConfigField::LabelEmbedDim,
+                format!("must be at most {MAX_DIM}, got {}", self.label_embed_dim),
+            );
+        }
+        // The widest layers hold `width << (stages - 1)` channels: check the pair's size before
+        // anything is allocated (in u128, so that no product overflows).
+        let stages = self.num_stages() as u32;
+        let widest = |w: usize| (w as u128) << stages.saturating_sub(1);
+        let rough =
+            widest(self.g_width) * (self.generator_input_dim() as u128 + widest(self.g_width)) * 16
+                + widest(self.d_width) * widest(self.d_width) * 16;
+        let parameters = if rough > MAX_PARAMETERS as u128 * 4 {
+            rough
+        } else {
+            (generator_spec(self).parameter_count() + discriminator_spec(self).parameter_count())
+                as u128
+        };
+        if parameters > MAX_PARAMETERS as u128 {
+            let field = if widest(self.g_width) >= widest(self.d_width) {
+                ConfigField::GeneratorWidth
+            } else {
+                ConfigField::DiscriminatorWidth
+            };
+            return bad(
+                field,
+                format!(
+                    "makes a model of about {parameters} parameters (at most {MAX_PARAMETERS}); choose smaller widths or latent size"
+                ),
+            );
         }
         Ok(())
     }
@@ -108,13 +163,71 @@ mod tests {
                 ..Default::default()
             };
             let err = cfg.validate().unwrap_err().to_string();
-            assert!(err.contains("image_size"), "{err}");
+            assert!(err.contains("image size"), "{err}");
         }
         let cfg = ModelConfig {
             channels: 2,
             ..Default::default()
         };
         assert!(cfg.validate().unwrap_err().to_string().contains("channels"));
+        let field_of = |cfg: ModelConfig| match cfg.validate() {
+            Err(ModelError::InvalidConfig { field, .. }) => Some(field),
+            _ => None,
+        };
+        for (cfg, field) in [
+            (
+                ModelConfig {
+                    latent_dim: 0,
+                    ..Default::default()
+                },
+                ConfigField::LatentDim,
+            ),
+            (
+                ModelConfig {
+                    latent_dim: 100_000_000,
+                    ..Default::default()
+                },
+                ConfigField::LatentDim,
+            ),
+            (
+                ModelConfig {
+                    g_width: 100_000,
+                    ..Default::default()
+                },
+                ConfigField::GeneratorWidth,
+            ),
+            (
+                ModelConfig {
+                    d_width: 20_000,
+                    ..Default::default()
+                },
+                ConfigField::DiscriminatorWidth,
+            ),
+            (
+                ModelConfig {
+                    image_size: 256,
+                    g_width: 2048,
+                    ..Default::default()
+                },
+                ConfigField::GeneratorWidth,
+            ),
+            (
+                ModelConfig {
+                    num_classes: Some(1),
+                    ..Default::default()
+                },
+                ConfigField::NumClasses,
+            ),
+        ] {
+            assert_eq!(field_of(cfg.clone()), Some(field), "{cfg:?}");
+        }
+        assert_eq!(
+            field_of(ModelConfig {
+                g_width: 512,
+                ..Default::default()
+            }),
+            None
+        );
         for size in [16, 32, 64, 128, 256] {
             let cfg = ModelConfig {
                 image_size: size,

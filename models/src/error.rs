@@ -2,12 +2,43 @@
 
 use std::path::PathBuf;
 
+/// A field of [`crate::ModelConfig`] (programs map them to their own option names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConfigField {
+    ImageSize,
+    Channels,
+    LatentDim,
+    GeneratorWidth,
+    DiscriminatorWidth,
+    NumClasses,
+    LabelEmbedDim,
+}
+
+impl std::fmt::Display for ConfigField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ImageSize => "image size",
+            Self::Channels => "channels",
+            Self::LatentDim => "latent size",
+            Self::GeneratorWidth => "generator width",
+            Self::DiscriminatorWidth => "discriminator width",
+            Self::NumClasses => "number of classes",
+            Self::LabelEmbedDim => "label embedding size",
+        })
+    }
+}
+
 /// Everything that can go wrong building, running or (de)serialising a model.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
-    /// The model configuration is invalid (the message names the field).
-    #[error("invalid model config: {0}")]
-    Config(String),
+    /// A field of the model configuration is out of range.
+    #[error("invalid model: {field} {problem}")]
+    InvalidConfig { field: ConfigField, problem: String },
+    /// The inputs given to a network do not fit it (latent size, labels).
+    #[error("{0}")]
+    Input(String),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -24,6 +55,14 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// Shorthand for an out-of-range config field.
+    pub fn invalid(field: ConfigField, problem: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field,
+            problem: problem.into(),
+        }
+    }
+
     /// Shorthand for an I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

@@ -6,21 +6,21 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::init::init_tensors;
 use crate::network::Network;
-use crate::ops::Kernels;
 use crate::spec::{discriminator_spec, generator_spec};
 use crate::tensors::TensorMap;
+use gantry_kernels::Kernels;
 
 /// Checks labels against a conditional config: present exactly when the model is conditional.
 fn check_labels(cfg: &ModelConfig, labels: Option<&Tensor>, batch: usize) -> Result<()> {
     match (cfg.num_classes, labels) {
         (None, None) => Ok(()),
-        (None, Some(_)) => Err(ModelError::Config(
+        (None, Some(_)) => Err(ModelError::Input(
             "labels were given to an unconditional model".into(),
         )),
-        (Some(_), None) => Err(ModelError::Config(
+        (Some(_), None) => Err(ModelError::Input(
             "a class-conditional model needs labels".into(),
         )),
-        (Some(_), Some(l)) if l.dims() != [batch] => Err(ModelError::Config(format!(
+        (Some(_), Some(l)) if l.dims() != [batch] => Err(ModelError::Input(format!(
             "labels have shape {:?}, expected [{batch}]",
             l.dims()
         ))),
@@ -68,7 +68,7 @@ impl Generator {
     pub fn forward(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let (n, latent) = z.dims2()?;
         if latent != self.config.latent_dim {
-            return Err(ModelError::Config(format!(
+            return Err(ModelError::Input(format!(
                 "latents have {latent} dims, the model expects {}",
                 self.config.latent_dim
             )));
@@ -84,6 +84,28 @@ impl Generator {
 }
 
 impl Generator {
+    /// Images for latents `z` (`[N, latent_dim]`), run in batches of `batch` (bounded memory),
+    /// conditional models getting labels that cycle through the classes (image `i`: class
+    /// `i % num_classes`); detached from autograd. `train` normalises with batch statistics.
+    pub fn generate_batched(&self, z: &Tensor, batch: usize, train: bool) -> Result<Tensor> {
+        let n = z.dim(0)?;
+        if n == 0 || batch == 0 {
+            return Err(ModelError::Input(format!(
+                "{n} latents in batches of {batch}: both must be at least 1"
+            )));
+        }
+        let mut parts = Vec::with_capacity(n.div_ceil(batch));
+        for start in (0..n).step_by(batch) {
+            let len = batch.min(n - start);
+            let labels = cycling_labels(&self.config, start, len, z.device())?;
+            parts.push(
+                self.forward(&z.narrow(0, start, len)?, labels.as_ref(), train)?
+                    .detach(),
+            );
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
     /// Replaces every BatchNorm's running statistics by their average over `batches` train-mode
     /// batches of `batch` latents (drawn from `latent`), so eval mode normalises with statistics
     /// that belong to these weights. Needed for an EMA generator, whose copied statistics were
@@ -179,6 +201,22 @@ impl Discriminator {
     }
 }
 
+/// The labels of images `first..first + n` that cycle through a conditional model's classes
+/// (image `i` gets class `i % num_classes`); `None` for an unconditional model.
+pub fn cycling_labels(
+    cfg: &ModelConfig,
+    first: usize,
+    n: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    cfg.num_classes
+        .map(|k| {
+            let ids: Vec<u32> = (first..first + n).map(|i| (i % k) as u32).collect();
+            labels_tensor(&ids, device)
+        })
+        .transpose()
+}
+
 /// Converts class ids to the integer tensor the embeddings take.
 pub fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_slice(labels, labels.len(), device)?.to_dtype(DType::U32)?)
@@ -187,8 +225,8 @@ pub fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::candle_ops;
     use crate::init::normal_vec;
-    use crate::ops;
 
     fn config(num_classes: Option<usize>) -> ModelConfig {
         ModelConfig {
@@ -316,7 +354,7 @@ mod tests {
         g.recalibrate_batchnorm(2, 6, |_| Ok((z.clone(), None)))
             .unwrap();
         let block = &g.net.blocks[0];
-        let y = ops::conv(
+        let y = candle_ops::conv(
             &z.reshape((6, 12, 1, 1)).unwrap(),
             block.weight.as_tensor(),
             &block.layer,
@@ -338,6 +376,28 @@ mod tests {
         let bn = block.bn.as_ref().unwrap();
         assert!(max_diff(bn.running_mean.as_tensor(), &mean) < 1e-5);
         assert!(max_diff(bn.running_var.as_tensor(), &var) < 1e-5);
+    }
+
+    #[test]
+    fn batched_generation_equals_one_batch_with_cycling_labels() {
+        let dev = Device::Cpu;
+        let g = Generator::new(&config(Some(3)), 4, &dev).unwrap();
+        let z = Tensor::from_vec(
+            normal_vec(&mut crate::init::rng_for(0, "bz"), 5 * 12, 0.0, 1.0),
+            (5, 12),
+            &dev,
+        )
+        .unwrap();
+        let whole = g
+            .forward(
+                &z,
+                Some(&labels_tensor(&[0, 1, 2, 0, 1], &dev).unwrap()),
+                false,
+            )
+            .unwrap();
+        let batched = g.generate_batched(&z, 2, false).unwrap();
+        assert!(max_diff(&whole, &batched) < 1e-6);
+        assert!(g.generate_batched(&z, 0, false).is_err());
     }
 
     #[test]

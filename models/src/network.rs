@@ -1,7 +1,8 @@
 //! A network built by walking a [`NetworkSpec`]: convolution blocks with optional BatchNorm and an
 //! optional label embedding. [`crate::Generator`] and [`crate::Discriminator`] wrap it.
 //!
-//! Blocks run on one of two paths with the same results: candle's ops on NCHW tensors, or
+//! Blocks run on the [`Backend`] that [`Backend::select`] picks, all with the same results:
+//! candle's ops on NCHW tensors (convolutions through cuDNN with [`Backend::Cudnn`]), or
 //! Gantry's CPU kernels on channel-major `[C, B, H, W]` tensors (convolutions become single
 //! batch-merged GEMMs with no permutes, and BatchNorm's per-channel statistics are contiguous
 //! slices). [`Network::forward_blocks`] takes and returns NCHW either way.
@@ -10,11 +11,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor, Var};
 
+use gantry_kernels::{Act, Backend, Kernels};
+
+use crate::candle_ops;
 use crate::error::{ModelError, Result};
-use crate::kernels::{self, Act};
-use crate::ops::{self, Kernels};
-use crate::spec::{ConvLayer, NetworkSpec, BN_EPS, BN_MOMENTUM};
+use crate::spec::{Activation, ConvLayer, NetworkSpec, TensorRole, BN_EPS, BN_MOMENTUM};
 use crate::tensors::TensorMap;
+
+/// The form of a spec activation the CPU kernels fuse into a block (`None` for Tanh, which they
+/// leave to candle).
+fn fused_activation(a: Activation) -> Option<Act> {
+    match a {
+        Activation::Identity => Some(Act::Identity),
+        Activation::Relu => Some(Act::Relu),
+        Activation::LeakyRelu(s) => Some(Act::LeakyRelu(s as f32)),
+        Activation::Tanh => None,
+    }
+}
 
 /// A parameter as a tensor; detached (a constant to autograd) when `frozen`.
 fn param(v: &Var, frozen: bool) -> Tensor {
@@ -52,7 +65,7 @@ impl BatchNorm2d {
 
     /// Eval mode: normalise with the running statistics.
     fn forward_eval(&self, x: &Tensor, frozen: bool, channel_axis: usize) -> Result<Tensor> {
-        ops::batch_norm(
+        candle_ops::batch_norm(
             x,
             self.running_mean.as_tensor(),
             self.running_var.as_tensor(),
@@ -74,24 +87,23 @@ pub struct ConvBlock {
 
 impl ConvBlock {
     /// Convolution, BatchNorm (if any), activation, with candle's ops on an NCHW `x` (the
-    /// convolution through cuDNN on CUDA when `kernels` is [`Kernels::Fast`] and the `cudnn`
-    /// feature is on). `frozen` uses the parameters as constants: gradients reach the input but
-    /// not this block's parameters.
-    pub fn forward_candle(
+    /// convolution through cuDNN with [`Backend::Cudnn`]). `frozen` uses the parameters as
+    /// constants: gradients reach the input but not this block's parameters.
+    pub fn forward_nchw(
         &self,
         x: &Tensor,
         train: bool,
         frozen: bool,
-        kernels: Kernels,
+        backend: Backend,
     ) -> Result<Tensor> {
         let w = param(&self.weight, frozen);
-        let y = match kernels {
-            Kernels::Fast => kernels::conv_nchw(x, &w, &self.layer)?,
-            Kernels::Candle => ops::conv(x, &w, &self.layer)?,
+        let y = match backend {
+            Backend::Cudnn => gantry_kernels::primitive_conv_nchw(x, &w, self.layer.conv_params())?,
+            Backend::Candle | Backend::CpuGemm => candle_ops::conv(x, &w, &self.layer)?,
         };
         let y = match (&self.bn, train) {
             (Some(bn), true) => {
-                let (y, mean, var) = ops::batch_norm_train(
+                let (y, mean, var) = candle_ops::batch_norm_train(
                     &y,
                     &param(&bn.gamma, frozen),
                     &param(&bn.beta, frozen),
@@ -104,21 +116,22 @@ impl ConvBlock {
             (Some(bn), false) => bn.forward_eval(&y, frozen, 1)?,
             (None, _) => y,
         };
-        ops::activate(&y, self.layer.activation)
+        candle_ops::activate(&y, self.layer.activation)
     }
 
     /// The same block with Gantry's CPU kernels on a channel-major `x` (`[C, B, H, W]`).
-    pub fn forward_fast(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
+    pub fn forward_channel_major(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
         let w = param(&self.weight, frozen);
-        let act = Act::from_spec(self.layer.activation);
+        let conv = self.layer.conv_params();
+        let act = fused_activation(self.layer.activation);
         if let (Some(bn), true, Some(act)) = (&self.bn, train, act) {
             // Convolution, BatchNorm and activation as one autograd node.
-            let (y, mean, var) = kernels::block::conv_bn_act_train(
+            let (y, mean, var) = gantry_kernels::gemm_conv_bn_act_train(
                 x,
                 &w,
                 &param(&bn.gamma, frozen),
                 &param(&bn.beta, frozen),
-                kernels::conv_params(&self.layer),
+                conv,
                 BN_EPS,
                 act,
             )?;
@@ -133,20 +146,15 @@ impl ConvBlock {
         }
         if let (None, Some(act)) = (&self.bn, act) {
             if act != Act::Identity {
-                return Ok(kernels::block::conv_act(
-                    x,
-                    &w,
-                    kernels::conv_params(&self.layer),
-                    act,
-                )?);
+                return Ok(gantry_kernels::gemm_conv_act(x, &w, conv, act)?);
             }
         }
-        let y = kernels::conv(x, &w, &self.layer)?;
+        let y = gantry_kernels::gemm_conv(x, &w, conv)?;
         match (&self.bn, act) {
             (Some(bn), _) => {
                 let y = if train {
                     // BatchNorm before a non-fusable activation: candle's ops, channel axis 0.
-                    let (y, mean, var) = ops::batch_norm_train(
+                    let (y, mean, var) = candle_ops::batch_norm_train(
                         &y.transpose(0, 1)?,
                         &param(&bn.gamma, frozen),
                         &param(&bn.beta, frozen),
@@ -157,10 +165,10 @@ impl ConvBlock {
                 } else {
                     bn.forward_eval(&y, frozen, 0)?
                 };
-                ops::activate(&y, self.layer.activation)
+                candle_ops::activate(&y, self.layer.activation)
             }
             (None, Some(_)) => Ok(y), // the identity
-            (None, None) => ops::activate(&y, self.layer.activation),
+            (None, None) => candle_ops::activate(&y, self.layer.activation),
         }
     }
 }
@@ -181,7 +189,7 @@ impl Network {
     pub fn from_tensors(spec: NetworkSpec, tensors: &TensorMap, device: &Device) -> Result<Self> {
         let var = |name: &str| -> Result<Var> {
             let t = tensors.get(name).ok_or_else(|| {
-                ModelError::Config(format!("missing tensor `{name}` for the network"))
+                ModelError::Input(format!("missing tensor `{name}` for the network"))
             })?;
             Ok(Var::from_tensor(&t.to_device(device)?.contiguous()?)?)
         };
@@ -233,18 +241,21 @@ impl Network {
         train: bool,
         frozen: bool,
     ) -> Result<Tensor> {
-        if self.kernels == Kernels::Fast && x.device().is_cpu() {
-            let mut h = x.transpose(0, 1)?.contiguous()?;
-            for block in blocks {
-                h = block.forward_fast(&h, train, frozen)?;
+        match Backend::select(self.kernels, x.device()) {
+            Backend::CpuGemm => {
+                let mut h = x.transpose(0, 1)?.contiguous()?;
+                for block in blocks {
+                    h = block.forward_channel_major(&h, train, frozen)?;
+                }
+                Ok(h.transpose(0, 1)?.contiguous()?)
             }
-            Ok(h.transpose(0, 1)?.contiguous()?)
-        } else {
-            let mut h = x.clone();
-            for block in blocks {
-                h = block.forward_candle(&h, train, frozen, self.kernels)?;
+            backend => {
+                let mut h = x.clone();
+                for block in blocks {
+                    h = block.forward_nchw(&h, train, frozen, backend)?;
+                }
+                Ok(h)
             }
-            Ok(h)
         }
     }
 
@@ -256,18 +267,10 @@ impl Network {
         }
     }
 
-    /// Trainable variables with their checkpoint names, in spec order.
-    pub fn parameters(&self) -> Vec<(String, Var)> {
-        self.named_vars(false)
-    }
-
-    /// Every variable (parameters and BatchNorm buffers) with its checkpoint name.
-    pub fn all_vars(&self) -> Vec<(String, Var)> {
-        self.named_vars(true)
-    }
-
-    fn named_vars(&self, with_buffers: bool) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
+    /// Every variable (parameters and buffers) with its checkpoint name and role, in the order
+    /// of [`NetworkSpec::tensors`].
+    pub fn vars_with_roles(&self) -> Vec<(String, Var, TensorRole)> {
+        let mut by_name = std::collections::HashMap::new();
         if let (Some(name), Some(e)) = (
             self.spec
                 .conditioning
@@ -275,20 +278,40 @@ impl Network {
                 .and_then(|c| c.tensor_name()),
             &self.embedding,
         ) {
-            out.push((name.to_string(), e.clone()));
+            by_name.insert(name.to_string(), e.clone());
         }
         for b in &self.blocks {
-            out.push((b.layer.weight_name(), b.weight.clone()));
+            by_name.insert(b.layer.weight_name(), b.weight.clone());
             if let Some(bn) = &b.bn {
-                out.push((b.layer.bn_name("weight"), bn.gamma.clone()));
-                out.push((b.layer.bn_name("bias"), bn.beta.clone()));
-                if with_buffers {
-                    out.push((b.layer.bn_name("running_mean"), bn.running_mean.clone()));
-                    out.push((b.layer.bn_name("running_var"), bn.running_var.clone()));
-                }
+                by_name.insert(b.layer.bn_name("weight"), bn.gamma.clone());
+                by_name.insert(b.layer.bn_name("bias"), bn.beta.clone());
+                by_name.insert(b.layer.bn_name("running_mean"), bn.running_mean.clone());
+                by_name.insert(b.layer.bn_name("running_var"), bn.running_var.clone());
             }
         }
-        out
+        self.spec
+            .tensors()
+            .into_iter()
+            .filter_map(|t| by_name.remove(&t.name).map(|v| (t.name, v, t.role)))
+            .collect()
+    }
+
+    /// Trainable variables (role [`TensorRole::Parameter`]) with their checkpoint names, in
+    /// spec order: what the optimiser updates and the EMA averages.
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        self.vars_with_roles()
+            .into_iter()
+            .filter(|(_, _, role)| *role == TensorRole::Parameter)
+            .map(|(name, var, _)| (name, var))
+            .collect()
+    }
+
+    /// Every variable (parameters and buffers) with its checkpoint name, in spec order.
+    pub fn all_vars(&self) -> Vec<(String, Var)> {
+        self.vars_with_roles()
+            .into_iter()
+            .map(|(name, var, _)| (name, var))
+            .collect()
     }
 
     /// A CPU copy of every tensor (parameters and buffers), ready for a checkpoint.
@@ -304,7 +327,7 @@ impl Network {
         for (name, var) in self.all_vars() {
             let t = tensors
                 .get(&name)
-                .ok_or_else(|| ModelError::Config(format!("missing tensor `{name}`")))?;
+                .ok_or_else(|| ModelError::Input(format!("missing tensor `{name}`")))?;
             var.set(&t.to_device(&self.device)?)?;
         }
         Ok(())
@@ -313,8 +336,39 @@ impl Network {
     /// Looks up label embeddings: `[N]` integer labels -> `[N, dim]`.
     pub fn embed(&self, labels: &Tensor) -> Result<Tensor> {
         let table = self.embedding.as_ref().ok_or_else(|| {
-            ModelError::Config("labels were given to an unconditional network".into())
+            ModelError::Input("labels were given to an unconditional network".into())
         })?;
         Ok(table.as_tensor().embedding(labels)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{generator_spec, ModelConfig};
+
+    /// A fixed one-hot label table is a buffer: not trained, not averaged; a learned one is.
+    #[test]
+    fn parameters_follow_the_spec_roles() {
+        let dev = Device::Cpu;
+        for (embed, trained) in [(0, false), (6, true)] {
+            let cfg = ModelConfig {
+                image_size: 16,
+                g_width: 4,
+                num_classes: Some(3),
+                label_embed_dim: embed,
+                ..Default::default()
+            };
+            let spec = generator_spec(&cfg);
+            let tensors = crate::init::init_tensors(&spec, "g", 1).unwrap();
+            let net = Network::from_tensors(spec.clone(), &tensors, &dev).unwrap();
+            let names: Vec<String> = net.parameters().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(
+                names.contains(&"label_embedding.weight".to_string()),
+                trained
+            );
+            assert!(!names.iter().any(|n| n.contains("running")));
+            assert_eq!(net.all_vars().len(), spec.tensors().len());
+        }
     }
 }

@@ -16,14 +16,7 @@ pub const LEAKY_RELU_SLOPE: f64 = 0.2;
 /// Kernel side of every convolution.
 pub const KERNEL: usize = 4;
 
-/// Convolution direction of a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConvKind {
-    /// A strided convolution (downsampling, weight `[out, in, k, k]`).
-    Conv,
-    /// A transposed convolution (upsampling, weight `[in, out, k, k]`).
-    ConvTranspose,
-}
+pub use gantry_kernels::ConvKind;
 
 /// Non-linearity applied after a layer (after its BatchNorm, if any).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +59,16 @@ impl ConvLayer {
     /// Checkpoint name of a BatchNorm tensor: `weight`, `bias`, `running_mean` or `running_var`.
     pub fn bn_name(&self, tensor: &str) -> String {
         format!("layers.{}.bn.{tensor}", self.index)
+    }
+
+    /// The kernels' description of this layer's convolution.
+    pub fn conv_params(&self) -> gantry_kernels::ConvParams {
+        gantry_kernels::ConvParams {
+            kind: self.kind,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
     }
 
     /// Shape of the convolution weight in candle/PyTorch/ONNX layout.

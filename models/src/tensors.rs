@@ -46,7 +46,7 @@ pub fn safetensors_bytes(
         .collect::<Result<_>>()?;
     let views: Vec<(&str, &Tensor)> = cpu.iter().map(|(k, v)| (k.as_str(), v)).collect();
     safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| ModelError::Config(format!("cannot serialise tensors: {e}")))
+        .map_err(|e| ModelError::Input(format!("cannot serialise tensors: {e}")))
 }
 
 /// Checks that `map` holds exactly the tensors of `spec` with their shapes; the error names

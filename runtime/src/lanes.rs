@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
 
-use crate::error::Result;
+use crate::error::{Result, RuntimeError};
 use crate::session::SessionSpec;
 
 /// Up to `count` single-threaded sessions of one model, opened on first use.
@@ -89,7 +89,10 @@ impl Lanes {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("opening a session does not panic"))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(RuntimeError::inference("opening a lane panicked")))
+                })
                 .collect()
         });
         let sessions = opened
@@ -104,6 +107,34 @@ impl Lanes {
     pub(crate) fn is_open(&self) -> bool {
         self.sessions.get().is_some()
     }
+}
+
+/// Runs `run_slice` on each of `sessions` with its share of `n` rows (contiguous, in order) at
+/// the same time, and returns the parts in order. A panic in a lane becomes an error.
+pub(crate) fn run_split<T: Send>(
+    sessions: &[Mutex<Session>],
+    n: usize,
+    run_slice: impl Fn(Range<usize>, &Mutex<Session>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let slices = split_evenly(n, sessions.len());
+    let run_slice = &run_slice;
+    std::thread::scope(|scope| {
+        let mut jobs = slices.into_iter().zip(sessions);
+        // The calling thread runs the first slice itself.
+        let first = jobs.next();
+        let others: Vec<_> = jobs
+            .map(|(range, session)| scope.spawn(move || run_slice(range, session)))
+            .collect();
+        let mut parts = Vec::with_capacity(others.len() + 1);
+        if let Some((range, session)) = first {
+            parts.push(run_slice(range, session));
+        }
+        parts.extend(others.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(RuntimeError::inference("a batch lane panicked")))
+        }));
+        parts.into_iter().collect()
+    })
 }
 
 /// `n` items split into `parts` contiguous ranges whose lengths differ by at most one.

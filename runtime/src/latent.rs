@@ -5,6 +5,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::request::MIN_TRUNCATION;
+
 /// A reproducible stream of latent vectors: the same seed always yields the same sequence, so
 /// image `i` of a run does not depend on the batch size.
 pub struct LatentStream {
@@ -15,12 +17,19 @@ pub struct LatentStream {
 
 impl LatentStream {
     /// Latents of `dim` values from `seed`; with `truncation`, each value whose magnitude exceeds
-    /// it is redrawn (the truncation trick: less variety, higher fidelity).
+    /// it is redrawn (the truncation trick: less variety, higher fidelity). A threshold below
+    /// [`MIN_TRUNCATION`] (or not a number) is raised to it, so that drawing always ends.
     pub fn new(seed: u64, dim: usize, truncation: Option<f32>) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(seed),
             dim,
-            truncation,
+            truncation: truncation.map(|t| {
+                if t >= MIN_TRUNCATION {
+                    t
+                } else {
+                    MIN_TRUNCATION
+                }
+            }),
         }
     }
 
@@ -85,6 +94,11 @@ mod tests {
     fn truncation_bounds_every_value() {
         let z = LatentStream::new(1, 100, Some(0.5)).next_batch(50);
         assert!(z.iter().all(|v| v.abs() <= 0.5));
+        // A threshold too small to reach (or NaN) is raised to the minimum instead of hanging.
+        for t in [1e-8, 0.0, f32::NAN] {
+            let z = LatentStream::new(1, 100, Some(t)).next_batch(2);
+            assert!(z.iter().all(|v| v.abs() <= MIN_TRUNCATION), "{t}");
+        }
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //!     .model("generator.onnx")
 //!     .providers(ProviderChoice::Auto)
 //!     .build()?;
-//! println!("running on {}", generator.providers().active.ort_name());
+//! println!("running on {}", generator.providers().active);
 //! for (i, img) in generator.generate(16, 42)?.iter().enumerate() {
-//!     img.save(format!("sample_{i}.png")).unwrap();
+//!     gantry_runtime::output::save_png(img, format!("sample_{i}.png").as_ref())?;
 //! }
 //! # Ok::<(), gantry_runtime::RuntimeError>(())
 //! ```
@@ -18,21 +18,35 @@
 //! Works with any DCGAN-style generator: input `[N, nz]` or `[N, nz, 1, 1]` float32 (plus an
 //! int64 `[N]` label for conditional models), output NCHW float in [-1, 1] or NHWC uint8.
 //! Gantry's `gantry.*` metadata is used when present.
+//!
+//! The library depends on ONNX Runtime (loaded at run time), `ndarray` and `image`; the
+//! `runtime` command line is a separate package (`gantry-runtime-cli`).
 
-pub mod commands;
-pub mod error;
-pub mod generator;
+#![deny(unsafe_code)] // `deny`, not `forbid`: ndarray's `s!` allows it inside its expansion
+
+mod builder;
+mod error;
+mod generator;
+mod image_batch;
 mod lanes;
-pub mod latent;
+mod latent;
 pub mod library;
 pub mod output;
-pub mod providers;
+mod providers;
+mod request;
 mod session;
-pub mod signature;
+mod signature;
 
-pub use error::{Result, RuntimeError};
-pub use generator::{GenerateRequest, Generator, GeneratorBuilder, ImageBatch, MAX_IMAGES};
+pub use builder::GeneratorBuilder;
+pub use error::{RequestField, Result, RuntimeError, SourceError};
+pub use generator::Generator;
+pub use image_batch::ImageBatch;
 pub use latent::{slerp, LatentStream};
 pub use providers::{Provider, ProviderChoice, ProviderOptions, ProviderReport};
+pub use request::{
+    GenerateRequest, DEFAULT_BATCH_SIZE, MAX_IMAGES, MAX_INTERPOLATION_STEPS, MIN_TRUNCATION,
+};
 pub use session::GraphOptimization;
-pub use signature::{ModelInfo, OutputLayout, Signature};
+pub use signature::{
+    detect as detect_signature, ElementType, ModelInfo, OutputLayout, Signature, TensorInfo,
+};

@@ -1,5 +1,7 @@
 //! Writing generated images: numbered PNGs (encoded in parallel), a grid, a streaming `.npy`
-//! array, image strips and animated GIFs.
+//! array, image strips and animated GIFs. Every file is written to a temporary file beside it
+//! and renamed into place when complete, so an interrupted run never leaves a partial file or
+//! destroys a previous complete one.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,17 +12,28 @@ use image::{DynamicImage, ImageEncoder};
 use rayon::prelude::*;
 
 use crate::error::{Result, RuntimeError};
-use crate::generator::ImageBatch;
+use crate::image_batch::ImageBatch;
 
-/// Images kept for the grid (the first ones generated).
-pub const GRID_LIMIT: usize = 256;
+/// A temporary sibling of `path` (hidden, unique to this process and call).
+fn temp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
 
-/// Makes `dir` (and parents) and checks that files can be created in it.
-pub fn prepare_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io(dir, e))?;
-    let probe = dir.join(".gantry-write-test");
-    File::create(&probe).map_err(|e| RuntimeError::io(dir, e))?;
-    let _ = std::fs::remove_file(probe);
+/// Writes `bytes` to `path` through a temporary file renamed into place.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RuntimeError::io(path, e));
+    }
     Ok(())
 }
 
@@ -43,15 +56,17 @@ pub fn png_bytes(img: &DynamicImage) -> Result<Vec<u8>> {
 
 /// Writes `img` to `path` as PNG.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
-    let bytes = png_bytes(img)?;
-    std::fs::write(path, bytes).map_err(|e| RuntimeError::io(path, e))
+    write_file_atomic(path, &png_bytes(img)?)
 }
 
 /// Writes each image of `batch` as `dir/{first + i:06}.png`, encoding in parallel.
 pub fn write_pngs(dir: &Path, first: usize, batch: &ImageBatch) -> Result<()> {
-    (0..batch.count).into_par_iter().try_for_each(|i| {
+    (0..batch.count()).into_par_iter().try_for_each(|i| {
         let path = dir.join(format!("{:06}.png", first + i));
-        save_png(&batch.image(i), &path)
+        match batch.image(i) {
+            Some(img) => save_png(&img, &path),
+            None => Ok(()),
+        }
     })
 }
 
@@ -81,45 +96,56 @@ pub fn grid_with_columns(images: &[DynamicImage], cols: usize, pad: u32) -> Dyna
     canvas
 }
 
-/// Writes an animated GIF looping over `frames`.
+/// The bytes of an animated GIF that plays `frames` forwards and back, looping.
+pub fn gif_bytes(frames: &[DynamicImage], frame_ms: u32) -> Result<Vec<u8>> {
+    let encode = |e: image::ImageError| RuntimeError::Encode {
+        path: PathBuf::from("<memory>"),
+        message: e.to_string(),
+    };
+    let mut out = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .map_err(encode)?;
+        let delay = image::Delay::from_numer_denom_ms(frame_ms, 1);
+        let all = frames.iter().chain(frames.iter().rev().skip(1));
+        enc.encode_frames(all.map(|f| image::Frame::from_parts(f.to_rgba8(), 0, 0, delay)))
+            .map_err(encode)?;
+    }
+    Ok(out)
+}
+
+/// Writes an animated GIF that plays `frames` forwards and back, looping.
 pub fn save_gif(frames: &[DynamicImage], path: &Path, frame_ms: u32) -> Result<()> {
-    let file = File::create(path).map_err(|e| RuntimeError::io(path, e))?;
-    let mut enc = image::codecs::gif::GifEncoder::new(BufWriter::new(file));
-    enc.set_repeat(image::codecs::gif::Repeat::Infinite)
-        .map_err(|e| RuntimeError::Encode {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    let delay = image::Delay::from_numer_denom_ms(frame_ms, 1);
-    let all = frames.iter().chain(frames.iter().rev().skip(1));
-    enc.encode_frames(all.map(|f| image::Frame::from_parts(f.to_rgba8(), 0, 0, delay)))
-        .map_err(|e| RuntimeError::Encode {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+    write_file_atomic(path, &gif_bytes(frames, frame_ms)?)
 }
 
 /// Streams uint8 images into a NumPy `.npy` file of shape `[N, H, W, C]` without holding them
-/// all: the header is written up front for the announced count, the data batch by batch.
+/// all: the header is written up front for the announced count, the data batch by batch, into
+/// a temporary file that [`NpyWriter::finish`] renames into place once every image is there
+/// (dropped unfinished, it removes the temporary file and leaves any previous file alone).
 /// (The `.npy` v1.0 format: magic, version, a little header dict padded to 64 bytes, raw data.)
 pub struct NpyWriter {
     path: PathBuf,
-    file: BufWriter<File>,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
     expected: usize,
     written: usize,
-    image_len: Option<usize>,
+    image_shape: Option<(usize, usize, usize)>,
 }
 
 impl NpyWriter {
-    /// Creates `path` for `count` images (the shape is written with the first batch).
+    /// Starts `path` for `count` images (the shape is written with the first batch).
     pub fn create(path: &Path, count: usize) -> Result<Self> {
-        let file = File::create(path).map_err(|e| RuntimeError::io(path, e))?;
+        let tmp = temp_path(path);
+        let file = File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
-            file: BufWriter::new(file),
+            tmp,
+            file: Some(BufWriter::new(file)),
             expected: count,
             written: 0,
-            image_len: None,
+            image_shape: None,
         })
     }
 
@@ -137,34 +163,69 @@ impl NpyWriter {
         out
     }
 
-    /// Appends a batch.
-    pub fn append(&mut self, batch: &ImageBatch) -> Result<()> {
-        let io = |e| RuntimeError::io(&self.path, e);
-        if self.image_len.is_none() {
-            let header = Self::header(self.expected, batch.height, batch.width, batch.channels);
-            self.file.write_all(&header).map_err(io)?;
-            self.image_len = Some(batch.height * batch.width * batch.channels);
-        }
-        self.file
-            .write_all(&batch.pixels)
-            .map_err(|e| RuntimeError::io(&self.path, e))?;
-        self.written += batch.count;
-        Ok(())
+    fn mismatch(&self, message: String) -> RuntimeError {
+        RuntimeError::io(&self.path, std::io::Error::other(message))
     }
 
-    /// Flushes and checks that the announced number of images was written.
-    pub fn finish(mut self) -> Result<()> {
-        if self.written != self.expected {
-            return Err(RuntimeError::Invalid(format!(
-                "{}: {} images written, {} announced",
-                self.path.display(),
-                self.written,
+    /// Appends a batch (of the same image size as the first, within the announced count).
+    pub fn append(&mut self, batch: &ImageBatch) -> Result<()> {
+        let shape = (batch.height(), batch.width(), batch.channels());
+        if self.written + batch.count() > self.expected {
+            return Err(self.mismatch(format!(
+                "{} images would exceed the {} announced",
+                self.written + batch.count(),
                 self.expected
             )));
         }
-        self.file
-            .flush()
-            .map_err(|e| RuntimeError::io(&self.path, e))
+        let first = self.image_shape.is_none();
+        if *self.image_shape.get_or_insert(shape) != shape {
+            return Err(self.mismatch(format!("images of {shape:?} after {:?}", self.image_shape)));
+        }
+        let path = self.path.clone();
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| RuntimeError::io(&path, std::io::Error::other("already finished")))?;
+        let io = |e| RuntimeError::io(&path, e);
+        if first {
+            let (h, w, c) = shape;
+            file.write_all(&Self::header(self.expected, h, w, c))
+                .map_err(io)?;
+        }
+        file.write_all(batch.pixels()).map_err(io)?;
+        self.written += batch.count();
+        Ok(())
+    }
+
+    /// Checks that the announced number of images was written, syncs the file and renames it
+    /// into place.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.expected {
+            return Err(self.mismatch(format!(
+                "{} images written, {} announced",
+                self.written, self.expected
+            )));
+        }
+        let file = self.file.take();
+        let done = file
+            .map(|f| {
+                f.into_inner()
+                    .map_err(|e| e.into_error())
+                    .and_then(|f| f.sync_all())
+            })
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path));
+        done.map_err(|e| RuntimeError::io(&self.path, e))
+    }
+}
+
+impl Drop for NpyWriter {
+    fn drop(&mut self) {
+        // Unfinished or failed: the temporary file goes, a previous complete file stays.
+        if self.file.is_some() || self.tmp.exists() {
+            self.file = None;
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -180,6 +241,41 @@ mod tests {
         let text = String::from_utf8_lossy(&h[10..]);
         assert!(text.contains("'shape': (3, 32, 32, 1)"), "{text}");
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn npy_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("samples.npy");
+        let batch = ImageBatch::new((0..8).collect(), 2, 2, 2, 1).unwrap();
+        let mut w = NpyWriter::create(&path, 4).unwrap();
+        w.append(&batch).unwrap();
+        w.append(&batch).unwrap();
+        w.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!(header % 64, 0);
+        assert_eq!(bytes.len(), header + 16);
+        assert_eq!(
+            &bytes[header..header + 8],
+            &[0, 1, 2, 3, 4, 5, 6, 7],
+            "the data follows the header"
+        );
+        // An interrupted second run leaves the first file as it was, and no temporary file.
+        let mut w = NpyWriter::create(&path, 4).unwrap();
+        w.append(&batch).unwrap();
+        assert!(w.finish().is_err(), "2 of 4 images");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let mut w = NpyWriter::create(&path, 2).unwrap();
+        w.append(&batch).unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let mut w = NpyWriter::create(&path, 2).unwrap();
+        let rgb = ImageBatch::new(vec![0; 12], 1, 2, 2, 3).unwrap();
+        w.append(&rgb).unwrap();
+        assert!(w.append(&batch).is_err(), "a different image size");
     }
 
     #[test]

@@ -9,11 +9,19 @@ use ort::session::builder::SessionBuilder;
 use crate::error::{Result, RuntimeError};
 
 /// An execution provider Gantry knows how to configure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Provider {
     TensorRt,
     Cuda,
     Cpu,
+}
+
+impl std::fmt::Display for Provider {
+    /// ONNX Runtime's name of the provider.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.ort_name())
+    }
 }
 
 impl Provider {
@@ -35,7 +43,11 @@ impl Provider {
         }
     }
 
-    /// Whether the loaded ONNX Runtime library was built with this provider.
+    /// Every provider, in the order [`ProviderChoice::Auto`] tries them.
+    pub const ALL: [Provider; 3] = [Provider::TensorRt, Provider::Cuda, Provider::Cpu];
+
+    /// Whether the loaded ONNX Runtime library was built with this provider (call after a
+    /// [`crate::Generator`] was built: the library loads then).
     pub fn is_compiled_in(self) -> bool {
         match self {
             Self::TensorRt => ep::TensorRT::is_available().unwrap_or(false),
@@ -47,6 +59,7 @@ impl Provider {
 
 /// Which providers to try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ProviderChoice {
     /// TensorRT, then CUDA, then CPU: the first that registers wins; failures are logged.
     #[default]
@@ -70,8 +83,9 @@ impl std::str::FromStr for ProviderChoice {
     }
 }
 
-/// Provider settings.
+/// Provider settings: start from `ProviderOptions::default()` and set fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ProviderOptions {
     /// GPU ordinal for CUDA and TensorRT.
     pub device_id: i32,
@@ -99,6 +113,7 @@ impl Default for ProviderOptions {
 
 /// What happened when the providers were registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProviderReport {
     /// The provider the session runs on (CPU also takes any node the others cannot).
     pub active: Provider,
@@ -131,7 +146,7 @@ fn try_register(
     opts: &ProviderOptions,
 ) -> std::result::Result<(), String> {
     if !provider.is_compiled_in() {
-        return Err("not in this ONNX Runtime build; GPU providers need the onnxruntime-gpu library (--ort-lib or ORT_DYLIB_PATH)".into());
+        return Err("not in this ONNX Runtime build; GPU providers need the library of the onnxruntime-gpu package".into());
     }
     let result = match provider {
         Provider::TensorRt => {
@@ -167,7 +182,7 @@ fn try_register(
 }
 
 /// Registers providers on `builder` as `choice` asks and reports which one is active.
-pub fn register(
+pub(crate) fn register(
     builder: &mut SessionBuilder,
     choice: ProviderChoice,
     opts: &ProviderOptions,
@@ -175,7 +190,7 @@ pub fn register(
     match choice {
         ProviderChoice::Only(p) => {
             try_register(p, builder, opts).map_err(|message| RuntimeError::Provider {
-                provider: p.ort_name().into(),
+                provider: p,
                 message,
             })?;
             Ok(ProviderReport {

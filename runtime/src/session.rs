@@ -10,6 +10,7 @@ use crate::library;
 
 /// How much ONNX Runtime rewrites the graph before running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum GraphOptimization {
     /// No rewrites (a reference for checking that optimisations keep the results).
     Disabled,
@@ -73,14 +74,16 @@ impl SessionSpec {
             .commit_from_file(&self.path)
             .map_err(|e| RuntimeError::Model {
                 path: self.path.clone(),
-                message: format!("not a loadable ONNX model ({e})"),
+                message: "not a loadable ONNX model".into(),
+                source: Some(e.into()),
             })
     }
 
     fn error(&self, e: ort::Error) -> RuntimeError {
         RuntimeError::Model {
             path: self.path.clone(),
-            message: e.to_string(),
+            message: "cannot configure an ONNX Runtime session".into(),
+            source: Some(e.into()),
         }
     }
 }

@@ -9,8 +9,89 @@ use ort::value::{TensorElementType, ValueType};
 
 use crate::error::{Result, RuntimeError};
 
+/// Element type of a model input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ElementType {
+    Float32,
+    Float16,
+    Int64,
+    Uint8,
+    /// Any other tensor element type, or a value that is not a tensor (by ONNX Runtime's name).
+    Other(String),
+}
+
+impl std::fmt::Display for ElementType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Float32 => f.write_str("float32"),
+            Self::Float16 => f.write_str("float16"),
+            Self::Int64 => f.write_str("int64"),
+            Self::Uint8 => f.write_str("uint8"),
+            Self::Other(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A model input or output as ONNX Runtime reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TensorInfo {
+    pub name: String,
+    pub element: ElementType,
+    /// Dimensions; `None` for a dynamic one (such as the batch). Empty for non-tensors.
+    pub shape: Vec<Option<usize>>,
+}
+
+impl TensorInfo {
+    /// A tensor description.
+    pub fn new(name: impl Into<String>, element: ElementType, shape: Vec<Option<usize>>) -> Self {
+        Self {
+            name: name.into(),
+            element,
+            shape,
+        }
+    }
+
+    /// The description of an ONNX Runtime input or output.
+    pub(crate) fn from_ort(name: &str, t: &ValueType) -> Self {
+        match t {
+            ValueType::Tensor { ty, shape, .. } => {
+                let element = match ty {
+                    TensorElementType::Float32 => ElementType::Float32,
+                    TensorElementType::Float16 => ElementType::Float16,
+                    TensorElementType::Int64 => ElementType::Int64,
+                    TensorElementType::Uint8 => ElementType::Uint8,
+                    other => ElementType::Other(format!("{other:?}").to_lowercase()),
+                };
+                let dims = shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+                Self::new(name, element, dims)
+            }
+            other => Self::new(name, ElementType::Other(format!("{other:?}")), Vec::new()),
+        }
+    }
+
+    /// Dimension `i` when it is fixed and positive.
+    fn dim(&self, i: usize) -> Option<usize> {
+        self.shape.get(i).copied().flatten().filter(|&d| d > 0)
+    }
+}
+
+impl std::fmt::Display for TensorInfo {
+    /// `z: float32 [?, 100]` (`?` for a dynamic dimension).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .map(|d| d.map_or_else(|| "?".to_string(), |d| d.to_string()))
+            .collect();
+        write!(f, "{}: {} [{}]", self.name, self.element, dims.join(", "))
+    }
+}
+
 /// Layout and type of the image output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OutputLayout {
     /// float32 `[N, C, H, W]` in [-1, 1].
     FloatNchw,
@@ -20,6 +101,7 @@ pub enum OutputLayout {
 
 /// How to feed the model and read its images.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Signature {
     pub latent_input: String,
     pub latent_dim: usize,
@@ -33,28 +115,11 @@ pub struct Signature {
     pub image_shape: Option<(usize, usize, usize)>,
 }
 
-fn describe(name: &str, t: &ValueType) -> String {
-    match t {
-        ValueType::Tensor { ty, shape, .. } => {
-            format!("{name}: {ty:?} {:?}", shape.iter().collect::<Vec<_>>())
-        }
-        other => format!("{name}: {other:?}"),
-    }
-}
-
-fn dim(shape: &[i64], i: usize) -> Option<usize> {
-    shape.get(i).and_then(|&d| (d > 0).then_some(d as usize))
-}
-
-/// Works out the signature from the model's inputs and outputs.
-pub fn detect(
-    path: &Path,
-    inputs: &[(String, ValueType)],
-    outputs: &[(String, ValueType)],
-) -> Result<Signature> {
+/// Works out the signature from the model's inputs and outputs; the error names `path`.
+pub fn detect(path: &Path, inputs: &[TensorInfo], outputs: &[TensorInfo]) -> Result<Signature> {
     let listing = || {
-        let ins: Vec<String> = inputs.iter().map(|(n, t)| describe(n, t)).collect();
-        let outs: Vec<String> = outputs.iter().map(|(n, t)| describe(n, t)).collect();
+        let ins: Vec<String> = inputs.iter().map(ToString::to_string).collect();
+        let outs: Vec<String> = outputs.iter().map(ToString::to_string).collect();
         format!("inputs [{}], outputs [{}]", ins.join("; "), outs.join("; "))
     };
     let bad = |why: &str| RuntimeError::Signature {
@@ -63,52 +128,54 @@ pub fn detect(
     };
     let mut latent = None;
     let mut label = None;
-    for (name, t) in inputs {
-        let ValueType::Tensor { ty, shape, .. } = t else {
-            return Err(bad(&format!("input `{name}` is not a tensor")));
-        };
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        match (ty, dims.len()) {
-            (TensorElementType::Float32, 2) if latent.is_none() => {
-                let nz = dim(&dims, 1).ok_or_else(|| bad("the latent input's size is not fixed"))?;
-                latent = Some((name.clone(), nz, false));
+    for t in inputs {
+        let rank = t.shape.len();
+        match (&t.element, rank) {
+            (ElementType::Float32, 2) if latent.is_none() => {
+                let nz = t.dim(1).ok_or_else(|| bad("the latent input's size is not fixed"))?;
+                latent = Some((t.name.clone(), nz, false));
             }
-            (TensorElementType::Float32, 4) if latent.is_none() && dim(&dims, 2) == Some(1) && dim(&dims, 3) == Some(1) => {
-                let nz = dim(&dims, 1).ok_or_else(|| bad("the latent input's size is not fixed"))?;
-                latent = Some((name.clone(), nz, true));
+            (ElementType::Float32, 4)
+                if latent.is_none() && t.dim(2) == Some(1) && t.dim(3) == Some(1) =>
+            {
+                let nz = t.dim(1).ok_or_else(|| bad("the latent input's size is not fixed"))?;
+                latent = Some((t.name.clone(), nz, true));
             }
-            (TensorElementType::Int64, 1) if label.is_none() => label = Some(name.clone()),
-            _ => return Err(bad(&format!("input `{name}` is neither a float32 latent [N, nz] / [N, nz, 1, 1] nor an int64 label [N]"))),
+            (ElementType::Int64, 1) if label.is_none() => label = Some(t.name.clone()),
+            _ => {
+                return Err(bad(&format!(
+                    "input `{}` is neither a float32 latent [N, nz] / [N, nz, 1, 1] nor an int64 label [N]",
+                    t.name
+                )))
+            }
         }
     }
     let (latent_input, latent_dim, latent_is_4d) =
         latent.ok_or_else(|| bad("no float32 latent input [N, nz] or [N, nz, 1, 1]"))?;
-    let (output, t) = outputs.first().ok_or_else(|| bad("no outputs"))?;
-    let ValueType::Tensor { ty, shape, .. } = t else {
-        return Err(bad("the output is not a tensor"));
-    };
-    let dims: Vec<i64> = shape.iter().copied().collect();
-    if dims.len() != 4 {
+    let out = outputs.first().ok_or_else(|| bad("no outputs"))?;
+    if out.shape.len() != 4 {
         return Err(bad("the output is not a 4-D image batch"));
     }
-    let (layout, image_shape) = match ty {
-        TensorElementType::Float32 => {
-            if matches!(dim(&dims, 1), Some(c) if c != 1 && c != 3) {
+    let (layout, image_shape) = match out.element {
+        ElementType::Float32 => {
+            if matches!(out.dim(1), Some(c) if c != 1 && c != 3) {
                 return Err(bad("the float output must be NCHW with 1 or 3 channels"));
             }
-            let shape = dim(&dims, 1)
-                .zip(dim(&dims, 2))
-                .zip(dim(&dims, 3))
+            let shape = out
+                .dim(1)
+                .zip(out.dim(2))
+                .zip(out.dim(3))
                 .map(|((c, h), w)| (c, h, w));
             (OutputLayout::FloatNchw, shape)
         }
-        TensorElementType::Uint8 => {
-            if matches!(dim(&dims, 3), Some(c) if c != 1 && c != 3) {
+        ElementType::Uint8 => {
+            if matches!(out.dim(3), Some(c) if c != 1 && c != 3) {
                 return Err(bad("the uint8 output must be NHWC with 1 or 3 channels"));
             }
-            let shape = dim(&dims, 3)
-                .zip(dim(&dims, 1))
-                .zip(dim(&dims, 2))
+            let shape = out
+                .dim(3)
+                .zip(out.dim(1))
+                .zip(out.dim(2))
                 .map(|((c, h), w)| (c, h, w));
             (OutputLayout::Uint8Nhwc, shape)
         }
@@ -123,7 +190,7 @@ pub fn detect(
         latent_dim,
         latent_is_4d,
         label_input: label,
-        output: output.clone(),
+        output: out.name.clone(),
         layout,
         image_shape,
     })
@@ -131,12 +198,13 @@ pub fn detect(
 
 /// Everything `runtime info` shows about a model.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ModelInfo {
     pub path: std::path::PathBuf,
     pub signature: Signature,
-    /// Input and output descriptions as ONNX Runtime reports them.
-    pub inputs: Vec<String>,
-    pub outputs: Vec<String>,
+    /// Inputs and outputs as ONNX Runtime reports them.
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
     /// `metadata_props` of the model (Gantry's `gantry.*` keys when exported by Gantry).
     pub metadata: BTreeMap<String, String>,
     pub producer: Option<String>,
@@ -146,11 +214,11 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     /// Describes a loaded model.
-    pub fn new(
+    pub(crate) fn new(
         path: &Path,
         signature: Signature,
-        inputs: &[(String, ValueType)],
-        outputs: &[(String, ValueType)],
+        inputs: Vec<TensorInfo>,
+        outputs: Vec<TensorInfo>,
         metadata: BTreeMap<String, String>,
         producer: Option<String>,
     ) -> Self {
@@ -161,11 +229,99 @@ impl ModelInfo {
         Self {
             path: path.to_path_buf(),
             signature,
-            inputs: inputs.iter().map(|(n, t)| describe(n, t)).collect(),
-            outputs: outputs.iter().map(|(n, t)| describe(n, t)).collect(),
+            inputs,
+            outputs,
             metadata,
             producer,
             num_classes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, element: ElementType, shape: &[Option<usize>]) -> TensorInfo {
+        TensorInfo::new(name, element, shape.to_vec())
+    }
+
+    #[test]
+    fn recognises_gantry_and_pytorch_generators() {
+        let p = Path::new("g.onnx");
+        let gantry = detect(
+            p,
+            &[
+                t("z", ElementType::Float32, &[None, Some(100)]),
+                t("label", ElementType::Int64, &[None]),
+            ],
+            &[t(
+                "image",
+                ElementType::Uint8,
+                &[None, Some(32), Some(32), Some(1)],
+            )],
+        )
+        .unwrap();
+        assert_eq!(gantry.latent_dim, 100);
+        assert_eq!(gantry.label_input.as_deref(), Some("label"));
+        assert_eq!(gantry.layout, OutputLayout::Uint8Nhwc);
+        assert_eq!(gantry.image_shape, Some((1, 32, 32)));
+        let torch = detect(
+            p,
+            &[t(
+                "input",
+                ElementType::Float32,
+                &[None, Some(64), Some(1), Some(1)],
+            )],
+            &[t(
+                "output",
+                ElementType::Float32,
+                &[None, Some(3), Some(64), Some(64)],
+            )],
+        )
+        .unwrap();
+        assert!(torch.latent_is_4d);
+        assert_eq!(torch.image_shape, Some((3, 64, 64)));
+        assert_eq!(
+            t("z", ElementType::Float32, &[None, Some(16)]).to_string(),
+            "z: float32 [?, 16]"
+        );
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_generator_naming_the_file() {
+        let p = Path::new("odd.onnx");
+        let latent = [t("z", ElementType::Float32, &[None, Some(8)])];
+        let cases: Vec<(Vec<TensorInfo>, Vec<TensorInfo>, &str)> = vec![
+            (
+                latent.to_vec(),
+                vec![t("y", ElementType::Float32, &[None, Some(8)])],
+                "4-D",
+            ),
+            (
+                latent.to_vec(),
+                vec![t(
+                    "y",
+                    ElementType::Float32,
+                    &[None, Some(2), Some(8), Some(8)],
+                )],
+                "1 or 3 channels",
+            ),
+            (
+                vec![t("z", ElementType::Float32, &[None, None])],
+                vec![],
+                "not fixed",
+            ),
+            (
+                vec![t("s", ElementType::Other("string".into()), &[None])],
+                vec![],
+                "neither",
+            ),
+            (vec![], vec![], "no float32 latent"),
+        ];
+        for (ins, outs, needle) in cases {
+            let err = detect(p, &ins, &outs).unwrap_err().to_string();
+            assert!(err.contains("odd.onnx") && err.contains(needle), "{err}");
         }
     }
 }

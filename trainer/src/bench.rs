@@ -1,15 +1,14 @@
 //! `trainer bench`: times the training step on synthetic data (like the PyTorch reference in
-//! `../shared/bench/torch_dcgan_bench.py`) and, with profiling, where the time goes.
+//! `bench/torch_dcgan.py`) and, with profiling, where the time goes.
 
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use gantry_models::{profile, AdamConfig, Kernels, ModelConfig};
+use gantry_models::{profile, Kernels, ModelConfig};
 use rand::RngCore;
 
-use crate::data::{Dataset, DatasetKind, Fit};
-use crate::error::Result;
-use crate::loss::LossKind;
+use crate::data::{Dataset, DatasetKind};
+use crate::error::{Result, Setting, TrainError};
 use crate::train::{TrainConfig, Trainer};
 
 /// One benchmark configuration.
@@ -50,25 +49,24 @@ fn synthetic_data(spec: &BenchSpec) -> Dataset {
 /// Runs `warmup + steps` training steps of the default DCGAN on `device`; the median of the
 /// timed steps is reported. With `profile_spans`, also the per-phase and per-kernel breakdown.
 pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
+    if spec.steps == 0 {
+        return Err(TrainError::invalid(
+            Setting::Steps,
+            "must be at least 1, got 0",
+        ));
+    }
     let model = ModelConfig {
         image_size: spec.image_size,
         channels: spec.channels,
         ..ModelConfig::default()
     };
     let config = TrainConfig {
-        dataset: DatasetKind::Folder,
         data_dir: "synthetic".into(),
-        fit: Fit::Crop,
         batch_size: spec.batch_size,
         epochs: u64::MAX / 1024,
-        max_steps: None,
-        seed: 0,
-        adam: AdamConfig::default(),
-        loss: LossKind::Bce,
-        ema: None,
-        conditional: false,
         sample_every: 0,
         checkpoint_every: 0,
+        ..TrainConfig::for_dataset(DatasetKind::Folder)
     };
     let mut trainer = Trainer::new(config, model, synthetic_data(spec), device)?;
     trainer.set_kernels(spec.kernels);

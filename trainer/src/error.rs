@@ -2,18 +2,95 @@
 
 use std::path::PathBuf;
 
+use gantry_models::ConfigField;
+
+/// A setting of a training run, evaluation or benchmark (programs map them to their own option
+/// names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Setting {
+    Dataset,
+    DataDir,
+    Out,
+    Resume,
+    Checkpoint,
+    Images,
+    ImageSize,
+    Channels,
+    BatchSize,
+    Epochs,
+    MaxSteps,
+    LearningRate,
+    Beta1,
+    Beta2,
+    LatentDim,
+    GeneratorWidth,
+    DiscriminatorWidth,
+    Ema,
+    Conditional,
+    Device,
+    SampleCount,
+    Steps,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dataset => "data set",
+            Self::DataDir => "data folder",
+            Self::Out => "output folder",
+            Self::Resume => "run to resume",
+            Self::Checkpoint => "checkpoint",
+            Self::Images => "image folder",
+            Self::ImageSize => "image size",
+            Self::Channels => "channels",
+            Self::BatchSize => "batch size",
+            Self::Epochs => "epochs",
+            Self::MaxSteps => "step budget",
+            Self::LearningRate => "learning rate",
+            Self::Beta1 => "Adam beta1",
+            Self::Beta2 => "Adam beta2",
+            Self::LatentDim => "latent size",
+            Self::GeneratorWidth => "generator width",
+            Self::DiscriminatorWidth => "discriminator width",
+            Self::Ema => "EMA decay",
+            Self::Conditional => "conditioning",
+            Self::Device => "device",
+            Self::SampleCount => "sample count",
+            Self::Steps => "steps",
+        })
+    }
+}
+
+impl From<ConfigField> for Setting {
+    fn from(field: ConfigField) -> Self {
+        match field {
+            ConfigField::ImageSize => Self::ImageSize,
+            ConfigField::Channels => Self::Channels,
+            ConfigField::LatentDim => Self::LatentDim,
+            ConfigField::GeneratorWidth => Self::GeneratorWidth,
+            ConfigField::DiscriminatorWidth => Self::DiscriminatorWidth,
+            _ => Self::Conditional,
+        }
+    }
+}
+
 /// What can go wrong loading data or training.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A data file or folder is missing, unreadable or malformed (the message says how).
     #[error("{}: {message}", path.display())]
     Data { path: PathBuf, message: String },
-    /// A command-line option is invalid.
-    #[error("{flag}: {message}")]
-    Option { flag: String, message: String },
+    /// A setting is out of range or does not fit the data or checkpoint.
+    #[error("{setting}: {problem}")]
+    Invalid { setting: Setting, problem: String },
+    /// A fresh run was pointed at a folder that already holds a run's checkpoint.
+    #[error("{} already holds a checkpoint; resume that run or choose another output folder", out.display())]
+    RunExists { out: PathBuf },
     /// The model, its tensors or a checkpoint failed.
     #[error(transparent)]
-    Model(#[from] gantry_models::ModelError),
+    Model(gantry_models::ModelError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -25,12 +102,27 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// A loss became NaN or infinite.
-    #[error("{what} is {value} at step {step}: training diverged and stopped; the last good checkpoint is kept")]
+    #[error("{what} is {value} at step {step}: training diverged and stopped; {kept}")]
     NonFinite {
         what: &'static str,
         value: f32,
         step: u64,
+        /// What is left on disk (the last checkpoint, or nothing).
+        kept: String,
     },
+}
+
+impl From<gantry_models::ModelError> for TrainError {
+    /// Model config errors become errors of the setting that set the field.
+    fn from(e: gantry_models::ModelError) -> Self {
+        match e {
+            gantry_models::ModelError::InvalidConfig { field, problem } => Self::Invalid {
+                setting: field.into(),
+                problem,
+            },
+            other => Self::Model(other),
+        }
+    }
 }
 
 impl TrainError {
@@ -42,11 +134,11 @@ impl TrainError {
         }
     }
 
-    /// An invalid option `flag`.
-    pub fn option(flag: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Option {
-            flag: flag.into(),
-            message: message.into(),
+    /// An out-of-range `setting`.
+    pub fn invalid(setting: Setting, problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting,
+            problem: problem.into(),
         }
     }
 

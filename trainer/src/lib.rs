@@ -1,7 +1,8 @@
 //! Gantry's trainer: data sets, the DCGAN training loop, checkpoints, sample grids and plots.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
-pub mod cli;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -11,6 +12,8 @@ pub mod plot;
 pub mod progress;
 pub mod sample;
 pub mod samples;
+pub mod setup;
 pub mod train;
 
-pub use error::{Result, TrainError};
+pub use error::{Result, Setting, TrainError};
+pub use train::{TrainConfig, Trainer};

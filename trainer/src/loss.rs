@@ -27,6 +27,15 @@ impl std::str::FromStr for LossKind {
     }
 }
 
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bce => "bce",
+            Self::Hinge => "hinge",
+        })
+    }
+}
+
 /// Mean binary cross-entropy of `logits` against a constant target in {0, 1}, computed as
 /// `max(x, 0) - x * y + log(1 + exp(-|x|))`, which stays finite for any finite logit
 /// (candle-nn's `binary_cross_entropy_with_logit` overflows once logits saturate).

@@ -4,9 +4,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use gantry_models::{resolve_checkpoint, Checkpoint, Generator, ModelConfig};
+use gantry_models::{resolve_checkpoint, Checkpoint, Generator};
 
-use crate::error::{Result, TrainError};
+use crate::error::{Result, Setting, TrainError};
 use crate::samples;
 use crate::train::latents;
 
@@ -32,32 +32,20 @@ pub fn generate(
     train_mode: bool,
     device: &Device,
 ) -> Result<Tensor> {
-    if n == 0 || batch == 0 {
-        return Err(TrainError::option("--n", "must be at least 1"));
+    if n == 0 {
+        return Err(TrainError::invalid(
+            Setting::SampleCount,
+            "must be at least 1, got 0",
+        ));
     }
-    let cfg: &ModelConfig = &generator.config;
-    let z = latents(seed, "sample-command", n, cfg.latent_dim, device)?;
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let len = batch.min(n - start);
-        let zb = z.narrow(0, start, len)?;
-        let labels = cfg
-            .num_classes
-            .map(|k| {
-                Tensor::from_vec(
-                    (start..start + len)
-                        .map(|i| (i % k) as u32)
-                        .collect::<Vec<_>>(),
-                    len,
-                    device,
-                )
-            })
-            .transpose()?;
-        parts.push(generator.forward(&zb, labels.as_ref(), train_mode)?);
-        start += len;
-    }
-    Ok(Tensor::cat(&parts, 0)?)
+    let z = latents(
+        seed,
+        "sample-command",
+        n,
+        generator.config.latent_dim,
+        device,
+    )?;
+    Ok(generator.generate_batched(&z, batch, train_mode)?)
 }
 
 /// Writes a grid of `n` samples to `out`.

@@ -119,19 +119,10 @@ pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray,
     Ok((imgs, labs.data.iter().map(|&l| l as u32).collect()))
 }
 
-/// IDX bytes for an unsigned-byte array (used to build test fixtures and by tools).
-pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 0x08, dims.len() as u8];
-    for &d in dims {
-        out.extend_from_slice(&(d as u32).to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_testkit::encode_idx;
     use std::io::Write;
 
     #[test]

@@ -26,6 +26,15 @@ impl std::str::FromStr for Fit {
     }
 }
 
+impl std::fmt::Display for Fit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Crop => "crop",
+            Self::Pad => "pad",
+        })
+    }
+}
+
 /// Fits `img` to `size x size` with `channels` (1 = luma, 3 = RGB) and returns CHW bytes.
 pub fn to_chw_bytes(img: &DynamicImage, size: u32, channels: usize, fit: Fit) -> Vec<u8> {
     let (w, h) = (img.width(), img.height());

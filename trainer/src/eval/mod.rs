@@ -12,7 +12,7 @@ use gantry_models::{Checkpoint, Generator, ModelConfig};
 use serde::Serialize;
 
 use crate::data::{self, preprocess, DataSpec, Split};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, Setting, TrainError};
 use crate::train::latents;
 use classifier::{Classifier, ClassifierInfo};
 use coverage::Coverage;
@@ -83,7 +83,7 @@ fn stats_of(
 }
 
 /// `n` samples of `generator` (labels cycling through the classes for conditional models) in
-/// batches of 128; `train_mode` normalises with batch statistics.
+/// batches of 128, and the labels asked for; `train_mode` normalises with batch statistics.
 fn sample(
     generator: &Generator,
     n: usize,
@@ -96,20 +96,7 @@ fn sample(
         .num_classes
         .map(|k| (0..n).map(|i| (i % k) as u32).collect());
     let z = latents(seed, "eval", n, cfg.latent_dim, device)?;
-    let mut parts = Vec::new();
-    for start in (0..n).step_by(128) {
-        let len = 128.min(n - start);
-        let l = labels
-            .as_ref()
-            .map(|l| Tensor::from_slice(&l[start..start + len], len, device))
-            .transpose()?;
-        parts.push(
-            generator
-                .forward(&z.narrow(0, start, len)?, l.as_ref(), train_mode)?
-                .detach(),
-        );
-    }
-    Ok((Tensor::cat(&parts, 0)?, labels))
+    Ok((generator.generate_batched(&z, 128, train_mode)?, labels))
 }
 
 fn load_images(dir: &Path, spec: &DataSpec, device: &Device) -> Result<Tensor> {
@@ -141,9 +128,9 @@ pub fn evaluate(
     log: &mut dyn FnMut(String),
 ) -> Result<EvalReport> {
     if n < 2 {
-        return Err(TrainError::option(
-            "--n",
-            "at least 2 samples are needed for a covariance",
+        return Err(TrainError::invalid(
+            Setting::SampleCount,
+            format!("must be at least 2 (a covariance needs two samples), got {n}"),
         ));
     }
     let classifier = classifier::load_or_train(data_spec, CLASSIFIER_EPOCHS, device, log)?;
@@ -169,9 +156,17 @@ pub fn evaluate(
             steps = Some(ckpt.step());
             let cfg = &ckpt.meta.model;
             if cfg.image_size != data_spec.image_size || cfg.channels != data_spec.channels {
-                return Err(TrainError::option(
-                    "--dataset",
-                    "the model's image size/channels differ from the evaluation data",
+                return Err(TrainError::invalid(
+                    Setting::Dataset,
+                    format!(
+                        "the model makes {}x{}x{} images but the evaluation data is {}x{}x{}",
+                        cfg.image_size,
+                        cfg.image_size,
+                        cfg.channels,
+                        data_spec.image_size,
+                        data_spec.image_size,
+                        data_spec.channels
+                    ),
                 ));
             }
             let mut weights = vec![("raw", &ckpt.generator)];

@@ -1,11 +1,13 @@
 //! Training options, stored in the checkpoint so a resumed run continues with the same ones.
+//! [`TrainConfig::default`] is the one place the defaults are written down.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gantry_models::AdamConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSpec, DatasetKind, Fit};
+use crate::error::{Result, Setting, TrainError};
 use crate::loss::LossKind;
 
 /// Everything that defines a training run besides the model shape.
@@ -35,7 +37,79 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
 }
 
+impl Default for TrainConfig {
+    /// The DCGAN recipe on MNIST: batch 128, 5 epochs, Adam 2e-4 (0.5, 0.999), BCE, no EMA.
+    fn default() -> Self {
+        Self::for_dataset(DatasetKind::Mnist)
+    }
+}
+
 impl TrainConfig {
+    /// The defaults for `dataset`, read from `data/<dataset>`.
+    pub fn for_dataset(dataset: DatasetKind) -> Self {
+        Self {
+            dataset,
+            data_dir: Self::default_data_dir(dataset),
+            fit: Fit::default(),
+            batch_size: 128,
+            epochs: 5,
+            max_steps: None,
+            seed: 0,
+            adam: AdamConfig::default(),
+            loss: LossKind::default(),
+            ema: None,
+            conditional: false,
+            sample_every: 500,
+            checkpoint_every: 500,
+        }
+    }
+
+    /// Where a data set is looked for unless told otherwise: `data/<name>`.
+    pub fn default_data_dir(dataset: DatasetKind) -> PathBuf {
+        Path::new("data").join(dataset.name())
+    }
+
+    /// Checks every value; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |setting, problem: String| Err(TrainError::invalid(setting, problem));
+        if self.batch_size < 2 {
+            return bad(
+                Setting::BatchSize,
+                format!(
+                    "must be at least 2 (BatchNorm needs two images), got {}",
+                    self.batch_size
+                ),
+            );
+        }
+        if self.epochs == 0 {
+            return bad(Setting::Epochs, "must be at least 1, got 0".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad(Setting::MaxSteps, "must be at least 1, got 0".into());
+        }
+        let lr = self.adam.lr;
+        if !(lr.is_finite() && lr > 0.0) {
+            return bad(
+                Setting::LearningRate,
+                format!("must be a positive number, got {lr}"),
+            );
+        }
+        for (setting, beta) in [
+            (Setting::Beta1, self.adam.beta1),
+            (Setting::Beta2, self.adam.beta2),
+        ] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(setting, format!("must be in [0, 1), got {beta}"));
+            }
+        }
+        if let Some(d) = self.ema {
+            if !(0.0..1.0).contains(&d) {
+                return bad(Setting::Ema, format!("decay must be in [0, 1), got {d}"));
+            }
+        }
+        Ok(())
+    }
+
     /// How the data set is loaded for a model of `image_size` x `channels`.
     pub fn data_spec(&self, image_size: usize, channels: usize) -> DataSpec {
         DataSpec {
@@ -49,7 +123,43 @@ impl TrainConfig {
 
     /// Total steps of the run given the number of batches per epoch.
     pub fn total_steps(&self, batches_per_epoch: usize) -> u64 {
-        let by_epochs = self.epochs * batches_per_epoch as u64;
+        let by_epochs = self.epochs.saturating_mul(batches_per_epoch as u64);
         self.max_steps.map_or(by_epochs, |m| m.min(by_epochs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting_of(c: &TrainConfig) -> Option<Setting> {
+        match c.validate() {
+            Err(TrainError::Invalid { setting, .. }) => Some(setting),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_each_bad_value_is_named() {
+        let ok = TrainConfig::default();
+        assert_eq!(setting_of(&ok), None);
+        assert_eq!(ok.data_dir, Path::new("data/mnist"));
+        type Change = fn(&mut TrainConfig);
+        let cases: Vec<(Change, Setting)> = vec![
+            (|c| c.batch_size = 1, Setting::BatchSize),
+            (|c| c.epochs = 0, Setting::Epochs),
+            (|c| c.max_steps = Some(0), Setting::MaxSteps),
+            (|c| c.adam.lr = -1.0, Setting::LearningRate),
+            (|c| c.adam.lr = f64::NAN, Setting::LearningRate),
+            (|c| c.adam.lr = f64::INFINITY, Setting::LearningRate),
+            (|c| c.adam.beta1 = 1.5, Setting::Beta1),
+            (|c| c.adam.beta2 = 1.0, Setting::Beta2),
+            (|c| c.ema = Some(1.0), Setting::Ema),
+        ];
+        for (change, setting) in cases {
+            let mut c = ok.clone();
+            change(&mut c);
+            assert_eq!(setting_of(&c), Some(setting), "{c:?}");
+        }
     }
 }

@@ -1,6 +1,6 @@
-//! The GAN training state machine: one [`Trainer::step`] is one discriminator update on a real
-//! and a detached fake batch, then one generator update through the freshly updated
-//! discriminator. Everything random comes from `(seed, purpose)` streams, so a run resumed from
+//! The GAN training state machine: one [`Trainer::step`] ([`Networks::train_step`] on the next
+//! batch) is one discriminator update on a real and a detached fake batch, then one generator
+//! update through the freshly updated discriminator. Everything random comes from `(seed, purpose)` streams, so a run resumed from
 //! a checkpoint continues exactly as an uninterrupted one would.
 
 pub mod config;
@@ -9,16 +9,18 @@ pub mod run;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use gantry_models::checkpoint::CheckpointMeta;
+use gantry_models::checkpoint::{CheckpointMeta, OPTIMIZER_D_FILE, OPTIMIZER_G_FILE};
 use gantry_models::init::{normal_vec, rng_for};
+use gantry_models::spec::TensorRole;
 use gantry_models::{
-    Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState,
+    cycling_labels, Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState,
 };
 
 pub use config::TrainConfig;
 
 use crate::data::{Dataset, EpochOrder};
-use crate::error::{Result, TrainError};
+use crate::error::{Result, Setting, TrainError};
+use crate::loss::LossKind;
 use crate::metrics::StepMetrics;
 
 /// Batches and batch size of the EMA generator's BatchNorm recalibration.
@@ -56,20 +58,213 @@ fn finite(what: &'static str, value: f32, step: u64) -> Result<f32> {
     if value.is_finite() {
         Ok(value)
     } else {
-        Err(TrainError::NonFinite { what, value, step })
+        Err(TrainError::NonFinite {
+            what,
+            value,
+            step,
+            kept: "nothing of this step was written".into(),
+        })
     }
 }
 
-/// A training run in memory: both networks, their optimisers, the EMA generator and the position.
-pub struct Trainer {
-    pub config: TrainConfig,
-    pub model: ModelConfig,
+/// The four scalars of a step, read from the device in one transfer at its end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLosses {
+    pub loss_d: f32,
+    pub loss_g: f32,
+    /// Mean D(x) on the real batch.
+    pub d_real: f32,
+    /// Mean D(G(z)) before the discriminator update.
+    pub d_fake: f32,
+}
+
+/// The two networks of a GAN with their optimisers, and the generator's moving average.
+pub struct Networks {
     pub generator: Generator,
     pub discriminator: Discriminator,
-    /// Exponential moving average of the generator (when `config.ema` is set).
+    /// Exponential moving average of the generator (when the config keeps one).
     pub generator_ema: Option<Generator>,
     pub opt_g: Adam,
     pub opt_d: Adam,
+}
+
+impl Networks {
+    /// Fresh networks initialised from `config.seed`, optimisers at zero.
+    pub fn new(config: &TrainConfig, model: &ModelConfig, device: &Device) -> Result<Self> {
+        let generator = Generator::new(model, config.seed, device)?;
+        let discriminator = Discriminator::new(model, config.seed, device)?;
+        let generator_ema = match config.ema {
+            Some(_) => Some(Generator::from_tensors(
+                model,
+                &generator.net.to_tensors()?,
+                device,
+            )?),
+            None => None,
+        };
+        let opt_g = Adam::new(generator.net.parameters(), config.adam)?;
+        let opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
+        Ok(Self {
+            generator,
+            discriminator,
+            generator_ema,
+            opt_g,
+            opt_d,
+        })
+    }
+
+    /// The networks and optimiser state saved in a complete checkpoint.
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        config: &TrainConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let model = &ckpt.meta.model;
+        let missing = |what: &str| {
+            TrainError::Model(gantry_models::ModelError::checkpoint(
+                gantry_models::checkpoint::CONFIG_FILE,
+                format!("the checkpoint has no {what}"),
+            ))
+        };
+        let generator = Generator::from_tensors(model, &ckpt.generator, device)?;
+        let d_tensors = ckpt
+            .discriminator
+            .as_ref()
+            .ok_or_else(|| missing("discriminator"))?;
+        let discriminator = Discriminator::from_tensors(model, d_tensors, device)?;
+        let generator_ema = match (config.ema, &ckpt.generator_ema) {
+            (None, _) => None,
+            (Some(_), Some(ema)) => Some(Generator::from_tensors(model, ema, device)?),
+            (Some(_), None) => Some(Generator::from_tensors(model, &ckpt.generator, device)?),
+        };
+        let mut opt_g = Adam::new(generator.net.parameters(), config.adam)?;
+        let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
+        for (opt, state, file, what) in [
+            (
+                &mut opt_g,
+                &ckpt.optimizer_g,
+                OPTIMIZER_G_FILE,
+                "generator optimizer state",
+            ),
+            (
+                &mut opt_d,
+                &ckpt.optimizer_d,
+                OPTIMIZER_D_FILE,
+                "discriminator optimizer state",
+            ),
+        ] {
+            let (tensors, meta) = state.as_ref().ok_or_else(|| missing(what))?;
+            opt.load_state(tensors, meta, std::path::Path::new(file))?;
+        }
+        Ok(Self {
+            generator,
+            discriminator,
+            generator_ema,
+            opt_g,
+            opt_d,
+        })
+    }
+
+    /// Selects the convolution/BatchNorm implementation of all networks.
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.generator.set_kernels(kernels);
+        self.discriminator.set_kernels(kernels);
+        if let Some(g) = &mut self.generator_ema {
+            g.set_kernels(kernels);
+        }
+    }
+
+    /// One GAN update on a given batch: D on `real` and a detached `G(z)`, then G through the
+    /// freshly updated D (its parameters held constant), then the EMA (after the update that
+    /// makes it step `step + 1`). Returns the scalars, read in one transfer at the end: on a GPU
+    /// each read waits for every queued kernel, so reading a loss between the forward and
+    /// backward passes would leave the GPU idle while the host queues the rest of the step.
+    pub fn train_step(
+        &mut self,
+        real: &Tensor,
+        labels: Option<&Tensor>,
+        z: &Tensor,
+        loss: LossKind,
+        ema_decay: Option<f64>,
+        step: u64,
+    ) -> Result<StepLosses> {
+        let device = real.device().clone();
+        let fake = phase(&device, "1 G forward", || {
+            self.generator.forward(z, labels, true)
+        })?;
+        let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
+            let d_real = self.discriminator.forward(real, labels, true)?;
+            let d_fake = self.discriminator.forward(&fake.detach(), labels, true)?;
+            let loss_d = loss.discriminator(&d_real, &d_fake)?;
+            Ok::<_, TrainError>((d_real, d_fake, loss_d))
+        })?;
+        let grads_d = phase(&device, "3 D backward", || loss_d.backward())?;
+        phase(&device, "4 D Adam", || self.opt_d.step(&grads_d))?;
+
+        // D's parameters are constants here: G's update needs gradients only through D.
+        let loss_g = phase(&device, "5 D forward (G update)", || {
+            let d_fake_for_g = self.discriminator.forward_frozen(&fake, labels, true)?;
+            loss.generator(&d_fake_for_g)
+        })?;
+        let grads_g = phase(&device, "6 G backward (through D)", || loss_g.backward())?;
+        phase(&device, "7 G Adam + EMA", || {
+            self.opt_g.step(&grads_g)?;
+            self.update_ema(ema_decay, step)
+        })?;
+
+        let scalars = Tensor::stack(
+            &[
+                loss_d.detach(),
+                loss_g.detach(),
+                mean_sigmoid(&d_real.detach())?,
+                mean_sigmoid(&d_fake.detach())?,
+            ],
+            0,
+        )?
+        .to_vec1::<f32>()?;
+        Ok(StepLosses {
+            loss_d: finite("loss_d", scalars[0], step + 1)?,
+            loss_g: finite("loss_g", scalars[1], step + 1)?,
+            d_real: scalars[2],
+            d_fake: scalars[3],
+        })
+    }
+
+    /// EMA of the generator's parameters (by their role in the spec) with warm-up, after the
+    /// update of step `step + 1`; BatchNorm running statistics and other buffers are copied,
+    /// not averaged (and recalibrated for the EMA weights when samples or checkpoints are
+    /// taken).
+    fn update_ema(&mut self, decay: Option<f64>, step: u64) -> Result<()> {
+        let (Some(decay), Some(ema)) = (decay, &self.generator_ema) else {
+            return Ok(());
+        };
+        let decay = ema_decay_at(decay, step);
+        let live = self.generator.net.vars_with_roles();
+        for ((_, live, role), (_, avg)) in live.iter().zip(ema.net.all_vars()) {
+            let next = match role {
+                TensorRole::Parameter => {
+                    ((avg.as_tensor() * decay)? + (live.as_tensor() * (1.0 - decay))?)?
+                }
+                TensorRole::Buffer => live.as_tensor().copy()?,
+            };
+            avg.set(&next)?;
+        }
+        Ok(())
+    }
+}
+
+/// The EMA decay used after the update of step `step + 1`: `decay`, warmed up as TensorFlow's
+/// ExponentialMovingAverage with `num_updates` (`min(decay, (1 + t) / (10 + t))`), so that early
+/// on the average follows the weights instead of holding on to the random initialisation.
+pub fn ema_decay_at(decay: f64, step: u64) -> f64 {
+    let t = step as f64;
+    decay.min((1.0 + t) / (10.0 + t))
+}
+
+/// A training run in memory: the networks, the data and the position.
+pub struct Trainer {
+    pub config: TrainConfig,
+    pub model: ModelConfig,
+    pub nets: Networks,
     pub state: TrainerState,
     pub data: Dataset,
     order: EpochOrder,
@@ -86,18 +281,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         validate(&config, &model, &data)?;
-        let generator = Generator::new(&model, config.seed, device)?;
-        let discriminator = Discriminator::new(&model, config.seed, device)?;
-        let generator_ema = match config.ema {
-            Some(_) => Some(Generator::from_tensors(
-                &model,
-                &generator.net.to_tensors()?,
-                device,
-            )?),
-            None => None,
-        };
-        let opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
+        let nets = Networks::new(&config, &model, device)?;
         let state = TrainerState {
             step: 0,
             epoch: 0,
@@ -105,18 +289,7 @@ impl Trainer {
             seed: config.seed,
             elapsed_seconds: 0.0,
         };
-        Ok(Self::assemble(
-            config,
-            model,
-            generator,
-            discriminator,
-            generator_ema,
-            opt_g,
-            opt_d,
-            state,
-            data,
-            device,
-        ))
+        Self::assemble(config, model, nets, state, data, device)
     }
 
     /// Continues the run saved in `ckpt` (a complete checkpoint from [`Checkpoint::load`]).
@@ -128,99 +301,51 @@ impl Trainer {
     ) -> Result<Self> {
         let model = ckpt.meta.model.clone();
         validate(&config, &model, &data)?;
-        let missing =
-            |what: &str| TrainError::option("--resume", format!("checkpoint has no {what}"));
-        let generator = Generator::from_tensors(&model, &ckpt.generator, device)?;
-        let d_tensors = ckpt
-            .discriminator
-            .as_ref()
-            .ok_or_else(|| missing("discriminator"))?;
-        let discriminator = Discriminator::from_tensors(&model, d_tensors, device)?;
-        let generator_ema = match (config.ema, &ckpt.generator_ema) {
-            (None, _) => None,
-            (Some(_), Some(ema)) => Some(Generator::from_tensors(&model, ema, device)?),
-            (Some(_), None) => Some(Generator::from_tensors(&model, &ckpt.generator, device)?),
-        };
-        let mut opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
-        let (tg, mg) = ckpt
-            .optimizer_g
-            .as_ref()
-            .ok_or_else(|| missing("generator optimizer state"))?;
-        opt_g.load_state(
-            tg,
-            mg,
-            std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_G_FILE),
-        )?;
-        let (td, md) = ckpt
-            .optimizer_d
-            .as_ref()
-            .ok_or_else(|| missing("discriminator optimizer state"))?;
-        opt_d.load_state(
-            td,
-            md,
-            std::path::Path::new(gantry_models::checkpoint::OPTIMIZER_D_FILE),
-        )?;
-        let state = ckpt
-            .trainer_state
-            .clone()
-            .ok_or_else(|| missing("trainer state"))?;
-        Ok(Self::assemble(
-            config,
-            model,
-            generator,
-            discriminator,
-            generator_ema,
-            opt_g,
-            opt_d,
-            state,
-            data,
-            device,
-        ))
+        let nets = Networks::from_checkpoint(ckpt, &config, device)?;
+        let state = ckpt.trainer_state.clone().ok_or_else(|| {
+            TrainError::Model(gantry_models::ModelError::checkpoint(
+                gantry_models::checkpoint::TRAINER_STATE_FILE,
+                "missing: this checkpoint cannot be resumed",
+            ))
+        })?;
+        Self::assemble(config, model, nets, state, data, device)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: TrainConfig,
         model: ModelConfig,
-        generator: Generator,
-        discriminator: Discriminator,
-        generator_ema: Option<Generator>,
-        opt_g: Adam,
-        opt_d: Adam,
-        state: TrainerState,
+        nets: Networks,
+        mut state: TrainerState,
         data: Dataset,
         device: &Device,
-    ) -> Self {
+    ) -> Result<Self> {
         let order = EpochOrder {
             len: data.len(),
             batch_size: config.batch_size,
             seed: config.seed,
         };
+        // A position past the end of an epoch (a smaller data set on resume, or an edited
+        // trainer_state.json) continues with the next epoch instead of reading past the data.
+        if state.batch_in_epoch as usize >= order.batches_per_epoch() {
+            state.epoch += 1;
+            state.batch_in_epoch = 0;
+        }
         let permutation = order.permutation(state.epoch);
-        Self {
+        Ok(Self {
             config,
             model,
-            generator,
-            discriminator,
-            generator_ema,
-            opt_g,
-            opt_d,
+            nets,
             state,
             data,
             order,
             permutation,
             device: device.clone(),
-        }
+        })
     }
 
     /// Selects the convolution/BatchNorm implementation of all networks.
     pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.generator.set_kernels(kernels);
-        self.discriminator.set_kernels(kernels);
-        if let Some(g) = &mut self.generator_ema {
-            g.set_kernels(kernels);
-        }
+        self.nets.set_kernels(kernels);
     }
 
     /// Batches per epoch of this data set and batch size.
@@ -243,13 +368,8 @@ impl Trainer {
         &self.device
     }
 
-    /// One training step; returns its metrics. On a NaN or infinite loss nothing is written and
-    /// the error says at which step.
-    ///
-    /// The step's scalars (losses, mean D outputs) stay on the device until its end and are read
-    /// in one transfer: on a GPU each read waits for every queued kernel, so reading a loss
-    /// between the forward and backward passes would leave the GPU idle while the host queues
-    /// the rest of the step.
+    /// One training step on the next batch of the data order; returns its metrics. On a NaN or
+    /// infinite loss nothing is written and the error says at which step.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let step = self.state.step;
@@ -266,59 +386,24 @@ impl Trainer {
             self.model.latent_dim,
             &self.device,
         )?;
-        let loss = self.config.loss;
-        let device = self.device.clone();
-
-        let fake = phase(&device, "1 G forward", || {
-            self.generator.forward(&z, labels.as_ref(), true)
-        })?;
-        let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
-            let d_real = self.discriminator.forward(&real, labels.as_ref(), true)?;
-            let d_fake = self
-                .discriminator
-                .forward(&fake.detach(), labels.as_ref(), true)?;
-            let loss_d = loss.discriminator(&d_real, &d_fake)?;
-            Ok::<_, TrainError>((d_real, d_fake, loss_d))
-        })?;
-        let grads_d = phase(&device, "3 D backward", || loss_d.backward())?;
-        phase(&device, "4 D Adam", || self.opt_d.step(&grads_d))?;
-
-        // D's parameters are constants here: G's update needs gradients only through D.
-        let loss_g = phase(&device, "5 D forward (G update)", || {
-            let d_fake_for_g = self
-                .discriminator
-                .forward_frozen(&fake, labels.as_ref(), true)?;
-            loss.generator(&d_fake_for_g)
-        })?;
-        let grads_g = phase(&device, "6 G backward (through D)", || loss_g.backward())?;
-        phase(&device, "7 G Adam + EMA", || {
-            self.opt_g.step(&grads_g)?;
-            self.update_ema()
-        })?;
-
-        let scalars = Tensor::stack(
-            &[
-                loss_d.detach(),
-                loss_g.detach(),
-                mean_sigmoid(&d_real.detach())?,
-                mean_sigmoid(&d_fake.detach())?,
-            ],
-            0,
-        )?
-        .to_vec1::<f32>()?;
-        let loss_d_value = finite("loss_d", scalars[0], step + 1)?;
-        let loss_g_value = finite("loss_g", scalars[1], step + 1)?;
-        let (d_real_p, d_fake_p) = (scalars[2], scalars[3]);
+        let losses = self.nets.train_step(
+            &real,
+            labels.as_ref(),
+            &z,
+            self.config.loss,
+            self.config.ema,
+            step,
+        )?;
         self.advance();
         let seconds = start.elapsed().as_secs_f64();
         self.state.elapsed_seconds += seconds;
         Ok(StepMetrics {
             step: self.state.step,
             epoch: self.state.epoch,
-            loss_d: loss_d_value,
-            loss_g: loss_g_value,
-            d_real: d_real_p,
-            d_fake: d_fake_p,
+            loss_d: losses.loss_d,
+            loss_g: losses.loss_g,
+            d_real: losses.d_real,
+            d_fake: losses.d_fake,
             img_per_sec: (indices.len() as f64 / seconds) as f32,
             seconds: self.state.elapsed_seconds,
         })
@@ -334,38 +419,12 @@ impl Trainer {
         }
     }
 
-    /// EMA of parameters with warm-up; BatchNorm running statistics are copied, not averaged
-    /// (and recalibrated for the EMA weights when samples or checkpoints are taken).
-    fn update_ema(&mut self) -> Result<()> {
-        let (Some(decay), Some(ema)) = (self.config.ema, &self.generator_ema) else {
-            return Ok(());
-        };
-        // Warm-up (TensorFlow's ExponentialMovingAverage with num_updates): early on the average
-        // follows the weights closely instead of holding on to the random initialisation.
-        let t = self.state.step as f64;
-        let decay = decay.min((1.0 + t) / (10.0 + t));
-        let params: Vec<_> = self
-            .generator
-            .net
-            .parameters()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        for ((name, live), (_, avg)) in self.generator.net.all_vars().iter().zip(ema.net.all_vars())
-        {
-            let next = if params.contains(name) {
-                ((avg.as_tensor() * decay)? + (live.as_tensor() * (1.0 - decay))?)?
-            } else {
-                live.as_tensor().copy()?
-            };
-            avg.set(&next)?;
-        }
-        Ok(())
-    }
-
     /// The generator used for samples and export: the EMA one when kept.
     pub fn sampling_generator(&self) -> &Generator {
-        self.generator_ema.as_ref().unwrap_or(&self.generator)
+        self.nets
+            .generator_ema
+            .as_ref()
+            .unwrap_or(&self.nets.generator)
     }
 
     /// Labels and latents of the fixed sample grid: 8 columns; one row per class for conditional
@@ -395,24 +454,14 @@ impl Trainer {
     /// Gives the EMA generator BatchNorm statistics of its own (see
     /// [`Generator::recalibrate_batchnorm`]); the live generator's are kept as they are.
     pub fn recalibrate_ema(&self) -> Result<()> {
-        let Some(ema) = &self.generator_ema else {
+        let Some(ema) = &self.nets.generator_ema else {
             return Ok(());
         };
         let mut rng = gantry_models::init::rng_for(self.config.seed, "bn-recalibration");
-        let classes = self.model.num_classes.filter(|_| self.config.conditional);
         ema.recalibrate_batchnorm(RECALIBRATION_BATCHES, RECALIBRATION_BATCH, |n| {
             let z = normal_vec(&mut rng, n * self.model.latent_dim, 0.0, 1.0);
             let z = Tensor::from_vec(z, (n, self.model.latent_dim), &self.device)?;
-            let labels = classes
-                .map(|k| {
-                    Tensor::from_vec(
-                        (0..n).map(|i| (i % k) as u32).collect::<Vec<_>>(),
-                        n,
-                        &self.device,
-                    )
-                })
-                .transpose()?;
-            Ok((z, labels))
+            Ok((z, cycling_labels(&self.model, 0, n, &self.device)?))
         })?;
         Ok(())
     }
@@ -432,39 +481,34 @@ impl Trainer {
         let training = serde_json::to_value(&self.config).expect("config serialises");
         Ok(Checkpoint {
             meta: CheckpointMeta::new(self.model.clone(), Some(self.data.name.clone()), training),
-            generator: self.generator.net.to_tensors()?,
+            generator: self.nets.generator.net.to_tensors()?,
             generator_ema: self
+                .nets
                 .generator_ema
                 .as_ref()
                 .map(|g| g.net.to_tensors())
                 .transpose()?,
-            discriminator: Some(self.discriminator.net.to_tensors()?),
-            optimizer_g: Some(self.opt_g.state()?),
-            optimizer_d: Some(self.opt_d.state()?),
+            discriminator: Some(self.nets.discriminator.net.to_tensors()?),
+            optimizer_g: Some(self.nets.opt_g.state()?),
+            optimizer_d: Some(self.nets.opt_d.state()?),
             trainer_state: Some(self.state.clone()),
         })
     }
 }
 
+/// Checks the config, the model and that they fit the data.
 fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result<()> {
-    if config.batch_size < 2 {
-        return Err(TrainError::option(
-            "--batch-size",
-            format!(
-                "must be at least 2 (BatchNorm needs two images), got {}",
-                config.batch_size
-            ),
-        ));
-    }
+    config.validate()?;
+    model.validate()?;
     if data.len() < 2 {
-        return Err(TrainError::option(
-            "--dataset",
+        return Err(TrainError::data(
+            &config.data_dir,
             "the data set needs at least two images",
         ));
     }
     if data.image_size != model.image_size || data.channels != model.channels {
-        return Err(TrainError::option(
-            "--image-size",
+        return Err(TrainError::invalid(
+            Setting::ImageSize,
             format!(
                 "data is {}x{}x{} but the model is {}x{}x{}",
                 data.image_size,
@@ -479,20 +523,12 @@ fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result
     if config.conditional {
         let classes = data.class_names.len();
         if model.num_classes != Some(classes) {
-            return Err(TrainError::option(
-                "--conditional",
+            return Err(TrainError::invalid(
+                Setting::Conditional,
                 format!(
                     "the data set has {classes} classes but the model expects {:?}",
                     model.num_classes
                 ),
-            ));
-        }
-    }
-    if let Some(d) = config.ema {
-        if !(0.0..1.0).contains(&d) {
-            return Err(TrainError::option(
-                "--ema",
-                format!("decay must be in [0, 1), got {d}"),
             ));
         }
     }

@@ -78,7 +78,7 @@ pub fn run(
                     step: trainer.state.step,
                 });
             }
-            let m = trainer.step()?;
+            let m = trainer.step().map_err(|e| with_kept_checkpoint(e, paths))?;
             log.append(&m)?;
             progress.step(&m);
             history.push(m.clone());
@@ -104,6 +104,31 @@ pub fn run(
     })();
     progress.finish();
     result
+}
+
+/// Says in a divergence error what is left on disk to resume from.
+fn with_kept_checkpoint(e: TrainError, paths: &RunPaths) -> TrainError {
+    match e {
+        TrainError::NonFinite {
+            what, value, step, ..
+        } => {
+            let kept = match gantry_models::Checkpoint::load_generator(&paths.checkpoint()).ok() {
+                Some(ckpt) => format!(
+                    "the last checkpoint (step {}) is kept in {}",
+                    ckpt.step(),
+                    paths.checkpoint().display()
+                ),
+                None => "no checkpoint had been written yet".into(),
+            };
+            TrainError::NonFinite {
+                what,
+                value,
+                step,
+                kept,
+            }
+        }
+        other => other,
+    }
 }
 
 fn save_checkpoint(trainer: &Trainer, paths: &RunPaths, history: &[StepMetrics]) -> Result<()> {

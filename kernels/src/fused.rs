@@ -1,0 +1,197 @@
+//! A convolution with what follows it in a block — training-mode BatchNorm and its activation,
+//! or the activation alone — as one autograd node.
+//!
+//! candle's backward pass zero-fills and then adds every gradient it stores (`zeros_like` +
+//! `add` per node). With BatchNorm or the activation as nodes of their own, each layer's
+//! convolution output — with the block's output, the largest tensors of a step — went through
+//! that on every backward pass; here the gradient between them stays inside the node.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use crate::batch_norm::{activate, bn_act_backward, bn_act_forward, Act, ActGrad, BatchStats};
+use crate::gemm_conv::{self, ConvParams};
+use crate::storage::f32_slice;
+
+/// What the forward pass keeps for the backward pass: the convolution output (BatchNorm's
+/// input) and the batch statistics.
+#[derive(Default)]
+struct Saved {
+    conv_out: Vec<f32>,
+    stats: BatchStats,
+}
+
+/// `(x, w, [gamma; beta]) -> act(batchnorm(conv(x, w)))`.
+struct ConvBnAct {
+    conv: ConvParams,
+    eps: f64,
+    act: Act,
+    saved: Arc<Mutex<Saved>>,
+}
+
+/// `(y, dy) -> [d conv_out, dgamma, dbeta]`, reading the convolution output saved by the
+/// forward pass.
+struct BnGrad {
+    act: Act,
+    gamma: Vec<f32>,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp3 for ConvBnAct {
+    fn name(&self) -> &'static str {
+        "gantry-conv-batchnorm-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let affine = f32_slice(s3, l3, "gamma and beta")?;
+        let (conv_out, d) = self.conv.forward_storage(s1, l1, s2, l2)?;
+        let c = d.c_out;
+        if affine.len() != 2 * c {
+            candle_core::bail!(
+                "gantry conv+batchnorm: {c} channels but {} affine values",
+                affine.len()
+            );
+        }
+        let (y, stats) =
+            bn_act_forward(&conv_out, c, &affine[..c], &affine[c..], self.eps, self.act);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Saved { conv_out, stats };
+        Ok((CpuStorage::F32(y), d.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = y.dim(0)?;
+        let op = BnGrad {
+            act: self.act,
+            gamma: affine.narrow(0, 0, c)?.to_vec1()?,
+            saved: self.saved.clone(),
+        };
+        let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
+        let total = y.elem_count();
+        let d_conv_out = packed.narrow(0, 0, total)?.reshape(y.shape())?;
+        let (dx, dw) = gemm_conv::grads(self.conv, x, w, &d_conv_out)?;
+        let d_affine = if affine.track_op() {
+            Some(packed.narrow(0, total, 2 * c)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, d_affine))
+    }
+}
+
+impl CustomOp2 for BnGrad {
+    fn name(&self) -> &'static str {
+        "gantry-batchnorm-act-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "output")?;
+        let dy = f32_slice(s2, l2, "gradient")?;
+        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        if saved.conv_out.len() != y.len() || saved.stats.inv_std.len() != self.gamma.len() {
+            candle_core::bail!("gantry conv+batchnorm: backward without its forward pass");
+        }
+        let packed = bn_act_backward(&saved.conv_out, y, dy, &self.gamma, &saved.stats, self.act);
+        let len = packed.len();
+        Ok((CpuStorage::F32(packed), Shape::from(len)))
+    }
+}
+
+/// `act(batchnorm(conv(x, w)))` in training mode on a channel-major `x`, as one autograd node;
+/// also returns the batch (mean, biased variance) per channel for the running statistics.
+pub fn gemm_conv_bn_act_train(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    conv: ConvParams,
+    eps: f64,
+    act: Act,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let op = ConvBnAct {
+        conv,
+        eps,
+        act,
+        saved: saved.clone(),
+    };
+    let affine = Tensor::cat(&[gamma, beta], 0)?;
+    let y = x
+        .contiguous()?
+        .apply_op3(&w.contiguous()?, &affine.contiguous()?, op)?;
+    let s = saved.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
+}
+
+/// `(x, w) -> act(conv(x, w))`, for blocks without BatchNorm.
+struct ConvAct {
+    conv: ConvParams,
+    act: Act,
+}
+
+impl CustomOp2 for ConvAct {
+    fn name(&self) -> &'static str {
+        "gantry-conv-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let (mut y, d) = self.conv.forward_storage(s1, l1, s2, l2)?;
+        let neg = self.act.negative_slope();
+        y.par_iter_mut()
+            .with_min_len(4096)
+            .for_each(|v| *v = activate(*v, neg));
+        Ok((CpuStorage::F32(y), d.out_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let d_conv_out = dy
+            .contiguous()?
+            .apply_op2_no_bwd(&y.contiguous()?, &ActGrad(self.act))?;
+        gemm_conv::grads(self.conv, x, w, &d_conv_out)
+    }
+}
+
+/// `act(conv(x, w))` on a channel-major `x`, as one autograd node.
+pub fn gemm_conv_act(
+    x: &Tensor,
+    w: &Tensor,
+    conv: ConvParams,
+    act: Act,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, ConvAct { conv, act })
+}

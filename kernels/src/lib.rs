@@ -1,0 +1,43 @@
+//! Gantry's compute kernels, as candle custom operations with autograd support.
+//!
+//! - **CPU convolutions** on channel-major tensors (`[C, B, H, W]`): [`gemm_conv`] (a
+//!   convolution or transposed convolution as im2col/col2im + GEMM, cache-tiled over groups of
+//!   images), and the same fused with what follows it in a DCGAN block as one autograd node:
+//!   [`gemm_conv_act`] and, in training mode, [`gemm_conv_bn_act_train`] (BatchNorm with batch
+//!   statistics, then the activation). With the batch merged into the GEMM's column
+//!   dimension, a convolution's output `W * im2col(x)` is already `[C_out, B * H * W]`: no
+//!   permute anywhere inside a network, and every channel's values are contiguous for BatchNorm.
+//!   Networks convert from/to NCHW once at their ends.
+//! - **NCHW convolutions as three primitives** ([`primitive_conv_nchw`]): cuDNN's forward,
+//!   backward-data and backward-filter on CUDA (feature `cudnn`), direct reference loops on the
+//!   CPU (which is what tests the mapping without a GPU).
+//! - **Adam** applied in place ([`adam_update`]).
+//! - [`Backend::select`]: the one place that decides which of these a network runs on.
+//! - [`profile`]: named timing spans the kernels record when profiling is on.
+//!
+//! All of Gantry's `unsafe` code lives in this crate (the GEMM calls and the tiled kernels'
+//! disjoint writes into one output), each block with the argument for its soundness.
+
+mod adam;
+mod backend;
+mod batch_norm;
+#[cfg(feature = "cudnn")]
+mod cudnn;
+mod fused;
+mod gemm_conv;
+mod im2col;
+mod matmul;
+mod nchw;
+pub mod profile;
+mod storage;
+mod tiled;
+
+pub use adam::{adam_update, AdamStep};
+pub use backend::{Backend, Kernels};
+pub use batch_norm::Act;
+pub use fused::{gemm_conv_act, gemm_conv_bn_act_train};
+pub use gemm_conv::{gemm_conv, ConvKind, ConvParams};
+pub use nchw::primitive_conv_nchw;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! The `runtime` binary: files it writes, what it reports, and clean one-line errors naming
+//! the flag on bad input.
+
+use std::path::{Path, PathBuf};
+
+use candle_onnx::onnx::{tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto};
+use gantry_exporter::proto::{node, value_info, Dim};
+use gantry_exporter::OutputFormat;
+use gantry_testkit::{assert_fails_with, export_tiny_model, pytorch_style_model, stderr, stdout};
+use prost::Message;
+
+/// Runs `runtime` with `args`.
+fn runtime(args: &[&str]) -> std::process::Output {
+    gantry_testkit::run(env!("CARGO_BIN_EXE_runtime"), args)
+}
+
+fn model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBuf {
+    export_tiny_model(dir, num_classes, output)
+}
+
+#[test]
+fn same_seed_writes_byte_identical_pngs_and_a_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Float);
+    let outs: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("out{i}"))).collect();
+    for out in &outs {
+        let o = runtime(&[
+            "generate",
+            "-n",
+            "12",
+            "--batch-size",
+            "5",
+            "--seed",
+            "7",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("provider: CPUExecutionProvider"),
+            "the provider in use is reported:\n{}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).contains("grid.png"));
+    }
+    for i in 0..12 {
+        let name = format!("{i:06}.png");
+        let a = std::fs::read(outs[0].join(&name)).unwrap();
+        assert_eq!(
+            a,
+            std::fs::read(outs[1].join(&name)).unwrap(),
+            "{name} differs between runs"
+        );
+        assert_eq!(image::load_from_memory(&a).unwrap().width(), 32);
+    }
+    assert!(!outs[0].join("000012.png").exists());
+    let grid = image::open(outs[0].join("grid.png")).unwrap();
+    assert_eq!(grid.width(), 4 * 34 + 2, "12 images make a 4-column grid");
+}
+
+#[test]
+fn npy_output_streams_every_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Uint8);
+    let out = dir.path().join("npy");
+    let o = runtime(&[
+        "generate",
+        "-n",
+        "10",
+        "--batch-size",
+        "4",
+        "--format",
+        "npy",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(out.join("samples.npy")).unwrap();
+    let header_len = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[..header_len]).contains("'shape': (10, 32, 32, 1)"));
+    assert_eq!(bytes.len() - header_len, 10 * 32 * 32);
+    assert!(out.join("grid.png").exists());
+}
+
+#[test]
+fn info_and_bench_name_the_provider() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), Some(10), OutputFormat::Float);
+    let o = runtime(&["info", "--model", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in [
+        "input  z: float32 [?, 16]",
+        "input  label: int64 [?]",
+        "output image: float32 [?, 1, 32, 32]",
+        "metadata gantry.num_classes = 10",
+        "metadata gantry.normalization = tanh [-1,1]",
+        "provider chosen: CPUExecutionProvider",
+        "provider skipped: CUDAExecutionProvider",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    for (lanes, says) in [
+        ("3", "batch lanes: 3 (batches of 3 or more images)"),
+        ("1", "batch lanes: off"),
+    ] {
+        let o = runtime(&["--lanes", lanes, "info", "--model", m.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(says),
+            "--lanes {lanes}:\n{}",
+            stdout(&o)
+        );
+    }
+    let o = runtime(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--iterations",
+        "3",
+        "--warmup",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("img/s (CPUExecutionProvider)"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let m = model(d, None, OutputFormat::Float);
+    let ms = m.to_str().unwrap();
+    let out = d.join("out");
+    let outs = out.to_str().unwrap();
+    // Missing file, not an ONNX file.
+    let o = runtime(&[
+        "generate",
+        "--model",
+        d.join("nope.onnx").to_str().unwrap(),
+        "--out",
+        outs,
+    ]);
+    assert_fails_with(&o, &["nope.onnx", "no such file"]);
+    let text = d.join("notes.onnx");
+    std::fs::write(&text, "this is not a model").unwrap();
+    let o = runtime(&["generate", "--model", text.to_str().unwrap(), "--out", outs]);
+    assert_fails_with(&o, &["notes.onnx", "not a loadable ONNX model"]);
+    // A valid ONNX file that is not a generator (3-D output).
+    let odd = d.join("odd.onnx");
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            node: vec![node("Relu", "r", &["x"], &["y"], vec![])],
+            input: vec![value_info(
+                "x",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(4)],
+            )],
+            output: vec![value_info(
+                "y",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(4)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(&odd, model.encode_to_vec()).unwrap();
+    let o = runtime(&["generate", "--model", odd.to_str().unwrap(), "--out", outs]);
+    assert_fails_with(&o, &["odd.onnx", "unsupported model signature", "4-D"]);
+    // Counts.
+    assert_fails_with(
+        &runtime(&["generate", "-n", "0", "--model", ms, "--out", outs]),
+        &["-n must be at least 1"],
+    );
+    assert_fails_with(
+        &runtime(&[
+            "generate",
+            "-n",
+            "99999999999",
+            "--model",
+            ms,
+            "--out",
+            outs,
+        ]),
+        &["too many"],
+    );
+    // Class on an unconditional model.
+    assert_fails_with(
+        &runtime(&["generate", "--class", "1", "--model", ms, "--out", outs]),
+        &["--class", "class-conditional"],
+    );
+    // Unwritable output folder (a path below a regular file).
+    let blocked = d.join("notes.onnx/sub");
+    assert_fails_with(
+        &runtime(&[
+            "generate",
+            "--model",
+            ms,
+            "--out",
+            blocked.to_str().unwrap(),
+        ]),
+        &["notes.onnx/sub"],
+    );
+    // Missing ONNX Runtime library.
+    assert_fails_with(
+        &runtime(&[
+            "generate",
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--model",
+            ms,
+            "--out",
+            outs,
+        ]),
+        &["ONNX Runtime library", "not found", "make ort"],
+    );
+    assert!(
+        !out.join("000000.png").exists(),
+        "failed runs wrote no images"
+    );
+}
+
+#[test]
+fn conditional_models_take_a_class_in_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), Some(10), OutputFormat::Float);
+    let out = dir.path().join("c");
+    let ok = runtime(&[
+        "generate",
+        "-n",
+        "3",
+        "--class",
+        "9",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let bad = runtime(&[
+        "generate",
+        "-n",
+        "3",
+        "--class",
+        "10",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_with(&bad, &["--class 10", "10 classes"]);
+}
+
+#[test]
+fn interpolation_writes_a_strip_and_a_gif() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Float);
+    let strip = dir.path().join("walk.png");
+    let gif = dir.path().join("walk.gif");
+    let o = runtime(&[
+        "interpolate",
+        "--model",
+        m.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--seed-a",
+        "1",
+        "--seed-b",
+        "2",
+        "--out",
+        strip.to_str().unwrap(),
+        "--gif",
+        gif.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&strip).unwrap();
+    assert_eq!((img.width(), img.height()), (6 * 34 + 2, 36));
+    assert!(std::fs::read(&gif).unwrap().starts_with(b"GIF89a"));
+    assert_fails_with(
+        &runtime(&[
+            "interpolate",
+            "--model",
+            m.to_str().unwrap(),
+            "--steps",
+            "1",
+        ]),
+        &["--steps must be at least 2"],
+    );
+}
+
+#[test]
+fn explicit_gpu_providers_fail_clearly_on_a_cpu_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Float);
+    let out = dir.path().join("o");
+    for ep in ["cuda", "tensorrt"] {
+        let o = runtime(&[
+            "generate",
+            "--ep",
+            ep,
+            "-n",
+            "2",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_fails_with(
+            &o,
+            &["execution provider", "not in this ONNX Runtime build"],
+        );
+    }
+}
+
+#[test]
+fn pytorch_style_generators_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("torch.onnx");
+    pytorch_style_model(&m);
+    let out = dir.path().join("o");
+    let o = runtime(&[
+        "generate",
+        "-n",
+        "4",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(out.join("000003.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (8, 8));
+}

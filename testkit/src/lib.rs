@@ -1,0 +1,343 @@
+//! Fixtures shared by Gantry's tests: running a binary (each package's tests find theirs
+//! through `env!("CARGO_BIN_EXE_<name>")`, so that `cargo test` builds what it runs), data and
+//! checkpoint fixtures, and the ONNX checker. Depends on `gantry-models` only, so every
+//! package can use it in its tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use candle_onnx::onnx::{tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto};
+use gantry_exporter::proto::{f32_tensor, node, value_info, Attr, Dim};
+use gantry_exporter::{
+    export, ExportOptions, GraphOptions, OutputFormat, Precision, WeightsChoice,
+};
+use gantry_models::checkpoint::CheckpointMeta;
+use gantry_models::init::{init_tensors, normal_vec, rng_for};
+use gantry_models::{generator_spec, Checkpoint, ModelConfig, TensorMap, TrainerState};
+use prost::Message;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Flags of a tiny model (16x16, widths 8, latent 16, batch 8) that trains in a fraction of a second.
+pub const TINY_MODEL_FLAGS: [&str; 10] = [
+    "--image-size",
+    "16",
+    "--g-width",
+    "8",
+    "--d-width",
+    "8",
+    "--latent-dim",
+    "16",
+    "--batch-size",
+    "8",
+];
+
+/// `trainer train` arguments for a tiny model on the MNIST fixture in `data`, writing to `out`,
+/// followed by `extra`.
+pub fn tiny_train_args<'a>(data: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        data,
+        "--out",
+        out,
+    ];
+    a.extend_from_slice(&TINY_MODEL_FLAGS);
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Runs the binary at `exe` (a test's `env!("CARGO_BIN_EXE_<name>")`) with `args`.
+pub fn run(exe: &str, args: &[&str]) -> Output {
+    Command::new(exe)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {exe}: {e}"))
+}
+
+/// The IDX encoding (big-endian dimensions, unsigned bytes) of `data` with shape `dims`,
+/// written here independently of the trainer's reader.
+pub fn encode_idx(dims: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x08, dims.len() as u8];
+    for &d in dims {
+        out.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, and a last stderr line `error: ...`
+/// containing every needle.
+pub fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr:\n{err}"
+    );
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+    assert_ne!(
+        o.status.code(),
+        Some(101),
+        "exit code 101 means a panic:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: "),
+        "last stderr line is not an error line: {last:?}\n{err}"
+    );
+    for n in needles {
+        assert!(
+            last.contains(n),
+            "error line {last:?} does not mention {n:?}"
+        );
+    }
+}
+
+/// Writes a small MNIST-style data set (`count` 28x28 images of simple strokes, labels 0..9) as
+/// raw IDX files into `dir`.
+pub fn write_mnist_fixture(dir: &Path, count: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut pixels = vec![0u8; count * 28 * 28];
+    for i in 0..count {
+        let img = &mut pixels[i * 784..(i + 1) * 784];
+        let col = 6 + (i * 5) % 16;
+        for y in 4..24 {
+            img[y * 28 + col] = 255;
+            img[y * 28 + col + 1] = 200;
+        }
+    }
+    let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+    for prefix in ["train", "t10k"] {
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode_idx(&[count, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode_idx(&[count], &labels),
+        )
+        .unwrap();
+    }
+}
+
+/// A small model configuration for fast tests.
+pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize>) -> ModelConfig {
+    ModelConfig {
+        latent_dim: 16,
+        image_size,
+        channels,
+        g_width: 8,
+        d_width: 8,
+        num_classes,
+        label_embed_dim: 4,
+    }
+}
+
+/// Generator tensors from `seed` with non-trivial BatchNorm statistics and affine parameters,
+/// as a trained model has (so BatchNorm folding is really exercised).
+pub fn trained_like_generator(cfg: &ModelConfig, seed: u64) -> TensorMap {
+    let spec = generator_spec(cfg);
+    let mut t = init_tensors(&spec, "generator", seed).unwrap();
+    for (name, v) in t.iter_mut() {
+        let n = v.elem_count();
+        let mut rng = rng_for(seed, &format!("stats/{name}"));
+        let values = if name.ends_with("running_var") {
+            normal_vec(&mut rng, n, 0.0, 1.0)
+                .iter()
+                .map(|x| 0.2 + x.abs())
+                .collect()
+        } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+            normal_vec(&mut rng, n, 0.0, 0.3)
+        } else {
+            continue;
+        };
+        *v = Tensor::from_vec(values, v.dims(), &Device::Cpu).unwrap();
+    }
+    t
+}
+
+/// Writes a generator-only checkpoint of `cfg` (as `trainer` would for inference) into `dir`.
+pub fn write_generator_checkpoint(dir: &Path, cfg: &ModelConfig, generator: TensorMap, step: u64) {
+    Checkpoint {
+        meta: CheckpointMeta::new(cfg.clone(), Some("fixture".into()), serde_json::json!({})),
+        generator,
+        generator_ema: None,
+        discriminator: None,
+        optimizer_g: None,
+        optimizer_d: None,
+        trainer_state: Some(TrainerState {
+            step,
+            epoch: 0,
+            batch_in_epoch: 0,
+            seed: 0,
+            elapsed_seconds: 0.0,
+        }),
+    }
+    .save(dir)
+    .unwrap();
+}
+
+/// The Python interpreter with the `onnx` package (installed by `scripts/setup-tools.sh`).
+pub fn onnx_python() -> PathBuf {
+    let p = workspace().join(".tools/venv/bin/python");
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make test` (scripts/setup-tools.sh installs the onnx checker)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `onnx.checker.check_model(model, full_check=True)` on each file; panics with the
+/// checker's message on failure.
+pub fn onnx_check(files: &[&Path]) {
+    let script = "import sys, onnx\nfor f in sys.argv[1:]:\n    onnx.checker.check_model(onnx.load(f), full_check=True)\n    print('ok', f)\n";
+    let out = Command::new(onnx_python())
+        .arg("-c")
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "onnx checker failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// Exports a small generator (32x32 grey, latent 16, optionally conditional) with the given
+/// output format into `dir` and returns the ONNX path.
+pub fn export_tiny_model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBuf {
+    let cfg = tiny_config(32, 1, num_classes);
+    let ckpt = dir.join(format!("ckpt-{num_classes:?}-{output:?}"));
+    write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, 1), 5);
+    let out = dir.join(format!("g-{num_classes:?}-{output:?}.onnx"));
+    export(&ExportOptions {
+        checkpoint: ckpt,
+        out: Some(out.clone()),
+        opset: 17,
+        graph: GraphOptions {
+            precision: Precision::Fp32,
+            fold_batchnorm: true,
+            output,
+        },
+        weights: WeightsChoice::Auto,
+        triton: None,
+    })
+    .unwrap();
+    out
+}
+
+/// A generator shaped like `torch.onnx.export` of the PyTorch DCGAN: latent `[N, nz, 1, 1]`
+/// named `input`, unfolded BatchNormalization, output named `output`, no Gantry metadata.
+pub fn pytorch_style_model(path: &Path) {
+    let mut init = Vec::new();
+    let mut w = |name: &str, dims: &[usize], scale: f32| {
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 23) as f32 - 11.0) * scale)
+            .collect();
+        init.push(f32_tensor(name, dims, &values));
+        name.to_string()
+    };
+    let w0 = w("main.0.weight", &[8, 4, 4, 4], 0.02);
+    let (g, b) = (w("main.1.weight", &[4], 0.05), w("main.1.bias", &[4], 0.01));
+    let (m, v) = (
+        w("main.1.running_mean", &[4], 0.01),
+        w("main.1.running_var", &[4], 0.0),
+    );
+    let w3 = w("main.3.weight", &[4, 3, 4, 4], 0.02);
+    // running_var must be positive
+    init[4] = f32_tensor("main.1.running_var", &[4], &[1.0, 0.5, 2.0, 1.5]);
+    let conv = |k: i64, s: i64, p: i64| {
+        vec![
+            Attr::Ints("kernel_shape", vec![k, k]),
+            Attr::Ints("strides", vec![s, s]),
+            Attr::Ints("pads", vec![p, p, p, p]),
+        ]
+    };
+    let nodes = vec![
+        node(
+            "ConvTranspose",
+            "/main/main.0/ConvTranspose",
+            &["input", &w0],
+            &["/main/main.0/ConvTranspose_output_0"],
+            conv(4, 1, 0),
+        ),
+        node(
+            "BatchNormalization",
+            "/main/main.1/BatchNormalization",
+            &["/main/main.0/ConvTranspose_output_0", &g, &b, &m, &v],
+            &["/main/main.1/BatchNormalization_output_0"],
+            vec![Attr::Float("epsilon", 1e-5)],
+        ),
+        node(
+            "Relu",
+            "/main/main.2/Relu",
+            &["/main/main.1/BatchNormalization_output_0"],
+            &["/main/main.2/Relu_output_0"],
+            vec![],
+        ),
+        node(
+            "ConvTranspose",
+            "/main/main.3/ConvTranspose",
+            &["/main/main.2/Relu_output_0", &w3],
+            &["/main/main.3/ConvTranspose_output_0"],
+            conv(4, 2, 1),
+        ),
+        node(
+            "Tanh",
+            "/main/main.4/Tanh",
+            &["/main/main.3/ConvTranspose_output_0"],
+            &["output"],
+            vec![],
+        ),
+    ];
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        producer_name: "pytorch".into(),
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "main_graph".into(),
+            initializer: init,
+            input: vec![value_info(
+                "input",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(8), Dim::Fixed(1), Dim::Fixed(1)],
+            )],
+            output: vec![value_info(
+                "output",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(3), Dim::Fixed(8), Dim::Fixed(8)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}

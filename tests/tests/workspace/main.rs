@@ -1,0 +1,9 @@
+//! Gantry's workspace tests (one binary): training through the library, the exported model run
+//! by ONNX Runtime against candle, the runtime library, a training step against numbers
+//! produced by PyTorch, and the whole train -> export -> generate path.
+
+mod end_to_end;
+mod export_parity;
+mod golden_step;
+mod runtime_library;
+mod training;

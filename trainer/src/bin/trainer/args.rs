@@ -1,0 +1,342 @@
+//! The command line: every flag, its help, and its default (read from the library's defaults,
+//! `TrainConfig::default()` and `ModelConfig::default()`, so they are written down once).
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
+use gantry_models::{Kernels, ModelConfig};
+use gantry_trainer::data::{DatasetKind, Fit};
+use gantry_trainer::loss::LossKind;
+use gantry_trainer::setup::{DeviceKind, ResumeChanges};
+use gantry_trainer::TrainConfig;
+
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
+fn model_defaults() -> ModelConfig {
+    ModelConfig::default()
+}
+
+#[derive(Parser)]
+#[command(name = "trainer", version, about = "Train DCGAN generators for Gantry")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train (or resume training) a DCGAN on a data set.
+    Train(Box<TrainArgs>),
+    /// Time training steps on synthetic data (img/s), optionally with a per-layer breakdown.
+    Bench(BenchArgs),
+    /// Write a grid of samples from a checkpoint.
+    Sample(SampleArgs),
+    /// FID and class coverage of a checkpoint's samples (or an image folder) against the test split.
+    Eval(EvalArgs),
+    /// Train (and cache next to the data) the classifier `eval` scores with.
+    Classifier(ClassifierArgs),
+}
+
+/// `trainer train`: a fresh run needs `--dataset` and `--out`; `--resume` continues a run and
+/// takes only the schedule options.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Continue the run in this folder (or checkpoint) with its data order and optimiser state.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Where to train: cpu or cuda (a build with --features cuda or cudnn).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Convolution kernels: fast (Gantry's GEMM kernels on CPU, cuDNN on CUDA) or candle.
+    #[arg(long, default_value = "fast")]
+    pub kernels: Kernels,
+    /// Print a plain progress line every N steps when not on a terminal.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+}
+
+/// What fixes a run: given when it starts, then stored in its checkpoint (not allowed with
+/// `--resume`).
+#[derive(Debug, Args)]
+#[group(id = RUN_SETTINGS, multiple = true)]
+pub struct RunArgs {
+    /// Data set layout: mnist, fashion-mnist, cifar10 or folder (PNG/JPEG tree, subfolder = class).
+    #[arg(long, required_unless_present = "resume")]
+    pub dataset: Option<DatasetKind>,
+    /// Output folder: samples/, metrics.jsonl, losses.png, checkpoint/, final/.
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Image side in pixels: a power of two from 16 to 256.
+    #[arg(long, default_value_t = model_defaults().image_size)]
+    pub image_size: usize,
+    /// Image channels, 1 or 3 [default: the data set's].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// How images reach the square size: crop (resize + centre crop) or pad (centre-pad).
+    #[arg(long, default_value_t = defaults().fit)]
+    pub fit: Fit,
+    /// Images per batch.
+    #[arg(long, default_value_t = defaults().batch_size)]
+    pub batch_size: usize,
+    /// Seed of weights, data order and latents.
+    #[arg(long, default_value_t = defaults().seed)]
+    pub seed: u64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = defaults().adam.lr, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Adam beta1.
+    #[arg(long, default_value_t = defaults().adam.beta1, allow_negative_numbers = true)]
+    pub beta1: f64,
+    /// Adam beta2.
+    #[arg(long, default_value_t = defaults().adam.beta2, allow_negative_numbers = true)]
+    pub beta2: f64,
+    /// Latent size.
+    #[arg(long, default_value_t = model_defaults().latent_dim)]
+    pub latent_dim: usize,
+    /// Generator width (ngf).
+    #[arg(long, default_value_t = model_defaults().g_width)]
+    pub g_width: usize,
+    /// Discriminator width (ndf).
+    #[arg(long, default_value_t = model_defaults().d_width)]
+    pub d_width: usize,
+    /// Adversarial loss: bce (non-saturating, on logits) or hinge.
+    #[arg(long, default_value_t = defaults().loss)]
+    pub loss: LossKind,
+    /// Keep an exponential moving average of G with this decay (e.g. 0.999); used for samples and export.
+    #[arg(long, allow_negative_numbers = true)]
+    pub ema: Option<f64>,
+    /// Train a class-conditional pair on the data set's labels.
+    #[arg(long)]
+    pub conditional: bool,
+}
+
+/// The group id of [`RunArgs`].
+pub const RUN_SETTINGS: &str = "run_settings";
+
+/// What a run's schedule is: may be changed when resuming.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Folder holding the data set [default: data/DATASET].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Passes over the data set.
+    #[arg(long, default_value_t = defaults().epochs)]
+    pub epochs: u64,
+    /// Stop after this many steps even if epochs remain.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Write a sample grid every N steps (0: only at the end).
+    #[arg(long, default_value_t = defaults().sample_every)]
+    pub sample_every: u64,
+    /// Write a checkpoint every N steps (0: only at the end and on Ctrl-C).
+    #[arg(long, default_value_t = defaults().checkpoint_every)]
+    pub checkpoint_every: u64,
+}
+
+/// Whether the flag of `id` was given on the command line (not just defaulted).
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches!(
+        matches.value_source(id),
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+    )
+}
+
+/// The long flag of the argument `id` of `trainer train`.
+fn long_flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
+impl TrainArgs {
+    /// The run-fixing flags given on the command line (an error with `--resume`).
+    pub fn given_run_settings(train: &ArgMatches) -> Vec<String> {
+        let cmd = Cli::command();
+        let Some(sub) = cmd.find_subcommand("train") else {
+            return Vec::new();
+        };
+        sub.get_groups()
+            .filter(|g| g.get_id() == RUN_SETTINGS)
+            .flat_map(|g| g.get_args())
+            .filter(|id| given(train, id.as_str()))
+            .map(|id| long_flag(id.as_str()))
+            .collect()
+    }
+
+    /// The schedule flags a resume may give, by name.
+    pub fn schedule_flags() -> Vec<String> {
+        [
+            "data_dir",
+            "epochs",
+            "max_steps",
+            "sample_every",
+            "checkpoint_every",
+        ]
+        .into_iter()
+        .map(long_flag)
+        .collect()
+    }
+
+    /// The fresh run's training config: the defaults with the given flags.
+    pub fn train_config(&self, dataset: DatasetKind) -> TrainConfig {
+        let (run, schedule) = (&self.run, &self.schedule);
+        let mut config = TrainConfig::for_dataset(dataset);
+        if let Some(dir) = &schedule.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.fit = run.fit;
+        config.batch_size = run.batch_size;
+        config.epochs = schedule.epochs;
+        config.max_steps = schedule.max_steps;
+        config.seed = run.seed;
+        config.adam.lr = run.lr;
+        config.adam.beta1 = run.beta1;
+        config.adam.beta2 = run.beta2;
+        config.loss = run.loss;
+        config.ema = run.ema;
+        config.conditional = run.conditional;
+        config.sample_every = schedule.sample_every;
+        config.checkpoint_every = schedule.checkpoint_every;
+        config
+    }
+
+    /// The fresh run's model (the class count comes from the data for conditional runs).
+    pub fn model_config(&self, dataset: DatasetKind) -> ModelConfig {
+        ModelConfig {
+            latent_dim: self.run.latent_dim,
+            image_size: self.run.image_size,
+            channels: self.run.channels.unwrap_or(dataset.default_channels()),
+            g_width: self.run.g_width,
+            d_width: self.run.d_width,
+            ..ModelConfig::default()
+        }
+    }
+
+    /// What a resume changes: the schedule flags given on the command line.
+    pub fn resume_changes(&self, train: &ArgMatches) -> ResumeChanges {
+        let s = &self.schedule;
+        ResumeChanges {
+            epochs: given(train, "epochs").then_some(s.epochs),
+            max_steps: s.max_steps,
+            data_dir: s.data_dir.clone(),
+            sample_every: given(train, "sample_every").then_some(s.sample_every),
+            checkpoint_every: given(train, "checkpoint_every").then_some(s.checkpoint_every),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// Checkpoint or run directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output PNG.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Seed of the latents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use batch statistics (train mode) instead of the running ones (eval mode, as exported).
+    #[arg(long)]
+    pub train_mode: bool,
+    /// Use the raw generator even when the checkpoint has EMA weights.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Image side.
+    #[arg(long, default_value_t = model_defaults().image_size)]
+    pub image_size: usize,
+    /// Image channels.
+    #[arg(long, default_value_t = model_defaults().channels)]
+    pub channels: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Kernels: fast or candle.
+    #[arg(long, default_value = "fast")]
+    pub kernels: Kernels,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceKind,
+    /// Print where the time goes (phases of the step, and each convolution's kernels).
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// `trainer eval` options.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint or run folder to evaluate (its generator(s) in eval and train mode).
+    #[arg(long, conflicts_with = "images", required_unless_present = "images")]
+    pub checkpoint: Option<PathBuf>,
+    /// Instead: a folder of generated images (e.g. PyTorch's samples).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Data set whose test split is the reference [default: the checkpoint's].
+    #[arg(long)]
+    pub dataset: Option<DatasetKind>,
+    /// Its folder [default: the checkpoint's, else data/DATASET].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Image size for --images.
+    #[arg(long, default_value_t = model_defaults().image_size)]
+    pub image_size: usize,
+    /// Channels for --images [default: the data set's].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// How real images are fitted to the size [default: the checkpoint's, else crop].
+    #[arg(long)]
+    pub fit: Option<Fit>,
+    /// Generated samples per variant.
+    #[arg(long, default_value_t = 10_000)]
+    pub n: usize,
+    /// Seed of the sample latents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the report [default: eval.json in the run folder, or in the image folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `trainer classifier` options.
+#[derive(Debug, Args)]
+pub struct ClassifierArgs {
+    /// Data set to classify: mnist, fashion-mnist, cifar10 or folder.
+    #[arg(long)]
+    pub dataset: DatasetKind,
+    /// Its folder [default: data/DATASET].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Image side the classifier sees (the generators' it will score).
+    #[arg(long, default_value_t = model_defaults().image_size)]
+    pub image_size: usize,
+    /// Image channels [default: the data set's].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// How images reach the square size: crop or pad.
+    #[arg(long, default_value_t = defaults().fit)]
+    pub fit: Fit,
+    /// Training epochs.
+    #[arg(long, default_value_t = gantry_trainer::eval::CLASSIFIER_EPOCHS)]
+    pub epochs: usize,
+    /// Retrain even when a cached classifier exists.
+    #[arg(long)]
+    pub force: bool,
+}

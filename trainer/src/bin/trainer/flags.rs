@@ -1,0 +1,60 @@
+//! The one place where the library's settings meet this command line's flags.
+
+use gantry_trainer::{Setting, TrainError};
+
+/// The flag that sets `setting`.
+pub fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Dataset => "--dataset",
+        Setting::DataDir => "--data-dir",
+        Setting::Out => "--out",
+        Setting::Resume => "--resume",
+        Setting::Checkpoint => "--checkpoint",
+        Setting::Images => "--images",
+        Setting::ImageSize => "--image-size",
+        Setting::Channels => "--channels",
+        Setting::BatchSize => "--batch-size",
+        Setting::Epochs => "--epochs",
+        Setting::MaxSteps => "--max-steps",
+        Setting::LearningRate => "--lr",
+        Setting::Beta1 => "--beta1",
+        Setting::Beta2 => "--beta2",
+        Setting::LatentDim => "--latent-dim",
+        Setting::GeneratorWidth => "--g-width",
+        Setting::DiscriminatorWidth => "--d-width",
+        Setting::Ema => "--ema",
+        Setting::Conditional => "--conditional",
+        Setting::Device => "--device",
+        Setting::SampleCount => "--n",
+        Setting::Steps => "--steps",
+        _ => "an option",
+    }
+}
+
+/// The one-line message of an error, naming flags where the library names settings.
+pub fn render(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<TrainError>() {
+        Some(TrainError::Invalid { setting, problem }) => format!("{} {problem}", flag(*setting)),
+        Some(TrainError::RunExists { out }) => format!(
+            "--out {0} already holds a checkpoint; continue it with `trainer train --resume {0}` or choose another --out",
+            out.display()
+        ),
+        _ => chain(e),
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text is already there (an
+/// error that shows its cause in its own message).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}

@@ -1,0 +1,223 @@
+//! `trainer`: trains Gantry's DCGAN. See `trainer --help` and the README.
+
+mod args;
+mod flags;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use args::{BenchArgs, ClassifierArgs, Cli, Command, EvalArgs, SampleArgs, TrainArgs};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use gantry_trainer::bench::{bench_train, BenchSpec};
+use gantry_trainer::eval::EvalSource;
+use gantry_trainer::setup::{
+    data_spec, execute, prepare_fresh, prepare_resume, run_classifier, run_eval, select_device,
+    EvalRequest,
+};
+use gantry_trainer::train::run::RunOutcome;
+
+/// Keeps glibc's allocator from handing the multi-megabyte tensors of every training step back
+/// to the kernel and page-faulting them in again on the next step: with these settings the
+/// 32x32 benchmark makes 7x fewer page faults and uses 17% less CPU time (docs/benchmarks.md).
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
+/// candle runs its element-wise CPU ops on a thread pool of its own that spins while idle; beside
+/// rayon's pool (which Gantry's kernels and GEMMs use) it oversubscribes small machines. The
+/// remaining candle element-wise work is small, so it runs on the calling thread: 20% less CPU
+/// time per training step on 2 cores (docs/benchmarks.md). `CANDLE_NUM_THREADS` still overrides.
+fn tune_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let device = select_device(args.device)?;
+    let spec = BenchSpec {
+        image_size: args.image_size,
+        channels: args.channels,
+        batch_size: args.batch_size,
+        steps: args.steps,
+        warmup: args.warmup,
+        kernels: args.kernels,
+    };
+    let r = bench_train(&spec, &device, args.profile)?;
+    let kernels = format!("{:?}", args.kernels).to_lowercase();
+    println!(
+        "RESULT gantry-train img{}x{} b{} {} {kernels}: {:.2} ms/step {:.0} img/s",
+        args.image_size,
+        args.channels,
+        args.batch_size,
+        args.device.name(),
+        r.median.as_secs_f64() * 1e3,
+        r.img_per_sec
+    );
+    for (name, calls, time) in &r.spans {
+        println!(
+            "  {:>9.2} ms  {calls:>4.1}x  {name}",
+            time.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
+    let device = select_device(args.device)?;
+    let mut prepared = match (&args.resume, &args.run.dataset, &args.run.out) {
+        (Some(path), _, _) => {
+            let fixed = TrainArgs::given_run_settings(matches);
+            if let Some(flag) = fixed.first() {
+                bail!(
+                    "{flag} cannot be changed when resuming (the checkpoint fixes it); a resumed run takes only {}, --device and --kernels",
+                    TrainArgs::schedule_flags().join(", ")
+                );
+            }
+            prepare_resume(path, &args.resume_changes(matches), args.kernels, &device)?
+        }
+        (None, Some(dataset), Some(out)) => prepare_fresh(
+            args.train_config(*dataset),
+            args.model_config(*dataset),
+            out,
+            args.kernels,
+            &device,
+        )?,
+        _ => bail!("--dataset and --out are required unless --resume is given"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let t = &prepared.trainer;
+    let out = prepared.paths.out.display().to_string();
+    match &prepared.resumed_from {
+        Some(dir) => eprintln!(
+            "resuming {} at step {} of {}",
+            dir.display(),
+            t.state.step,
+            t.total_steps()
+        ),
+        None => eprintln!(
+            "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
+            t.model.image_size,
+            t.model.image_size,
+            t.model.channels,
+            t.data.name,
+            t.data.len(),
+            t.batches_per_epoch(),
+            t.total_steps()
+        ),
+    }
+    match execute(&mut prepared, &stop, args.log_every)? {
+        RunOutcome::Finished { step, last_sample } => {
+            eprintln!("finished at step {step}: {out}/final");
+            if let Some(p) = last_sample {
+                println!("samples: {}", p.display());
+            }
+        }
+        RunOutcome::Stopped { step } => {
+            eprintln!("stopped at step {step}; checkpoint written to {out}/checkpoint");
+            println!("resume with: trainer train --resume {out}");
+        }
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let source = match (a.checkpoint, a.images) {
+        (Some(c), _) => EvalSource::Checkpoint(c),
+        (None, Some(i)) => EvalSource::Images(i),
+        (None, None) => bail!("give --checkpoint or --images"),
+    };
+    let request = EvalRequest {
+        source,
+        dataset: a.dataset,
+        data_dir: a.data_dir,
+        image_size: a.image_size,
+        channels: a.channels,
+        fit: a.fit,
+        samples: a.n,
+        seed: a.seed,
+        out: a.out,
+    };
+    let (report, out) = run_eval(&request, &mut |line| eprintln!("{line}"))?;
+    for r in &report.results {
+        println!(
+            "{}: FID {:.3}  classes>=5% {}  entropy {:.3} bits  confidence {:.3}{}",
+            r.variant,
+            r.fid,
+            r.coverage.classes_over_5_percent,
+            r.coverage.label_entropy_bits,
+            r.coverage.mean_confidence,
+            r.coverage
+                .class_agreement
+                .map(|a| format!("  class agreement {:.1}%", a * 100.0))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "reference (train vs test): FID {:.3}",
+        report.reference_fid_train_vs_test
+    );
+    println!("report: {}", out.display());
+    Ok(())
+}
+
+fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
+    let spec = data_spec(
+        a.dataset,
+        a.data_dir.as_deref(),
+        a.image_size,
+        a.channels,
+        a.fit,
+    )?;
+    run_classifier(&spec, a.epochs, a.force, &mut |line| eprintln!("{line}"))?;
+    Ok(())
+}
+
+fn sample(a: SampleArgs) -> anyhow::Result<()> {
+    gantry_trainer::sample::write_grid(&a.checkpoint, &a.out, a.n, a.seed, a.train_mode, a.raw)?;
+    println!("samples: {}", a.out.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tune_threads();
+    tune_allocator();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Train(args) => {
+            let train_matches = matches.subcommand_matches("train").unwrap_or(&matches);
+            train(&args, train_matches)
+        }
+        Command::Bench(args) => bench(args),
+        Command::Eval(a) => eval(a),
+        Command::Classifier(a) => classifier(a),
+        Command::Sample(a) => sample(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", flags::render(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Turning settings into a run, fresh or resumed, with everything checked before any output is
+//! written; and the other commands' entry points (evaluation, classifier). The `trainer`
+//! binary maps its flags onto these.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use candle_core::Device;
+use gantry_models::{resolve_checkpoint, Checkpoint, Kernels, ModelConfig};
+
+use crate::data::{self, DataSpec, DatasetKind, Fit, Split};
+use crate::error::{Result, Setting, TrainError};
+use crate::eval::{self, classifier, EvalReport, EvalSource};
+use crate::train::run::{prepare_out_dir, run, RunOutcome, RunPaths};
+use crate::train::{TrainConfig, Trainer};
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    #[default]
+    Cpu,
+    /// The first CUDA device (needs a build with the `cuda` feature).
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(format!("unknown device `{other}` (expected cpu or cuda)")),
+        }
+    }
+}
+
+impl DeviceKind {
+    /// The name on the command line and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+/// The candle device of `kind`.
+pub fn select_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(0).map_err(|e| {
+            TrainError::invalid(Setting::Device, format!("cannot use CUDA device 0: {e}"))
+        }),
+        DeviceKind::Cuda => Err(TrainError::invalid(
+            Setting::Device,
+            "CUDA is not compiled into this trainer; rebuild with `cargo build --release --features cuda`",
+        )),
+    }
+}
+
+/// A run ready to start: the trainer and where it writes.
+pub struct PreparedRun {
+    pub trainer: Trainer,
+    pub paths: RunPaths,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// What a resumed run may change: its budget, its output intervals and where its data is.
+/// Everything else is fixed by the checkpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResumeChanges {
+    pub epochs: Option<u64>,
+    pub max_steps: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub sample_every: Option<u64>,
+    pub checkpoint_every: Option<u64>,
+}
+
+impl ResumeChanges {
+    fn apply(&self, config: &mut TrainConfig) {
+        if let Some(e) = self.epochs {
+            config.epochs = e;
+        }
+        if self.max_steps.is_some() {
+            config.max_steps = self.max_steps;
+        }
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(s) = self.sample_every {
+            config.sample_every = s;
+        }
+        if let Some(c) = self.checkpoint_every {
+            config.checkpoint_every = c;
+        }
+    }
+}
+
+/// A fresh run of `model` trained as `config` says, writing into `out` (which must not hold a
+/// checkpoint yet). For conditional runs the class count comes from the data set.
+pub fn prepare_fresh(
+    config: TrainConfig,
+    mut model: ModelConfig,
+    out: &Path,
+    kernels: Kernels,
+    device: &Device,
+) -> Result<PreparedRun> {
+    if resolve_checkpoint(out).is_ok() {
+        return Err(TrainError::RunExists {
+            out: out.to_path_buf(),
+        });
+    }
+    config.validate()?;
+    model.validate()?;
+    let data = data::load(
+        &config.data_spec(model.image_size, model.channels),
+        Split::Train,
+    )?;
+    if config.conditional {
+        model.num_classes = Some(data.class_names.len());
+    }
+    let mut trainer = Trainer::new(config, model, data, device)?;
+    trainer.set_kernels(kernels);
+    prepare_out_dir(out)?;
+    Ok(PreparedRun {
+        trainer,
+        paths: RunPaths {
+            out: out.to_path_buf(),
+        },
+        resumed_from: None,
+    })
+}
+
+/// Continues the run in `path` (its folder or a checkpoint) with `changes`.
+pub fn prepare_resume(
+    path: &Path,
+    changes: &ResumeChanges,
+    kernels: Kernels,
+    device: &Device,
+) -> Result<PreparedRun> {
+    let dir = resolve_checkpoint(path)
+        .map_err(|e| TrainError::invalid(Setting::Resume, e.to_string()))?;
+    let ckpt = Checkpoint::load(&dir)?;
+    let stored = dir.join(gantry_models::checkpoint::CONFIG_FILE);
+    let mut config: TrainConfig = serde_json::from_value(ckpt.meta.training.clone())
+        .map_err(|e| TrainError::data(&stored, format!("training options are unreadable: {e}")))?;
+    // A bad stored value is the checkpoint's fault, not an option the user gave.
+    config
+        .validate()
+        .map_err(|e| TrainError::data(&stored, format!("stored {e}")))?;
+    changes.apply(&mut config);
+    config.validate()?;
+    let model = &ckpt.meta.model;
+    let data = data::load(
+        &config.data_spec(model.image_size, model.channels),
+        Split::Train,
+    )?;
+    let out = if path.join(gantry_models::checkpoint::CONFIG_FILE).is_file() {
+        dir.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    } else {
+        path.to_path_buf()
+    };
+    let mut trainer = Trainer::from_checkpoint(&ckpt, config, data, device)?;
+    trainer.set_kernels(kernels);
+    prepare_out_dir(&out)?;
+    Ok(PreparedRun {
+        trainer,
+        paths: RunPaths { out },
+        resumed_from: Some(dir),
+    })
+}
+
+/// Runs a prepared run until done or `stop` is set.
+pub fn execute(
+    prepared: &mut PreparedRun,
+    stop: &AtomicBool,
+    log_every: u64,
+) -> Result<RunOutcome> {
+    run(&mut prepared.trainer, &prepared.paths, stop, log_every)
+}
+
+/// How real images are loaded for an evaluation or the classifier: `dataset` from `dir` (else
+/// `data/<dataset>`), at `image_size`, with `channels` (else the data set's own).
+pub fn data_spec(
+    dataset: DatasetKind,
+    dir: Option<&Path>,
+    image_size: usize,
+    channels: Option<usize>,
+    fit: Fit,
+) -> Result<DataSpec> {
+    let shape = ModelConfig {
+        image_size,
+        channels: channels.unwrap_or(dataset.default_channels()),
+        ..ModelConfig::default()
+    };
+    shape.validate()?;
+    Ok(DataSpec {
+        kind: dataset,
+        dir: dir.map_or_else(|| TrainConfig::default_data_dir(dataset), Path::to_path_buf),
+        image_size: shape.image_size,
+        channels: shape.channels,
+        fit,
+    })
+}
+
+/// What `trainer eval` scores and against what.
+#[derive(Debug, Clone)]
+pub struct EvalRequest {
+    pub source: EvalSource,
+    /// The data set whose test split is the reference (a checkpoint's own when `None`).
+    pub dataset: Option<DatasetKind>,
+    pub data_dir: Option<PathBuf>,
+    /// Image size and channels of an image folder (a checkpoint fixes its own).
+    pub image_size: usize,
+    pub channels: Option<usize>,
+    pub fit: Option<Fit>,
+    /// Generated samples per variant.
+    pub samples: usize,
+    pub seed: u64,
+    /// The report file (default: `eval.json` in the run or image folder).
+    pub out: Option<PathBuf>,
+}
+
+/// Runs an evaluation and writes its report; returns the report and where it was written.
+pub fn run_eval(
+    request: &EvalRequest,
+    log: &mut dyn FnMut(String),
+) -> Result<(EvalReport, PathBuf)> {
+    let (spec, default_out) = match &request.source {
+        EvalSource::Checkpoint(path) => {
+            let dir = resolve_checkpoint(path)
+                .map_err(|e| TrainError::invalid(Setting::Checkpoint, e.to_string()))?;
+            let meta = Checkpoint::read_meta(&dir)?;
+            let trained: Option<TrainConfig> = serde_json::from_value(meta.training.clone()).ok();
+            let kind = request
+                .dataset
+                .or(trained.as_ref().map(|t| t.dataset))
+                .ok_or_else(|| {
+                    TrainError::invalid(
+                        Setting::Dataset,
+                        "required: the checkpoint does not name its data set",
+                    )
+                })?;
+            let spec = DataSpec {
+                kind,
+                dir: request
+                    .data_dir
+                    .clone()
+                    .or(trained.as_ref().map(|t| t.data_dir.clone()))
+                    .unwrap_or_else(|| TrainConfig::default_data_dir(kind)),
+                image_size: meta.model.image_size,
+                channels: meta.model.channels,
+                fit: request
+                    .fit
+                    .or(trained.as_ref().map(|t| t.fit))
+                    .unwrap_or_default(),
+            };
+            let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            (spec, run_dir.join("eval.json"))
+        }
+        EvalSource::Images(images) => {
+            let kind = request.dataset.ok_or_else(|| {
+                TrainError::invalid(Setting::Dataset, "required to score an image folder")
+            })?;
+            let spec = data_spec(
+                kind,
+                request.data_dir.as_deref(),
+                request.image_size,
+                request.channels,
+                request.fit.unwrap_or_default(),
+            )?;
+            (spec, images.join("eval.json"))
+        }
+    };
+    let report = eval::evaluate(
+        &request.source,
+        &spec,
+        request.samples,
+        request.seed,
+        &Device::Cpu,
+        log,
+    )?;
+    let out = request.out.clone().unwrap_or(default_out);
+    let mut json = serde_json::to_vec_pretty(&report).map_err(|e| {
+        TrainError::io(
+            &out,
+            std::io::Error::other(format!("cannot serialise: {e}")),
+        )
+    })?;
+    json.push(b'\n');
+    gantry_models::atomic::write_file_atomic(&out, &json)?;
+    Ok((report, out))
+}
+
+/// Trains the evaluation classifier for `spec` (or, with a cache and without `force`, loads it).
+pub fn run_classifier(
+    spec: &DataSpec,
+    epochs: usize,
+    force: bool,
+    log: &mut dyn FnMut(String),
+) -> Result<classifier::ClassifierInfo> {
+    let model = if force {
+        classifier::train(spec, epochs, &Device::Cpu, log)?
+    } else {
+        classifier::load_or_train(spec, epochs, &Device::Cpu, log)?
+    };
+    log(format!(
+        "classifier: {} ({:.2}% test accuracy)",
+        classifier::cache_path(spec).display(),
+        model.info.test_accuracy * 100.0
+    ));
+    Ok(model.info)
+}

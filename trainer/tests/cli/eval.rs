@@ -1,0 +1,144 @@
+//! `trainer eval` / `trainer classifier`: FID separates real from noise images, reports cover
+//! every sampling variant, and the classifier is cached with its accuracy.
+
+use std::path::Path;
+
+use gantry_testkit::{stderr, stdout, tiny_train_args, write_mnist_fixture};
+
+use super::trainer;
+use gantry_trainer::data::{DataSpec, DatasetKind, Fit};
+use gantry_trainer::eval::{classifier, evaluate, EvalSource};
+
+fn spec(dir: &Path) -> DataSpec {
+    DataSpec {
+        kind: DatasetKind::Mnist,
+        dir: dir.to_path_buf(),
+        image_size: 16,
+        channels: 1,
+        fit: Fit::Crop,
+    }
+}
+
+fn write_pngs(dir: &Path, images: impl Iterator<Item = image::GrayImage>) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (i, img) in images.enumerate() {
+        img.save(dir.join(format!("{i:04}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn real_images_score_far_below_noise_and_checkpoints_get_every_variant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    write_mnist_fixture(&data, 120);
+    let spec = spec(&data);
+    let mut log = |_: String| {};
+    let c = classifier::train(&spec, 2, &candle_core::Device::Cpu, &mut log).unwrap();
+    assert!(
+        classifier::cache_path(&spec).is_file(),
+        "classifier is cached next to the data"
+    );
+    assert!((0.0..=1.0).contains(&c.info.test_accuracy));
+
+    // Real images: the fixture's own strokes, rendered like the data set.
+    let real_dir = tmp.path().join("real");
+    write_pngs(
+        &real_dir,
+        (0..120).map(|i| {
+            let col = 6 + (i * 5) % 16;
+            image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([if (4..24).contains(&y) && (x == col || x == col + 1) {
+                    255
+                } else {
+                    0
+                }])
+            })
+        }),
+    );
+    let noise_dir = tmp.path().join("noise");
+    write_pngs(
+        &noise_dir,
+        (0..120u32).map(|i| {
+            image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([((x * 7919 + y * 104729 + i * 31) % 251) as u8])
+            })
+        }),
+    );
+    let real = evaluate(
+        &EvalSource::Images(real_dir),
+        &spec,
+        120,
+        0,
+        &candle_core::Device::Cpu,
+        &mut log,
+    )
+    .unwrap();
+    let noise = evaluate(
+        &EvalSource::Images(noise_dir),
+        &spec,
+        120,
+        0,
+        &candle_core::Device::Cpu,
+        &mut log,
+    )
+    .unwrap();
+    let (fr, fnoise) = (real.results[0].fid, noise.results[0].fid);
+    assert!(fr * 100.0 < fnoise, "real {fr} vs noise {fnoise}");
+    assert!(real.reference_fid_train_vs_test < fnoise / 100.0);
+
+    // A checkpoint trained with EMA is scored as ema/raw x eval/train, via the CLI.
+    let out = tmp.path().join("run");
+    let o = trainer(&tiny_train_args(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--max-steps", "4", "--ema", "0.9"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = trainer(&["eval", "--checkpoint", out.to_str().unwrap(), "--n", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    let variants: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        variants,
+        vec!["ema/eval", "ema/train", "raw/eval", "raw/train"]
+    );
+    for r in report["results"].as_array().unwrap() {
+        assert!(r["fid"].as_f64().unwrap().is_finite());
+        assert_eq!(
+            r["coverage"]["histogram"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>(),
+            64
+        );
+    }
+    assert!(stdout(&o).contains("reference (train vs test)"));
+}
+
+#[test]
+fn conditional_checkpoints_report_class_agreement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    write_mnist_fixture(&data, 60);
+    let out = tmp.path().join("run");
+    let o = trainer(&tiny_train_args(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--max-steps", "3", "--conditional", "--sample-every", "3"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // One row per class: 10 rows of 8.
+    let grid = image::open(out.join("samples/step_000003.png")).unwrap();
+    assert_eq!((grid.width(), grid.height()), (8 * 18 + 2, 10 * 18 + 2));
+    let o = trainer(&["eval", "--checkpoint", out.to_str().unwrap(), "--n", "40"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("class agreement"), "{}", stdout(&o));
+}
