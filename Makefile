@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint bench bench-generate bench-tools
+.PHONY: demo test tools ort data lint fuzz bench bench-generate bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -36,6 +36,11 @@ demo: tools ort data
 # `cargo test` builds every binary and example the tests run.
 test: tools ort
 	$(CARGO) test --workspace --no-fail-fast
+
+# The fuzz targets (bolero) for longer than `make test` runs them: FUZZ_SECONDS each (default 60).
+FUZZ_SECONDS ?= 60
+fuzz: tools ort
+	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib fuzz_ -- --test-threads 1 --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

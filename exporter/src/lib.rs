@@ -249,13 +249,59 @@ fn write_verified(out: &Path, bytes: &[u8], want: &verify::Expectation) -> Resul
     })
 }
 
-/// Exports the generator of `opts.checkpoint` as described by `opts`.
+/// Refuses an output path where writing would destroy something: inside a checkpoint folder
+/// (whose files the trainer replaces as a whole), a folder, or an existing file that is not an
+/// ONNX model (a checkpoint's weights, say).
+fn check_out_path(out: &Path) -> Result<()> {
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent.filter(|p| p.join(gantry_models::checkpoint::CONFIG_FILE).is_file()) {
+        return Err(ExportError::invalid(
+            ExportSetting::Out,
+            format!(
+                "{} is inside the checkpoint folder {}; write the model elsewhere",
+                out.display(),
+                dir.display()
+            ),
+        ));
+    }
+    if out.is_dir() {
+        return Err(ExportError::invalid(
+            ExportSetting::Out,
+            format!("{} is a folder", out.display()),
+        ));
+    }
+    if out.exists() {
+        let is_onnx = std::fs::read(out)
+            .ok()
+            .and_then(|bytes| ModelProto::decode(bytes.as_slice()).ok())
+            .is_some_and(|m| m.graph.is_some() && !m.opset_import.is_empty());
+        if !is_onnx {
+            return Err(ExportError::invalid(
+                ExportSetting::Out,
+                format!(
+                    "{} exists and is not an ONNX model; refusing to replace it",
+                    out.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Exports the generator of `opts.checkpoint` as described by `opts`. Every setting and the
+/// output path are checked before anything is written.
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     if opts.out.is_none() && opts.triton.is_none() {
         return Err(ExportError::invalid(
             ExportSetting::Out,
             "required unless a Triton repository is written",
         ));
+    }
+    if let Some(out) = &opts.out {
+        check_out_path(out)?;
+    }
+    if let Some(t) = &opts.triton {
+        triton::check_name(&t.name)?;
     }
     let dir = resolve_checkpoint(&opts.checkpoint)?;
     let ckpt = Checkpoint::load_generator(&dir)?;

@@ -170,3 +170,144 @@ fn bad_checkpoints_and_options_fail_cleanly_without_output() {
     assert_eq!(before, std::fs::read(&out).unwrap());
     assert_eq!(leftovers(d), vec!["g.onnx".to_string()]);
 }
+
+/// Regressions from a hostile-input review: the exporter must not destroy files that are not
+/// its own output, must export checkpoints whose trainer state it does not need, must refuse
+/// non-finite weights, and writes a Triton config Triton accepts for `--max-batch-size 0`.
+#[test]
+fn the_exporter_never_destroys_what_is_not_an_onnx_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let cfg = tiny_config(16, 1, None);
+    let run_dir = d.join("run");
+    write_generator_checkpoint(
+        &run_dir.join("final"),
+        &cfg,
+        trained_like_generator(&cfg, 1),
+        3,
+    );
+    let weights = run_dir.join("final/generator.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let rs = run_dir.to_str().unwrap();
+    assert_fails_with(
+        &exporter(&["--checkpoint", rs, "--out", weights.to_str().unwrap()]),
+        &["--out", "inside the checkpoint folder"],
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    let notes = d.join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    assert_fails_with(
+        &exporter(&["--checkpoint", rs, "--out", notes.to_str().unwrap()]),
+        &["--out", "not an ONNX model", "refusing"],
+    );
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes");
+    // An existing ONNX file is replaced (by a complete, verified one).
+    let out = d.join("g.onnx");
+    for _ in 0..2 {
+        let o = exporter(&["--checkpoint", rs, "--out", out.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    // A trainer state the exporter does not need may be unreadable.
+    std::fs::write(run_dir.join("final/trainer_state.json"), b"{oops").unwrap();
+    let o = exporter(&["--checkpoint", rs, "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Non-finite weights are refused, naming the file and tensor.
+    let mut nan = trained_like_generator(&cfg, 1);
+    let w = nan["layers.0.weight"].clone();
+    nan.insert("layers.0.weight".into(), (w * f64::NAN).unwrap());
+    let bad = d.join("nan");
+    std::fs::create_dir_all(&bad).unwrap();
+    // Written past Checkpoint::save (which refuses NaN too) as a damaged file would be.
+    write_generator_checkpoint(&bad, &cfg, trained_like_generator(&cfg, 1), 1);
+    std::fs::write(
+        bad.join("generator.safetensors"),
+        gantry_models::tensors::safetensors_bytes(&nan, None).unwrap(),
+    )
+    .unwrap();
+    assert_fails_with(
+        &exporter(&[
+            "--checkpoint",
+            bad.to_str().unwrap(),
+            "--out",
+            d.join("nan.onnx").to_str().unwrap(),
+        ]),
+        &["generator.safetensors", "layers.0.weight", "NaN"],
+    );
+    assert!(!d.join("nan.onnx").exists());
+
+    // Triton without batching: full shapes, no dynamic_batching block.
+    let repo = d.join("models");
+    let o = exporter(&[
+        "--checkpoint",
+        rs,
+        "--triton-repo",
+        repo.to_str().unwrap(),
+        "--name",
+        "g",
+        "--max-batch-size",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(repo.join("g/config.pbtxt")).unwrap();
+    assert!(config.contains("dims: [ -1, 16 ]"), "{config}");
+    assert!(!config.contains("dynamic_batching"), "{config}");
+}
+
+/// Killed at any moment (kill -9, a dozen different moments), an export leaves at `--out`
+/// either the complete previous file or the complete new one, never a mix or a partial file.
+#[test]
+fn a_killed_export_leaves_the_old_file_or_the_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Full-size 64x64x3 generators (14 MB files) so that an export takes a while to kill.
+    let cfg = gantry_models::ModelConfig {
+        image_size: 64,
+        channels: 3,
+        ..Default::default()
+    };
+    let mut contents = Vec::new();
+    for seed in [1u64, 2] {
+        let ckpt = d.join(format!("ckpt{seed}"));
+        write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, seed), seed);
+        let out = d.join(format!("{seed}.onnx"));
+        let started = std::time::Instant::now();
+        let o = exporter(&[
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        contents.push((ckpt, std::fs::read(&out).unwrap(), started.elapsed()));
+    }
+    let full = contents[0].2.max(contents[1].2);
+    let target = d.join("g.onnx");
+    std::fs::write(&target, &contents[0].1).unwrap();
+    for round in 0..12u32 {
+        let (ckpt, new, _) = &contents[(round as usize + 1) % 2];
+        let old = std::fs::read(&target).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_exporter"))
+            .args([
+                "--checkpoint",
+                ckpt.to_str().unwrap(),
+                "--out",
+                target.to_str().unwrap(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // From at once to a little past a whole export, in twelve steps.
+        std::thread::sleep(full.mul_f64(round as f64 / 10.0));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = std::fs::read(&target).unwrap();
+        assert!(
+            now == old || &now == new,
+            "round {round}: g.onnx is neither the old nor the new file ({} bytes)",
+            now.len()
+        );
+    }
+}

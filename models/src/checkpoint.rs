@@ -20,8 +20,8 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::spec::{discriminator_spec, generator_spec};
 use crate::tensors::{
-    read_safetensors, read_safetensors_with_metadata, safetensors_bytes, validate_against_spec,
-    TensorMap,
+    check_finite, read_safetensors, read_safetensors_with_metadata, safetensors_bytes,
+    validate_against_spec, TensorMap,
 };
 
 /// Version of the checkpoint layout written by this crate.
@@ -104,8 +104,18 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 impl Checkpoint {
-    /// Writes the checkpoint as directory `dir`, atomically replacing any previous one.
+    /// Writes the checkpoint as directory `dir`, atomically replacing any previous one. Weights
+    /// with NaN or infinite values are refused (the previous checkpoint stays).
     pub fn save(&self, dir: &Path) -> Result<()> {
+        for (file, map) in [
+            (GENERATOR_FILE, Some(&self.generator)),
+            (GENERATOR_EMA_FILE, self.generator_ema.as_ref()),
+            (DISCRIMINATOR_FILE, self.discriminator.as_ref()),
+        ] {
+            if let Some(map) = map {
+                check_finite(map, &dir.join(file))?;
+            }
+        }
         let mut files: Vec<(&str, Vec<u8>)> = vec![
             (CONFIG_FILE, json_bytes(&self.meta)),
             (GENERATOR_FILE, safetensors_bytes(&self.generator, None)?),
@@ -150,7 +160,8 @@ impl Checkpoint {
     }
 
     /// Reads what inference needs: config, generator (and EMA generator) weights, trainer state
-    /// if present. Every tensor is checked against the config.
+    /// if present and readable (it only gives the step). Every tensor is checked against the
+    /// config and for NaN or infinite values.
     pub fn load_generator(dir: &Path) -> Result<Self> {
         let dir = checked_dir(dir)?;
         let meta = Self::read_meta(&dir)?;
@@ -159,6 +170,7 @@ impl Checkpoint {
             let path = dir.join(file);
             let map = read_safetensors(&path)?;
             validate_against_spec(&map, &spec, &path)?;
+            check_finite(&map, &path)?;
             Ok(map)
         };
         let generator = read_g(GENERATOR_FILE)?;
@@ -167,12 +179,7 @@ impl Checkpoint {
         } else {
             None
         };
-        let state_path = dir.join(TRAINER_STATE_FILE);
-        let trainer_state = if state_path.exists() {
-            Some(read_json(&state_path)?)
-        } else {
-            None
-        };
+        let trainer_state = read_json(&dir.join(TRAINER_STATE_FILE)).ok();
         Ok(Self {
             meta,
             generator,
@@ -184,22 +191,33 @@ impl Checkpoint {
         })
     }
 
-    /// Reads a complete training checkpoint (for resume); every file must be present and valid.
+    /// Reads a complete training checkpoint (for resume); every file must be present and valid,
+    /// and every tensor finite.
     pub fn load(dir: &Path) -> Result<Self> {
         let dir = checked_dir(dir)?;
         let mut ckpt = Self::load_generator(&dir)?;
         let d_path = dir.join(DISCRIMINATOR_FILE);
         let d = read_safetensors(&d_path)?;
         validate_against_spec(&d, &discriminator_spec(&ckpt.meta.model), &d_path)?;
+        check_finite(&d, &d_path)?;
         ckpt.discriminator = Some(d);
-        ckpt.optimizer_g = Some(read_safetensors_with_metadata(&dir.join(OPTIMIZER_G_FILE))?);
-        ckpt.optimizer_d = Some(read_safetensors_with_metadata(&dir.join(OPTIMIZER_D_FILE))?);
-        if ckpt.trainer_state.is_none() {
+        for (file, slot) in [
+            (OPTIMIZER_G_FILE, &mut ckpt.optimizer_g),
+            (OPTIMIZER_D_FILE, &mut ckpt.optimizer_d),
+        ] {
+            let path = dir.join(file);
+            let state = read_safetensors_with_metadata(&path)?;
+            check_finite(&state.0, &path)?;
+            *slot = Some(state);
+        }
+        let state_path = dir.join(TRAINER_STATE_FILE);
+        if !state_path.is_file() {
             return Err(ModelError::checkpoint(
-                dir.join(TRAINER_STATE_FILE),
+                state_path,
                 "missing: this checkpoint cannot be resumed",
             ));
         }
+        ckpt.trainer_state = Some(read_json(&state_path)?);
         Ok(ckpt)
     }
 
@@ -225,7 +243,7 @@ fn checked_dir(dir: &Path) -> Result<PathBuf> {
 
 /// The checkpoint a path means: a checkpoint directory itself, or a run directory (the output of
 /// `trainer train`), meaning its most recent checkpoint (`checkpoint/` or `final/`, whichever is
-/// further along).
+/// further along among those whose files are intact; see [`looks_intact`]).
 pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
     if path.join(CONFIG_FILE).is_file() {
         return Ok(path.to_path_buf());
@@ -244,14 +262,62 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         .iter()
         .map(|name| recover_dir(&path.join(name)))
         .filter(|d| d.join(CONFIG_FILE).is_file());
+    // The newest intact one; if none is intact, the newest (loading it then says what is wrong).
     candidates
-        .max_by_key(|d| step_of(d).unwrap_or(0))
+        .max_by_key(|d| (looks_intact(d), step_of(d).unwrap_or(0)))
         .ok_or_else(|| {
             ModelError::checkpoint(
                 path,
                 "not a checkpoint and holds no checkpoint/ or final/ directory",
             )
         })
+}
+
+/// A cheap check that a checkpoint folder is whole, without reading its weights: `config.json`
+/// parses, and every safetensors file has a readable header whose data fills the file exactly.
+pub fn looks_intact(dir: &Path) -> bool {
+    if Checkpoint::read_meta(dir).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).all(|e| {
+        let path = e.path();
+        path.extension().is_none_or(|x| x != "safetensors") || safetensors_header_fits(&path)
+    })
+}
+
+/// Whether a safetensors file's header parses and its tensors end exactly at the end of the file.
+fn safetensors_header_fits(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(size) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    let mut len = [0u8; 8];
+    if f.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let len = u64::from_le_bytes(len);
+    if len > size.saturating_sub(8) || len > 100 << 20 {
+        return false;
+    }
+    let mut header = vec![0u8; len as usize];
+    if f.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(&header) else {
+        return false;
+    };
+    let data_end = entries
+        .values()
+        .filter_map(|v| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    8 + len + data_end == size
 }
 
 #[cfg(test)]
@@ -374,6 +440,101 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no such checkpoint directory"), "{err}");
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_on_save_and_on_load() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        let good = sample_checkpoint(&small());
+        good.save(&dir).unwrap();
+        let before = std::fs::read(dir.join(GENERATOR_FILE)).unwrap();
+        let mut bad = good.clone();
+        let w = bad.generator["layers.1.weight"].clone();
+        bad.generator
+            .insert("layers.1.weight".into(), (w * f64::NAN).unwrap());
+        let err = bad.save(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("layers.1.weight") && err.contains("NaN"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.join(GENERATOR_FILE)).unwrap(),
+            before,
+            "the old one stays"
+        );
+        // A damaged file on disk (NaN written by something else) is refused on load.
+        let bytes = safetensors_bytes(&bad.generator, None).unwrap();
+        std::fs::write(dir.join(GENERATOR_FILE), bytes).unwrap();
+        for err in [
+            Checkpoint::load(&dir).unwrap_err().to_string(),
+            Checkpoint::load_generator(&dir).unwrap_err().to_string(),
+        ] {
+            assert!(
+                err.contains("generator.safetensors") && err.contains("NaN"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_trainer_state_does_not_stop_inference() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ckpt");
+        sample_checkpoint(&small()).save(&dir).unwrap();
+        std::fs::write(dir.join(TRAINER_STATE_FILE), b"{not json").unwrap();
+        let ckpt = Checkpoint::load_generator(&dir).unwrap();
+        assert_eq!(ckpt.step(), 0);
+        let err = Checkpoint::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("trainer_state.json"),
+            "resume still needs it: {err}"
+        );
+    }
+
+    #[test]
+    fn identical_checkpoints_are_identical_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let ckpt = sample_checkpoint(&small());
+        let files = |name: &str| {
+            let dir = root.path().join(name);
+            ckpt.save(&dir).unwrap();
+            let mut all = Vec::new();
+            for f in [
+                GENERATOR_FILE,
+                OPTIMIZER_G_FILE,
+                OPTIMIZER_D_FILE,
+                CONFIG_FILE,
+            ] {
+                all.push(std::fs::read(dir.join(f)).unwrap());
+            }
+            all
+        };
+        let first = files("a");
+        for i in 0..5 {
+            assert_eq!(files(&format!("b{i}")), first);
+        }
+    }
+
+    #[test]
+    fn a_damaged_newer_checkpoint_is_passed_over() {
+        let root = tempfile::tempdir().unwrap();
+        let mut ckpt = sample_checkpoint(&small());
+        ckpt.save(&root.path().join("checkpoint")).unwrap();
+        ckpt.trainer_state.as_mut().unwrap().step = 99;
+        ckpt.save(&root.path().join("final")).unwrap();
+        assert!(looks_intact(&root.path().join("final")));
+        // An overwritten weights file (what a stray export did) makes final/ not intact.
+        std::fs::write(
+            root.path().join("final").join(GENERATOR_FILE),
+            b"onnx bytes",
+        )
+        .unwrap();
+        assert!(!looks_intact(&root.path().join("final")));
+        assert_eq!(
+            resolve_checkpoint(root.path()).unwrap(),
+            root.path().join("checkpoint")
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub fn read_safetensors(path: &Path) -> Result<TensorMap> {
 }
 
 /// Reads a safetensors file into CPU f32 tensors and its string metadata; errors name the file.
+/// (Values are not checked here; [`check_finite`] does.)
 pub fn read_safetensors_with_metadata(
     path: &Path,
 ) -> Result<(TensorMap, std::collections::HashMap<String, String>)> {
@@ -36,6 +37,7 @@ pub fn read_safetensors_with_metadata(
 }
 
 /// Serialises `map` (and optional string metadata) to safetensors bytes, written by the caller.
+/// The same tensors and metadata always give the same bytes (the header's keys are sorted).
 pub fn safetensors_bytes(
     map: &TensorMap,
     metadata: Option<std::collections::HashMap<String, String>>,
@@ -45,8 +47,63 @@ pub fn safetensors_bytes(
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_>>()?;
     let views: Vec<(&str, &Tensor)> = cpu.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    safetensors::tensor::serialize(views, metadata)
-        .map_err(|e| ModelError::Input(format!("cannot serialise tensors: {e}")))
+    let bytes = safetensors::tensor::serialize(views, metadata)
+        .map_err(|e| ModelError::Input(format!("cannot serialise tensors: {e}")))?;
+    sorted_header(bytes)
+}
+
+/// Rewrites a safetensors file's JSON header with its keys (and the metadata's) in sorted
+/// order: `serialize` takes the metadata as a `HashMap`, whose order varies from run to run, so
+/// checkpoints of identical runs differed in bytes. Data offsets are relative to the end of the
+/// header, so the tensors' bytes are unchanged.
+fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let broken = |why: &str| ModelError::Input(format!("safetensors serialisation: {why}"));
+    let len = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(|| broken("no header"))? as usize;
+    let end = 8usize.checked_add(len).filter(|&e| e <= bytes.len());
+    let end = end.ok_or_else(|| broken("header past the end"))?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|e| broken(&e.to_string()))?;
+    let header: BTreeMap<String, serde_json::Value> = header
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::Object(m) if k == "__metadata__" => {
+                let sorted: BTreeMap<String, serde_json::Value> = m.into_iter().collect();
+                (k, serde_json::to_value(sorted).unwrap_or_default())
+            }
+            other => (k, other),
+        })
+        .collect();
+    let mut text = serde_json::to_vec(&header).map_err(|e| broken(&e.to_string()))?;
+    // Keep the data 8-byte aligned, as safetensors itself pads the header with spaces.
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - end);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
+}
+
+/// Checks that every value of every tensor is finite; the error names `file` and the first
+/// tensor holding NaN or infinite values (a diverged run's weights, or a damaged file).
+pub fn check_finite(map: &TensorMap, file: &Path) -> Result<()> {
+    for (name, t) in map {
+        let values: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(ModelError::checkpoint(
+                file,
+                format!(
+                    "tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the weights are unusable (did training diverge?)",
+                    values.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that `map` holds exactly the tensors of `spec` with their shapes; the error names
@@ -82,4 +139,55 @@ pub fn validate_against_spec(map: &TensorMap, spec: &NetworkSpec, file: &Path) -
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_and_metadata_give_the_same_bytes() {
+        let mut map = TensorMap::new();
+        map.insert("b".into(), Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap());
+        map.insert("a".into(), Tensor::new(&[3f32], &Device::Cpu).unwrap());
+        let meta = |order: &[(&str, &str)]| {
+            Some(
+                order
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let first = safetensors_bytes(&map, meta(&[("step", "1"), ("config", "{}")])).unwrap();
+        for _ in 0..20 {
+            let again = safetensors_bytes(&map, meta(&[("config", "{}"), ("step", "1")])).unwrap();
+            assert_eq!(first, again);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        std::fs::write(&path, &first).unwrap();
+        let (back, metadata) = read_safetensors_with_metadata(&path).unwrap();
+        assert_eq!(back["b"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(metadata["step"], "1");
+        let header = u64::from_le_bytes(first[..8].try_into().unwrap());
+        assert_eq!(header % 8, 0, "the data stays 8-byte aligned");
+    }
+
+    #[test]
+    fn non_finite_values_are_named() {
+        let mut map = TensorMap::new();
+        map.insert("ok".into(), Tensor::new(&[1f32], &Device::Cpu).unwrap());
+        check_finite(&map, Path::new("g.safetensors")).unwrap();
+        map.insert(
+            "w".into(),
+            Tensor::new(&[1f32, f32::NAN, f32::INFINITY], &Device::Cpu).unwrap(),
+        );
+        let err = check_finite(&map, Path::new("g.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("g.safetensors") && err.contains("`w`") && err.contains("2 NaN"),
+            "{err}"
+        );
+    }
 }

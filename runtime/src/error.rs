@@ -80,6 +80,14 @@ pub enum RuntimeError {
     /// The operation needs a model of another kind (e.g. float output).
     #[error("{0}")]
     Unsupported(String),
+    /// The model produced NaN or infinite values (its weights are probably not finite); no
+    /// image is made from them.
+    #[error("{}: the model produced {count} NaN or infinite value(s) of {total}; its weights are probably not finite (did training diverge?)", path.display())]
+    NonFiniteOutput {
+        path: PathBuf,
+        count: usize,
+        total: usize,
+    },
     /// ONNX Runtime failed while running the model.
     #[error("inference failed")]
     Inference(#[source] SourceError),

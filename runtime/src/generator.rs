@@ -130,8 +130,53 @@ impl Generator {
         labels: Option<&Array1<i64>>,
     ) -> Result<ImageBatch> {
         let layout = self.info.signature.layout;
-        let parts = self.run(z, labels, |out| to_image_batch(out, layout))?;
+        let parts = self.run(z, labels, |out| self.to_image_batch(out, layout))?;
         ImageBatch::concat(parts)
+    }
+
+    /// An error unless every value is finite: a model with NaN weights would otherwise give
+    /// black images without a word.
+    fn check_finite(&self, values: &[f32]) -> Result<()> {
+        let count = values.iter().filter(|v| !v.is_finite()).count();
+        if count == 0 {
+            return Ok(());
+        }
+        Err(RuntimeError::NonFiniteOutput {
+            path: self.info.path.clone(),
+            count,
+            total: values.len(),
+        })
+    }
+
+    /// Converts the model's image output to bytes `[N, H, W, C]`.
+    fn to_image_batch(&self, out: &DynValue, layout: OutputLayout) -> Result<ImageBatch> {
+        let shape4 = |shape: &[usize]| -> Result<[usize; 4]> {
+            shape.try_into().map_err(|_| {
+                RuntimeError::inference(format!("the model gave a {}-D image output", shape.len()))
+            })
+        };
+        match layout {
+            OutputLayout::FloatNchw => {
+                let a = out
+                    .try_extract_array::<f32>()
+                    .map_err(RuntimeError::inference)?;
+                let shape = shape4(a.shape())?;
+                let a = a.as_standard_layout();
+                let values = a
+                    .as_slice()
+                    .ok_or_else(|| RuntimeError::inference("the output is not contiguous"))?;
+                self.check_finite(values)?;
+                ImageBatch::from_float_nchw(values, shape)
+            }
+            OutputLayout::Uint8Nhwc => {
+                let a = out
+                    .try_extract_array::<u8>()
+                    .map_err(RuntimeError::inference)?;
+                let [n, h, w, c] = shape4(a.shape())?;
+                let pixels = a.as_standard_layout().iter().copied().collect();
+                ImageBatch::new(pixels, n, h, w, c)
+            }
+        }
     }
 
     /// The raw float output `[N, C, H, W]` of a float model for explicit latents (for programs
@@ -147,9 +192,14 @@ impl Generator {
             let a = out
                 .try_extract_array::<f32>()
                 .map_err(RuntimeError::inference)?;
-            a.to_owned()
+            let a = a
+                .to_owned()
                 .into_dimensionality::<Ix4>()
-                .map_err(RuntimeError::inference)
+                .map_err(RuntimeError::inference)?;
+            if let Some(values) = a.as_slice() {
+                self.check_finite(values)?;
+            }
+            Ok(a)
         })?;
         if parts.len() == 1 {
             if let Some(whole) = parts.pop() {
@@ -322,35 +372,5 @@ impl Generator {
             _ => self.labels(class, 0, steps)?,
         };
         Ok(self.generate_from_latents(&z, labels.as_ref())?.to_images())
-    }
-}
-
-/// Converts the model's image output to bytes `[N, H, W, C]`.
-fn to_image_batch(out: &DynValue, layout: OutputLayout) -> Result<ImageBatch> {
-    let shape4 = |shape: &[usize]| -> Result<[usize; 4]> {
-        shape.try_into().map_err(|_| {
-            RuntimeError::inference(format!("the model gave a {}-D image output", shape.len()))
-        })
-    };
-    match layout {
-        OutputLayout::FloatNchw => {
-            let a = out
-                .try_extract_array::<f32>()
-                .map_err(RuntimeError::inference)?;
-            let shape = shape4(a.shape())?;
-            let a = a.as_standard_layout();
-            let values = a
-                .as_slice()
-                .ok_or_else(|| RuntimeError::inference("the output is not contiguous"))?;
-            ImageBatch::from_float_nchw(values, shape)
-        }
-        OutputLayout::Uint8Nhwc => {
-            let a = out
-                .try_extract_array::<u8>()
-                .map_err(RuntimeError::inference)?;
-            let [n, h, w, c] = shape4(a.shape())?;
-            let pixels = a.as_standard_layout().iter().copied().collect();
-            ImageBatch::new(pixels, n, h, w, c)
-        }
     }
 }

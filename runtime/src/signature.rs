@@ -288,6 +288,52 @@ mod tests {
         );
     }
 
+    /// Inputs and outputs decoded from fuzzer bytes: four bytes per tensor (element type, rank,
+    /// two dimension bytes; 0 is a dynamic dimension), the first byte splitting inputs from
+    /// outputs.
+    fn tensors_from(bytes: &[u8]) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+        let Some((&split, rest)) = bytes.split_first() else {
+            return (Vec::new(), Vec::new());
+        };
+        let all: Vec<TensorInfo> = rest
+            .chunks(4)
+            .enumerate()
+            .map(|(i, c)| {
+                let byte = |k: usize| c.get(k).copied().unwrap_or(0);
+                let element = match byte(0) % 5 {
+                    0 => ElementType::Float32,
+                    1 => ElementType::Int64,
+                    2 => ElementType::Uint8,
+                    3 => ElementType::Float16,
+                    _ => ElementType::Other("string".into()),
+                };
+                let dim = |b: u8| (b != 0).then_some(b as usize % 8);
+                let shape = (0..byte(1) % 6)
+                    .map(|d| dim(byte(2 + d as usize % 2).wrapping_add(d)))
+                    .collect();
+                TensorInfo::new(format!("t{i}"), element, shape)
+            })
+            .collect();
+        let at = (split as usize).min(all.len());
+        (all[..at].to_vec(), all[at..].to_vec())
+    }
+
+    /// Any inputs and outputs give a signature or an error naming the file, never a panic; a
+    /// signature found is one the runtime can feed.
+    #[test]
+    fn fuzz_signature_detection() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            let (ins, outs) = tensors_from(bytes);
+            match detect(Path::new("fuzz.onnx"), &ins, &outs) {
+                Ok(sig) => {
+                    assert!(sig.latent_dim > 0);
+                    assert!(ins.iter().any(|t| t.name == sig.latent_input));
+                }
+                Err(e) => assert!(e.to_string().contains("fuzz.onnx"), "{e}"),
+            }
+        });
+    }
+
     #[test]
     fn rejects_what_is_not_a_generator_naming_the_file() {
         let p = Path::new("odd.onnx");

@@ -85,9 +85,16 @@ pub enum TrainError {
     /// A setting is out of range or does not fit the data or checkpoint.
     #[error("{setting}: {problem}")]
     Invalid { setting: Setting, problem: String },
-    /// A fresh run was pointed at a folder that already holds a run's checkpoint.
-    #[error("{} already holds a checkpoint; resume that run or choose another output folder", out.display())]
-    RunExists { out: PathBuf },
+    /// A fresh run was pointed at a folder that already holds (part of) a run.
+    #[error("{} already holds a run ({}); resume it or choose another output folder", out.display(), found.join(", "))]
+    RunExists {
+        out: PathBuf,
+        /// The run's outputs found there.
+        found: Vec<&'static str>,
+    },
+    /// Another trainer is writing into the run folder (it holds its lock).
+    #[error("{} is in use by another trainer (it holds the folder's lock); wait for it to end or choose another folder", out.display())]
+    RunInUse { out: PathBuf },
     /// The model, its tensors or a checkpoint failed.
     #[error(transparent)]
     Model(gantry_models::ModelError),

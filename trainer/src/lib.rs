@@ -15,5 +15,8 @@ pub mod samples;
 pub mod setup;
 pub mod train;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use error::{Result, Setting, TrainError};
 pub use train::{TrainConfig, Trainer};

@@ -11,7 +11,9 @@ use gantry_models::{resolve_checkpoint, Checkpoint, Kernels, ModelConfig};
 use crate::data::{self, DataSpec, DatasetKind, Fit, Split};
 use crate::error::{Result, Setting, TrainError};
 use crate::eval::{self, classifier, EvalReport, EvalSource};
-use crate::train::run::{prepare_out_dir, run, RunOutcome, RunPaths};
+use crate::train::run::{
+    existing_run_outputs, prepare_out_dir, run, RunLock, RunOutcome, RunPaths,
+};
 use crate::train::{TrainConfig, Trainer};
 
 /// Where training runs.
@@ -58,11 +60,12 @@ pub fn select_device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
-/// A run ready to start: the trainer and where it writes.
+/// A run ready to start: the trainer, where it writes, and the lock of that folder.
 pub struct PreparedRun {
     pub trainer: Trainer,
     pub paths: RunPaths,
     pub resumed_from: Option<PathBuf>,
+    _lock: RunLock,
 }
 
 /// What a resumed run may change: its budget, its output intervals and where its data is.
@@ -96,8 +99,25 @@ impl ResumeChanges {
     }
 }
 
-/// A fresh run of `model` trained as `config` says, writing into `out` (which must not hold a
-/// checkpoint yet). For conditional runs the class count comes from the data set.
+/// Refuses a fresh run into a folder that holds (part of) a run.
+fn check_no_run(out: &Path) -> Result<()> {
+    let found = existing_run_outputs(out);
+    if found.is_empty() && resolve_checkpoint(out).is_err() {
+        return Ok(());
+    }
+    Err(TrainError::RunExists {
+        out: out.to_path_buf(),
+        found: if found.is_empty() {
+            vec!["a checkpoint"]
+        } else {
+            found
+        },
+    })
+}
+
+/// A fresh run of `model` trained as `config` says, writing into `out` (which must not hold
+/// any of a run's outputs yet). For conditional runs the class count comes from the data set.
+/// Everything is checked, and the data loaded, before the folder is created and locked.
 pub fn prepare_fresh(
     config: TrainConfig,
     mut model: ModelConfig,
@@ -105,11 +125,7 @@ pub fn prepare_fresh(
     kernels: Kernels,
     device: &Device,
 ) -> Result<PreparedRun> {
-    if resolve_checkpoint(out).is_ok() {
-        return Err(TrainError::RunExists {
-            out: out.to_path_buf(),
-        });
-    }
+    check_no_run(out)?;
     config.validate()?;
     model.validate()?;
     let data = data::load(
@@ -121,6 +137,10 @@ pub fn prepare_fresh(
     }
     let mut trainer = Trainer::new(config, model, data, device)?;
     trainer.set_kernels(kernels);
+    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+    let lock = RunLock::acquire(out)?;
+    // Another trainer may have started into the folder since the first check.
+    check_no_run(out)?;
     prepare_out_dir(out)?;
     Ok(PreparedRun {
         trainer,
@@ -128,6 +148,7 @@ pub fn prepare_fresh(
             out: out.to_path_buf(),
         },
         resumed_from: None,
+        _lock: lock,
     })
 }
 
@@ -165,10 +186,12 @@ pub fn prepare_resume(
     let mut trainer = Trainer::from_checkpoint(&ckpt, config, data, device)?;
     trainer.set_kernels(kernels);
     prepare_out_dir(&out)?;
+    let lock = RunLock::acquire(&out)?;
     Ok(PreparedRun {
         trainer,
         paths: RunPaths { out },
         resumed_from: Some(dir),
+        _lock: lock,
     })
 }
 

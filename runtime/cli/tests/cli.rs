@@ -347,3 +347,112 @@ fn pytorch_style_generators_generate() {
     let img = image::open(out.join("000003.png")).unwrap();
     assert_eq!((img.width(), img.height()), (8, 8));
 }
+
+/// Regressions from a hostile-input review: a tiny truncation used to hang the latent sampler;
+/// a model with NaN weights gave black images and exit 0.
+#[test]
+fn tiny_truncation_and_non_finite_models_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Float);
+    let out = dir.path().join("o");
+    let started = std::time::Instant::now();
+    assert_fails_with(
+        &runtime(&[
+            "generate",
+            "--truncation",
+            "1e-8",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        &["--truncation", "at least 0.01"],
+    );
+    assert!(started.elapsed().as_secs() < 30);
+
+    // The PyTorch-style fixture with one weight set to NaN.
+    let torch = dir.path().join("torch.onnx");
+    pytorch_style_model(&torch);
+    let mut onnx = ModelProto::decode(std::fs::read(&torch).unwrap().as_slice()).unwrap();
+    let graph = onnx.graph.as_mut().unwrap();
+    let w = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == "main.3.weight")
+        .unwrap();
+    w.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let nan = dir.path().join("nan.onnx");
+    std::fs::write(&nan, onnx.encode_to_vec()).unwrap();
+    let o = runtime(&[
+        "generate",
+        "-n",
+        "2",
+        "--model",
+        nan.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, &["nan.onnx", "NaN or infinite"]);
+    assert!(
+        !out.join("000000.png").exists(),
+        "no black images are written"
+    );
+}
+
+/// Killed at any moment (kill -9, a dozen different moments), `generate --format npy` leaves
+/// `samples.npy` as the complete previous array or the complete new one.
+#[test]
+fn a_killed_generate_leaves_the_old_array_or_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), None, OutputFormat::Uint8);
+    let generate = |seed: &str, out: &Path| {
+        vec![
+            "generate".to_string(),
+            "-n".into(),
+            "3000".into(),
+            "--seed".into(),
+            seed.into(),
+            "--format".into(),
+            "npy".into(),
+            "--model".into(),
+            m.to_str().unwrap().into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let mut arrays = Vec::new();
+    let mut full = std::time::Duration::ZERO;
+    for seed in ["1", "2"] {
+        let out = dir.path().join(format!("seed{seed}"));
+        let args = generate(seed, &out);
+        let started = std::time::Instant::now();
+        let o = runtime(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        full = full.max(started.elapsed());
+        arrays.push(std::fs::read(out.join("samples.npy")).unwrap());
+    }
+    assert_ne!(arrays[0], arrays[1]);
+    let out = dir.path().join("target");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("samples.npy"), &arrays[0]).unwrap();
+    for round in 0..12u32 {
+        let seed = if round % 2 == 0 { "2" } else { "1" };
+        let new = &arrays[(round as usize + 1) % 2];
+        let old = std::fs::read(out.join("samples.npy")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runtime"))
+            .args(generate(seed, &out))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(round as f64 / 10.0));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = std::fs::read(out.join("samples.npy")).unwrap();
+        assert!(
+            now == old || &now == new,
+            "round {round}: samples.npy is neither the old nor the new array ({} bytes)",
+            now.len()
+        );
+    }
+}

@@ -5,5 +5,6 @@
 mod end_to_end;
 mod export_parity;
 mod golden_step;
+mod properties;
 mod runtime_library;
 mod training;

@@ -29,6 +29,12 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
+/// Most dimensions an IDX array may have (MNIST's images have 3, its labels 1).
+pub const MAX_DIMS: usize = 4;
+
+/// Largest image side accepted from an IDX file.
+pub const MAX_SIDE: usize = 4096;
+
 /// Parses IDX bytes; `path` names the source in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     let bad = |msg: String| TrainError::data(path, msg);
@@ -45,8 +51,13 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
         )));
     }
     let ndims = bytes[3] as usize;
+    if !(1..=MAX_DIMS).contains(&ndims) {
+        return Err(bad(format!(
+            "IDX header declares {ndims} dimensions (1 to {MAX_DIMS} are supported)"
+        )));
+    }
     let header = 4 + 4 * ndims;
-    if ndims == 0 || bytes.len() < header {
+    if bytes.len() < header {
         return Err(bad(format!("truncated IDX header ({} bytes)", bytes.len())));
     }
     let dims: Vec<usize> = (0..ndims)
@@ -93,6 +104,13 @@ pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray,
                 "expected a 3-D image array [N, H, W], found dimensions {:?}",
                 imgs.dims
             ),
+        ));
+    }
+    let (h, w) = (imgs.dims[1], imgs.dims[2]);
+    if !(1..=MAX_SIDE).contains(&h) || !(1..=MAX_SIDE).contains(&w) {
+        return Err(TrainError::data(
+            images,
+            format!("images of {h}x{w} pixels: each side must be 1 to {MAX_SIDE}"),
         ));
     }
     let labs = parse_idx(&read_maybe_gzip(labels)?, labels)?;
@@ -164,6 +182,23 @@ mod tests {
         );
         let err = parse_idx(&full[..6], p).unwrap_err().to_string();
         assert!(err.contains("truncated IDX header"), "{err}");
+        // One bad header byte (255 dimensions) gives a short message, not the dimensions.
+        let mut many = full.clone();
+        many[3] = 255;
+        let err = parse_idx(&many, p).unwrap_err().to_string();
+        assert!(err.contains("255 dimensions") && err.len() < 120, "{err}");
+    }
+
+    #[test]
+    fn images_without_pixels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (imgs, labs) = (dir.path().join("i"), dir.path().join("l"));
+        std::fs::write(&imgs, encode_idx(&[4, 0, 28], &[])).unwrap();
+        std::fs::write(&labs, encode_idx(&[4], &[0; 4])).unwrap();
+        let err = load_images_and_labels(&imgs, &labs)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0x28 pixels"), "{err}");
     }
 
     #[test]

@@ -525,10 +525,12 @@ fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result
         if model.num_classes != Some(classes) {
             return Err(TrainError::invalid(
                 Setting::Conditional,
-                format!(
-                    "the data set has {classes} classes but the model expects {:?}",
-                    model.num_classes
-                ),
+                match model.num_classes {
+                    Some(n) => format!("the data set has {classes} classes but the model has {n}"),
+                    None => {
+                        format!("the data set has {classes} classes but the model is unconditional")
+                    }
+                },
             ));
         }
     }

@@ -49,6 +49,55 @@ pub enum RunOutcome {
     Stopped { step: u64 },
 }
 
+/// What a run writes into its folder; a folder holding any of these holds a run.
+pub const RUN_OUTPUTS: [&str; 5] = [
+    "checkpoint",
+    "final",
+    "metrics.jsonl",
+    "samples",
+    "losses.png",
+];
+
+/// Which of a run's outputs `out` already holds (a fresh run must not mix its files with them).
+pub fn existing_run_outputs(out: &Path) -> Vec<&'static str> {
+    RUN_OUTPUTS
+        .into_iter()
+        .filter(|name| gantry_models::atomic::recover_dir(&out.join(name)).exists())
+        .collect()
+}
+
+/// The exclusive lock of a run folder, held by the trainer writing into it for as long as the
+/// value lives (and released by the OS when the process dies, even by kill -9): two trainers
+/// never write into one folder at once.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// The lock file's name inside the run folder.
+    pub const FILE: &'static str = ".gantry-lock";
+
+    /// Takes the lock of `out` (which must exist), or says that another trainer holds it.
+    pub fn acquire(out: &Path) -> Result<Self> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = out.join(Self::FILE);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(TrainError::RunInUse {
+                out: out.to_path_buf(),
+            }),
+            Err(e) => Err(TrainError::io(&path, e.into())),
+        }
+    }
+}
+
 /// Makes sure `out` exists and is writable before any work is done.
 pub fn prepare_out_dir(out: &Path) -> Result<()> {
     std::fs::create_dir_all(out.join("samples")).map_err(|e| TrainError::io(out, e))?;

@@ -2,6 +2,7 @@
 //! writes, and evaluation.
 
 mod eval;
+mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -197,7 +198,7 @@ fn existing_checkpoints_are_never_damaged() {
     // A fresh run into the same folder refuses.
     assert_fails_with(
         &trainer(&tiny_train_args(ds, os, &["--max-steps", "2"])),
-        &["already holds a checkpoint", "--resume"],
+        &["already holds a run", "--resume"],
     );
     // Resuming with a broken data folder fails before touching anything.
     let o = trainer(&[

@@ -35,9 +35,10 @@ pub fn flag(setting: Setting) -> &'static str {
 pub fn render(e: &anyhow::Error) -> String {
     match e.downcast_ref::<TrainError>() {
         Some(TrainError::Invalid { setting, problem }) => format!("{} {problem}", flag(*setting)),
-        Some(TrainError::RunExists { out }) => format!(
-            "--out {0} already holds a checkpoint; continue it with `trainer train --resume {0}` or choose another --out",
-            out.display()
+        Some(TrainError::RunExists { out, found }) => format!(
+            "--out {0} already holds a run ({1}); continue it with `trainer train --resume {0}` or choose another --out",
+            out.display(),
+            found.join(", ")
         ),
         _ => chain(e),
     }
