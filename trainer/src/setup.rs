@@ -185,8 +185,11 @@ pub fn prepare_resume(
     };
     let mut trainer = Trainer::from_checkpoint(&ckpt, config, data, device)?;
     trainer.set_kernels(kernels);
-    prepare_out_dir(&out)?;
+    // The lock first: preparing the folder removes stale temp files, which would be another
+    // running trainer's checkpoint in the making.
+    std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
     let lock = RunLock::acquire(&out)?;
+    prepare_out_dir(&out)?;
     Ok(PreparedRun {
         trainer,
         paths: RunPaths { out },

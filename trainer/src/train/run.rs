@@ -108,8 +108,9 @@ pub fn prepare_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Trains until the budget is reached or `stop` is set, writing outputs under `paths`.
-pub fn run(
+/// Trains until the budget is reached or `stop` is set, writing outputs under `paths` (whose
+/// lock the caller holds: see [`crate::setup::execute`]).
+pub(crate) fn run(
     trainer: &mut Trainer,
     paths: &RunPaths,
     stop: &AtomicBool,
