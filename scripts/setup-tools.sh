@@ -2,7 +2,8 @@
 # Installs the build and test tools Gantry needs, idempotently:
 # - protoc (Debian protobuf-compiler), needed to build candle-onnx;
 # - a Python virtualenv in .tools/venv with the `onnx` package, used by the tests to run
-#   onnx.checker.check_model on exported files.
+#   onnx.checker.check_model on exported files, and `tritonclient` (whose model_config_pb2 is
+#   Triton's own configuration schema, against which the tests parse exported config.pbtxt).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if ! command -v protoc >/dev/null 2>&1; then
@@ -15,8 +16,8 @@ if ! command -v protoc >/dev/null 2>&1; then
     fi
 fi
 venv="$root/.tools/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx" 2>/dev/null; then
-    echo "installing the onnx checker (PyPI onnx) into .tools/venv" >&2
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx, tritonclient.grpc.model_config_pb2" 2>/dev/null; then
+    echo "installing the onnx checker and tritonclient (PyPI) into .tools/venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "onnx==1.23.2"
+    "$venv/bin/pip" install --quiet "onnx==1.23.2" "tritonclient[http,grpc]==2.73.0"
 fi

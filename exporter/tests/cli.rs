@@ -6,7 +6,7 @@ use std::path::Path;
 use gantry_models::ModelConfig;
 use gantry_testkit::{
     assert_fails_with, onnx_check, stderr, stdout, tiny_config, trained_like_generator,
-    write_generator_checkpoint,
+    triton_config, write_generator_checkpoint,
 };
 
 /// Runs `exporter` with `args`.
@@ -66,11 +66,22 @@ fn run_directories_resolve_to_their_latest_checkpoint_and_triton_gets_a_reposito
         .find(|p| p.key == "gantry.training_steps")
         .unwrap();
     assert_eq!(steps.value, "40");
-    let config = std::fs::read_to_string(repo.join("tiny/config.pbtxt")).unwrap();
-    assert!(
-        config.contains("max_batch_size: 128") && config.contains("name: \"label\""),
-        "{config}"
+    let config = triton_config(&repo.join("tiny/config.pbtxt"));
+    assert_eq!(config["name"], "tiny");
+    assert_eq!(config["platform"], "onnxruntime_onnx");
+    assert_eq!(config["maxBatchSize"], 128);
+    assert_eq!(config["input"][0]["name"], "z");
+    assert_eq!(config["input"][0]["dataType"], "TYPE_FP32");
+    assert_eq!(config["input"][0]["dims"], serde_json::json!(["16"]));
+    assert_eq!(config["input"][1]["name"], "label");
+    assert_eq!(config["input"][1]["dataType"], "TYPE_INT64");
+    assert_eq!(config["input"][1]["reshape"], serde_json::json!({}));
+    assert_eq!(config["output"][0]["name"], "image");
+    assert_eq!(
+        config["output"][0]["dims"],
+        serde_json::json!(["1", "16", "16"])
     );
+    assert!(config.get("dynamicBatching").is_some(), "{config}");
     assert_eq!(
         std::fs::read(repo.join("tiny/1/model.onnx")).unwrap(),
         std::fs::read(&out).unwrap()
@@ -250,9 +261,17 @@ fn the_exporter_never_destroys_what_is_not_an_onnx_file() {
         "0",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let config = std::fs::read_to_string(repo.join("g/config.pbtxt")).unwrap();
-    assert!(config.contains("dims: [ -1, 16 ]"), "{config}");
-    assert!(!config.contains("dynamic_batching"), "{config}");
+    let config = triton_config(&repo.join("g/config.pbtxt"));
+    assert_eq!(config["input"][0]["dims"], serde_json::json!(["-1", "16"]));
+    assert_eq!(
+        config["output"][0]["dims"],
+        serde_json::json!(["-1", "1", "16", "16"])
+    );
+    assert!(
+        config.get("maxBatchSize").is_none(),
+        "0 is the default: {config}"
+    );
+    assert!(config.get("dynamicBatching").is_none(), "{config}");
 }
 
 /// Killed at any moment (kill -9, a dozen different moments), an export leaves at `--out`

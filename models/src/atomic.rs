@@ -18,6 +18,59 @@ fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
     target.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
 }
 
+/// Test hook for crash tests: the environment variable `GANTRY_FAULT_INJECTION` lists points
+/// (`point` or `point:N`, comma-separated) at which the process aborts, as a crash would, on the
+/// point's first (or N-th) visit. `no-exchange` makes [`write_dir_atomic`] take its
+/// rename-aside path, as on file systems without `RENAME_EXCHANGE`. Unset (always, outside
+/// tests), it costs one environment lookup per write.
+mod fault {
+    use std::sync::Mutex;
+
+    static VISITS: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+    fn spec() -> Option<String> {
+        std::env::var("GANTRY_FAULT_INJECTION")
+            .ok()
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Whether `flag` is set.
+    pub(super) fn enabled(flag: &str) -> bool {
+        spec().is_some_and(|s| s.split(',').any(|p| p == flag))
+    }
+
+    /// Aborts the process if `point` is asked for at this visit.
+    pub(super) fn crash_point(point: &str) {
+        let Some(spec) = spec() else {
+            return;
+        };
+        for item in spec.split(',') {
+            let (name, at) = match item.split_once(':') {
+                Some((name, n)) => (name, n.parse().unwrap_or(1)),
+                None => (item, 1),
+            };
+            if name != point {
+                continue;
+            }
+            let mut visits = VISITS.lock().unwrap_or_else(|e| e.into_inner());
+            let count = match visits.iter_mut().find(|(p, _)| p == point) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    visits.push((point.to_string(), 1));
+                    1
+                }
+            };
+            if count == at {
+                eprintln!("fault injection: crashing at {point} (visit {count})");
+                std::process::abort();
+            }
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) {
     // Persist the rename itself; failure only weakens durability, never correctness.
     if let Ok(d) = File::open(dir) {
@@ -88,23 +141,27 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
         let _ = fs::remove_dir_all(&tmp);
         return Err(ModelError::io(dir, e));
     }
+    fault::crash_point("dir-written");
     let swap = || -> std::io::Result<()> {
         if !dir.exists() {
             return fs::rename(&tmp, dir);
         }
-        let exchanged = rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &tmp,
-            rustix::fs::CWD,
-            dir,
-            rustix::fs::RenameFlags::EXCHANGE,
-        );
-        if exchanged.is_ok() {
-            // `tmp` now holds the previous directory.
-            return fs::remove_dir_all(&tmp);
+        if !fault::enabled("no-exchange") {
+            let exchanged = rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                dir,
+                rustix::fs::RenameFlags::EXCHANGE,
+            );
+            if exchanged.is_ok() {
+                // `tmp` now holds the previous directory.
+                return fs::remove_dir_all(&tmp);
+            }
         }
         let aside = temp_sibling(dir, "old");
         fs::rename(dir, &aside)?;
+        fault::crash_point("dir-set-aside");
         fs::rename(&tmp, dir)?;
         fs::remove_dir_all(&aside)
     };
@@ -113,6 +170,15 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
         return Err(ModelError::io(dir, e));
     }
     sync_dir(parent_of(dir));
+    // A copy of `dir` set aside by a crash in an earlier write is superseded now.
+    if let (Some(name), Ok(entries)) = (dir.file_name(), fs::read_dir(parent_of(dir))) {
+        let prefix = format!(".{}.old-", name.to_string_lossy());
+        for entry in entries.filter_map(|e| e.ok()) {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -138,14 +204,20 @@ pub fn recover_dir(dir: &Path) -> PathBuf {
 }
 
 /// Removes temp directories and files that [`write_dir_atomic`] / [`write_file_atomic`] left in
-/// `dir` when a process was killed mid-write (`.{name}.tmp-*`). Complete data is never touched.
+/// `dir` when a process was killed mid-write (`.{name}.tmp-*`), and set-aside old directories
+/// (`.{name}.old-*`) once `{name}` itself is complete again. Complete data is never touched:
+/// a set-aside directory whose target is missing is the one [`recover_dir`] reads.
 pub fn remove_stale_temps(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
+        let superseded = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.split_once(".old-"))
+            .is_some_and(|(target, _)| dir.join(target).exists());
+        if name.starts_with('.') && (name.contains(".tmp-") || superseded) {
             let path = entry.path();
             let _ = if path.is_dir() {
                 fs::remove_dir_all(&path)

@@ -166,6 +166,45 @@ pub fn write_mnist_fixture(dir: &Path, count: usize) {
     }
 }
 
+/// A 28x28 image of class `class` (0..10), drawn so that a classifier can learn the class: a
+/// vertical stroke in one of five columns (`class % 5`) and the top or bottom half (`class / 5`);
+/// `variant` moves its ends and brightness, so different variants are different images.
+pub fn learnable_digit(class: usize, variant: usize) -> Vec<u8> {
+    let mut img = vec![0u8; 28 * 28];
+    let col = 3 + 5 * (class % 5);
+    let (top, bottom) = if class < 5 { (2, 13) } else { (15, 26) };
+    let (top, bottom) = (top + variant % 3, bottom - (variant / 3) % 3);
+    let shade = 180 + (variant * 37 % 76) as u8;
+    for y in top..bottom {
+        for x in col..col + 3 {
+            img[y * 28 + x] = shade;
+        }
+    }
+    img
+}
+
+/// Writes an MNIST-style data set a classifier can learn, with a test split of other images
+/// than the train split: `train` and `test` images of [`learnable_digit`], labels cycling 0..9.
+pub fn write_learnable_mnist(dir: &Path, train: usize, test: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, count, first_variant) in [("train", train, 0), ("t10k", test, 1000)] {
+        let pixels: Vec<u8> = (0..count)
+            .flat_map(|i| learnable_digit(i % 10, first_variant + i / 10))
+            .collect();
+        let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            encode_idx(&[count, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            encode_idx(&[count], &labels),
+        )
+        .unwrap();
+    }
+}
+
 /// A small model configuration for fast tests.
 pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize>) -> ModelConfig {
     ModelConfig {
@@ -366,4 +405,24 @@ pub fn pytorch_style_model(path: &Path) {
         ..Default::default()
     };
     std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+/// A Triton `config.pbtxt` parsed by Triton's own schema (`model_config_pb2` of the
+/// `tritonclient` package, installed by `scripts/setup-tools.sh`), as JSON: a file Triton would
+/// refuse fails here.
+pub fn triton_config(path: &Path) -> serde_json::Value {
+    let script = "import sys, json\nfrom google.protobuf import text_format, json_format\nfrom tritonclient.grpc import model_config_pb2\nconfig = text_format.Parse(open(sys.argv[1]).read(), model_config_pb2.ModelConfig())\nprint(json.dumps(json_format.MessageToDict(config)))\n";
+    let out = Command::new(onnx_python())
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "Triton's schema refuses {}:\n{}",
+        path.display(),
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the parser")
 }

@@ -84,6 +84,24 @@ fn npy_output_streams_every_image() {
     assert!(String::from_utf8_lossy(&bytes[..header_len]).contains("'shape': (10, 32, 32, 1)"));
     assert_eq!(bytes.len() - header_len, 10 * 32 * 32);
     assert!(out.join("grid.png").exists());
+    // The payload is the library's images of the same request, in order.
+    let g = gantry_runtime::Generator::builder()
+        .model(&m)
+        .build()
+        .unwrap();
+    let mut request = gantry_runtime::GenerateRequest::new(10, 0);
+    request.batch_size = 4;
+    let mut want = Vec::new();
+    g.generate_each(&request, |_, batch| {
+        want.extend_from_slice(batch.pixels());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(&bytes[header_len..], want.as_slice());
+    assert!(
+        want.iter().any(|&p| p != want[0]),
+        "the images are not blank"
+    );
 }
 
 #[test]
@@ -455,4 +473,49 @@ fn a_killed_generate_leaves_the_old_array_or_the_new_one() {
             now.len()
         );
     }
+}
+
+/// From the command line, `--truncation` and the class cycling of conditional models give the
+/// library's images for the same request.
+#[test]
+fn truncation_and_class_cycling_reach_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), Some(3), OutputFormat::Uint8);
+    let out = dir.path().join("o");
+    let o = runtime(&[
+        "generate",
+        "-n",
+        "6",
+        "--seed",
+        "4",
+        "--truncation",
+        "0.5",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let g = gantry_runtime::Generator::builder()
+        .model(&m)
+        .build()
+        .unwrap();
+    let mut request = gantry_runtime::GenerateRequest::new(6, 4);
+    request.truncation = Some(0.5);
+    let want = g.generate_request(&request).unwrap();
+    request.truncation = None;
+    let untruncated = g.generate_request(&request).unwrap();
+    for (i, img) in want.iter().enumerate() {
+        let got = image::open(out.join(format!("{i:06}.png"))).unwrap();
+        assert_eq!(
+            got.to_luma8().as_raw(),
+            img.to_luma8().as_raw(),
+            "image {i}"
+        );
+    }
+    assert_ne!(
+        want[0].as_bytes(),
+        untruncated[0].as_bytes(),
+        "truncation changed the latents"
+    );
 }

@@ -78,9 +78,15 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The largest difference accepted between an fp16 export and candle in fp32. Measured: 1.4e-4
+/// (64x64x3, batch 7); a 1% change of every BatchNorm shift moves the fp32 output by 2.2e-3
+/// (`fp16_error_is_measured_against_a_one_percent_bias_error`), so 1e-3 passes fp16 rounding
+/// with a 7x margin and fails such a weights error.
+const FP16_TOLERANCE: f32 = 1e-3;
+
 /// Tolerances: fp32 differs from candle only by summation order (observed ~1e-6; the bound is
 /// 1e-4 as the issue sets). fp16 rounds weights and activations to 11-bit mantissas (relative
-/// 4.9e-4 per value, accumulated over a few layers ahead of a tanh), bounded by 2e-2.
+/// 4.9e-4 per value): [`FP16_TOLERANCE`].
 #[test]
 fn onnx_runtime_matches_candle_fp32_and_fp16() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +99,7 @@ fn onnx_runtime_matches_candle_fp32_and_fp16() {
         let tensors = trained_like_generator(&cfg, size as u64);
         let ckpt = dir.path().join(format!("ckpt{size}"));
         write_generator_checkpoint(&ckpt, &cfg, tensors.clone(), 10);
-        for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, 2e-2)] {
+        for (precision, tol) in [(Precision::Fp32, 1e-4), (Precision::Fp16, FP16_TOLERANCE)] {
             let out = dir.path().join(format!("g{size}-{precision:?}.onnx"));
             export(&options(&ckpt, &out, precision, true, OutputFormat::Float)).unwrap();
             let g = ort(&out);
@@ -429,4 +435,46 @@ fn tuned_generation_matches_untuned() {
         .collect();
     let diff = max_abs_diff(&a, &b);
     assert!(diff <= 1e-5, "tuned vs untuned: {diff}");
+}
+
+/// The fp16 bound has a measured basis: fp16 export error (vs candle in fp32) next to the error
+/// a 1% change of every folded BatchNorm shift makes in fp32. Printed for the record.
+#[test]
+fn fp16_error_is_measured_against_a_one_percent_bias_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig {
+        image_size: 64,
+        channels: 3,
+        ..ModelConfig::default()
+    };
+    let tensors = trained_like_generator(&cfg, 64);
+    let z = latents(7, cfg.latent_dim, "fp16-measure");
+    let want = candle_reference(&cfg, &tensors, &z, None);
+    let exported = |name: &str, tensors: gantry_models::TensorMap, precision| {
+        let ckpt = dir.path().join(name);
+        write_generator_checkpoint(&ckpt, &cfg, tensors, 1);
+        let out = dir.path().join(format!("{name}.onnx"));
+        export(&options(&ckpt, &out, precision, true, OutputFormat::Float)).unwrap();
+        let got: Vec<f32> = ort(&out)
+            .raw_output(&z, None)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect();
+        max_abs_diff(&got, &want)
+    };
+    let fp16 = exported("fp16", tensors.clone(), Precision::Fp16);
+    let mut shifted = tensors.clone();
+    for (name, t) in shifted.iter_mut() {
+        if name.ends_with("bn.bias") {
+            *t = (&*t * 1.01).unwrap();
+        }
+    }
+    let bias = exported("bias", shifted, Precision::Fp32);
+    eprintln!("64x64x3 batch 7: fp16 max |diff| {fp16:e}; 1% BatchNorm shift in fp32: {bias:e}");
+    assert!(fp16 <= FP16_TOLERANCE, "fp16 {fp16}");
+    assert!(
+        bias > FP16_TOLERANCE,
+        "a 1% shift ({bias}) must not pass as fp16 rounding"
+    );
 }

@@ -1,6 +1,7 @@
 //! The `trainer` binary: clean errors on bad input, Ctrl-C, kill -9, divergence, what a run
 //! writes, and evaluation.
 
+mod claims;
 mod eval;
 mod hostile;
 
@@ -411,4 +412,60 @@ fn a_run_writes_samples_metrics_plot_and_checkpoints() {
     assert!(o.status.success(), "{}", stderr(&o));
     let grid = image::open(&grid_path).unwrap();
     assert_eq!(grid.width(), 4 * 18 + 2, "10 images: 4 columns of 16px");
+}
+
+/// A crash inside the checkpoint writer (injected: between writing the new folder and swapping
+/// it in; and, on the rename-aside path that file systems without RENAME_EXCHANGE take, between
+/// its two renames) leaves the last checkpoint loadable; resuming continues from it and removes
+/// what the crash left behind.
+#[test]
+fn a_crash_inside_the_checkpoint_writer_is_recovered_and_cleaned_up() {
+    for (fault, leftover) in [
+        ("dir-written:2", ".checkpoint.tmp-"),
+        ("no-exchange,dir-set-aside:1", ".checkpoint.old-"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = fixture(tmp.path());
+        let out = tmp.path().join("run");
+        let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
+        let o = Command::new(TRAINER)
+            .args(tiny_train_args(
+                ds,
+                os,
+                &["--max-steps", "5", "--checkpoint-every", "1"],
+            ))
+            .env("GANTRY_FAULT_INJECTION", fault)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{fault}: the injected crash happened");
+        assert!(
+            stderr(&o).contains("fault injection: crashing"),
+            "{}",
+            stderr(&o)
+        );
+        let names = || -> Vec<String> {
+            std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(
+            names().iter().any(|n| n.starts_with(leftover)),
+            "{fault}: the crash left {leftover}*: {:?}",
+            names()
+        );
+        let dir = resolve_checkpoint(&out).unwrap();
+        let ckpt = Checkpoint::load(&dir).unwrap_or_else(|e| panic!("{fault}: {e}"));
+        assert_eq!(ckpt.step(), 1, "{fault}: the checkpoint before the crash");
+        let o = trainer(&["train", "--resume", os, "--max-steps", "5"]);
+        assert!(o.status.success(), "{fault}: {}", stderr(&o));
+        assert_eq!(Checkpoint::load(&out.join("final")).unwrap().step(), 5);
+        assert!(
+            !names()
+                .iter()
+                .any(|n| n.contains(".tmp-") || n.contains(".old-")),
+            "{fault}: left behind {:?}",
+            names()
+        );
+    }
 }

@@ -1,0 +1,293 @@
+//! Behaviours the README promises, each run through the `trainer` binary.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use gantry_models::Checkpoint;
+use gantry_testkit::{stderr, stdout, tiny_train_args, write_mnist_fixture};
+
+use super::{fixture, metrics_lines, spawn_trainer, trainer, wait_until};
+
+/// The model files of a checkpoint folder, by name (what must be bit-identical).
+fn weight_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Interrupted after 3 steps and resumed through the CLI (which reads the options back from
+/// config.json), a run with EMA, hinge loss, padding and class conditioning ends with the same
+/// bytes in every weights and optimiser file as an uninterrupted run.
+#[test]
+fn resume_through_the_cli_is_bit_exact_with_every_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let options = [
+        "--ema",
+        "0.9",
+        "--loss",
+        "hinge",
+        "--fit",
+        "pad",
+        "--conditional",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ];
+    let (straight, split) = (tmp.path().join("straight"), tmp.path().join("split"));
+    let mut args = options.to_vec();
+    args.extend_from_slice(&["--max-steps", "6"]);
+    let o = trainer(&tiny_train_args(ds, straight.to_str().unwrap(), &args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut args = options.to_vec();
+    args.extend_from_slice(&["--max-steps", "3"]);
+    let o = trainer(&tiny_train_args(ds, split.to_str().unwrap(), &args));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = trainer(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--max-steps",
+        "6",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (
+        weight_files(&straight.join("final")),
+        weight_files(&split.join("final")),
+    );
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "discriminator.safetensors",
+            "generator.safetensors",
+            "generator_ema.safetensors",
+            "optimizer_d.safetensors",
+            "optimizer_g.safetensors"
+        ]
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name} differs after the resume");
+    }
+}
+
+/// A second Ctrl-C quits at once (exit 130) and leaves the last checkpoint loadable.
+#[test]
+fn a_second_ctrl_c_quits_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let out = tmp.path().join("run");
+    let child = spawn_trainer(&tiny_train_args(
+        data.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &[
+            "--max-steps",
+            "100000",
+            "--epochs",
+            "100000",
+            "--checkpoint-every",
+            "2",
+        ],
+    ));
+    wait_until("3 steps", Duration::from_secs(120), || {
+        metrics_lines(&out) >= 3
+    });
+    for _ in 0..2 {
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(stderr(&o).contains("second interrupt"), "{}", stderr(&o));
+    Checkpoint::load(&gantry_models::resolve_checkpoint(&out).unwrap()).unwrap();
+}
+
+/// CIFAR-10 batches and image folders train through the CLI, and so do candle's own kernels.
+#[test]
+fn cifar_folders_and_candle_kernels_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..12u8 {
+        batch.push(i % 10);
+        batch.extend((0..3 * 1024).map(|p| (p as u8).wrapping_mul(i)));
+    }
+    std::fs::write(cifar.join("data_batch_1.bin"), &batch).unwrap();
+    let folder = tmp.path().join("shapes");
+    for (class, shade) in [("dark", 30u8), ("light", 220u8)] {
+        std::fs::create_dir_all(folder.join(class)).unwrap();
+        for i in 0..4u32 {
+            image::RgbImage::from_fn(20, 24, |x, y| image::Rgb([shade, (x * i) as u8, y as u8]))
+                .save(folder.join(class).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+    let small = [
+        "--image-size",
+        "16",
+        "--g-width",
+        "4",
+        "--d-width",
+        "4",
+        "--batch-size",
+        "4",
+    ];
+    for (dataset, dir, extra) in [
+        ("cifar10", &cifar, &["--max-steps", "2"][..]),
+        (
+            "folder",
+            &folder,
+            &["--max-steps", "2", "--conditional"][..],
+        ),
+        (
+            "cifar10",
+            &cifar,
+            &["--max-steps", "2", "--kernels", "candle"][..],
+        ),
+    ] {
+        let out = tmp.path().join(format!("run-{dataset}-{}", extra.len()));
+        let mut args = vec![
+            "train",
+            "--dataset",
+            dataset,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&small);
+        args.extend_from_slice(extra);
+        let o = trainer(&args);
+        assert!(o.status.success(), "{dataset} {extra:?}: {}", stderr(&o));
+        let ckpt = Checkpoint::load(&out.join("final")).unwrap();
+        assert_eq!((ckpt.step(), ckpt.meta.model.channels), (2, 3));
+    }
+}
+
+/// `trainer sample`: EMA (default) and raw weights, eval and train-mode BatchNorm give different
+/// grids; `trainer bench` reports img/s and, with --profile, the phases of a step.
+#[test]
+fn sample_variants_and_bench() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    write_mnist_fixture(&data, 32);
+    let out = tmp.path().join("run");
+    let os = out.to_str().unwrap();
+    let o = trainer(&tiny_train_args(
+        data.to_str().unwrap(),
+        os,
+        &["--max-steps", "4", "--ema", "0.5"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut grids = Vec::new();
+    for extra in [&[][..], &["--raw"], &["--train-mode"]] {
+        let png = tmp.path().join(format!("grid{}.png", grids.len()));
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            os,
+            "--n",
+            "8",
+            "--out",
+            png.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = trainer(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        grids.push(image::open(&png).unwrap().to_luma8().into_raw());
+    }
+    assert_ne!(grids[0], grids[1], "--raw samples the raw generator");
+    assert_ne!(grids[0], grids[2], "--train-mode uses batch statistics");
+    let o = trainer(&[
+        "bench",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--profile",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("RESULT gantry-train img16x1 b4 cpu fast") && text.contains("img/s"),
+        "{text}"
+    );
+    assert!(text.contains("phase: 1 G forward"), "{text}");
+}
+
+/// The classifier is trained once and reused from its cache; `eval --images` scores a folder.
+#[test]
+fn the_classifier_is_cached_and_eval_scores_image_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    write_mnist_fixture(&data, 60);
+    let ds = data.to_str().unwrap();
+    let args = [
+        "classifier",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        ds,
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+    ];
+    let first = trainer(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let cache: Vec<_> = std::fs::read_dir(data.join(".gantry")).unwrap().collect();
+    assert_eq!(cache.len(), 1, "one cached classifier");
+    let second = trainer(&args);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        !stderr(&second).contains("epoch"),
+        "reused, not retrained:\n{}",
+        stderr(&second)
+    );
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..8u32 {
+        image::GrayImage::from_fn(28, 28, |x, _| {
+            image::Luma([if x == 6 + i { 255 } else { 0 }])
+        })
+        .save(images.join(format!("{i}.png")))
+        .unwrap();
+    }
+    let o = trainer(&[
+        "eval",
+        "--images",
+        images.to_str().unwrap(),
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        ds,
+        "--image-size",
+        "16",
+        "--n",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("images: FID"), "{}", stdout(&o));
+    assert!(images.join("eval.json").is_file());
+}
