@@ -205,6 +205,20 @@ pub fn write_learnable_mnist(dir: &Path, train: usize, test: usize) {
     }
 }
 
+/// Pairs the items of `a` and `b` like `zip`, but panics if one runs out before the other: a
+/// plain `zip` would compare only the shorter one's length and pass.
+pub fn zip_eq<A: IntoIterator, B: IntoIterator>(
+    a: A,
+    b: B,
+) -> impl Iterator<Item = (A::Item, B::Item)> {
+    let (mut a, mut b) = (a.into_iter(), b.into_iter());
+    std::iter::from_fn(move || match (a.next(), b.next()) {
+        (Some(x), Some(y)) => Some((x, y)),
+        (None, None) => None,
+        _ => panic!("zip_eq: the two sequences have different lengths"),
+    })
+}
+
 /// A small model configuration for fast tests.
 pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize>) -> ModelConfig {
     ModelConfig {

@@ -62,9 +62,25 @@ fn train_export_generate_gives_the_trained_generators_images() {
         .providers(ProviderChoice::Auto)
         .build()
         .unwrap();
+    // Every metadata key, with the run's values.
     let meta = &g.info().metadata;
-    assert_eq!(meta["gantry.weights"], "ema");
-    assert_eq!(meta["gantry.training_steps"], "6");
+    for (key, value) in [
+        ("gantry.format_version", "1"),
+        ("gantry.latent_dim", "16"),
+        ("gantry.image_size", "16"),
+        ("gantry.channels", "1"),
+        ("gantry.num_classes", "0"),
+        ("gantry.output", "float"),
+        ("gantry.training_steps", "6"),
+        ("gantry.dataset", "mnist"),
+        ("gantry.normalization", "tanh [-1,1]"),
+        ("gantry.precision", "fp32"),
+        ("gantry.batchnorm_folded", "true"),
+        ("gantry.weights", "ema"),
+    ] {
+        assert_eq!(meta.get(key).map(String::as_str), Some(value), "{key}");
+    }
+    assert_eq!(meta.len(), gantry_exporter::METADATA_KEYS.len());
     let z = LatentStream::new(3, 16, None).next_batch(8);
     let images = g.raw_output(&z, None).unwrap();
 

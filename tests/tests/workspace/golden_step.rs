@@ -12,6 +12,7 @@
 
 use candle_core::{Device, Tensor};
 use gantry_models::{Adam, AdamConfig, Discriminator, Generator, Kernels, ModelConfig, TensorMap};
+use gantry_testkit::zip_eq;
 use gantry_trainer::loss::LossKind;
 use gantry_trainer::train::Networks;
 use serde::Deserialize;
@@ -127,9 +128,7 @@ fn replay(kernels: Kernels) -> (f32, f32) {
         assert_eq!(ours.len(), theirs.len(), "{net}: tensor count");
         for (name, stored) in theirs {
             let values: Vec<f32> = ours[name].flatten_all().unwrap().to_vec1().unwrap();
-            let diff = values
-                .iter()
-                .zip(&stored.values)
+            let diff = zip_eq(&values, &stored.values)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(diff < 2e-6, "{kernels:?} {net} {name}: {diff} from PyTorch");

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use gantry_exporter::OutputFormat;
 use gantry_runtime::{GenerateRequest, Generator, LatentStream, Provider, ProviderChoice};
-use gantry_testkit::{export_tiny_model, pytorch_style_model, stderr, stdout, workspace};
+use gantry_testkit::{export_tiny_model, pytorch_style_model, stderr, stdout, workspace, zip_eq};
 
 fn model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBuf {
     export_tiny_model(dir, num_classes, output)
@@ -82,7 +82,7 @@ fn generator_is_shared_by_threads_with_the_same_results() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for (a, b) in single.iter().zip(&threaded) {
+    for (a, b) in zip_eq(&single, &threaded) {
         let a: Vec<_> = a.iter().map(|i| i.as_bytes().to_vec()).collect();
         let b: Vec<_> = b.iter().map(|i| i.as_bytes().to_vec()).collect();
         assert_eq!(a, b);
@@ -106,11 +106,8 @@ fn image_i_does_not_depend_on_the_batch_size() {
     let whole = g.generate_request(&req).unwrap();
     req.batch_size = 3;
     let batched = g.generate_request(&req).unwrap();
-    for (a, b) in whole.iter().zip(&batched) {
-        let diff = a
-            .as_bytes()
-            .iter()
-            .zip(b.as_bytes())
+    for (a, b) in zip_eq(&whole, &batched) {
+        let diff = zip_eq(a.as_bytes(), b.as_bytes())
             .map(|(x, y)| x.abs_diff(*y))
             .max()
             .unwrap();
@@ -163,10 +160,7 @@ fn batch_lanes_give_the_images_of_one_whole_run() {
     let small_labels = labels.slice(ndarray::s![..2]).to_owned();
     let c = lanes.raw_output(&small, Some(&small_labels)).unwrap();
     let head = a.slice(ndarray::s![..2, .., .., ..]);
-    assert!(c
-        .iter()
-        .zip(head.iter())
-        .all(|(x, y)| (x - y).abs() <= 1e-5));
+    assert!(zip_eq(c.iter(), head.iter()).all(|(x, y)| (x - y).abs() <= 1e-5));
 
     let bytes = model(dir.path(), None, OutputFormat::Uint8);
     let (whole, lanes) = (open(&bytes, 1), open(&bytes, 3));

@@ -4,7 +4,7 @@
 use candle_core::Device;
 use gantry_models::spec::TensorRole;
 use gantry_models::{generator_spec, Checkpoint, Kernels, ModelConfig};
-use gantry_testkit::{tiny_config, write_mnist_fixture};
+use gantry_testkit::{tiny_config, write_mnist_fixture, zip_eq};
 use gantry_trainer::data::{self, DataSpec, Dataset, DatasetKind, Fit, Split};
 use gantry_trainer::loss::LossKind;
 use gantry_trainer::train::{ema_decay_at, TrainConfig, Trainer};
@@ -129,7 +129,7 @@ fn one_step_gives_every_parameter_a_gradient_and_updates_batchnorm_statistics() 
                 &after.optimizer_d.as_ref().unwrap().0,
             ),
         ] {
-            for ((name, a), (_, b)) in values(old).iter().zip(values(new).iter()) {
+            for ((name, a), (_, b)) in zip_eq(values(old), values(new)) {
                 assert!(
                     b.iter().all(|v| v.is_finite()),
                     "{net} {name} is not finite"
@@ -237,11 +237,11 @@ fn hinge_loss_and_ema_follow_the_update_formula() {
             values(&c.generator),
             values(c.generator_ema.as_ref().unwrap()),
         );
-        for (((name, live), (_, ema)), (_, prev)) in live.iter().zip(&ema).zip(&previous_ema) {
+        for (((name, live), (_, ema)), (_, prev)) in zip_eq(zip_eq(&live, &ema), &previous_ema) {
             if roles[name] != TensorRole::Parameter {
                 continue;
             }
-            for ((l, e), p) in live.iter().zip(ema).zip(prev) {
+            for ((l, e), p) in zip_eq(zip_eq(live, ema), prev) {
                 let want = d * p + (1.0 - d) * l;
                 assert!(
                     (e - want).abs() <= 1e-6,
@@ -280,7 +280,7 @@ fn fast_kernels_train_like_candle_ops() {
     };
     let (fast, fast_ckpt) = run(Kernels::Fast);
     let (plain, plain_ckpt) = run(Kernels::Candle);
-    for (a, b) in fast.iter().zip(&plain) {
+    for (a, b) in zip_eq(&fast, &plain) {
         for (what, x, y) in [
             ("loss_d", a.loss_d, b.loss_d),
             ("loss_g", a.loss_g, b.loss_g),
@@ -298,10 +298,8 @@ fn fast_kernels_train_like_candle_ops() {
         ),
     ];
     for (a, b) in nets {
-        for ((name, x), (_, y)) in values(a).iter().zip(values(b).iter()) {
-            let diff = x
-                .iter()
-                .zip(y)
+        for ((name, x), (_, y)) in zip_eq(values(a), values(b)) {
+            let diff = zip_eq(&x, &y)
                 .map(|(p, q)| (p - q).abs())
                 .fold(0f32, f32::max);
             assert!(diff < 1e-6, "{name}: weights differ by {diff}");

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use gantry_models::Checkpoint;
-use gantry_testkit::{stderr, stdout, tiny_train_args, write_mnist_fixture};
+use gantry_testkit::{stderr, stdout, tiny_train_args, write_mnist_fixture, zip_eq};
 
 use super::{fixture, metrics_lines, spawn_trainer, trainer, wait_until};
 
@@ -79,7 +79,7 @@ fn resume_through_the_cli_is_bit_exact_with_every_option() {
             "optimizer_g.safetensors"
         ]
     );
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
+    for ((name, x), (_, y)) in zip_eq(&a, &b) {
         assert!(x == y, "{name} differs after the resume");
     }
 }
