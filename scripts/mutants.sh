@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Mutation testing (cargo-mutants) of the modules where a silent bug would cost users most:
+# the Adam and EMA updates, the losses, BatchNorm folding, the atomic writer, latent sampling and
+# truncation, image and output conversion, IDX parsing, FID. Each mutant is tested with its own
+# package's tests. Not part of `make test` (hours on 2 cores); run it after changing these
+# modules and compare with the counts in docs/testing.md. Results: mutants.out*/ (git-ignored).
+#   scripts/mutants.sh [extra cargo-mutants flags, e.g. --shard 1/4]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+scripts/setup-tools.sh
+scripts/fetch-ort.sh >/dev/null
+files=(
+    exporter/src/fold.rs
+    trainer/src/loss.rs
+    models/src/atomic.rs
+    runtime/src/latent.rs
+    runtime/src/image_batch.rs
+    runtime/src/output.rs
+    kernels/src/adam.rs
+    trainer/src/data/idx.rs
+    trainer/src/eval/fid.rs
+)
+args=()
+for f in "${files[@]}"; do args+=(-f "$f"); done
+cargo mutants --no-shuffle --copy-target=true -o mutants.out "${args[@]}" "$@" || true
+# The EMA is two functions of the training step's module.
+cargo mutants --no-shuffle --copy-target=true -o mutants.out-ema -f trainer/src/train/mod.rs \
+    --re 'ema' "$@" || true
+for d in mutants.out mutants.out-ema; do
+    echo "== $d"
+    for kind in caught missed timeout unviable; do
+        printf '%-9s %s\n' "$kind" "$(wc -l < "$d/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
+    done
+done
