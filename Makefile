@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz bench bench-generate bench-tools
+.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -41,6 +41,11 @@ test: tools ort
 FUZZ_SECONDS ?= 60
 fuzz: tools ort
 	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib fuzz_ -- --test-threads 1 --nocapture
+
+# Mutation testing of the modules where a silent bug costs most (cargo-mutants; hours on 2
+# cores; results in mutants.out*/, counts to compare in docs/testing.md).
+mutants:
+	scripts/mutants.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

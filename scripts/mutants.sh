@@ -14,7 +14,6 @@ scripts/fetch-ort.sh >/dev/null
 files=(
     exporter/src/fold.rs
     trainer/src/loss.rs
-    models/src/atomic.rs
     runtime/src/latent.rs
     runtime/src/image_batch.rs
     runtime/src/output.rs
@@ -25,10 +24,14 @@ files=(
 args=()
 for f in "${files[@]}"; do args+=(-f "$f"); done
 cargo mutants --no-shuffle --copy-target=true -o mutants.out "${args[@]}" "$@" || true
+# The atomic writer's crash behaviour is tested through the trainer (kill -9 and injected
+# crashes), so its mutants run the trainer's tests too.
+cargo mutants --no-shuffle --copy-target=true -o mutants.out-atomic -f models/src/atomic.rs \
+    --test-package gantry-models --test-package gantry-trainer "$@" || true
 # The EMA is two functions of the training step's module.
 cargo mutants --no-shuffle --copy-target=true -o mutants.out-ema -f trainer/src/train/mod.rs \
     --re 'ema' "$@" || true
-for d in mutants.out mutants.out-ema; do
+for d in mutants.out mutants.out-atomic mutants.out-ema; do
     echo "== $d"
     for kind in caught missed timeout unviable; do
         printf '%-9s %s\n' "$kind" "$(wc -l < "$d/mutants.out/$kind.txt" 2>/dev/null || echo 0)"

@@ -48,6 +48,35 @@ pub fn fold_batchnorm(
 mod tests {
     use super::*;
 
+    /// A 2-input, 3-output, 4-tap transposed convolution from a 1x1 input
+    /// (`y[o][k] = sum_i x[i] * W[i][o][k]`) followed by BatchNorm, against the folded map, for
+    /// several inputs: every weight's position in the layout matters.
+    #[test]
+    fn folding_keeps_the_weight_layout_of_many_channels_and_taps() {
+        let (ci, co, k) = (2, 3, 4);
+        let w: Vec<f32> = (0..ci * co * k).map(|j| (j as f32 * 0.37).sin()).collect();
+        let gamma = [1.5f32, 0.5, -0.8];
+        let beta = [0.1f32, -0.2, 0.3];
+        let mean = [0.05f32, -0.4, 0.9];
+        let var = [2.0f32, 0.3, 1.1];
+        let f = fold_batchnorm(&w, ci, co, k, &gamma, &beta, &mean, &var, 1e-5);
+        for x in [[1.0f32, 0.0], [0.0, 1.0], [0.7, -1.3]] {
+            for o in 0..co {
+                for t in 0..k {
+                    let at = |i: usize| (i * co + o) * k + t;
+                    let conv: f32 = (0..ci).map(|i| x[i] * w[at(i)]).sum();
+                    let bn = gamma[o] * (conv - mean[o]) / (var[o] + 1e-5).sqrt() + beta[o];
+                    let folded: f32 =
+                        (0..ci).map(|i| x[i] * f.weight[at(i)]).sum::<f32>() + f.bias[o];
+                    assert!(
+                        (bn - folded).abs() < 1e-5,
+                        "o {o} tap {t}: {bn} vs {folded}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A 1-input, 2-output, 1-tap "convolution": y_o = w_o * x; BN afterwards; the folded affine
     /// map must give the same output for any x.
     #[test]

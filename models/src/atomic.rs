@@ -36,7 +36,7 @@ mod fault {
 
     /// Whether `flag` is set.
     pub(super) fn enabled(flag: &str) -> bool {
-        spec().is_some_and(|s| s.split(',').any(|p| p == flag))
+        spec().is_some_and(|s| listed(&s, flag))
     }
 
     /// Aborts the process if `point` is asked for at this visit.
@@ -44,30 +44,37 @@ mod fault {
         let Some(spec) = spec() else {
             return;
         };
-        for item in spec.split(',') {
+        let mut visits = VISITS.lock().unwrap_or_else(|e| e.into_inner());
+        if visit(&spec, point, &mut visits) {
+            eprintln!("fault injection: crashing at {point}");
+            std::process::abort();
+        }
+    }
+
+    /// Counts a visit of `point` in `visits`; whether `spec` asks for a crash at this one.
+    pub(super) fn visit(spec: &str, point: &str, visits: &mut Vec<(String, usize)>) -> bool {
+        let count = match visits.iter_mut().find(|(p, _)| p == point) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                visits.push((point.to_string(), 1));
+                1
+            }
+        };
+        spec.split(',').any(|item| {
             let (name, at) = match item.split_once(':') {
                 Some((name, n)) => (name, n.parse().unwrap_or(1)),
                 None => (item, 1),
             };
-            if name != point {
-                continue;
-            }
-            let mut visits = VISITS.lock().unwrap_or_else(|e| e.into_inner());
-            let count = match visits.iter_mut().find(|(p, _)| p == point) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    visits.push((point.to_string(), 1));
-                    1
-                }
-            };
-            if count == at {
-                eprintln!("fault injection: crashing at {point} (visit {count})");
-                std::process::abort();
-            }
-        }
+            name == point && count == at
+        })
+    }
+
+    /// Whether `flag` is one of `spec`'s items.
+    pub(super) fn listed(spec: &str, flag: &str) -> bool {
+        spec.split(',').any(|p| p == flag)
     }
 }
 
@@ -264,6 +271,61 @@ mod tests {
         let aside = root.path().join(".ckpt.old-1-2");
         fs::create_dir(&aside).unwrap();
         assert_eq!(recover_dir(&root.path().join("ckpt")), aside);
+    }
+
+    #[test]
+    fn fault_points_crash_at_the_visit_asked_for() {
+        let mut visits = Vec::new();
+        let spec = "no-exchange,dir-written:2,dir-set-aside";
+        assert!(fault::listed(spec, "no-exchange"));
+        assert!(!fault::listed(spec, "exchange"));
+        assert!(!fault::visit(spec, "dir-written", &mut visits), "visit 1");
+        assert!(fault::visit(spec, "dir-written", &mut visits), "visit 2");
+        assert!(!fault::visit(spec, "dir-written", &mut visits), "visit 3");
+        assert!(
+            fault::visit(spec, "dir-set-aside", &mut visits),
+            "its first visit"
+        );
+        assert!(!fault::visit(spec, "other", &mut visits));
+        assert_eq!(visits.len(), 3);
+    }
+
+    #[test]
+    fn stale_temps_and_superseded_copies_are_removed_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path();
+        for name in [
+            "ckpt",
+            ".ckpt.tmp-1-2",
+            ".ckpt.old-3-4",
+            ".gone.old-5-6",
+            ".lock",
+            "data",
+        ] {
+            fs::create_dir(d.join(name)).unwrap();
+        }
+        fs::write(d.join(".f.tmp-7-8"), b"partial").unwrap();
+        remove_stale_temps(d);
+        let mut left: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // `.gone.old-*` is the only copy of `gone` (recover_dir reads it): it stays.
+        assert_eq!(left, [".gone.old-5-6", ".lock", "ckpt", "data"]);
+    }
+
+    #[test]
+    fn writing_a_directory_removes_a_copy_set_aside_by_a_crash() {
+        let root = tempfile::tempdir().unwrap();
+        let aside = root.path().join(".ckpt.old-1-2");
+        fs::create_dir(&aside).unwrap();
+        fs::write(aside.join("a"), b"old").unwrap();
+        let dir = root.path().join("ckpt");
+        assert_eq!(recover_dir(&dir), aside);
+        write_dir_atomic(&dir, &[("a", b"new".to_vec())]).unwrap();
+        assert!(!aside.exists());
+        assert_eq!(fs::read(dir.join("a")).unwrap(), b"new");
     }
 
     #[test]

@@ -186,6 +186,53 @@ mod tests {
         assert!(b.image(2).is_none());
     }
 
+    /// A 2x3 (non-square) RGB batch: every pixel lands at its NHWC place.
+    #[test]
+    fn every_pixel_lands_in_place() {
+        let (n, c, h, w) = (2, 3, 2, 3);
+        let values: Vec<f32> = (0..n * c * h * w)
+            .map(|i| (i as f32 / 35.0) * 2.0 - 1.0)
+            .collect();
+        let b = ImageBatch::from_float_nchw(&values, [n, c, h, w]).unwrap();
+        assert_eq!(
+            (b.count(), b.height(), b.width(), b.channels()),
+            (n, h, w, c)
+        );
+        for img in 0..n {
+            for y in 0..h {
+                for x in 0..w {
+                    for ch in 0..c {
+                        let v = values[((img * c + ch) * h + y) * w + x];
+                        let at = ((img * h + y) * w + x) * c + ch;
+                        assert_eq!(b.pixels()[at], to_byte(v), "{img} {y} {x} {ch}");
+                    }
+                }
+            }
+        }
+        let images = b.to_images();
+        assert_eq!(images.len(), n);
+        assert_eq!(
+            images[1].to_rgb8().get_pixel(2, 1).0[0],
+            b.pixels()[(h + 1) * w * c + 2 * c]
+        );
+        assert_eq!(
+            (images[0].width(), images[0].height()),
+            (w as u32, h as u32)
+        );
+        let pixels = b.clone().into_pixels();
+        assert_eq!(pixels.as_slice(), b.pixels());
+        assert_eq!(pixels.len(), n * c * h * w);
+    }
+
+    /// Batches with nothing in them convert without panicking.
+    #[test]
+    fn empty_shapes_do_not_panic() {
+        for shape in [[0, 3, 4, 4], [2, 3, 0, 4], [2, 3, 4, 0], [1, 1, 0, 0]] {
+            let b = ImageBatch::from_float_nchw(&[], shape).unwrap();
+            assert!(b.pixels().is_empty(), "{shape:?}");
+        }
+    }
+
     #[test]
     fn batches_check_their_sizes() {
         assert!(ImageBatch::new(vec![0; 5], 1, 2, 2, 1).is_err());

@@ -101,6 +101,53 @@ mod tests {
         }
     }
 
+    fn angle(a: &[f32], b: &[f32]) -> f64 {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        (dot / (norm(a) * norm(b))).clamp(-1.0, 1.0).acos()
+    }
+
+    /// On unit vectors at any angle, slerp walks the great circle at constant speed: the point
+    /// at `t` has norm 1, lies `t * omega` from `a` and `(1 - t) * omega` from `b`.
+    #[test]
+    fn slerp_walks_the_great_circle_at_constant_speed() {
+        let unit = |v: [f32; 3]| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.map(|x| x / n)
+        };
+        for (a, b) in [
+            (unit([1.0, 2.0, 0.5]), unit([-0.3, 1.0, 3.0])),
+            (unit([1.0, 0.0, 0.0]), unit([-0.9, 0.1, 0.0])),
+        ] {
+            let omega = angle(&a, &b);
+            for t in [0.1f32, 0.3, 0.5, 0.8] {
+                let p = slerp(&a, &b, t);
+                let norm = p.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5, "norm {norm} at {t}");
+                assert!(
+                    (angle(&a, &p) - t as f64 * omega).abs() < 1e-4,
+                    "from a at {t}"
+                );
+                assert!(
+                    (angle(&p, &b) - (1.0 - t as f64) * omega).abs() < 1e-4,
+                    "to b at {t}"
+                );
+            }
+        }
+        // Parallel vectors: the straight line, no division by sin(0).
+        let a = [0.5f32, -1.0, 2.0];
+        let b = [1.0f32, -2.0, 4.0];
+        for t in [0.0f32, 0.25, 1.0] {
+            let p = slerp(&a, &b, t);
+            for i in 0..3 {
+                assert!(
+                    (p[i] - (a[i] + t * (b[i] - a[i]))).abs() < 1e-6,
+                    "{p:?} at {t}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn slerp_hits_the_ends_and_keeps_the_norm_of_orthogonal_unit_vectors() {
         let (a, b) = ([1.0f32, 0.0], [0.0f32, 1.0]);

@@ -235,8 +235,17 @@ mod tests {
 
     #[test]
     fn npy_header_is_aligned_and_describes_the_shape() {
+        for shape in [(3, 32, 32, 1), (1_000_000, 64, 64, 3), (7, 5, 9, 3)] {
+            let h = NpyWriter::header(shape.0, shape.1, shape.2, shape.3);
+            assert_eq!(h.len() % 64, 0, "{shape:?}");
+            let text = String::from_utf8_lossy(&h[10..]).into_owned();
+            let padding = text.len() - text.trim_end().len();
+            assert!(
+                padding <= 64,
+                "minimal padding (spaces and the newline): {padding}"
+            );
+        }
         let h = NpyWriter::header(3, 32, 32, 1);
-        assert_eq!(h.len() % 64, 0);
         assert!(h.starts_with(b"\x93NUMPY\x01\x00"));
         let text = String::from_utf8_lossy(&h[10..]);
         assert!(text.contains("'shape': (3, 32, 32, 1)"), "{text}");
@@ -276,6 +285,105 @@ mod tests {
         let rgb = ImageBatch::new(vec![0; 12], 1, 2, 2, 3).unwrap();
         w.append(&rgb).unwrap();
         assert!(w.append(&batch).is_err(), "a different image size");
+    }
+
+    /// Distinct images (a grey level each) land at their tiles: row-major, `pad` apart.
+    #[test]
+    fn grid_puts_each_image_at_its_tile() {
+        let imgs: Vec<DynamicImage> = (0..5u8)
+            .map(|i| {
+                DynamicImage::ImageLuma8(image::GrayImage::from_pixel(3, 2, image::Luma([10 + i])))
+            })
+            .collect();
+        let g = grid_with_columns(&imgs, 2, 1).to_luma8();
+        assert_eq!(g.dimensions(), (2 * 4 + 1, 3 * 3 + 1));
+        for i in 0..5u32 {
+            let (x, y) = (1 + (i % 2) * 4, 1 + (i / 2) * 3);
+            for (dx, dy) in [(0, 0), (2, 1)] {
+                assert_eq!(g.get_pixel(x + dx, y + dy).0, [10 + i as u8], "image {i}");
+            }
+            assert_eq!(g.get_pixel(x + 3, y).0, [0], "padding after image {i}");
+        }
+        let rgb = grid(&[DynamicImage::new_rgb8(2, 2)], 0);
+        assert_eq!(rgb.color().channel_count(), 3);
+    }
+
+    #[test]
+    fn pngs_and_gifs_decode_to_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = ImageBatch::new(
+            (0..2 * 4 * 5 * 3).map(|i| (i * 7 % 256) as u8).collect(),
+            2,
+            4,
+            5,
+            3,
+        )
+        .unwrap();
+        write_pngs(dir.path(), 10, &batch).unwrap();
+        for i in 0..2 {
+            let back = image::open(dir.path().join(format!("{:06}.png", 10 + i))).unwrap();
+            assert_eq!(
+                back.to_rgb8().as_raw(),
+                batch.image(i).unwrap().to_rgb8().as_raw()
+            );
+        }
+        let png = png_bytes(&batch.image(1).unwrap()).unwrap();
+        assert_eq!(
+            image::load_from_memory(&png).unwrap().to_rgb8().as_raw(),
+            batch.image(1).unwrap().to_rgb8().as_raw()
+        );
+        let frames = batch.to_images();
+        let gif_path = dir.path().join("walk.gif");
+        save_gif(&frames, &gif_path, 80).unwrap();
+        let decoder = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(
+            std::fs::read(&gif_path).unwrap(),
+        ))
+        .unwrap();
+        use image::AnimationDecoder;
+        let decoded = decoder.into_frames().collect_frames().unwrap();
+        assert_eq!(decoded.len(), 3, "forwards and back: 2 frames, then 1");
+        assert_eq!(decoded[0].buffer().dimensions(), (5, 4));
+        assert_eq!(
+            gif_bytes(&frames, 80).unwrap(),
+            std::fs::read(&gif_path).unwrap()
+        );
+    }
+
+    #[test]
+    fn atomic_file_writes_replace_whole_files_and_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.bin");
+        write_file_atomic(&path, b"old").unwrap();
+        write_file_atomic(&path, b"new!").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new!");
+        let blocked = dir.path().join("f.bin/inner");
+        assert!(write_file_atomic(&blocked, b"x").is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn npy_refuses_more_images_than_announced_and_cleans_up_a_failed_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = ImageBatch::new(vec![0; 4 * 4], 4, 2, 2, 1).unwrap();
+        let mut w = NpyWriter::create(&dir.path().join("a.npy"), 2).unwrap();
+        assert!(w.append(&batch).is_err(), "4 images into 2");
+        drop(w);
+        // The target is a folder: the final rename fails; no temp file may stay.
+        let target = dir.path().join("b.npy");
+        std::fs::create_dir(&target).unwrap();
+        let mut w = NpyWriter::create(&target, 4).unwrap();
+        w.append(&batch).unwrap();
+        assert!(w.finish().is_err());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b.npy"]);
     }
 
     #[test]

@@ -101,6 +101,40 @@ mod tests {
         );
     }
 
+    /// D's BCE loss is the sum of the real and fake terms (as PyTorch's DCGAN example sums
+    /// errD_real and errD_fake), G's the non-saturating term, against the formula in f64.
+    #[test]
+    fn bce_losses_of_both_players() {
+        let (r, f) = ([1.5f64, -0.5, 3.0], [0.25f64, -2.0, 1.0]);
+        let real = Tensor::new(&r.map(|v| v as f32), &Device::Cpu).unwrap();
+        let fake = Tensor::new(&f.map(|v| v as f32), &Device::Cpu).unwrap();
+        let mean = |xs: &[f64], y: f64| xs.iter().map(|&x| reference_bce(x, y)).sum::<f64>() / 3.0;
+        let d = LossKind::Bce
+            .discriminator(&real, &fake)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (d as f64 - (mean(&r, 1.0) + mean(&f, 0.0))).abs() < 1e-6,
+            "{d}"
+        );
+        let g = LossKind::Bce
+            .generator(&fake)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((g as f64 - mean(&f, 1.0)).abs() < 1e-6, "{g}");
+    }
+
+    #[test]
+    fn loss_names_parse_and_print_back() {
+        for kind in [LossKind::Bce, LossKind::Hinge] {
+            assert_eq!(kind.to_string().parse::<LossKind>(), Ok(kind));
+        }
+        assert_eq!("hinge".parse::<LossKind>(), Ok(LossKind::Hinge));
+        assert!("wgan".parse::<LossKind>().unwrap_err().contains("wgan"));
+    }
+
     #[test]
     fn hinge_losses() {
         let real = Tensor::new(&[2.0f32, 0.5], &Device::Cpu).unwrap();

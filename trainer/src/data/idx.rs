@@ -182,6 +182,18 @@ mod tests {
         );
         let err = parse_idx(&full[..6], p).unwrap_err().to_string();
         assert!(err.contains("truncated IDX header"), "{err}");
+        let mut longer = full.clone();
+        longer.extend_from_slice(&[1, 2, 3]);
+        let err = parse_idx(&longer, p).unwrap_err().to_string();
+        assert!(err.contains("3 bytes of trailing data"), "{err}");
+        assert_eq!(parse_idx(&full, p).unwrap().dims, vec![3, 2, 2]);
+        // Shorter than a magic number, or exactly one: each is named for what it is.
+        for short in [&b""[..], &[0u8], &[0, 0, 8]] {
+            let err = parse_idx(short, p).unwrap_err().to_string();
+            assert!(err.contains("not an IDX file"), "{err}");
+        }
+        let err = parse_idx(&[0, 0, 8, 1], p).unwrap_err().to_string();
+        assert!(err.contains("truncated IDX header"), "{err}");
         // One bad header byte (255 dimensions) gives a short message, not the dimensions.
         let mut many = full.clone();
         many[3] = 255;

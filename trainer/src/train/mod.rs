@@ -542,6 +542,35 @@ mod tests {
     use super::*;
     use gantry_models::init::{normal_vec, rng_for};
 
+    /// A conditional run whose model does not have the data's classes says so in words.
+    #[test]
+    fn a_class_count_mismatch_is_said_in_words() {
+        let data = Dataset {
+            name: "fixture".into(),
+            image_size: 16,
+            channels: 1,
+            pixels: vec![0; 4 * 256],
+            labels: vec![0, 1, 2, 0],
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+        };
+        let config = TrainConfig {
+            conditional: true,
+            ..TrainConfig::default()
+        };
+        for (classes, says) in [(Some(2), "the model has 2"), (None, "unconditional")] {
+            let model = ModelConfig {
+                image_size: 16,
+                g_width: 4,
+                d_width: 4,
+                num_classes: classes,
+                ..ModelConfig::default()
+            };
+            let err = validate(&config, &model, &data).unwrap_err().to_string();
+            assert!(err.contains("3 classes") && err.contains(says), "{err}");
+            assert!(!err.contains("Some("), "{err}");
+        }
+    }
+
     #[test]
     fn the_ema_decay_warms_up_then_holds() {
         assert_eq!(ema_decay_at(0.999, 0), 0.1);
