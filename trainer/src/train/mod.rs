@@ -571,6 +571,52 @@ mod tests {
         }
     }
 
+    /// Taking samples or a checkpoint gives the EMA generator BatchNorm statistics of its own
+    /// weights: after recalibration they are no longer the live generator's copies.
+    #[test]
+    fn the_ema_gets_its_own_batchnorm_statistics() {
+        let dev = Device::Cpu;
+        let data = Dataset {
+            name: "fixture".into(),
+            image_size: 16,
+            channels: 1,
+            pixels: (0..8 * 256).map(|i| (i * 31 % 256) as u8).collect(),
+            labels: vec![0; 8],
+            class_names: vec!["a".into()],
+        };
+        let model = ModelConfig {
+            image_size: 16,
+            g_width: 4,
+            d_width: 4,
+            latent_dim: 8,
+            ..ModelConfig::default()
+        };
+        let config = TrainConfig {
+            ema: Some(0.5),
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let mut t = Trainer::new(config, model, data, &dev).unwrap();
+        t.step().unwrap();
+        let stats = |g: &Generator| -> Vec<Vec<f32>> {
+            g.net
+                .vars_with_roles()
+                .into_iter()
+                .filter(|(name, _, _)| name.contains("running"))
+                .map(|(_, v, _)| v.as_tensor().to_vec1::<f32>().unwrap())
+                .collect()
+        };
+        let ema = t.nets.generator_ema.as_ref().unwrap();
+        assert_eq!(stats(ema), stats(&t.nets.generator), "copies after a step");
+        t.recalibrate_ema().unwrap();
+        let (own, live) = (
+            stats(t.nets.generator_ema.as_ref().unwrap()),
+            stats(&t.nets.generator),
+        );
+        assert_eq!(own.len(), live.len());
+        assert!(own.iter().zip(&live).all(|(a, b)| a != b), "recalibrated");
+    }
+
     #[test]
     fn the_ema_decay_warms_up_then_holds() {
         assert_eq!(ema_decay_at(0.999, 0), 0.1);
