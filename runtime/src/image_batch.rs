@@ -231,6 +231,8 @@ mod tests {
             let b = ImageBatch::from_float_nchw(&[], shape).unwrap();
             assert!(b.pixels().is_empty(), "{shape:?}");
         }
+        // No channels: refused (images have 1 or 3), not a panic.
+        assert!(ImageBatch::from_float_nchw(&[], [2, 0, 4, 4]).is_err());
     }
 
     #[test]

@@ -134,6 +134,20 @@ mod tests {
                 );
             }
         }
+        // Vectors of any length: the sine-weighted sum of the two, the weights set by their angle.
+        let (a, b) = ([2.0f32, 0.0, 1.0], [0.0f32, 3.0, 3.0]);
+        let omega = angle(&a, &b);
+        for t in [0.2f32, 0.6] {
+            let (wa, wb) = (
+                ((1.0 - t as f64) * omega).sin() / omega.sin(),
+                (t as f64 * omega).sin() / omega.sin(),
+            );
+            let p = slerp(&a, &b, t);
+            for i in 0..3 {
+                let want = wa * a[i] as f64 + wb * b[i] as f64;
+                assert!((p[i] as f64 - want).abs() < 1e-5, "{p:?} at {t}");
+            }
+        }
         // Parallel vectors: the straight line, no division by sin(0).
         let a = [0.5f32, -1.0, 2.0];
         let b = [1.0f32, -2.0, 4.0];
