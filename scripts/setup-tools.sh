@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Installs the build and test tools Gantry needs, idempotently:
 # - protoc (Debian protobuf-compiler), needed to build candle-onnx;
+# - headless Chromium (Debian chromium), which the server's web-page test drives;
 # - a Python virtualenv in .tools/venv with the `onnx` package, used by the tests to run
-#   onnx.checker.check_model on exported files, and `tritonclient` (whose model_config_pb2 is
-#   Triton's own configuration schema, against which the tests parse exported config.pbtxt).
+#   onnx.checker.check_model on exported files, `tritonclient` (the real HTTP and gRPC clients
+#   the server is tested with; its model_config_pb2 is Triton's own configuration schema,
+#   against which the tests parse exported config.pbtxt), and `playwright` (drives Chromium).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
+# Installs Debian packages (as root, or with sudo), updating the package lists if needed.
+apt_install() {
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    { "${sudo[@]}" apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q "$@" >/dev/null; }; }
+}
 if ! command -v protoc >/dev/null 2>&1; then
     echo "installing protoc (Debian protobuf-compiler)" >&2
-    if [ "$(id -u)" = 0 ]; then
-        { apt-get install -y -q protobuf-compiler >/dev/null 2>&1 \
-            || { apt-get update -q >/dev/null && apt-get install -y -q protobuf-compiler >/dev/null; }; }
-    else
-        sudo apt-get install -y -q protobuf-compiler >/dev/null
-    fi
+    apt_install protobuf-compiler
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "installing headless Chromium (Debian chromium)" >&2
+    apt_install chromium
 fi
 venv="$root/.tools/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx, tritonclient.grpc.model_config_pb2" 2>/dev/null; then
-    echo "installing the onnx checker and tritonclient (PyPI) into .tools/venv" >&2
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import onnx, tritonclient.grpc.model_config_pb2, tritonclient.http, playwright.sync_api" 2>/dev/null; then
+    echo "installing the onnx checker, tritonclient and playwright (PyPI) into .tools/venv" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet "onnx==1.23.2" "tritonclient[http,grpc]==2.73.0"
+    "$venv/bin/pip" install --quiet "onnx==1.23.2" "tritonclient[http,grpc]==2.73.0" "playwright==1.64.1" "greenlet>=3.2.2"
 fi

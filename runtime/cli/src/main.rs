@@ -4,6 +4,7 @@
 
 mod commands;
 mod flags;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +115,9 @@ enum Command {
         #[command(flatten)]
         model: ModelArg,
     },
+    /// Serve models over the Open Inference Protocol (KServe v2 / Triton) on HTTP and gRPC,
+    /// with dynamic batching, /metrics, PNG endpoints and a web page at /.
+    Serve(serve::ServeArgs),
     /// Measure images per second after warm-up.
     Bench {
         #[command(flatten)]
@@ -131,11 +135,18 @@ enum Command {
 }
 
 fn load(engine: &EngineArgs, model: &ModelArg) -> anyhow::Result<Generator> {
+    let generator = builder(engine, &model.model).build()?;
+    eprintln!("provider: {}", generator.providers());
+    Ok(generator)
+}
+
+/// A generator for `path` with the engine flags' providers and threads.
+fn builder(engine: &EngineArgs, path: &std::path::Path) -> gantry_runtime::GeneratorBuilder {
     let mut options = ProviderOptions::default();
     options.device_id = engine.device_id;
     options.trt_cache = engine.trt_cache.clone();
     let mut b = Generator::builder()
-        .model(&model.model)
+        .model(path)
         .providers(engine.ep)
         .provider_options(options);
     if let Some(lib) = &engine.ort_lib {
@@ -147,9 +158,7 @@ fn load(engine: &EngineArgs, model: &ModelArg) -> anyhow::Result<Generator> {
     if let Some(l) = engine.lanes {
         b = b.batch_lanes(l);
     }
-    let generator = b.build()?;
-    eprintln!("provider: {}", generator.providers());
-    Ok(generator)
+    b
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -211,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
+        Command::Serve(args) => serve::run(args, |path| builder(&cli.engine, path).build())?,
         Command::Bench {
             model,
             batch_size,

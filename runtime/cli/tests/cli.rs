@@ -9,6 +9,8 @@ use gantry_exporter::OutputFormat;
 use gantry_testkit::{assert_fails_with, export_tiny_model, pytorch_style_model, stderr, stdout};
 use prost::Message;
 
+mod serve;
+
 /// Runs `runtime` with `args`.
 fn runtime(args: &[&str]) -> std::process::Output {
     gantry_testkit::run(env!("CARGO_BIN_EXE_runtime"), args)

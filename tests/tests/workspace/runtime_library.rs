@@ -12,14 +12,14 @@ fn model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBu
     export_tiny_model(dir, num_classes, output)
 }
 
-#[test]
-fn runtime_library_depends_on_neither_the_training_stack_nor_a_cli() {
+/// The normal dependencies of `package`, one `name vX` per line.
+fn dependency_tree(package: &str) -> String {
     let out = Command::new(env!("CARGO"))
         .args([
             "tree",
             "--offline",
             "-p",
-            "gantry-runtime",
+            package,
             "-e",
             "normal",
             "--prefix",
@@ -31,7 +31,12 @@ fn runtime_library_depends_on_neither_the_training_stack_nor_a_cli() {
         .output()
         .expect("cargo tree runs");
     assert!(out.status.success(), "{}", stderr(&out));
-    let tree = stdout(&out);
+    stdout(&out)
+}
+
+#[test]
+fn runtime_library_depends_on_neither_the_training_stack_nor_a_cli() {
+    let tree = dependency_tree("gantry-runtime");
     assert!(
         tree.contains("ort v2.0.0-rc.15"),
         "unexpected tree:\n{tree}"
@@ -52,10 +57,38 @@ fn runtime_library_depends_on_neither_the_training_stack_nor_a_cli() {
             "axum ",
             "hyper ",
             "tonic ",
+            "tokio ",
         ] {
             assert!(
                 !line.starts_with(cli_or_http),
                 "an application embedding gantry-runtime would link {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn server_library_depends_on_the_runtime_but_neither_candle_nor_a_cli() {
+    let tree = dependency_tree("gantry-serve");
+    assert!(
+        tree.contains("gantry-runtime v") && tree.contains("axum v") && tree.contains("tonic v"),
+        "unexpected tree:\n{tree}"
+    );
+    for line in tree.lines() {
+        assert!(
+            !line.starts_with("candle"),
+            "gantry-serve depends on {line}"
+        );
+        assert!(
+            !line.starts_with("gantry-")
+                || line.starts_with("gantry-runtime ")
+                || line.starts_with("gantry-serve "),
+            "gantry-serve depends on {line}"
+        );
+        for cli in ["clap ", "anyhow ", "indicatif "] {
+            assert!(
+                !line.starts_with(cli),
+                "an application mounting the server would link {line}"
             );
         }
     }
