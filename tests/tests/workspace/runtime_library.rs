@@ -21,7 +21,7 @@ fn dependency_tree(package: &str) -> String {
             "-p",
             package,
             "-e",
-            "normal",
+            "normal,no-proc-macro",
             "--prefix",
             "none",
             "--format",
