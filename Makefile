@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-tools
+.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -62,3 +62,7 @@ bench: data bench-tools
 # Generation speed: runtime vs Python onnxruntime vs PyTorch eager on the same weights.
 bench-generate: ort bench-tools
 	scripts/bench-generate.sh $(BENCH_PYTHON)
+
+# Serving speed on loopback: dynamic batching vs none, the server vs the library, tritonclient.
+bench-serve: ort
+	scripts/bench-serve.sh

@@ -168,6 +168,13 @@ mod tests {
             err.contains("x-idx3-ubyte") && err.contains("not an IDX file"),
             "{err}"
         );
+        // Either of the two zero bytes of the magic number being wrong is enough.
+        for first_two in [[0u8, 1], [1, 0]] {
+            let mut bad = encode_idx(&[1], &[5]);
+            bad[..2].copy_from_slice(&first_two);
+            let err = parse_idx(&bad, p).unwrap_err().to_string();
+            assert!(err.contains("not an IDX file"), "{first_two:?}: {err}");
+        }
         let mut floats = encode_idx(&[1], &[0, 0, 0, 0]);
         floats[2] = 0x0d;
         let err = parse_idx(&floats, p).unwrap_err().to_string();
