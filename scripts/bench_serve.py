@@ -108,6 +108,10 @@ lib = subprocess.run([runtime, "bench", "--model", model, "--batch-size", "64", 
                      capture_output=True, text=True, check=True).stdout
 lib_ips = float(re.search(r"([\d.]+) img/s", lib).group(1))
 print(f"RESULT library b64: {lib_ips:.0f} img/s ({lib.strip()})", flush=True)
+lib1 = subprocess.run([runtime, "bench", "--model", model, "--batch-size", "1", "--iterations", "300"],
+                      capture_output=True, text=True, check=True).stdout
+lib1_ips = float(re.search(r"([\d.]+) img/s", lib1).group(1))
+print(f"RESULT library b1: {lib1_ips:.0f} img/s", flush=True)
 s = Server("--max-batch-size", "64", "--max-queue-delay-us", "2000")
 wrk(s, "/v2/models/g64/infer", 4, batch_path, batch_len, duration=3)
 rps, p50, p99 = wrk(s, "/v2/models/g64/infer", 4, batch_path, batch_len)
@@ -127,6 +131,9 @@ print(client.strip(), flush=True)
 
 print()
 print(f"dynamic batching vs --max-batch-size 1 (64 clients x 1 image): "
-      f"{results['batching'] / results['no-batching']:.2f}x (goal >= 4x)")
+      f"{results['batching'] / results['no-batching']:.2f}x (goal >= 4x); the library's own batch scaling, "
+      f"b64 vs b1, is {lib_ips / lib1_ips:.2f}x on this machine")
+print(f"server with batching vs the library at batch 64: {results['batching'] / lib_ips:.2f}x; "
+      f"without vs the library at batch 1: {results['no-batching'] / lib1_ips:.2f}x")
 print(f"server (binary tensors, batch 64) vs library at batch 64: {results['saturated'] / lib_ips:.2f}x (goal >= 0.85x)")
 print(f"PNG endpoint (64-image grids) vs library: {results['png'] / lib_ips:.2f}x")

@@ -239,6 +239,58 @@ pub fn remove_stale_temps(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// Whether this file system swaps two directories atomically (`RENAME_EXCHANGE`).
+    fn exchange_supported(root: &Path) -> bool {
+        let (a, b) = (root.join("probe-a"), root.join("probe-b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let ok = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &a,
+            rustix::fs::CWD,
+            &b,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .is_ok();
+        fs::remove_dir_all(&a).unwrap();
+        fs::remove_dir_all(&b).unwrap();
+        ok
+    }
+
+    #[test]
+    fn where_directories_can_be_exchanged_readers_never_see_the_directory_missing() {
+        let root = tempfile::tempdir().unwrap();
+        if !exchange_supported(root.path()) {
+            eprintln!("skipped: this file system lacks RENAME_EXCHANGE");
+            return;
+        }
+        let dir = root.path().join("ckpt");
+        write_dir_atomic(&dir, &[("a", b"0".to_vec())]).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (missing, looks) = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let (mut missing, mut looks) = (0, 0);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    looks += 1;
+                    if !dir.join("a").exists() {
+                        missing += 1;
+                    }
+                }
+                (missing, looks)
+            });
+            for i in 0..400 {
+                write_dir_atomic(&dir, &[("a", i.to_string().into_bytes())]).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        assert!(looks > 100, "the watcher looked {looks} times");
+        assert_eq!(
+            missing, 0,
+            "the directory was missing {missing} of {looks} looks"
+        );
+    }
+
     #[test]
     fn directory_swap_replaces_contents_and_leaves_no_temp() {
         let root = tempfile::tempdir().unwrap();
