@@ -265,7 +265,6 @@ fn tritonclient_and_a_browser_get_the_library_s_images() {
         "--max-body-mb",
         "2",
     ]);
-    let stderr = server.stderr();
     let work = dir.path();
     let mut models = Vec::new();
     for (name, seed) in [("digits", 11u64), ("bytes", 12), ("classes", 13)] {
@@ -413,6 +412,7 @@ fn tritonclient_and_a_browser_get_the_library_s_images() {
     let url = format!("http://{}/", server.http);
     run_python("page_check.py", &[&url, shot.to_str().unwrap(), "32"]);
     assert!(image::open(&shot).unwrap().width() > 500);
+    let stderr = server.stderr();
     assert!(stderr.contains("model digits version 2"), "{stderr}");
 }
 
