@@ -516,3 +516,35 @@ fn serve_refuses_bad_setups_with_a_named_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
+    // The batch would wait 5 s for company; the request gives up after 300 ms.
+    let server = Server::start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "g",
+        "--max-queue-delay-us",
+        "5000000",
+        "--request-timeout-ms",
+        "300",
+    ]);
+    let started = Instant::now();
+    let (status, body) = http_get(&server.http, "/v2/models/g/generate?n=1");
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 504, "{text}");
+    assert!(text.contains("did not answer within 300 ms"), "{text}");
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+    let (_, metrics) = http_get(&server.http, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("gantry_inference_request_failure{model=\"g\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+    let (status, _) = http_get(&server.http, "/v2/health/ready");
+    assert_eq!(status, 200, "still serving");
+}
