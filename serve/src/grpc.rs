@@ -13,7 +13,7 @@ use crate::proto::model_infer_response::InferOutputTensor;
 use crate::proto::model_metadata_response::TensorMetadata;
 use crate::proto::*;
 use crate::state::ServerState;
-use crate::tensor::{decode_inputs, DataType, InputTensor, TensorData};
+use crate::tensor::{DataType, InputTensor, TensorData};
 
 /// The gRPC service over `state`, with message limits from its options.
 pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceService> {
@@ -152,15 +152,8 @@ impl InferenceService {
                 data,
             });
         }
-        let model_inputs = match decode_inputs(&model.generator().info().signature, inputs) {
-            Ok(i) => i,
-            Err(e) => {
-                model.metrics().record_request(false);
-                return Err(e);
-            }
-        };
         let images = model
-            .infer(model_inputs, self.state.options.request_timeout)
+            .infer_tensors(inputs, self.state.options.request_timeout)
             .await?;
         Ok(ModelInferResponse {
             model_name: model.name().into(),

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::batcher::{run_worker, BatchPolicy, Job};
 use crate::error::{Result, ServeError};
 use crate::metrics::ModelMetrics;
-use crate::tensor::{DataType, Images, ModelInputs};
+use crate::tensor::{decode_inputs, DataType, Images, InputTensor, ModelInputs};
 
 /// Most images one inference request may ask for (larger jobs: several requests).
 pub const MAX_REQUEST_IMAGES: usize = 4096;
@@ -91,6 +91,21 @@ impl Model {
     /// success or failure in the model's metrics.
     pub async fn infer(&self, inputs: ModelInputs, timeout: Duration) -> Result<Images> {
         let result = self.infer_uncounted(inputs, timeout).await;
+        self.metrics.record_request(result.is_ok());
+        result
+    }
+
+    /// Decodes a request's input tensors against the model's signature and runs them like
+    /// [`Model::infer`]; a decoding error is counted as a failed request too.
+    pub async fn infer_tensors(
+        &self,
+        inputs: Vec<InputTensor>,
+        timeout: Duration,
+    ) -> Result<Images> {
+        let result = match decode_inputs(&self.generator.info().signature, inputs) {
+            Ok(decoded) => self.infer_uncounted(decoded, timeout).await,
+            Err(e) => Err(e),
+        };
         self.metrics.record_request(result.is_ok());
         result
     }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::model_of;
 use crate::error::{Result, ServeError};
 use crate::state::ServerState;
-use crate::tensor::{decode_inputs, DataType, Images, InputTensor, TensorData};
+use crate::tensor::{DataType, Images, InputTensor, TensorData};
 
 /// The header that splits a binary request or response into its JSON and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -139,16 +139,8 @@ pub(super) async fn infer(
         }
         _ => flag(&request.parameters, "binary_data_output")?,
     };
-    let model_inputs = decode_inputs(&model.generator().info().signature, inputs);
-    let model_inputs = match model_inputs {
-        Ok(i) => i,
-        Err(e) => {
-            model.metrics().record_request(false);
-            return Err(e);
-        }
-    };
     let images = model
-        .infer(model_inputs, state.options.request_timeout)
+        .infer_tensors(inputs, state.options.request_timeout)
         .await?;
     Ok(respond(
         &model,
