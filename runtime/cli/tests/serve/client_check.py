@@ -201,6 +201,11 @@ for t in threads:
     t.join()
 check(not failures, f"{conc['clients']} concurrent clients got their own images ({failures[:3]})")
 
+# One request larger than the model's max batch (8) is split and comes back whole, in order.
+for protocol in ["http", "grpc"]:
+    got = infer(protocol, conc["model"], cm, cz[:20], None if clabels is None else clabels[:20])
+    check(close(got, cwant[:20], 1e-5), f"{protocol}: a 20-image request over max batch 8 comes back whole and in order")
+
 with urllib.request.urlopen(f"http://{HTTP}/metrics") as r:
     metrics = r.read().decode()
 
