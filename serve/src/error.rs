@@ -9,6 +9,9 @@ pub enum ServeError {
     /// The request is malformed or does not fit the model (HTTP 400, gRPC INVALID_ARGUMENT).
     #[error("{0}")]
     BadRequest(String),
+    /// The request is larger than the server accepts (HTTP 413, gRPC OUT_OF_RANGE).
+    #[error("{0}")]
+    TooLarge(String),
     /// No such model or version (HTTP 404, gRPC NOT_FOUND).
     #[error("{0}")]
     NotFound(String),
@@ -35,6 +38,7 @@ impl ServeError {
         match self {
             Self::BadRequest(_) => 400,
             Self::NotFound(_) => 404,
+            Self::TooLarge(_) => 413,
             Self::Unavailable(_) => 503,
             Self::Timeout(_) => 504,
             Self::Internal(_) => 500,
@@ -47,6 +51,7 @@ impl ServeError {
         match self {
             Self::BadRequest(_) => tonic::Status::invalid_argument(message),
             Self::NotFound(_) => tonic::Status::not_found(message),
+            Self::TooLarge(_) => tonic::Status::out_of_range(message),
             Self::Unavailable(_) => tonic::Status::unavailable(message),
             Self::Timeout(_) => tonic::Status::deadline_exceeded(message),
             Self::Internal(_) => tonic::Status::internal(message),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -76,8 +77,15 @@ pub(super) async fn infer(
     State(state): State<Arc<ServerState>>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let body = body.map_err(|e| match e.status().as_u16() {
+        413 => ServeError::TooLarge(format!(
+            "the request body is over the limit of {} bytes",
+            state.options.max_body_bytes
+        )),
+        _ => ServeError::bad(format!("the request body: {e}")),
+    })?;
     let model = model_of(&state, &params)?.clone();
     let (json, mut binary) = split_body(&headers, &body)?;
     let request: InferRequest = serde_json::from_slice(json)

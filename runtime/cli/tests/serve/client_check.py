@@ -162,8 +162,8 @@ for body, headers, what in [
     status, text = raw_post(f"/v2/models/{name}/infer", body, headers)
     err = json.loads(text).get("error", "") if text.startswith(b"{") else ""
     check(status == 400 and err, f"http: {what} -> {status} {err[:80]}")
-status, _ = raw_post(f"/v2/models/{name}/infer", b"x" * (3 << 20))
-check(status == 413, f"http: a body over the limit -> {status}")
+status, text = raw_post(f"/v2/models/{name}/infer", b"x" * (3 << 20))
+check(status == 413 and "over the limit" in json.loads(text)["error"], f"http: a body over the limit -> {status} {text[:80]}")
 check(http.is_server_live() and http.is_server_ready(), "http: still serving after the bad requests")
 
 # -- many clients at once: each gets its own images back --------------------------------------
