@@ -66,6 +66,22 @@ def synchronize():
         torch.cuda.synchronize()
 
 
+def train_step(g, d, opt_g, opt_d, real, criterion):
+    """One step as the PyTorch example takes it: D on a real and a detached fake batch, then G.
+    `criterion` is (BCE-with-logits, ones, zeros); returns the two losses as floats."""
+    loss, ones, zeros = criterion
+    d.zero_grad(set_to_none=True)
+    fake = g(torch.randn(real.shape[0], NZ, 1, 1, device=real.device))
+    loss_d = loss(d(real).view(-1), ones) + loss(d(fake.detach()).view(-1), zeros)
+    loss_d.backward()
+    opt_d.step()
+    g.zero_grad(set_to_none=True)
+    loss_g = loss(d(fake).view(-1), ones)
+    loss_g.backward()
+    opt_g.step()
+    return loss_d.item(), loss_g.item()
+
+
 def train_step_bench(image_size, channels, batch, steps=6, warmup=2):
     """Median time of a training step on random data; prints a RESULT line with img/s."""
     torch.manual_seed(0)
@@ -83,17 +99,8 @@ def train_step_bench(image_size, channels, batch, steps=6, warmup=2):
     for step in range(warmup + steps):
         synchronize()
         start = time.perf_counter()
-        d.zero_grad(set_to_none=True)
-        fake = g(torch.randn(batch, NZ, 1, 1, device=DEVICE))
-        loss_d = loss(d(real).view(-1), ones) + loss(d(fake.detach()).view(-1), zeros)
-        loss_d.backward()
-        opt_d.step()
-        g.zero_grad(set_to_none=True)
-        loss_g = loss(d(fake).view(-1), ones)
-        loss_g.backward()
-        opt_g.step()
         # Reading the losses synchronises, as a training loop's logging does.
-        values = (loss_d.item(), loss_g.item())
+        values = train_step(g, d, opt_g, opt_d, real, (loss, ones, zeros))
         synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - start)

@@ -7,8 +7,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality}")"
-py="${2:-$root/../venv-bench/bin/python}"
-torch_script="$root/../shared/bench/torch_dcgan_mnist.py"
+py="${2:-$root/.tools/venv-bench/bin/python}"      # scripts/setup-bench.sh installs it
+torch_script="$root/bench/torch_dcgan_mnist.py"
 cd "$root"
 scripts/fetch-data.sh mnist fashion-mnist
 cargo build --release --bins

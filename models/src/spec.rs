@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_pytorch_dcgan() {
-        // Counts printed by PyTorch for the reference DCGAN (../shared/bench/torch_dcgan_bench.py):
+        // Counts printed by PyTorch for the reference DCGAN (bench/torch_dcgan.py's networks):
         // sum(p.numel() for p in G(64, 3).parameters()) and likewise for D and the 32x32x1 pair.
         let c64 = cfg(64, 3);
         assert_eq!(generator_spec(&c64).parameter_count(), 3_576_704);
