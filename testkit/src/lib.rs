@@ -308,13 +308,29 @@ pub fn onnx_check(files: &[&Path]) {
 /// Exports a small generator (32x32 grey, latent 16, optionally conditional) with the given
 /// output format into `dir` and returns the ONNX path.
 pub fn export_tiny_model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBuf {
-    let cfg = tiny_config(32, 1, num_classes);
-    let ckpt = dir.join(format!("ckpt-{num_classes:?}-{output:?}"));
-    write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, 1), 5);
     let out = dir.join(format!("g-{num_classes:?}-{output:?}.onnx"));
+    let tag = format!("{num_classes:?}-{output:?}");
+    export_tiny(dir, &tag, num_classes, output, 1, Some(out.clone()), None);
+    out
+}
+
+/// Writes a small generator checkpoint (weights from `seed`) as `dir/ckpt-<tag>` and exports
+/// it to `out` and/or as an entry of a Triton model repository.
+pub fn export_tiny(
+    dir: &Path,
+    tag: &str,
+    num_classes: Option<usize>,
+    output: OutputFormat,
+    seed: u64,
+    out: Option<PathBuf>,
+    triton: Option<gantry_exporter::TritonOptions>,
+) {
+    let cfg = tiny_config(32, 1, num_classes);
+    let ckpt = dir.join(format!("ckpt-{tag}"));
+    write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, seed), 5);
     export(&ExportOptions {
         checkpoint: ckpt,
-        out: Some(out.clone()),
+        out,
         opset: 17,
         graph: GraphOptions {
             precision: Precision::Fp32,
@@ -322,10 +338,9 @@ pub fn export_tiny_model(dir: &Path, num_classes: Option<usize>, output: OutputF
             output,
         },
         weights: WeightsChoice::Auto,
-        triton: None,
+        triton,
     })
     .unwrap();
-    out
 }
 
 /// A generator shaped like `torch.onnx.export` of the PyTorch DCGAN: latent `[N, nz, 1, 1]`

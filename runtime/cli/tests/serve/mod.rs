@@ -9,13 +9,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_exporter::{
-    export, ExportOptions, GraphOptions, OutputFormat, Precision, TritonOptions, WeightsChoice,
-};
+use gantry_exporter::{OutputFormat, TritonOptions};
 use gantry_runtime::{Generator, LatentStream};
-use gantry_testkit::{
-    onnx_python, tiny_config, trained_like_generator, write_generator_checkpoint,
-};
+use gantry_testkit::{export_tiny, onnx_python};
 use ndarray::{Array1, Array2};
 
 /// A `runtime serve` process on free ports; killed when dropped.
@@ -159,26 +155,12 @@ fn repository(dir: &Path) -> PathBuf {
         (2, "bytes", None, OutputFormat::Uint8),
         (3, "classes", Some(10), OutputFormat::Float),
     ] {
-        let cfg = tiny_config(32, 1, classes);
-        let ckpt = dir.join(format!("ckpt-{name}"));
-        write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, seed), 5);
-        export(&ExportOptions {
-            checkpoint: ckpt,
-            out: None,
-            opset: 17,
-            graph: GraphOptions {
-                precision: Precision::Fp32,
-                fold_batchnorm: true,
-                output,
-            },
-            weights: WeightsChoice::Auto,
-            triton: Some(TritonOptions {
-                repo: repo.clone(),
-                name: name.into(),
-                max_batch_size: 8,
-            }),
-        })
-        .unwrap();
+        let triton = TritonOptions {
+            repo: repo.clone(),
+            name: name.into(),
+            max_batch_size: 8,
+        };
+        export_tiny(dir, name, classes, output, seed, None, Some(triton));
     }
     let digits = repo.join("digits");
     std::fs::create_dir_all(digits.join("2")).unwrap();
