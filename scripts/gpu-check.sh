@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU halves of issues 6 and 7, prepared here and run on a lent GPU machine (which has no
-# Rust, no registries and no internet; see ../shared/README.md, "gpu/").
+# Rust, no registries and no internet).
 #
 #   scripts/gpu-check.sh build   here: packs into .gpu/ (git-ignored, ~14 MB) the CUDA + cuDNN
 #                                trainer, the gantry-kernels test binary, the CPU-built exporter and
@@ -14,10 +14,14 @@
 #                                provider vs PyTorch eager fp32/fp16. Everything also goes to $OUT.
 #
 # GPU_CHECK_DEVICE=cpu runs `run` here as a dry run of the script's logic (CPU builds, CPU
-# provider). `build` is a maintainers' step: it needs the CUDA toolkit recipe and the GPU
-# machine's environment script of ../shared/gpu/ (CUDA_TK: toolkit folder, default ../cuda-tk;
-# GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda). The PyTorch
-# reference is the repository's bench/torch_dcgan.py.
+# provider). `build` needs a CUDA 13 toolkit with cuDNN: either one already set up (CUDA_HOME,
+# nvcc on PATH, CUDNN_LIB) or GPU_RECIPES, a folder with the maintainers' recipes
+# `cuda-toolkit.sh` (assembles the toolkit from PyPI wheels into CUDA_TK, default ../cuda-tk)
+# and `ort-gpu-parts.sh` (splits ONNX Runtime's GPU build into transfers under 64 MiB; without
+# it, point ORT_DYLIB_PATH at an installed onnxruntime-gpu on the GPU machine instead).
+# GPU_TARGET_DIR: cargo's target folder for CUDA builds, default ../target-cuda. The PyTorch
+# reference is the repository's bench/torch_dcgan.py; scripts/gpu/device-env.sh sets up the
+# GPU machine's library path.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -30,8 +34,13 @@ build() {
     local target="${GPU_TARGET_DIR:-$root/../target-cuda}"
     cargo build --release -p gantry-exporter -p gantry-runtime --bins >&2
     (
-        # shellcheck disable=SC1091
-        source "$root/../shared/gpu/cuda-toolkit.sh" "${CUDA_TK:-$root/../cuda-tk}" >&2
+        if [ -n "${GPU_RECIPES:-}" ]; then
+            # shellcheck disable=SC1091
+            source "$GPU_RECIPES/cuda-toolkit.sh" "${CUDA_TK:-$root/../cuda-tk}" >&2
+        elif [ -z "${CUDA_HOME:-}" ] || ! command -v nvcc >/dev/null; then
+            echo "error: build needs a CUDA toolkit (CUDA_HOME and nvcc) or GPU_RECIPES (see the header)" >&2
+            exit 1
+        fi
         export CARGO_TARGET_DIR="$target"
         cargo build --release -p gantry-trainer --features cudnn >&2
         # Build the tests with errors shown, then ask cargo (no rebuild) where the binary is.
@@ -54,10 +63,14 @@ for line in sys.stdin:
         strip "$carry/$f"
         xz -T2 -6 "$carry/$f"
     done
-    cp "$root/../shared/gpu/device-env.sh" "$carry/"
+    cp "$root/scripts/gpu/device-env.sh" "$carry/"
     [ -f "$ort_parts/part1/libonnxruntime.so.$ort_ver.xz" ] ||
-        bash "$root/../shared/gpu/ort-gpu-parts.sh" "$ort_parts" "$ort_ver" >&2
-    du -sh "$carry" "$ort_parts/part1" "$ort_parts/part2"
+        if [ -n "${GPU_RECIPES:-}" ]; then
+            bash "$GPU_RECIPES/ort-gpu-parts.sh" "$ort_parts" "$ort_ver" >&2
+        else
+            echo "no GPU_RECIPES: ONNX Runtime's GPU build is not packed; set ORT_DYLIB_PATH on the GPU machine" >&2
+        fi
+    du -sh "$carry" "$ort_parts"/part* 2>/dev/null || true
     echo "on the GPU machine: 'scripts/gpu-check.sh ort1' carrying .gpu-ort/part1, then at once"
     echo "'scripts/gpu-check.sh run' carrying .gpu and .gpu-ort/part2"
 }
@@ -68,11 +81,15 @@ ort1() {
     ls -la /tmp/ortgpu
 }
 
-# The ONNX Runtime library the generation check uses: the GPU build staged by `ort1` plus
-# part2, or (dry run) the CPU library `make ort` installs.
+# The ONNX Runtime library the generation check uses: ORT_DYLIB_PATH when set, the GPU build
+# staged by `ort1` plus part2, or (dry run) the CPU library `make ort` installs.
 ort_library() {
     if [ "$device" = cpu ]; then
         echo "$root/.ort/lib/libonnxruntime.so.$ort_ver"
+        return
+    fi
+    if [ -n "${ORT_DYLIB_PATH:-}" ]; then
+        echo "$ORT_DYLIB_PATH"
         return
     fi
     local dir=/tmp/ortgpu
