@@ -30,6 +30,7 @@ demo: tools ort data
 	target/release/runtime generate -n 64 --seed 1 --model $(DEMO_RUN)/generator.onnx --out out/demo
 	@echo
 	@echo "training samples: $(DEMO_RUN)/samples/   loss plot: $(DEMO_RUN)/losses.png"
+	@echo "progress:         $(DEMO_RUN)/progress.gif   TensorBoard: .tools/venv/bin/tensorboard --logdir runs"
 	@echo "ONNX model:       $(DEMO_RUN)/generator.onnx"
 	@echo "generated grid:   out/demo/grid.png"
 

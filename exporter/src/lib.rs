@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use candle_onnx::onnx::{
     tensor_proto::DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto,
 };
-use gantry_models::{resolve_checkpoint, Checkpoint, ModelConfig};
+use gantry_models::{resolve_run_checkpoint, Checkpoint, ModelConfig, RunCheckpoint};
 use prost::Message;
 
 pub use error::{ExportError, ExportSetting, Result};
@@ -75,8 +75,10 @@ pub struct TritonOptions {
 /// Everything an export needs.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
-    /// A checkpoint directory or a run directory (meaning its latest checkpoint).
+    /// A checkpoint directory or a run directory (meaning the checkpoint `which` says).
     pub checkpoint: PathBuf,
+    /// Which of a run directory's checkpoints.
+    pub which: RunCheckpoint,
     /// The ONNX file to write (optional when a Triton repository is written).
     pub out: Option<PathBuf>,
     pub opset: i64,
@@ -303,7 +305,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     if let Some(t) = &opts.triton {
         triton::check_name(&t.name)?;
     }
-    let dir = resolve_checkpoint(&opts.checkpoint)?;
+    let dir = resolve_run_checkpoint(&opts.checkpoint, opts.which)?;
     let ckpt = Checkpoint::load_generator(&dir)?;
     let (model, used_ema) = build_model(&ckpt, opts.opset, &opts.graph, opts.weights)?;
     let bytes = model.encode_to_vec();

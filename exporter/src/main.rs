@@ -10,11 +10,19 @@ use gantry_exporter::{
     export, ExportError, ExportOptions, ExportSetting, GraphOptions, OutputFormat, Precision,
     TritonOptions, WeightsChoice, DEFAULT_OPSET,
 };
+use gantry_models::RunCheckpoint;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
     Fp32,
     Fp16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WhichArg {
+    Latest,
+    Best,
+    Final,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -27,9 +35,13 @@ enum OutputArg {
 #[derive(Parser)]
 #[command(name = "exporter", version)]
 struct Cli {
-    /// Checkpoint directory, or a run directory (its latest checkpoint).
+    /// Checkpoint directory, or a run directory (the checkpoint --which names).
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Which checkpoint of a run directory: latest, best (lowest FID of the evaluations during
+    /// training, `trainer train --eval-every N`) or final.
+    #[arg(long, value_enum, default_value = "latest")]
+    which: WhichArg,
     /// ONNX file to write.
     #[arg(long, required_unless_present = "triton_repo")]
     out: Option<PathBuf>,
@@ -97,6 +109,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let opts = ExportOptions {
         checkpoint: cli.checkpoint,
+        which: match cli.which {
+            WhichArg::Latest => RunCheckpoint::Latest,
+            WhichArg::Best => RunCheckpoint::Best,
+            WhichArg::Final => RunCheckpoint::Final,
+        },
         out: cli.out,
         opset: cli.opset,
         graph: GraphOptions {

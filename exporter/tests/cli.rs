@@ -89,6 +89,61 @@ fn run_directories_resolve_to_their_latest_checkpoint_and_triton_gets_a_reposito
     onnx_check(&[&repo.join("tiny/1/model.onnx")]);
 }
 
+/// `--which` picks a run's best/ or final/ checkpoint instead of the latest, and says what is
+/// missing when the run has none.
+#[test]
+fn which_picks_the_best_or_final_checkpoint_of_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(16, 1, None);
+    let run_dir = tmp.path().join("run");
+    for (folder, step) in [("checkpoint", 40), ("final", 50)] {
+        let g = trained_like_generator(&cfg, step);
+        write_generator_checkpoint(&run_dir.join(folder), &cfg, g, step);
+    }
+    let out = tmp.path().join("g.onnx");
+    let export = |which: &str| {
+        exporter(&[
+            "--checkpoint",
+            run_dir.to_str().unwrap(),
+            "--which",
+            which,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let steps = || {
+        let model = candle_onnx::read_file(&out).unwrap();
+        let p = model.metadata_props.iter();
+        p.filter(|p| p.key == "gantry.training_steps")
+            .map(|p| p.value.clone())
+            .next()
+            .unwrap()
+    };
+    let o = export("best");
+    assert_fails_with(
+        &o,
+        &["run", "no best/ checkpoint", "evaluates during training"],
+    );
+    assert!(!out.exists(), "nothing written");
+    let g = trained_like_generator(&cfg, 30);
+    write_generator_checkpoint(&run_dir.join("best"), &cfg, g, 30);
+    for (which, step) in [("best", "30"), ("final", "50"), ("latest", "50")] {
+        let o = export(which);
+        assert!(o.status.success(), "{which}: {}", stderr(&o));
+        assert_eq!(steps(), step, "--which {which}");
+    }
+    let single = run_dir.join("best");
+    let o = exporter(&[
+        "--checkpoint",
+        single.to_str().unwrap(),
+        "--which",
+        "final",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_with(&o, &["single checkpoint", "final/"]);
+}
+
 #[test]
 fn bad_checkpoints_and_options_fail_cleanly_without_output() {
     let tmp = tempfile::tempdir().unwrap();

@@ -241,6 +241,59 @@ fn checked_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Which of a run folder's checkpoints a path means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunCheckpoint {
+    /// The most recent one (see [`resolve_checkpoint`]).
+    #[default]
+    Latest,
+    /// `best/`: the lowest FID of the evaluations during training.
+    Best,
+    /// `final/`: the end of the run.
+    Final,
+}
+
+impl RunCheckpoint {
+    /// The name of the choice (`latest`, `best`, `final`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Latest => "latest",
+            Self::Best => "best",
+            Self::Final => "final",
+        }
+    }
+}
+
+/// The checkpoint `which` of the run folder `path`; for [`RunCheckpoint::Latest`] `path` may
+/// also be a checkpoint directory itself.
+pub fn resolve_run_checkpoint(path: &Path, which: RunCheckpoint) -> Result<PathBuf> {
+    let folder = match which {
+        RunCheckpoint::Latest => return resolve_checkpoint(path),
+        RunCheckpoint::Best => "best",
+        RunCheckpoint::Final => "final",
+    };
+    if path.join(CONFIG_FILE).is_file() {
+        return Err(ModelError::checkpoint(
+            path,
+            format!("is a single checkpoint, not a run folder with a {folder}/ checkpoint"),
+        ));
+    }
+    let dir = recover_dir(&path.join(folder));
+    if !dir.join(CONFIG_FILE).is_file() {
+        let why = match which {
+            RunCheckpoint::Best => {
+                "the run kept no best checkpoint (it is kept when the run evaluates during training)"
+            }
+            _ => "the run has not finished",
+        };
+        return Err(ModelError::checkpoint(
+            path,
+            format!("has no {folder}/ checkpoint: {why}"),
+        ));
+    }
+    Ok(dir)
+}
+
 /// The checkpoint a path means: a checkpoint directory itself, or a run directory (the output of
 /// `trainer train`), meaning its most recent checkpoint (`checkpoint/` or `final/`, whichever is
 /// further along among those whose files are intact; see [`looks_intact`]).

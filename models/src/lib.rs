@@ -19,7 +19,10 @@ pub mod spec;
 pub mod tensors;
 
 pub use adam::{Adam, AdamConfig};
-pub use checkpoint::{resolve_checkpoint, Checkpoint, CheckpointMeta, TrainerState};
+pub use checkpoint::{
+    resolve_checkpoint, resolve_run_checkpoint, Checkpoint, CheckpointMeta, RunCheckpoint,
+    TrainerState,
+};
 pub use config::ModelConfig;
 pub use error::{ConfigField, ModelError, Result};
 pub use gan::{cycling_labels, labels_tensor, Discriminator, Generator};

@@ -330,6 +330,7 @@ pub fn export_tiny(
     write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, seed), 5);
     export(&ExportOptions {
         checkpoint: ckpt,
+        which: Default::default(),
         out,
         opset: 17,
         graph: GraphOptions {

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod animate;
 pub mod bench;
 pub mod data;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod progress;
 pub mod sample;
 pub mod samples;
 pub mod setup;
+pub mod tensorboard;
 pub mod train;
 
 #[cfg(test)]

@@ -22,8 +22,61 @@ pub struct StepMetrics {
     pub d_fake: f32,
     /// Images per second of this step (batch size / step time).
     pub img_per_sec: f32,
-    /// Training seconds since the start of the run (across resumes).
+    /// Training seconds since the start of the run (across resumes; evaluations not counted).
     pub seconds: f64,
+    /// The discriminator's Adam learning rate at this step.
+    #[serde(default)]
+    pub lr_d: f64,
+    /// The generator's Adam learning rate at this step.
+    #[serde(default)]
+    pub lr_g: f64,
+    /// The evaluation made after this step (`--eval-every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalMetrics>,
+}
+
+/// What an evaluation during training measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// FID of the generator that is sampled and exported (the EMA one when kept), eval mode.
+    pub fid: f64,
+    /// FID of the raw generator when an EMA is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_raw: Option<f64>,
+    /// Classes holding at least 5% of the samples (as the classifier sees them).
+    pub classes_covered: usize,
+    /// Entropy of the predicted-label distribution in bits.
+    pub label_entropy_bits: f64,
+    /// Samples scored per generator.
+    pub samples: usize,
+    /// Seconds the evaluation took (sampling, scoring and keeping `best/`).
+    pub seconds: f64,
+}
+
+impl StepMetrics {
+    /// The step's values by name (the JSON field names), as TensorBoard scalars: the step
+    /// fields, then the evaluation's as `eval/<field>`.
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        let json = serde_json::to_value(self).expect("metrics serialise");
+        let fields = json.as_object().expect("an object");
+        for (name, value) in fields {
+            if name == "step" {
+                continue;
+            }
+            if let Some(v) = value.as_f64() {
+                out.push((name.clone(), v));
+            }
+        }
+        if let Some(eval) = fields.get("eval").and_then(|e| e.as_object()) {
+            for (name, value) in eval {
+                if let Some(v) = value.as_f64() {
+                    out.push((format!("eval/{name}"), v));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Appends step metrics to a JSONL file.
@@ -97,7 +150,45 @@ mod tests {
             d_fake: 0.5,
             img_per_sec: 10.0,
             seconds: step as f64,
+            lr_d: 2e-4,
+            lr_g: 1e-4,
+            eval: None,
         }
+    }
+
+    #[test]
+    fn scalars_are_the_fields_and_the_evaluation_under_eval() {
+        let mut step = m(7);
+        let names = |s: &StepMetrics| -> Vec<String> {
+            s.scalars().into_iter().map(|(n, _)| n).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&step),
+            [
+                "d_fake",
+                "d_real",
+                "epoch",
+                "img_per_sec",
+                "loss_d",
+                "loss_g",
+                "lr_d",
+                "lr_g",
+                "seconds"
+            ]
+        );
+        step.eval = Some(EvalMetrics {
+            fid: 12.5,
+            fid_raw: None,
+            classes_covered: 9,
+            label_entropy_bits: 3.1,
+            samples: 100,
+            seconds: 2.0,
+        });
+        let scalars = step.scalars();
+        assert!(scalars.contains(&("eval/fid".into(), 12.5)));
+        assert!(scalars.contains(&("eval/classes_covered".into(), 9.0)));
+        assert!(scalars.contains(&("lr_g".into(), 1e-4)));
+        assert!(!names(&step).contains(&"eval/fid_raw".to_string()));
     }
 
     #[test]

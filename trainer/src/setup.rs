@@ -77,6 +77,9 @@ pub struct ResumeChanges {
     pub data_dir: Option<PathBuf>,
     pub sample_every: Option<u64>,
     pub checkpoint_every: Option<u64>,
+    pub tensorboard: Option<bool>,
+    pub eval_every: Option<u64>,
+    pub eval_samples: Option<usize>,
 }
 
 impl ResumeChanges {
@@ -95,6 +98,15 @@ impl ResumeChanges {
         }
         if let Some(c) = self.checkpoint_every {
             config.checkpoint_every = c;
+        }
+        if let Some(t) = self.tensorboard {
+            config.tensorboard = t;
+        }
+        if let Some(e) = self.eval_every {
+            config.eval_every = e;
+        }
+        if let Some(n) = self.eval_samples {
+            config.eval_samples = n;
         }
     }
 }

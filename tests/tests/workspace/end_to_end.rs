@@ -44,6 +44,7 @@ fn train_export_generate_gives_the_trained_generators_images() {
     let onnx = tmp.path().join("g.onnx");
     let report = export(&ExportOptions {
         checkpoint: out.clone(),
+        which: Default::default(),
         out: Some(onnx.clone()),
         opset: 17,
         graph: GraphOptions {

@@ -22,6 +22,7 @@ fn options(
 ) -> ExportOptions {
     ExportOptions {
         checkpoint: ckpt.to_path_buf(),
+        which: Default::default(),
         out: Some(out.to_path_buf()),
         opset: 17,
         graph: GraphOptions {

@@ -118,6 +118,82 @@ fn load_images(dir: &Path, spec: &DataSpec, device: &Device) -> Result<Tensor> {
     )?)
 }
 
+/// What scoring needs once per data set: the classifier and the test split's feature
+/// statistics. Built once, it scores any number of generators (`trainer eval`, and the
+/// evaluations during training).
+pub struct Evaluator {
+    classifier: Classifier,
+    real: GaussianStats,
+    /// Generated samples per score.
+    pub samples: usize,
+    /// Seed of the latents the samples come from.
+    pub seed: u64,
+    device: Device,
+}
+
+impl Evaluator {
+    /// Loads (or trains and caches) the classifier of `data_spec` and the statistics of its
+    /// test split; scores will use `samples` samples from the latents of `seed`.
+    pub fn new(
+        data_spec: &DataSpec,
+        samples: usize,
+        seed: u64,
+        device: &Device,
+        log: &mut dyn FnMut(String),
+    ) -> Result<Self> {
+        if samples < 2 {
+            return Err(TrainError::invalid(
+                Setting::SampleCount,
+                format!("must be at least 2 (a covariance needs two samples), got {samples}"),
+            ));
+        }
+        let classifier = classifier::load_or_train(data_spec, CLASSIFIER_EPOCHS, device, log)?;
+        let test = data::load(data_spec, Split::Test)?;
+        let real = stats_of(&classifier, &test, usize::MAX, device)?;
+        Ok(Self {
+            classifier,
+            real,
+            samples,
+            seed,
+            device: device.clone(),
+        })
+    }
+
+    /// The classifier's description.
+    pub fn classifier_info(&self) -> &ClassifierInfo {
+        &self.classifier.info
+    }
+
+    /// FID of `data`'s first `samples` images against the test split.
+    pub fn reference_fid(&self, data: &data::Dataset) -> Result<f64> {
+        let stats = stats_of(&self.classifier, data, self.samples, &self.device)?;
+        Ok(frechet_distance(&stats, &self.real))
+    }
+
+    /// Scores images (`[N, C, H, W]` in [-1, 1]); `asked` are the classes a conditional
+    /// generator was asked for.
+    pub fn score_images(
+        &self,
+        images: &Tensor,
+        asked: Option<&[u32]>,
+        variant: &str,
+    ) -> Result<VariantScore> {
+        score(&self.classifier, &self.real, images, asked, variant)
+    }
+
+    /// Scores `samples` images of `generator` (eval mode uses its running BatchNorm statistics,
+    /// as exported; `train_mode` the batch statistics, which also updates the running ones).
+    pub fn score_generator(
+        &self,
+        generator: &Generator,
+        train_mode: bool,
+        variant: &str,
+    ) -> Result<VariantScore> {
+        let (images, asked) = sample(generator, self.samples, self.seed, train_mode, &self.device)?;
+        self.score_images(&images, asked.as_deref(), variant)
+    }
+}
+
 /// Evaluates `source` against the test split of `data`, with `n` generated samples.
 pub fn evaluate(
     source: &EvalSource,
@@ -127,17 +203,9 @@ pub fn evaluate(
     device: &Device,
     log: &mut dyn FnMut(String),
 ) -> Result<EvalReport> {
-    if n < 2 {
-        return Err(TrainError::invalid(
-            Setting::SampleCount,
-            format!("must be at least 2 (a covariance needs two samples), got {n}"),
-        ));
-    }
-    let classifier = classifier::load_or_train(data_spec, CLASSIFIER_EPOCHS, device, log)?;
-    let test = data::load(data_spec, Split::Test)?;
-    let real = stats_of(&classifier, &test, usize::MAX, device)?;
+    let evaluator = Evaluator::new(data_spec, n, seed, device, log)?;
     let train = data::load(data_spec, Split::Train)?;
-    let reference = frechet_distance(&stats_of(&classifier, &train, n, device)?, &real);
+    let reference = evaluator.reference_fid(&train)?;
     let mut results = Vec::new();
     let mut steps = None;
     match source {
@@ -148,7 +216,7 @@ pub fn evaluate(
                 images.dim(0)?,
                 dir.display()
             ));
-            results.push(score(&classifier, &real, &images, None, "images")?);
+            results.push(evaluator.score_images(&images, None, "images")?);
         }
         EvalSource::Checkpoint(path) => {
             let dir = gantry_models::resolve_checkpoint(path)?;
@@ -176,14 +244,7 @@ pub fn evaluate(
             for (name, tensors) in weights {
                 let g = Generator::from_tensors(cfg, tensors, device)?;
                 for (mode, train_mode) in [("eval", false), ("train", true)] {
-                    let (images, asked) = sample(&g, n, seed, train_mode, device)?;
-                    let s = score(
-                        &classifier,
-                        &real,
-                        &images,
-                        asked.as_deref(),
-                        &format!("{name}/{mode}"),
-                    )?;
+                    let s = evaluator.score_generator(&g, train_mode, &format!("{name}/{mode}"))?;
                     log(format!(
                         "{}: FID {:.2}, {} classes >= 5%, entropy {:.3} bits",
                         s.variant,
@@ -202,10 +263,10 @@ pub fn evaluate(
     Ok(EvalReport {
         source: source_path,
         training_steps: steps,
-        dataset: test.name.clone(),
+        dataset: train.name.clone(),
         samples: n,
         classifier_path: classifier::cache_path(data_spec),
-        classifier: classifier.info.clone(),
+        classifier: evaluator.classifier_info().clone(),
         reference_fid_train_vs_test: reference,
         results,
     })

@@ -35,6 +35,24 @@ pub struct TrainConfig {
     pub sample_every: u64,
     /// Write a checkpoint every this many steps (0: only at the end and on Ctrl-C).
     pub checkpoint_every: u64,
+    /// Write TensorBoard event files into `<run>/tb/`.
+    #[serde(default = "enabled")]
+    pub tensorboard: bool,
+    /// Evaluate the generator (FID, class coverage) every this many steps and keep the best
+    /// checkpoint in `<run>/best/` (0: never).
+    #[serde(default)]
+    pub eval_every: u64,
+    /// Generated samples per evaluation during training.
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+fn default_eval_samples() -> usize {
+    2000
 }
 
 impl Default for TrainConfig {
@@ -61,6 +79,9 @@ impl TrainConfig {
             conditional: false,
             sample_every: 500,
             checkpoint_every: 500,
+            tensorboard: true,
+            eval_every: 0,
+            eval_samples: default_eval_samples(),
         }
     }
 
@@ -101,6 +122,15 @@ impl TrainConfig {
             if !(0.0..1.0).contains(&beta) {
                 return bad(setting, format!("must be in [0, 1), got {beta}"));
             }
+        }
+        if self.eval_every > 0 && self.eval_samples < 2 {
+            return bad(
+                Setting::SampleCount,
+                format!(
+                    "evaluations need at least 2 samples (a covariance needs two), got {}",
+                    self.eval_samples
+                ),
+            );
         }
         if let Some(d) = self.ema {
             if !(0.0..1.0).contains(&d) {
@@ -155,6 +185,13 @@ mod tests {
             (|c| c.adam.beta1 = 1.5, Setting::Beta1),
             (|c| c.adam.beta2 = 1.0, Setting::Beta2),
             (|c| c.ema = Some(1.0), Setting::Ema),
+            (
+                |c| {
+                    c.eval_every = 10;
+                    c.eval_samples = 1;
+                },
+                Setting::SampleCount,
+            ),
         ];
         for (change, setting) in cases {
             let mut c = ok.clone();

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod run;
+pub mod watch;
 
 use std::time::Instant;
 
@@ -406,6 +407,9 @@ impl Trainer {
             d_fake: losses.d_fake,
             img_per_sec: (indices.len() as f64 / seconds) as f32,
             seconds: self.state.elapsed_seconds,
+            lr_d: self.nets.opt_d.config.lr,
+            lr_g: self.nets.opt_g.config.lr,
+            eval: None,
         })
     }
 

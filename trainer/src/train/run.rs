@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::watch::{RunEvaluator, TensorBoard};
 use super::Trainer;
 use crate::error::{Result, TrainError};
-use crate::metrics::{MetricsLog, StepMetrics};
+use crate::metrics::{EvalMetrics, MetricsLog, StepMetrics};
 use crate::progress::Progress;
-use crate::{plot, samples};
+use crate::{animate, plot, samples};
 
 /// Where a run writes its outputs.
 #[derive(Debug, Clone)]
@@ -35,6 +36,18 @@ impl RunPaths {
     pub fn final_dir(&self) -> PathBuf {
         self.out.join("final")
     }
+    /// The checkpoint with the lowest FID of the evaluations during training.
+    pub fn best(&self) -> PathBuf {
+        self.out.join("best")
+    }
+    /// TensorBoard event files.
+    pub fn tensorboard(&self) -> PathBuf {
+        self.out.join(crate::tensorboard::DIR)
+    }
+    /// The sample grids over the run as an animation.
+    pub fn progress_gif(&self) -> PathBuf {
+        self.out.join("progress.gif")
+    }
 }
 
 /// How a run ended.
@@ -50,12 +63,15 @@ pub enum RunOutcome {
 }
 
 /// What a run writes into its folder; a folder holding any of these holds a run.
-pub const RUN_OUTPUTS: [&str; 5] = [
+pub const RUN_OUTPUTS: [&str; 8] = [
     "checkpoint",
     "final",
+    "best",
     "metrics.jsonl",
     "samples",
     "losses.png",
+    "tb",
+    "progress.gif",
 ];
 
 /// Which of a run's outputs `out` already holds (a fresh run must not mix its files with them).
@@ -118,6 +134,13 @@ pub(crate) fn run(
 ) -> Result<RunOutcome> {
     prepare_out_dir(&paths.out)?;
     let (mut log, mut history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
+    let mut tensorboard = TensorBoard::open(trainer, paths)?;
+    let mut evaluator = match trainer.config.eval_every {
+        0 => None,
+        _ => Some(RunEvaluator::new(trainer, paths, &history, &mut |line| {
+            eprintln!("{line}")
+        })?),
+    };
     let mut progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
     let mut last_sample = None;
     let result = (|| -> Result<RunOutcome> {
@@ -128,25 +151,36 @@ pub(crate) fn run(
                     step: trainer.state.step,
                 });
             }
-            let m = trainer.step().map_err(|e| with_kept_checkpoint(e, paths))?;
+            let mut m = trainer.step().map_err(|e| with_kept_checkpoint(e, paths))?;
+            let cfg = &trainer.config;
+            if let Some(evaluator) = &mut evaluator {
+                if m.step % cfg.eval_every == 0 || trainer.is_done() {
+                    let eval = evaluator.evaluate(trainer, paths)?;
+                    progress.println(&eval_line(m.step, &eval));
+                    m.eval = Some(eval);
+                }
+            }
             log.append(&m)?;
+            tensorboard.step(&m)?;
             progress.step(&m);
             history.push(m.clone());
             let cfg = &trainer.config;
             if cfg.sample_every > 0 && m.step % cfg.sample_every == 0 {
-                last_sample = Some(write_samples(trainer, paths)?);
+                last_sample = Some(write_samples(trainer, paths, &mut tensorboard)?);
             }
             if cfg.checkpoint_every > 0 && m.step % cfg.checkpoint_every == 0 {
                 save_checkpoint(trainer, paths, &history)?;
             }
         }
         if last_sample.as_ref() != Some(&paths.sample(trainer.state.step)) {
-            last_sample = Some(write_samples(trainer, paths)?);
+            last_sample = Some(write_samples(trainer, paths, &mut tensorboard)?);
         }
         let ckpt = trainer.checkpoint()?;
         ckpt.save(&paths.checkpoint())?;
         ckpt.save(&paths.final_dir())?;
         plot::plot_losses(&history, &paths.losses_plot())?;
+        let frames = animate::sample_frames(&paths.samples_dir(), trainer.state.step)?;
+        animate::write_gif(&frames, &paths.progress_gif())?;
         Ok(RunOutcome::Finished {
             step: trainer.state.step,
             last_sample: last_sample.clone(),
@@ -154,6 +188,18 @@ pub(crate) fn run(
     })();
     progress.finish();
     result
+}
+
+/// The line an evaluation prints.
+fn eval_line(step: u64, eval: &EvalMetrics) -> String {
+    let raw = eval
+        .fid_raw
+        .map(|f| format!(" (raw generator {f:.2})"))
+        .unwrap_or_default();
+    format!(
+        "step {step}: FID {:.2}{raw}, {} classes >= 5%, {:.1} s for {} samples",
+        eval.fid, eval.classes_covered, eval.seconds, eval.samples
+    )
 }
 
 /// Says in a divergence error what is left on disk to resume from.
@@ -186,12 +232,19 @@ fn save_checkpoint(trainer: &Trainer, paths: &RunPaths, history: &[StepMetrics])
     plot::plot_losses(history, &paths.losses_plot())
 }
 
-/// Writes the fixed-latent sample grid of the current step; returns its path.
-pub fn write_samples(trainer: &Trainer, paths: &RunPaths) -> Result<PathBuf> {
+/// Writes the fixed-latent sample grid of the current step (and hands it to TensorBoard);
+/// returns its path.
+pub fn write_samples(
+    trainer: &Trainer,
+    paths: &RunPaths,
+    tensorboard: &mut TensorBoard,
+) -> Result<PathBuf> {
     trainer.recalibrate_ema()?;
     let (_, _, cols) = trainer.sample_inputs()?;
     let images = samples::to_images(&trainer.samples()?)?;
     let path = paths.sample(trainer.state.step);
-    samples::save_png(&samples::grid(&images, cols, 2), &path)?;
+    let grid = samples::grid(&images, cols, 2);
+    samples::save_png(&grid, &path)?;
+    tensorboard.samples(trainer.state.step, &grid)?;
     Ok(path)
 }

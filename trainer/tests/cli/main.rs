@@ -4,6 +4,7 @@
 mod claims;
 mod eval;
 mod hostile;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

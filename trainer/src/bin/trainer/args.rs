@@ -138,6 +138,24 @@ pub struct ScheduleArgs {
     /// Write a checkpoint every N steps (0: only at the end and on Ctrl-C).
     #[arg(long, default_value_t = defaults().checkpoint_every)]
     pub checkpoint_every: u64,
+    /// TensorBoard event files in OUT/tb/: on or off.
+    #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub tensorboard: bool,
+    /// Evaluate FID and class coverage every N steps and keep the best checkpoint in OUT/best/ (0: never).
+    #[arg(long, default_value_t = defaults().eval_every)]
+    pub eval_every: u64,
+    /// Generated samples per evaluation during training.
+    #[arg(long, default_value_t = defaults().eval_samples)]
+    pub eval_samples: usize,
+}
+
+/// `on` or `off`.
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
 }
 
 /// Whether the flag of `id` was given on the command line (not just defaulted).
@@ -176,6 +194,9 @@ impl TrainArgs {
             "max_steps",
             "sample_every",
             "checkpoint_every",
+            "tensorboard",
+            "eval_every",
+            "eval_samples",
         ]
         .into_iter()
         .map(long_flag)
@@ -202,6 +223,9 @@ impl TrainArgs {
         config.conditional = run.conditional;
         config.sample_every = schedule.sample_every;
         config.checkpoint_every = schedule.checkpoint_every;
+        config.tensorboard = schedule.tensorboard;
+        config.eval_every = schedule.eval_every;
+        config.eval_samples = schedule.eval_samples;
         config
     }
 
@@ -226,6 +250,9 @@ impl TrainArgs {
             data_dir: s.data_dir.clone(),
             sample_every: given(train, "sample_every").then_some(s.sample_every),
             checkpoint_every: given(train, "checkpoint_every").then_some(s.checkpoint_every),
+            tensorboard: given(train, "tensorboard").then_some(s.tensorboard),
+            eval_every: given(train, "eval_every").then_some(s.eval_every),
+            eval_samples: given(train, "eval_samples").then_some(s.eval_samples),
         }
     }
 }
@@ -233,11 +260,15 @@ impl TrainArgs {
 #[derive(Debug, Args)]
 pub struct SampleArgs {
     /// Checkpoint or run directory.
+    #[arg(long, required_unless_present = "animate", conflicts_with = "animate")]
+    pub checkpoint: Option<PathBuf>,
+    /// Instead of a grid: animate this run's sample grids over its steps into a GIF
+    /// [default --out: RUN/progress.gif].
+    #[arg(long, value_name = "RUN")]
+    pub animate: Option<PathBuf>,
+    /// Output PNG (or GIF with --animate) [default: samples.png].
     #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// Output PNG.
-    #[arg(long, default_value = "samples.png")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     pub n: usize,

@@ -190,8 +190,18 @@ fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
 }
 
 fn sample(a: SampleArgs) -> anyhow::Result<()> {
-    gantry_trainer::sample::write_grid(&a.checkpoint, &a.out, a.n, a.seed, a.train_mode, a.raw)?;
-    println!("samples: {}", a.out.display());
+    if let Some(run) = &a.animate {
+        let (out, frames) = gantry_trainer::animate::animate_run(run, a.out.as_deref())?;
+        println!("animation: {} ({frames} frames)", out.display());
+        return Ok(());
+    }
+    let checkpoint = a
+        .checkpoint
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--checkpoint or --animate is required"))?;
+    let out = a.out.unwrap_or_else(|| "samples.png".into());
+    gantry_trainer::sample::write_grid(checkpoint, &out, a.n, a.seed, a.train_mode, a.raw)?;
+    println!("samples: {}", out.display());
     Ok(())
 }
 
