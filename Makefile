@@ -35,8 +35,9 @@ demo: tools ort data
 	@echo "generated grid:   out/demo/grid.png"
 
 # `cargo test` builds every binary and example the tests run.
+# The trainer's `mpi` feature (data-parallel training) is tested too: setup-tools.sh installs OpenMPI.
 test: tools ort
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --no-fail-fast --features gantry-trainer/mpi
 
 # The fuzz targets (bolero) for longer than `make test` runs them: FUZZ_SECONDS each (default 60).
 FUZZ_SECONDS ?= 60
@@ -48,9 +49,10 @@ fuzz: tools ort
 mutants:
 	scripts/mutants.sh
 
-lint:
+lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features gantry-trainer/mpi -- -D warnings
 
 # The PyTorch reference's virtualenv (.tools/venv-bench: torch, numpy, onnxruntime), for benchmarks only.
 bench-tools:

@@ -2,6 +2,8 @@
 # Installs the build and test tools Gantry needs, idempotently:
 # - protoc (Debian protobuf-compiler), needed to build candle-onnx;
 # - headless Chromium (Debian chromium), which the server's web-page test drives;
+# - OpenMPI and libclang (Debian openmpi-bin, libopenmpi-dev, libclang-dev): the trainer's `mpi`
+#   feature (data-parallel training) builds against them and its tests run `mpirun`;
 # - a Python virtualenv in .tools/venv with the `onnx` package, used by the tests to run
 #   onnx.checker.check_model on exported files, `tritonclient` (the real HTTP and gRPC clients
 #   the server is tested with; its model_config_pb2 is Triton's own configuration schema,
@@ -19,6 +21,11 @@ apt_install() {
 if ! command -v protoc >/dev/null 2>&1; then
     echo "installing protoc (Debian protobuf-compiler)" >&2
     apt_install protobuf-compiler
+fi
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 \
+    || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
+    echo "installing OpenMPI and libclang (Debian openmpi-bin, libopenmpi-dev, libclang-dev) for distributed training" >&2
+    apt_install openmpi-bin libopenmpi-dev libclang-dev
 fi
 if ! command -v chromium >/dev/null 2>&1; then
     echo "installing headless Chromium (Debian chromium)" >&2

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use candle_core::{Tensor, Var};
 use gantry_kernels::{adam_update, AdamStep};
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +72,40 @@ impl Adam {
 
     /// One update from `grads`; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let grads = self.gradients(grads);
+        self.step_with(&grads)
+    }
+
+    /// The gradients of this optimiser's parameters in `grads`, in parameter order (`None`
+    /// where a parameter got none).
+    pub fn gradients(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
+        self.params
+            .iter()
+            .map(|(_, p)| grads.get(p.as_tensor()).cloned())
+            .collect()
+    }
+
+    /// The parameters, in the order [`Adam::gradients`] and [`Adam::step_with`] use.
+    pub fn params(&self) -> impl Iterator<Item = &Var> {
+        self.params.iter().map(|(_, v)| v)
+    }
+
+    /// The first and second moments of every parameter (the optimiser's state besides its
+    /// step count).
+    pub fn moments(&self) -> impl Iterator<Item = &Var> {
+        self.exp_avg.iter().chain(&self.exp_avg_sq)
+    }
+
+    /// One update from gradients given in parameter order (see [`Adam::gradients`]);
+    /// parameters without a gradient are left as they are.
+    pub fn step_with(&mut self, grads: &[Option<Tensor>]) -> Result<()> {
+        if grads.len() != self.params.len() {
+            return Err(ModelError::Input(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
+        }
         self.step += 1;
         let AdamConfig {
             lr,
@@ -86,8 +120,9 @@ impl Adam {
             eps,
             step: self.step,
         };
-        for (((_, p), m), v) in self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq) {
-            if let Some(g) = grads.get(p.as_tensor()) {
+        let state = self.params.iter().zip(&self.exp_avg).zip(&self.exp_avg_sq);
+        for ((((_, p), m), v), g) in state.zip(grads) {
+            if let Some(g) = g {
                 adam_update(p, m, v, g, &coefficients)?;
             }
         }

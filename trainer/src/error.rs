@@ -31,6 +31,8 @@ pub enum Setting {
     Device,
     SampleCount,
     Steps,
+    Accumulate,
+    EvalSamples,
 }
 
 impl std::fmt::Display for Setting {
@@ -58,6 +60,8 @@ impl std::fmt::Display for Setting {
             Self::Device => "device",
             Self::SampleCount => "sample count",
             Self::Steps => "steps",
+            Self::Accumulate => "gradient accumulation",
+            Self::EvalSamples => "samples per evaluation",
         })
     }
 }
@@ -108,9 +112,14 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// Data-parallel training went wrong: a rank failed, ranks disagree, replicas drifted.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// A loss became NaN or infinite.
-    #[error("{what} is {value} at step {step}: training diverged and stopped; {kept}")]
+    #[error("{what} is {value} at step {step}{on}: training diverged and stopped; {kept}")]
     NonFinite {
+        /// Where, in data-parallel training (` on rank 1`); empty otherwise.
+        on: String,
         what: &'static str,
         value: f32,
         step: u64,

@@ -5,8 +5,10 @@
 pub mod animate;
 pub mod bench;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod eval;
+pub mod faults;
 pub mod loss;
 pub mod metrics;
 pub mod plot;

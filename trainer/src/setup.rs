@@ -9,6 +9,7 @@ use candle_core::Device;
 use gantry_models::{resolve_checkpoint, Checkpoint, Kernels, ModelConfig};
 
 use crate::data::{self, DataSpec, DatasetKind, Fit, Split};
+use crate::distributed::{agree, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
 use crate::eval::{self, classifier, EvalReport, EvalSource};
 use crate::train::run::{
@@ -65,7 +66,8 @@ pub struct PreparedRun {
     pub trainer: Trainer,
     pub paths: RunPaths,
     pub resumed_from: Option<PathBuf>,
-    _lock: RunLock,
+    /// The run folder's lock, held by the process that writes (rank 0 of a data-parallel job).
+    _lock: Option<RunLock>,
 }
 
 /// What a resumed run may change: its budget, its output intervals and where its data is.
@@ -77,6 +79,7 @@ pub struct ResumeChanges {
     pub data_dir: Option<PathBuf>,
     pub sample_every: Option<u64>,
     pub checkpoint_every: Option<u64>,
+    pub accumulate: Option<usize>,
     pub tensorboard: Option<bool>,
     pub eval_every: Option<u64>,
     pub eval_samples: Option<usize>,
@@ -98,6 +101,9 @@ impl ResumeChanges {
         }
         if let Some(c) = self.checkpoint_every {
             config.checkpoint_every = c;
+        }
+        if let Some(k) = self.accumulate {
+            config.accumulate = k;
         }
         if let Some(t) = self.tensorboard {
             config.tensorboard = t;
@@ -132,28 +138,55 @@ fn check_no_run(out: &Path) -> Result<()> {
 /// Everything is checked, and the data loaded, before the folder is created and locked.
 pub fn prepare_fresh(
     config: TrainConfig,
-    mut model: ModelConfig,
+    model: ModelConfig,
     out: &Path,
     kernels: Kernels,
     device: &Device,
 ) -> Result<PreparedRun> {
-    check_no_run(out)?;
-    config.validate()?;
-    model.validate()?;
-    let data = data::load(
-        &config.data_spec(model.image_size, model.channels),
-        Split::Train,
-    )?;
-    if config.conditional {
-        model.num_classes = Some(data.class_names.len());
-    }
-    let mut trainer = Trainer::new(config, model, data, device)?;
-    trainer.set_kernels(kernels);
-    std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let lock = RunLock::acquire(out)?;
-    // Another trainer may have started into the folder since the first check.
-    check_no_run(out)?;
-    prepare_out_dir(out)?;
+    prepare_fresh_on(config, model, out, kernels, device, Box::new(Solo))
+}
+
+/// [`prepare_fresh`] as one rank of a data-parallel job: rank 0 checks, creates and locks the
+/// folder; every rank loads the data; if any rank fails, all do (naming it); then the ranks
+/// check that they agree and take rank 0's weights (see [`Trainer::join`]).
+pub fn prepare_fresh_on(
+    config: TrainConfig,
+    mut model: ModelConfig,
+    out: &Path,
+    kernels: Kernels,
+    device: &Device,
+    collective: Box<dyn Collective>,
+) -> Result<PreparedRun> {
+    let lead = collective.rank() == 0;
+    let mine = (|| {
+        if lead {
+            check_no_run(out)?;
+        }
+        config.validate()?;
+        model.validate()?;
+        let data = data::load(
+            &config.data_spec(model.image_size, model.channels),
+            Split::Train,
+        )?;
+        if config.conditional {
+            model.num_classes = Some(data.class_names.len());
+        }
+        let mut trainer = Trainer::new(config, model, data, device)?;
+        trainer.set_kernels(kernels);
+        let lock = if lead {
+            std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+            let lock = RunLock::acquire(out)?;
+            // Another trainer may have started into the folder since the first check.
+            check_no_run(out)?;
+            prepare_out_dir(out)?;
+            Some(lock)
+        } else {
+            None
+        };
+        Ok((trainer, lock))
+    })();
+    let (mut trainer, lock) = agree(collective.as_ref(), mine)?;
+    trainer.join(collective)?;
     Ok(PreparedRun {
         trainer,
         paths: RunPaths {
@@ -171,37 +204,63 @@ pub fn prepare_resume(
     kernels: Kernels,
     device: &Device,
 ) -> Result<PreparedRun> {
-    let dir = resolve_checkpoint(path)
-        .map_err(|e| TrainError::invalid(Setting::Resume, e.to_string()))?;
-    let ckpt = Checkpoint::load(&dir)?;
-    let stored = dir.join(gantry_models::checkpoint::CONFIG_FILE);
-    let mut config: TrainConfig = serde_json::from_value(ckpt.meta.training.clone())
-        .map_err(|e| TrainError::data(&stored, format!("training options are unreadable: {e}")))?;
-    // A bad stored value is the checkpoint's fault, not an option the user gave.
-    config
-        .validate()
-        .map_err(|e| TrainError::data(&stored, format!("stored {e}")))?;
-    changes.apply(&mut config);
-    config.validate()?;
-    let model = &ckpt.meta.model;
-    let data = data::load(
-        &config.data_spec(model.image_size, model.channels),
-        Split::Train,
-    )?;
-    let out = if path.join(gantry_models::checkpoint::CONFIG_FILE).is_file() {
-        dir.parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    } else {
-        path.to_path_buf()
-    };
-    let mut trainer = Trainer::from_checkpoint(&ckpt, config, data, device)?;
-    trainer.set_kernels(kernels);
-    // The lock first: preparing the folder removes stale temp files, which would be another
-    // running trainer's checkpoint in the making.
-    std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
-    let lock = RunLock::acquire(&out)?;
-    prepare_out_dir(&out)?;
+    prepare_resume_on(path, changes, kernels, device, Box::new(Solo))
+}
+
+/// [`prepare_resume`] as one rank of a data-parallel job (every rank reads the checkpoint, so
+/// the run folder must be on a file system all ranks see; the number of ranks may differ from
+/// the run that wrote it).
+pub fn prepare_resume_on(
+    path: &Path,
+    changes: &ResumeChanges,
+    kernels: Kernels,
+    device: &Device,
+    collective: Box<dyn Collective>,
+) -> Result<PreparedRun> {
+    let lead = collective.rank() == 0;
+    let mine = (|| {
+        let dir = resolve_checkpoint(path)
+            .map_err(|e| TrainError::invalid(Setting::Resume, e.to_string()))?;
+        let ckpt = Checkpoint::load(&dir)?;
+        let stored = dir.join(gantry_models::checkpoint::CONFIG_FILE);
+        let mut config: TrainConfig =
+            serde_json::from_value(ckpt.meta.training.clone()).map_err(|e| {
+                TrainError::data(&stored, format!("training options are unreadable: {e}"))
+            })?;
+        // A bad stored value is the checkpoint's fault, not an option the user gave.
+        config
+            .validate()
+            .map_err(|e| TrainError::data(&stored, format!("stored {e}")))?;
+        changes.apply(&mut config);
+        config.validate()?;
+        let model = &ckpt.meta.model;
+        let data = data::load(
+            &config.data_spec(model.image_size, model.channels),
+            Split::Train,
+        )?;
+        let out = if path.join(gantry_models::checkpoint::CONFIG_FILE).is_file() {
+            dir.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."))
+        } else {
+            path.to_path_buf()
+        };
+        let mut trainer = Trainer::from_checkpoint(&ckpt, config, data, device)?;
+        trainer.set_kernels(kernels);
+        // The lock first: preparing the folder removes stale temp files, which would be another
+        // running trainer's checkpoint in the making.
+        let lock = if lead {
+            std::fs::create_dir_all(&out).map_err(|e| TrainError::io(&out, e))?;
+            let lock = RunLock::acquire(&out)?;
+            prepare_out_dir(&out)?;
+            Some(lock)
+        } else {
+            None
+        };
+        Ok((trainer, lock, out, dir))
+    })();
+    let (mut trainer, lock, out, dir) = agree(collective.as_ref(), mine)?;
+    trainer.join(collective)?;
     Ok(PreparedRun {
         trainer,
         paths: RunPaths { out },

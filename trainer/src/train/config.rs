@@ -18,6 +18,10 @@ pub struct TrainConfig {
     #[serde(default)]
     pub fit: Fit,
     pub batch_size: usize,
+    /// Micro-batches per step whose gradients are averaged before one update (gradient
+    /// accumulation; with data parallelism, per rank). `batch_size` stays the global batch.
+    #[serde(default = "one")]
+    pub accumulate: usize,
     pub epochs: u64,
     /// Stop after this many steps even if epochs remain.
     pub max_steps: Option<u64>,
@@ -47,6 +51,10 @@ pub struct TrainConfig {
     pub eval_samples: usize,
 }
 
+fn one() -> usize {
+    1
+}
+
 fn enabled() -> bool {
     true
 }
@@ -70,6 +78,7 @@ impl TrainConfig {
             data_dir: Self::default_data_dir(dataset),
             fit: Fit::default(),
             batch_size: 128,
+            accumulate: 1,
             epochs: 5,
             max_steps: None,
             seed: 0,
@@ -102,6 +111,12 @@ impl TrainConfig {
                 ),
             );
         }
+        if self.accumulate == 0 {
+            return bad(Setting::Accumulate, "must be at least 1, got 0".into());
+        }
+        if self.batch_size >= 2 {
+            super::check_sharding(self.batch_size, 1, self.accumulate)?;
+        }
         if self.epochs == 0 {
             return bad(Setting::Epochs, "must be at least 1, got 0".into());
         }
@@ -125,7 +140,7 @@ impl TrainConfig {
         }
         if self.eval_every > 0 && self.eval_samples < 2 {
             return bad(
-                Setting::SampleCount,
+                Setting::EvalSamples,
                 format!(
                     "evaluations need at least 2 samples (a covariance needs two), got {}",
                     self.eval_samples
@@ -178,6 +193,8 @@ mod tests {
         let cases: Vec<(Change, Setting)> = vec![
             (|c| c.batch_size = 1, Setting::BatchSize),
             (|c| c.epochs = 0, Setting::Epochs),
+            (|c| c.accumulate = 0, Setting::Accumulate),
+            (|c| c.accumulate = 65, Setting::Accumulate),
             (|c| c.max_steps = Some(0), Setting::MaxSteps),
             (|c| c.adam.lr = -1.0, Setting::LearningRate),
             (|c| c.adam.lr = f64::NAN, Setting::LearningRate),
@@ -190,7 +207,7 @@ mod tests {
                     c.eval_every = 10;
                     c.eval_samples = 1;
                 },
-                Setting::SampleCount,
+                Setting::EvalSamples,
             ),
         ];
         for (change, setting) in cases {

@@ -20,7 +20,9 @@ use gantry_models::{
 pub use config::TrainConfig;
 
 use crate::data::{Dataset, EpochOrder};
+use crate::distributed::{self, all_reduce_gradients, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
+use crate::faults::{self, Fault};
 use crate::loss::LossKind;
 use crate::metrics::StepMetrics;
 
@@ -55,17 +57,32 @@ fn mean_sigmoid(logits: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::sigmoid(logits)?.mean_all()?)
 }
 
-fn finite(what: &'static str, value: f32, step: u64) -> Result<f32> {
-    if value.is_finite() {
-        Ok(value)
-    } else {
-        Err(TrainError::NonFinite {
-            what,
-            value,
-            step,
-            kept: "nothing of this step was written".into(),
+/// Adds `more` to the gradients accumulated so far (the first micro-batch's are taken as they
+/// are, so a step of one micro-batch does no extra arithmetic).
+fn accumulate(
+    sum: Option<Vec<Option<Tensor>>>,
+    more: Vec<Option<Tensor>>,
+) -> Result<Vec<Option<Tensor>>> {
+    let Some(sum) = sum else {
+        return Ok(more);
+    };
+    sum.into_iter()
+        .zip(more)
+        .map(|(a, b)| match (a, b) {
+            (Some(a), Some(b)) => Ok(Some((a + b)?)),
+            (a, b) => Ok(a.or(b)),
         })
-    }
+        .collect()
+}
+
+/// One shard of a step: images, labels and latents of a micro-batch of this rank's slice of the
+/// global batch, and its share of the global batch (`rows / global rows`).
+#[derive(Debug, Clone)]
+pub struct Shard {
+    pub real: Tensor,
+    pub labels: Option<Tensor>,
+    pub z: Tensor,
+    pub weight: f64,
 }
 
 /// The four scalars of a step, read from the device in one transfer at its end.
@@ -188,45 +205,179 @@ impl Networks {
         ema_decay: Option<f64>,
         step: u64,
     ) -> Result<StepLosses> {
-        let device = real.device().clone();
-        let fake = phase(&device, "1 G forward", || {
-            self.generator.forward(z, labels, true)
+        let shard = Shard {
+            real: real.clone(),
+            labels: labels.cloned(),
+            z: z.clone(),
+            weight: 1.0,
+        };
+        self.train_step_sharded(&[shard], loss, ema_decay, step, &Solo)
+    }
+
+    /// [`Networks::train_step`] on a batch split into shards: this process's micro-batches
+    /// (gradient accumulation) of its slice of the global batch (data parallelism). Each
+    /// shard's mean loss is weighted by its share of the global batch, so the summed gradients
+    /// are those of the global batch's mean loss; they are summed over the ranks with one
+    /// all-reduce per network, and every rank applies the same update. BatchNorm normalises
+    /// each shard with its own statistics (as DistributedDataParallel does per process). The
+    /// scalars are the global batch's; a non-finite one names the rank it came from.
+    pub fn train_step_sharded(
+        &mut self,
+        shards: &[Shard],
+        loss: LossKind,
+        ema_decay: Option<f64>,
+        step: u64,
+        collective: &dyn Collective,
+    ) -> Result<StepLosses> {
+        let device = match shards.first() {
+            Some(s) => s.real.device().clone(),
+            None => Device::Cpu,
+        };
+        let scaled = |loss: Tensor, weight: f64| -> Result<Tensor> {
+            Ok(if weight == 1.0 {
+                loss
+            } else {
+                (loss * weight)?
+            })
+        };
+        let mut fakes = Vec::with_capacity(shards.len());
+        let mut scalars = Vec::with_capacity(shards.len());
+        let mut grads_d: Option<Vec<Option<Tensor>>> = None;
+        for shard in shards {
+            let labels = shard.labels.as_ref();
+            let fake = phase(&device, "1 G forward", || {
+                self.generator.forward(&shard.z, labels, true)
+            })?;
+            let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
+                let d_real = self.discriminator.forward(&shard.real, labels, true)?;
+                let d_fake = self.discriminator.forward(&fake.detach(), labels, true)?;
+                let loss_d = loss.discriminator(&d_real, &d_fake)?;
+                Ok::<_, TrainError>((d_real, d_fake, loss_d))
+            })?;
+            let grads = phase(&device, "3 D backward", || {
+                scaled(loss_d.clone(), shard.weight)?
+                    .backward()
+                    .map_err(TrainError::from)
+            })?;
+            grads_d = Some(accumulate(grads_d, self.opt_d.gradients(&grads))?);
+            scalars.push((
+                shard.weight,
+                loss_d.detach(),
+                mean_sigmoid(&d_real.detach())?,
+                mean_sigmoid(&d_fake.detach())?,
+            ));
+            fakes.push(fake);
+        }
+        let params_d: Vec<&candle_core::Var> = self.opt_d.params().collect();
+        let grads_d = grads_d.unwrap_or_else(|| vec![None; params_d.len()]);
+        let reduced_d = phase(&device, "3b D all-reduce", || {
+            all_reduce_gradients(collective, grads_d, &params_d)
         })?;
-        let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
-            let d_real = self.discriminator.forward(real, labels, true)?;
-            let d_fake = self.discriminator.forward(&fake.detach(), labels, true)?;
-            let loss_d = loss.discriminator(&d_real, &d_fake)?;
-            Ok::<_, TrainError>((d_real, d_fake, loss_d))
+        phase(&device, "4 D Adam", || {
+            self.opt_d.step_with(&reduced_d.grads)
         })?;
-        let grads_d = phase(&device, "3 D backward", || loss_d.backward())?;
-        phase(&device, "4 D Adam", || self.opt_d.step(&grads_d))?;
 
         // D's parameters are constants here: G's update needs gradients only through D.
-        let loss_g = phase(&device, "5 D forward (G update)", || {
-            let d_fake_for_g = self.discriminator.forward_frozen(&fake, labels, true)?;
-            loss.generator(&d_fake_for_g)
+        let mut grads_g: Option<Vec<Option<Tensor>>> = None;
+        let mut losses_g = Vec::with_capacity(shards.len());
+        for (shard, fake) in shards.iter().zip(&fakes) {
+            let loss_g = phase(&device, "5 D forward (G update)", || {
+                let d_fake_for_g =
+                    self.discriminator
+                        .forward_frozen(fake, shard.labels.as_ref(), true)?;
+                loss.generator(&d_fake_for_g)
+            })?;
+            let grads = phase(&device, "6 G backward (through D)", || {
+                scaled(loss_g.clone(), shard.weight)?
+                    .backward()
+                    .map_err(TrainError::from)
+            })?;
+            grads_g = Some(accumulate(grads_g, self.opt_g.gradients(&grads))?);
+            losses_g.push(loss_g.detach());
+        }
+        let params_g: Vec<&candle_core::Var> = self.opt_g.params().collect();
+        let grads_g = grads_g.unwrap_or_else(|| vec![None; params_g.len()]);
+        let reduced_g = phase(&device, "6b G all-reduce", || {
+            all_reduce_gradients(collective, grads_g, &params_g)
         })?;
-        let grads_g = phase(&device, "6 G backward (through D)", || loss_g.backward())?;
         phase(&device, "7 G Adam + EMA", || {
-            self.opt_g.step(&grads_g)?;
+            self.opt_g.step_with(&reduced_g.grads)?;
             self.update_ema(ema_decay, step)
         })?;
 
-        let scalars = Tensor::stack(
-            &[
-                loss_d.detach(),
-                loss_g.detach(),
-                mean_sigmoid(&d_real.detach())?,
-                mean_sigmoid(&d_fake.detach())?,
-            ],
-            0,
-        )?
-        .to_vec1::<f32>()?;
+        // This rank's share of the global means, in one transfer, and whether its gradients
+        // were finite (a NaN image can leave the losses finite); then every rank's.
+        let mut local = [0f32; 6];
+        local[4] = f32::from(u8::from(!reduced_d.local_finite));
+        local[5] = f32::from(u8::from(!reduced_g.local_finite));
+        if !scalars.is_empty() {
+            let mut parts = Vec::with_capacity(4 * scalars.len());
+            for ((_, loss_d, d_real, d_fake), loss_g) in scalars.iter().zip(&losses_g) {
+                parts.extend([
+                    loss_d.clone(),
+                    loss_g.clone(),
+                    d_real.clone(),
+                    d_fake.clone(),
+                ]);
+            }
+            let values = Tensor::stack(&parts, 0)?.to_vec1::<f32>()?;
+            for ((weight, ..), v) in scalars.iter().zip(values.chunks(4)) {
+                let local = &mut local[..4];
+                for (sum, x) in local.iter_mut().zip(v) {
+                    *sum += if *weight == 1.0 {
+                        *x
+                    } else {
+                        (*weight as f32) * x
+                    };
+                }
+            }
+        }
+        let every = collective.all_gather_f32(&local)?;
+        let mut global = [0f32; 4];
+        for rank in every.chunks(6) {
+            for (sum, x) in global.iter_mut().zip(rank) {
+                *sum += x;
+            }
+        }
+        // In the order they arise in the step: a NaN that reached D's weights through the
+        // all-reduce makes every rank's later values NaN, so the first is the culprit's.
+        let checks = [
+            (0, "loss_d"),
+            (4, "a gradient of D"),
+            (1, "loss_g"),
+            (5, "a gradient of G"),
+        ];
+        for (i, what) in checks {
+            let bad: Vec<usize> = every
+                .chunks(6)
+                .enumerate()
+                .filter(|(_, v)| !v[i].is_finite() || (i >= 4 && v[i] != 0.0))
+                .map(|(rank, _)| rank)
+                .collect();
+            if let Some(&rank) = bad.first() {
+                let on = if collective.size() > 1 {
+                    format!(" on {}", crate::distributed::rank_list(&bad))
+                } else {
+                    String::new()
+                };
+                return Err(TrainError::NonFinite {
+                    on,
+                    what,
+                    value: if i >= 4 {
+                        f32::NAN
+                    } else {
+                        every[rank * 6 + i]
+                    },
+                    step: step + 1,
+                    kept: "nothing of this step was written".into(),
+                });
+            }
+        }
         Ok(StepLosses {
-            loss_d: finite("loss_d", scalars[0], step + 1)?,
-            loss_g: finite("loss_g", scalars[1], step + 1)?,
-            d_real: scalars[2],
-            d_fake: scalars[3],
+            loss_d: global[0],
+            loss_g: global[1],
+            d_real: global[2],
+            d_fake: global[3],
         })
     }
 
@@ -271,6 +422,7 @@ pub struct Trainer {
     order: EpochOrder,
     permutation: Vec<usize>,
     device: Device,
+    collective: Box<dyn Collective>,
 }
 
 impl Trainer {
@@ -341,7 +493,120 @@ impl Trainer {
             order,
             permutation,
             device: device.clone(),
+            collective: Box::new(Solo),
         })
+    }
+
+    /// Makes this trainer one rank of a data-parallel job: checks that every rank has the same
+    /// settings and data, that the global batch splits into every rank's micro-batches, then
+    /// gives every rank rank 0's weights, EMA and optimiser state (one broadcast).
+    pub fn join(&mut self, collective: Box<dyn Collective>) -> Result<()> {
+        let mut settings = self.config.clone();
+        // Where the data lives may differ between machines; what it holds may not.
+        settings.data_dir = Default::default();
+        let settings = serde_json::to_vec(&(&settings, &self.model)).expect("config serialises");
+        let mut data = self.data.pixels.clone();
+        data.extend(self.data.labels.iter().flat_map(|l| l.to_le_bytes()));
+        let state = serde_json::to_vec(&self.state).expect("state serialises");
+        distributed::check_same_everywhere(
+            collective.as_ref(),
+            &[
+                (
+                    "settings (flags or checkpoint)",
+                    distributed::fingerprint(&settings),
+                ),
+                ("data (images or labels)", distributed::fingerprint(&data)),
+                (
+                    "run positions (checkpoint step)",
+                    distributed::fingerprint(&state),
+                ),
+            ],
+        )?;
+        check_sharding(
+            self.config.batch_size,
+            collective.size(),
+            self.config.accumulate,
+        )?;
+        let vars = self.all_state_vars();
+        distributed::broadcast_vars(collective.as_ref(), &vars)?;
+        self.collective = collective;
+        Ok(())
+    }
+
+    /// Every variable of the training state: the networks' parameters and buffers, the EMA's,
+    /// and the optimisers' moments, in a fixed order.
+    fn all_state_vars(&self) -> Vec<candle_core::Var> {
+        let nets = &self.nets;
+        let mut vars: Vec<candle_core::Var> = Vec::new();
+        vars.extend(nets.generator.net.all_vars().into_iter().map(|(_, v)| v));
+        vars.extend(
+            nets.discriminator
+                .net
+                .all_vars()
+                .into_iter()
+                .map(|(_, v)| v),
+        );
+        if let Some(ema) = &nets.generator_ema {
+            vars.extend(ema.net.all_vars().into_iter().map(|(_, v)| v));
+        }
+        vars.extend(nets.opt_g.moments().cloned());
+        vars.extend(nets.opt_d.moments().cloned());
+        vars
+    }
+
+    /// The collective this trainer runs on ([`Solo`] unless it [joined](Trainer::join) a job).
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
+    }
+
+    /// Whether this process writes the run's outputs (rank 0).
+    pub fn is_lead(&self) -> bool {
+        self.collective.rank() == 0
+    }
+
+    /// Sets the BatchNorm running statistics of G and D on every rank to their mean over the
+    /// ranks (each rank measures them on its own slice); done before samples, evaluations and
+    /// checkpoints, so that what rank 0 writes describes the whole batch.
+    pub fn sync_buffers(&self) -> Result<()> {
+        if self.collective.size() == 1 {
+            return Ok(());
+        }
+        let buffers: Vec<candle_core::Var> =
+            [&self.nets.generator.net, &self.nets.discriminator.net]
+                .into_iter()
+                .flat_map(|net| net.vars_with_roles())
+                .filter(|(_, _, role)| *role == TensorRole::Buffer)
+                .map(|(_, v, _)| v)
+                .collect();
+        distributed::average_vars(self.collective.as_ref(), &buffers)
+    }
+
+    /// After a step of a data-parallel job: checks that every rank holds bitwise the same
+    /// weights (an error names the ranks that differ from rank 0 and the step), and agrees on
+    /// stopping: returns true on every rank when any rank's `stop` was set.
+    pub fn check_replicas(&self, stop: bool) -> Result<bool> {
+        if self.collective.size() == 1 {
+            return Ok(stop);
+        }
+        let params: Vec<candle_core::Var> = self
+            .nets
+            .opt_g
+            .params()
+            .chain(self.nets.opt_d.params())
+            .cloned()
+            .collect();
+        let mine = [distributed::checksum(&params)?, u64::from(stop)];
+        let all = self.collective.all_gather_u64(&mine)?;
+        let sums: Vec<u64> = all.chunks(2).map(|c| c[0]).collect();
+        let differ = distributed::ranks_differing_from_rank0(&sums);
+        if !differ.is_empty() {
+            return Err(TrainError::Distributed(format!(
+                "after step {} the weights of {} differ from rank 0's (the replicas drifted apart); the last checkpoint is kept",
+                self.state.step,
+                distributed::rank_list(&differ)
+            )));
+        }
+        Ok(all.chunks(2).any(|c| c[1] == 1))
     }
 
     /// Selects the convolution/BatchNorm implementation of all networks.
@@ -378,8 +643,6 @@ impl Trainer {
             .order
             .batch(&self.permutation, self.state.batch_in_epoch as usize)
             .to_vec();
-        let (real, labels) = self.data.batch(&indices, &self.device)?;
-        let labels = self.config.conditional.then_some(labels);
         let z = latents(
             self.config.seed,
             &format!("latent/step-{step}"),
@@ -387,14 +650,25 @@ impl Trainer {
             self.model.latent_dim,
             &self.device,
         )?;
-        let losses = self.nets.train_step(
-            &real,
-            labels.as_ref(),
-            &z,
+        let mut shards = self.shards(&indices, &z)?;
+        let rank = self.collective.rank();
+        if faults::injected(Fault::Nan, rank, step + 1) {
+            for shard in &mut shards {
+                shard.real = (&shard.real * f64::NAN)?;
+            }
+        }
+        let losses = self.nets.train_step_sharded(
+            &shards,
             self.config.loss,
             self.config.ema,
             step,
+            self.collective.as_ref(),
         )?;
+        if faults::injected(Fault::Drift, rank, step + 1) {
+            if let Some(first) = self.nets.opt_g.params().next() {
+                first.set(&(first.as_tensor() + 1e-3)?)?;
+            }
+        }
         self.advance();
         let seconds = start.elapsed().as_secs_f64();
         self.state.elapsed_seconds += seconds;
@@ -411,6 +685,47 @@ impl Trainer {
             lr_g: self.nets.opt_g.config.lr,
             eval: None,
         })
+    }
+
+    /// This rank's micro-batches of the global batch `indices` (with latents `z`): the batch is
+    /// cut into `ranks x accumulate` consecutive parts, rank `r` taking parts `r*k .. (r+1)*k`,
+    /// so the union of the ranks' parts is the batch a single process would use. Parts left
+    /// empty by a short last batch are skipped.
+    fn shards(&self, indices: &[usize], z: &Tensor) -> Result<Vec<Shard>> {
+        let n = indices.len();
+        let k = self.config.accumulate.max(1);
+        let parts = self.collective.size() * k;
+        let bound = |part: usize| part * n / parts;
+        let first = self.collective.rank() * k;
+        let (lo, hi) = (bound(first), bound(first + k));
+        let (real, labels) = self.data.batch(&indices[lo..hi], &self.device)?;
+        let labels = self.config.conditional.then_some(labels);
+        let mut shards = Vec::with_capacity(k);
+        for part in first..first + k {
+            let (start, len) = (bound(part) - lo, bound(part + 1) - bound(part));
+            if len == 0 {
+                continue;
+            }
+            let whole = len == n;
+            let cut = |t: &Tensor| -> Result<Tensor> {
+                Ok(if whole {
+                    t.clone()
+                } else {
+                    t.narrow(0, start, len)?
+                })
+            };
+            shards.push(Shard {
+                real: cut(&real)?,
+                labels: labels.as_ref().map(&cut).transpose()?,
+                z: if whole {
+                    z.clone()
+                } else {
+                    z.narrow(0, lo + start, len)?
+                },
+                weight: len as f64 / n as f64,
+            });
+        }
+        Ok(shards)
     }
 
     fn advance(&mut self) {
@@ -498,6 +813,21 @@ impl Trainer {
             trainer_state: Some(self.state.clone()),
         })
     }
+}
+
+/// Checks that a global batch of `batch_size` splits into `ranks x accumulate` micro-batches
+/// of at least two images (BatchNorm needs two).
+pub fn check_sharding(batch_size: usize, ranks: usize, accumulate: usize) -> Result<()> {
+    let parts = ranks * accumulate.max(1);
+    if batch_size < 2 * parts {
+        return Err(TrainError::invalid(
+            Setting::Accumulate,
+            format!(
+                "a batch of {batch_size} split over {ranks} rank(s) x {accumulate} micro-batch(es) leaves fewer than 2 images per micro-batch (BatchNorm needs 2); use a larger --batch-size"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the config, the model and that they fit the data.

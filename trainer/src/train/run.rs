@@ -2,7 +2,7 @@
 //! periodic atomic checkpoints, and a clean stop on request (Ctrl-C).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::watch::{RunEvaluator, TensorBoard};
 use super::Trainer;
@@ -124,69 +124,131 @@ pub fn prepare_out_dir(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The step being trained (1 for the first), for messages from signal handlers.
+pub static STEP_IN_PROGRESS: AtomicU64 = AtomicU64::new(0);
+
+/// What rank 0 (or a single process) writes while it trains.
+struct Outputs {
+    log: MetricsLog,
+    history: Vec<StepMetrics>,
+    tensorboard: TensorBoard,
+    evaluator: Option<RunEvaluator>,
+    progress: Progress,
+    last_sample: Option<PathBuf>,
+}
+
+impl Outputs {
+    fn open(trainer: &Trainer, paths: &RunPaths, log_every: u64) -> Result<Self> {
+        prepare_out_dir(&paths.out)?;
+        let (log, history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
+        let tensorboard = TensorBoard::open(trainer, paths)?;
+        let evaluator = match trainer.config.eval_every {
+            0 => None,
+            _ => Some(RunEvaluator::new(trainer, paths, &history, &mut |line| {
+                eprintln!("{line}")
+            })?),
+        };
+        let progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
+        if trainer.collective().size() > 1 {
+            progress.println(&format!(
+                "data-parallel on {}: each rank trains {} of every global batch of {}",
+                trainer.collective().describe(),
+                match trainer.collective().size() {
+                    2 => "half".to_string(),
+                    n => format!("1/{n}"),
+                },
+                trainer.config.batch_size
+            ));
+        }
+        Ok(Self {
+            log,
+            history,
+            tensorboard,
+            evaluator,
+            progress,
+            last_sample: None,
+        })
+    }
+}
+
 /// Trains until the budget is reached or `stop` is set, writing outputs under `paths` (whose
-/// lock the caller holds: see [`crate::setup::execute`]).
+/// lock the caller holds: see [`crate::setup::execute`]). In a data-parallel job every rank
+/// trains and only rank 0 writes; the ranks agree on stopping after each step.
 pub(crate) fn run(
     trainer: &mut Trainer,
     paths: &RunPaths,
     stop: &AtomicBool,
     log_every: u64,
 ) -> Result<RunOutcome> {
-    prepare_out_dir(&paths.out)?;
-    let (mut log, mut history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
-    let mut tensorboard = TensorBoard::open(trainer, paths)?;
-    let mut evaluator = match trainer.config.eval_every {
-        0 => None,
-        _ => Some(RunEvaluator::new(trainer, paths, &history, &mut |line| {
-            eprintln!("{line}")
-        })?),
+    let mut outputs = match trainer.is_lead() {
+        true => Some(Outputs::open(trainer, paths, log_every)?),
+        false => None,
     };
-    let mut progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
-    let mut last_sample = None;
     let result = (|| -> Result<RunOutcome> {
+        let mut stopping = trainer.check_replicas(stop.load(Ordering::SeqCst))?;
         while !trainer.is_done() {
-            if stop.load(Ordering::SeqCst) {
-                save_checkpoint(trainer, paths, &history)?;
+            if stopping {
+                trainer.sync_buffers()?;
+                if let Some(o) = &outputs {
+                    save_checkpoint(trainer, paths, &o.history)?;
+                }
                 return Ok(RunOutcome::Stopped {
                     step: trainer.state.step,
                 });
             }
+            STEP_IN_PROGRESS.store(trainer.state.step + 1, Ordering::SeqCst);
             let mut m = trainer.step().map_err(|e| with_kept_checkpoint(e, paths))?;
+            stopping = trainer.check_replicas(stop.load(Ordering::SeqCst))?;
             let cfg = &trainer.config;
-            if let Some(evaluator) = &mut evaluator {
-                if m.step % cfg.eval_every == 0 || trainer.is_done() {
-                    let eval = evaluator.evaluate(trainer, paths)?;
-                    progress.println(&eval_line(m.step, &eval));
-                    m.eval = Some(eval);
-                }
+            let due = |every: u64| every > 0 && m.step % every == 0;
+            let eval_due = cfg.eval_every > 0 && (due(cfg.eval_every) || trainer.is_done());
+            let (sample_due, checkpoint_due) = (due(cfg.sample_every), due(cfg.checkpoint_every));
+            if eval_due || sample_due || checkpoint_due {
+                trainer.sync_buffers()?;
             }
-            log.append(&m)?;
-            tensorboard.step(&m)?;
-            progress.step(&m);
-            history.push(m.clone());
-            let cfg = &trainer.config;
-            if cfg.sample_every > 0 && m.step % cfg.sample_every == 0 {
-                last_sample = Some(write_samples(trainer, paths, &mut tensorboard)?);
+            let Some(o) = &mut outputs else {
+                continue;
+            };
+            if let (true, Some(evaluator)) = (eval_due, &mut o.evaluator) {
+                let eval = evaluator.evaluate(trainer, paths)?;
+                o.progress.println(&eval_line(m.step, &eval));
+                m.eval = Some(eval);
             }
-            if cfg.checkpoint_every > 0 && m.step % cfg.checkpoint_every == 0 {
-                save_checkpoint(trainer, paths, &history)?;
+            o.log.append(&m)?;
+            o.tensorboard.step(&m)?;
+            o.progress.step(&m);
+            o.history.push(m);
+            if sample_due {
+                o.last_sample = Some(write_samples(trainer, paths, &mut o.tensorboard)?);
+            }
+            if checkpoint_due {
+                save_checkpoint(trainer, paths, &o.history)?;
             }
         }
-        if last_sample.as_ref() != Some(&paths.sample(trainer.state.step)) {
-            last_sample = Some(write_samples(trainer, paths, &mut tensorboard)?);
+        trainer.sync_buffers()?;
+        let Some(o) = &mut outputs else {
+            return Ok(RunOutcome::Finished {
+                step: trainer.state.step,
+                last_sample: None,
+            });
+        };
+        if o.last_sample.as_ref() != Some(&paths.sample(trainer.state.step)) {
+            o.last_sample = Some(write_samples(trainer, paths, &mut o.tensorboard)?);
         }
         let ckpt = trainer.checkpoint()?;
         ckpt.save(&paths.checkpoint())?;
         ckpt.save(&paths.final_dir())?;
-        plot::plot_losses(&history, &paths.losses_plot())?;
+        plot::plot_losses(&o.history, &paths.losses_plot())?;
         let frames = animate::sample_frames(&paths.samples_dir(), trainer.state.step)?;
         animate::write_gif(&frames, &paths.progress_gif())?;
         Ok(RunOutcome::Finished {
             step: trainer.state.step,
-            last_sample: last_sample.clone(),
+            last_sample: o.last_sample.clone(),
         })
     })();
-    progress.finish();
+    if let Some(o) = &outputs {
+        o.progress.finish();
+    }
     result
 }
 
@@ -206,7 +268,11 @@ fn eval_line(step: u64, eval: &EvalMetrics) -> String {
 fn with_kept_checkpoint(e: TrainError, paths: &RunPaths) -> TrainError {
     match e {
         TrainError::NonFinite {
-            what, value, step, ..
+            on,
+            what,
+            value,
+            step,
+            ..
         } => {
             let kept = match gantry_models::Checkpoint::load_generator(&paths.checkpoint()).ok() {
                 Some(ckpt) => format!(
@@ -217,6 +283,7 @@ fn with_kept_checkpoint(e: TrainError, paths: &RunPaths) -> TrainError {
                 None => "no checkpoint had been written yet".into(),
             };
             TrainError::NonFinite {
+                on,
                 what,
                 value,
                 step,

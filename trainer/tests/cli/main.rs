@@ -2,6 +2,8 @@
 //! writes, and evaluation.
 
 mod claims;
+#[cfg(feature = "mpi")]
+mod distributed;
 mod eval;
 mod hostile;
 mod watch;

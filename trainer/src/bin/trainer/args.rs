@@ -60,6 +60,10 @@ pub struct TrainArgs {
     /// Print a plain progress line every N steps when not on a terminal.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
+    /// Be one rank of a data-parallel job started by an MPI launcher (`mpirun -np N trainer
+    /// train ... --distributed`); needs a trainer built with `--features mpi`.
+    #[arg(long)]
+    pub distributed: bool,
 }
 
 /// What fixes a run: given when it starts, then stored in its checkpoint (not allowed with
@@ -138,6 +142,10 @@ pub struct ScheduleArgs {
     /// Write a checkpoint every N steps (0: only at the end and on Ctrl-C).
     #[arg(long, default_value_t = defaults().checkpoint_every)]
     pub checkpoint_every: u64,
+    /// Split each batch into K micro-batches whose gradients are averaged before one update
+    /// (per rank with --distributed; --batch-size stays the global batch).
+    #[arg(long, default_value_t = defaults().accumulate)]
+    pub accumulate: usize,
     /// TensorBoard event files in OUT/tb/: on or off.
     #[arg(long, default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub tensorboard: bool,
@@ -194,6 +202,7 @@ impl TrainArgs {
             "max_steps",
             "sample_every",
             "checkpoint_every",
+            "accumulate",
             "tensorboard",
             "eval_every",
             "eval_samples",
@@ -223,6 +232,7 @@ impl TrainArgs {
         config.conditional = run.conditional;
         config.sample_every = schedule.sample_every;
         config.checkpoint_every = schedule.checkpoint_every;
+        config.accumulate = schedule.accumulate;
         config.tensorboard = schedule.tensorboard;
         config.eval_every = schedule.eval_every;
         config.eval_samples = schedule.eval_samples;
@@ -250,6 +260,7 @@ impl TrainArgs {
             data_dir: s.data_dir.clone(),
             sample_every: given(train, "sample_every").then_some(s.sample_every),
             checkpoint_every: given(train, "checkpoint_every").then_some(s.checkpoint_every),
+            accumulate: given(train, "accumulate").then_some(s.accumulate),
             tensorboard: given(train, "tensorboard").then_some(s.tensorboard),
             eval_every: given(train, "eval_every").then_some(s.eval_every),
             eval_samples: given(train, "eval_samples").then_some(s.eval_samples),

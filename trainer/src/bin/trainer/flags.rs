@@ -27,6 +27,8 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Device => "--device",
         Setting::SampleCount => "--n",
         Setting::Steps => "--steps",
+        Setting::Accumulate => "--accumulate",
+        Setting::EvalSamples => "--eval-samples",
         _ => "an option",
     }
 }

@@ -11,12 +11,13 @@ use anyhow::{bail, Context};
 use args::{BenchArgs, ClassifierArgs, Cli, Command, EvalArgs, SampleArgs, TrainArgs};
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use gantry_trainer::bench::{bench_train, BenchSpec};
+use gantry_trainer::distributed::{Collective, Solo};
 use gantry_trainer::eval::EvalSource;
 use gantry_trainer::setup::{
-    data_spec, execute, prepare_fresh, prepare_resume, run_classifier, run_eval, select_device,
-    EvalRequest,
+    data_spec, execute, prepare_fresh_on, prepare_resume_on, run_classifier, run_eval,
+    select_device, EvalRequest,
 };
-use gantry_trainer::train::run::RunOutcome;
+use gantry_trainer::train::run::{RunOutcome, STEP_IN_PROGRESS};
 
 /// Keeps glibc's allocator from handing the multi-megabyte tensors of every training step back
 /// to the kernel and page-faulting them in again on the next step: with these settings the
@@ -70,8 +71,46 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The collective of a `--distributed` run (MPI), or a single process.
+fn connect(distributed: bool) -> anyhow::Result<Box<dyn Collective>> {
+    if !distributed {
+        return Ok(Box::new(Solo));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        share_cores_between_local_ranks();
+        Ok(Box::new(
+            gantry_trainer::distributed::mpi::MpiCollective::init()?,
+        ))
+    }
+    #[cfg(not(feature = "mpi"))]
+    bail!("--distributed needs a trainer built with MPI: `cargo build --release --features mpi` (with Debian's openmpi-bin, libopenmpi-dev and libclang-dev installed)")
+}
+
+/// Gives each rank of a machine its share of the cores for Gantry's kernels (rayon), unless
+/// RAYON_NUM_THREADS says otherwise: N ranks on a machine with C cores get C/N threads each.
+#[cfg(feature = "mpi")]
+fn share_cores_between_local_ranks() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let local = [
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "MPI_LOCALNRANKS",
+        "SLURM_NTASKS_PER_NODE",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+    .unwrap_or(1)
+    .max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::env::set_var("RAYON_NUM_THREADS", (cores / local).max(1).to_string());
+}
+
 fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
     let device = select_device(args.device)?;
+    let collective = connect(args.distributed)?;
+    let (rank, ranks) = (collective.rank(), collective.size());
     let mut prepared = match (&args.resume, &args.run.dataset, &args.run.out) {
         (Some(path), _, _) => {
             let fixed = TrainArgs::given_run_settings(matches);
@@ -81,48 +120,66 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                     TrainArgs::schedule_flags().join(", ")
                 );
             }
-            prepare_resume(path, &args.resume_changes(matches), args.kernels, &device)?
+            let changes = args.resume_changes(matches);
+            prepare_resume_on(path, &changes, args.kernels, &device, collective)?
         }
-        (None, Some(dataset), Some(out)) => prepare_fresh(
+        (None, Some(dataset), Some(out)) => prepare_fresh_on(
             args.train_config(*dataset),
             args.model_config(*dataset),
             out,
             args.kernels,
             &device,
+            collective,
         )?,
         _ => bail!("--dataset and --out are required unless --resume is given"),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || {
+        let step = STEP_IN_PROGRESS.load(Ordering::SeqCst);
+        let who = if ranks > 1 { format!("rank {rank}: ") } else { String::new() };
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond interrupt: exiting now (the last checkpoint is intact)");
+            eprintln!("\n{who}second interrupt during step {step}: exiting now (the last checkpoint is intact)");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)");
+        eprintln!("\n{who}interrupt during step {step}: finishing it and writing a checkpoint (interrupt again to quit at once; if another rank died, the launcher ends the job now and the last checkpoint is intact)");
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the interrupt handler")?;
     let t = &prepared.trainer;
     let out = prepared.paths.out.display().to_string();
-    match &prepared.resumed_from {
-        Some(dir) => eprintln!(
-            "resuming {} at step {} of {}",
-            dir.display(),
-            t.state.step,
-            t.total_steps()
-        ),
-        None => eprintln!(
-            "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
-            t.model.image_size,
-            t.model.image_size,
-            t.model.channels,
-            t.data.name,
-            t.data.len(),
-            t.batches_per_epoch(),
-            t.total_steps()
-        ),
+    if rank == 0 {
+        match &prepared.resumed_from {
+            Some(dir) => eprintln!(
+                "resuming {} at step {} of {}",
+                dir.display(),
+                t.state.step,
+                t.total_steps()
+            ),
+            None => eprintln!(
+                "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
+                t.model.image_size,
+                t.model.image_size,
+                t.model.channels,
+                t.data.name,
+                t.data.len(),
+                t.batches_per_epoch(),
+                t.total_steps()
+            ),
+        }
     }
-    match execute(&mut prepared, &stop, args.log_every)? {
+    let outcome = match execute(&mut prepared, &stop, args.log_every) {
+        Ok(outcome) => outcome,
+        Err(e) if ranks > 1 => {
+            // The other ranks may be waiting for this one: end the whole job.
+            eprintln!("error: rank {rank}: {}", flags::render(&e.into()));
+            prepared.trainer.collective().abort(1)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if rank != 0 {
+        return Ok(());
+    }
+    match outcome {
         RunOutcome::Finished { step, last_sample } => {
             eprintln!("finished at step {step}: {out}/final");
             if let Some(p) = last_sample {

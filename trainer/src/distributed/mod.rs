@@ -1,0 +1,287 @@
+//! Data-parallel training: the small collective interface the training loop runs on
+//! ([`Collective`]), its single-process implementation ([`Solo`]) and, with the `mpi` feature,
+//! the MPI one ([`mpi::MpiCollective`], OpenMPI through the `mpi` crate), plus what the loop
+//! needs on top of them: flat-buffer all-reduce and broadcast of variables, and the start-up
+//! checks that every rank runs the same configuration on the same data.
+//!
+//! The loop does not know which implementation it runs on: a step all-reduces the gradients of
+//! every rank's slice of the global batch, and all ranks apply the same Adam update.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{Result, TrainError};
+
+/// The collective operations of data-parallel training over `size` ranks. Every rank calls the
+/// same operations in the same order (MPI's rule); buffers have the same length on every rank.
+pub trait Collective {
+    /// This process's rank, `0..size`.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// Element-wise sum over the ranks, in place.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()>;
+    /// Rank `root`'s `buf` into every rank's.
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<()>;
+    /// Every rank's `local` (of the same length), concatenated in rank order.
+    fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<f32>>;
+    /// Every rank's `local` (of the same length), concatenated in rank order.
+    fn all_gather_u64(&self, local: &[u64]) -> Result<Vec<u64>>;
+    /// A name for messages: `single process`, `MPI (4 ranks)`.
+    fn describe(&self) -> String;
+    /// Ends every rank of the job at once with exit status `code` (after this rank failed
+    /// alone, so that the others do not wait for it forever).
+    fn abort(&self, code: i32) -> !;
+}
+
+/// One process: every collective is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _buf: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _buf: &mut [f32], _root: usize) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather_f32(&self, local: &[f32]) -> Result<Vec<f32>> {
+        Ok(local.to_vec())
+    }
+    fn all_gather_u64(&self, local: &[u64]) -> Result<Vec<u64>> {
+        Ok(local.to_vec())
+    }
+    fn describe(&self) -> String {
+        "single process".into()
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// The values of `tensors` in one flat host buffer, in order.
+pub fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
+    let mut out = Vec::with_capacity(tensors.iter().map(|t| t.elem_count()).sum());
+    for t in tensors {
+        out.extend(t.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Splits a flat buffer back into tensors shaped (and placed) like `like`.
+pub fn unflatten(flat: &[f32], like: &[Tensor]) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(like.len());
+    let mut offset = 0;
+    for t in like {
+        let n = t.elem_count();
+        let part = Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())?;
+        out.push(part.to_dtype(t.dtype())?);
+        offset += n;
+    }
+    Ok(out)
+}
+
+/// Gradients summed over the ranks, and whether this rank's own were all finite.
+pub struct ReducedGradients {
+    pub grads: Vec<Option<Tensor>>,
+    /// False when this rank contributed a NaN or infinity (then every rank's sums hold it).
+    pub local_finite: bool,
+}
+
+/// Sums `grads` over the ranks with one all-reduce of a flat buffer (missing gradients count
+/// as zeros); every rank gets the same sums. `like` gives the shapes of missing ones. A single
+/// process returns its gradients untouched (and does not scan them).
+pub fn all_reduce_gradients(
+    collective: &dyn Collective,
+    grads: Vec<Option<Tensor>>,
+    like: &[&Var],
+) -> Result<ReducedGradients> {
+    if collective.size() == 1 {
+        return Ok(ReducedGradients {
+            grads,
+            local_finite: true,
+        });
+    }
+    let dense = grads
+        .into_iter()
+        .zip(like)
+        .map(|(g, v)| match g {
+            Some(g) => Ok(g),
+            None => Ok(v.as_tensor().zeros_like()?),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut flat = flatten(&dense)?;
+    let local_finite = flat.iter().all(|x| x.is_finite());
+    collective.all_reduce_sum(&mut flat)?;
+    Ok(ReducedGradients {
+        grads: unflatten(&flat, &dense)?.into_iter().map(Some).collect(),
+        local_finite,
+    })
+}
+
+/// Sets every rank's `vars` to rank 0's, with one broadcast.
+pub fn broadcast_vars(collective: &dyn Collective, vars: &[Var]) -> Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut flat = flatten(&tensors)?;
+    collective.broadcast(&mut flat, 0)?;
+    for (var, value) in vars.iter().zip(unflatten(&flat, &tensors)?) {
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
+/// Sets every rank's `vars` to their mean over the ranks (for BatchNorm running statistics,
+/// which each rank measures on its own slice).
+pub fn average_vars(collective: &dyn Collective, vars: &[Var]) -> Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mut flat = flatten(&tensors)?;
+    collective.all_reduce_sum(&mut flat)?;
+    let scale = 1.0 / collective.size() as f32;
+    flat.iter_mut().for_each(|x| *x *= scale);
+    for (var, value) in vars.iter().zip(unflatten(&flat, &tensors)?) {
+        var.set(&value)?;
+    }
+    Ok(())
+}
+
+/// A CRC32C over the bytes of `vars`: equal on two ranks exactly when (barring a collision)
+/// their values are bitwise equal.
+pub fn checksum(vars: &[Var]) -> Result<u64> {
+    let mut crc = 0u32;
+    for v in vars {
+        let values = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        crc = crc32c::crc32c_append(crc, &bytes);
+    }
+    Ok(crc as u64)
+}
+
+/// The ranks whose value differs from rank 0's, in rank order.
+pub fn ranks_differing_from_rank0(values: &[u64]) -> Vec<usize> {
+    values
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, v)| **v != values[0])
+        .map(|(rank, _)| rank)
+        .collect()
+}
+
+/// Joins the start-up of all ranks: each passes how its own went; if any rank failed, every
+/// rank returns an error (a failed rank its own, prefixed with its rank; the others one naming
+/// the ranks that failed), so that no rank starts training alone.
+pub fn agree<T>(collective: &dyn Collective, mine: Result<T>) -> Result<T> {
+    if collective.size() == 1 {
+        return mine;
+    }
+    let failed = collective.all_gather_u64(&[u64::from(mine.is_err())])?;
+    let failed: Vec<usize> = failed
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| **f == 1)
+        .map(|(rank, _)| rank)
+        .collect();
+    match mine {
+        Err(e) => Err(TrainError::Distributed(format!(
+            "rank {} failed at start-up: {e}",
+            collective.rank()
+        ))),
+        Ok(_) if !failed.is_empty() => Err(TrainError::Distributed(format!(
+            "{} failed at start-up (its error is printed above); no rank trained",
+            rank_list(&failed)
+        ))),
+        Ok(value) => Ok(value),
+    }
+}
+
+/// `rank 1` or `ranks 1, 3`.
+pub fn rank_list(ranks: &[usize]) -> String {
+    let list = ranks
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ranks.len() == 1 {
+        format!("rank {list}")
+    } else {
+        format!("ranks {list}")
+    }
+}
+
+/// Checks that every rank has the same `(what, fingerprint)` pairs as rank 0; the error names
+/// the first thing that differs and the ranks where it does.
+pub fn check_same_everywhere(collective: &dyn Collective, items: &[(&str, u64)]) -> Result<()> {
+    if collective.size() == 1 {
+        return Ok(());
+    }
+    let mine: Vec<u64> = items.iter().map(|(_, f)| *f).collect();
+    let all = collective.all_gather_u64(&mine)?;
+    for (i, (what, _)) in items.iter().enumerate() {
+        let per_rank: Vec<u64> = all.chunks(items.len()).map(|c| c[i]).collect();
+        let differ = ranks_differing_from_rank0(&per_rank);
+        if !differ.is_empty() {
+            return Err(TrainError::Distributed(format!(
+                "{} {} from rank 0's: every rank must be started with the same settings and data",
+                rank_list(&differ),
+                if differ.len() == 1 {
+                    format!("has different {what}")
+                } else {
+                    format!("have different {what}")
+                }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A fingerprint of bytes (CRC32C and length).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    (crc32c::crc32c(bytes) as u64) << 32 ^ bytes.len() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn flat_buffers_round_trip_shapes() {
+        let dev = Device::Cpu;
+        let a = Tensor::arange(0f32, 6.0, &dev)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let b = Tensor::new(&[7f32], &dev).unwrap();
+        let flat = flatten(&[a.clone(), b.clone()]).unwrap();
+        assert_eq!(flat, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0]);
+        let back = unflatten(&flat, &[a.clone(), b]).unwrap();
+        assert_eq!(back[0].dims(), [2, 3]);
+        assert_eq!(
+            back[0].to_vec2::<f32>().unwrap(),
+            a.to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(back[1].to_vec1::<f32>().unwrap(), [7.0]);
+    }
+
+    #[test]
+    fn differing_ranks_are_named() {
+        assert_eq!(ranks_differing_from_rank0(&[5, 5, 6, 5, 7]), [2, 4]);
+        assert_eq!(rank_list(&[2]), "rank 2");
+        assert_eq!(rank_list(&[2, 4]), "ranks 2, 4");
+        assert_ne!(fingerprint(b"ab"), fingerprint(b"ba"));
+    }
+}

@@ -1,0 +1,373 @@
+//! Data-parallel training on MPI (`mpirun -np 2 trainer train ... --distributed`, OpenMPI from
+//! Debian): two ranks equal one process accumulating two micro-batches, resume works across
+//! world sizes, and a rank that dies, diverges, drifts or disagrees stops the whole job with an
+//! error naming it while the last checkpoint stays resumable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gantry_models::{Checkpoint, TensorMap};
+use gantry_testkit::{stderr, tiny_train_args, write_mnist_fixture};
+
+use super::{trainer, wait_until, TRAINER};
+
+/// `mpirun` with what CI needs (root allowed, more ranks than cores allowed), one kernel thread
+/// per rank, and `env`.
+fn mpirun_command(np: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .args(["--oversubscribe", "-np", &np.to_string(), TRAINER])
+        .args(args)
+        .arg("--distributed");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
+    mpirun_command(np, args, env)
+        .output()
+        .expect("mpirun (Debian openmpi-bin, installed by scripts/setup-tools.sh)")
+}
+
+/// `trainer` as one process with one kernel thread, like each rank: Gantry's kernels split
+/// their sums by thread, so the comparison is of the same arithmetic.
+fn trainer_1thread(args: &[&str]) -> Output {
+    Command::new(TRAINER)
+        .env("RAYON_NUM_THREADS", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn all_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Parameters of G and D and both optimisers' moments of a checkpoint (BatchNorm running
+/// statistics are buffers each rank measures on its own slice: not compared).
+fn trained_state(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let c = Checkpoint::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let flat = |prefix: &str, map: &TensorMap| -> Vec<(String, Vec<f32>)> {
+        let mut v: Vec<_> = map
+            .iter()
+            .filter(|(name, _)| !name.contains("running"))
+            .map(|(name, t)| {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (format!("{prefix}{name}"), values)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut all = flat("G.", &c.generator);
+    all.extend(flat("D.", c.discriminator.as_ref().unwrap()));
+    all.extend(flat("optG.", &c.optimizer_g.as_ref().unwrap().0));
+    all.extend(flat("optD.", &c.optimizer_d.as_ref().unwrap().0));
+    all
+}
+
+/// The largest relative difference between two states: per tensor, the largest absolute
+/// difference over the tensor's largest magnitude (rounding from a different summation order
+/// is relative to the size of what is summed, not to each element, so near-zero elements such
+/// as young Adam moments are judged by their tensor's scale); and the tensor where it is.
+fn max_relative_difference(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f32, String) {
+    assert_eq!(
+        a.iter().map(|x| &x.0).collect::<Vec<_>>(),
+        b.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    let mut worst = (0.0f32, String::new());
+    for ((name, x), (_, y)) in a.iter().zip(b) {
+        let scale = y.iter().fold(f32::MIN_POSITIVE, |m, v| m.max(v.abs()));
+        let diff = x
+            .iter()
+            .zip(y)
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        if diff / scale > worst.0 {
+            worst = (diff / scale, name.clone());
+        }
+    }
+    worst
+}
+
+/// Two ranks summing their slices' gradients compute in floating point what one process
+/// accumulating the same two micro-batches does (a + b is commutative; the micro-batches, their
+/// BatchNorm statistics and their weights are the same; measured: bitwise equal for fresh runs,
+/// and within 6e-8 after a resume, where the order of sums inside vectorised kernels can
+/// change). The tolerance absorbs that and the reduction order of more ranks (MPI may add in
+/// another order than the accumulation): 1e-5 relative, two orders of magnitude below what a
+/// different batch makes (checked below). Kernel threads also change the order of sums inside
+/// the convolutions, so every run here uses one thread, as each rank does.
+const TOLERANCE: f32 = 1e-5;
+
+fn fixture(tmp: &Path) -> PathBuf {
+    let data = tmp.join("mnist");
+    write_mnist_fixture(&data, 64);
+    data
+}
+
+fn no_outputs() -> [&'static str; 4] {
+    ["--sample-every", "0", "--checkpoint-every", "0"]
+}
+
+#[test]
+fn two_ranks_train_what_one_process_accumulating_two_trains_and_resume_across_world_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let run = |name: &str, extra: &[&str]| -> PathBuf {
+        let out = tmp.path().join(name);
+        let mut args = tiny_train_args(ds, out.to_str().unwrap(), &no_outputs()).to_vec();
+        // A flag given again replaces the tiny model's.
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| *a == pair[0]) {
+                Some(i) => args[i + 1] = pair[1],
+                None => args.extend_from_slice(pair),
+            }
+        }
+        let o = trainer_1thread(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        out
+    };
+    let reference = run("accumulate2", &["--max-steps", "20", "--accumulate", "2"]);
+    let reference = trained_state(&reference.join("final"));
+
+    // Two ranks (every step checks that both hold bitwise the same weights).
+    let two = tmp.path().join("two-ranks");
+    let mut args = tiny_train_args(ds, two.to_str().unwrap(), &no_outputs()).to_vec();
+    args.extend(["--max-steps", "20"]);
+    let o = mpirun(2, &args, &[]);
+    assert!(o.status.success(), "mpirun: {}", all_text(&o));
+    assert!(all_text(&o).contains("MPI (2 ranks)"), "{}", all_text(&o));
+    let diff = max_relative_difference(&trained_state(&two.join("final")), &reference);
+    assert!(diff.0 <= TOLERANCE, "2 ranks vs --accumulate 2: {diff:?}");
+
+    // The same seed at half the batch in one step is another run: the comparison can fail.
+    let half = run("half-batch", &["--max-steps", "20", "--batch-size", "4"]);
+    let diff = max_relative_difference(&trained_state(&half.join("final")), &reference);
+    assert!(
+        diff.0 > 1e-3,
+        "half the batch should train other weights: {diff:?}"
+    );
+
+    // A 2-rank checkpoint resumed by one process accumulating 2 ...
+    let a = tmp.path().join("ranks-then-one");
+    let mut args = tiny_train_args(ds, a.to_str().unwrap(), &no_outputs()).to_vec();
+    args.extend(["--max-steps", "10"]);
+    let o = mpirun(2, &args, &[]);
+    assert!(o.status.success(), "{}", all_text(&o));
+    let a_dir = a.to_str().unwrap();
+    let o = trainer(&[
+        "train",
+        "--resume",
+        a_dir,
+        "--max-steps",
+        "20",
+        "--accumulate",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let diff = max_relative_difference(&trained_state(&a.join("final")), &reference);
+    assert!(diff.0 <= TOLERANCE, "2 ranks then 1 process: {diff:?}");
+
+    // ... and an --accumulate 2 checkpoint resumed by two ranks.
+    let b = run(
+        "one-then-ranks",
+        &["--max-steps", "10", "--accumulate", "2"],
+    );
+    let b_dir = b.to_str().unwrap();
+    let resume = [
+        "train",
+        "--resume",
+        b_dir,
+        "--max-steps",
+        "20",
+        "--accumulate",
+        "1",
+    ];
+    let o = mpirun(2, &resume, &[]);
+    assert!(o.status.success(), "{}", all_text(&o));
+    let diff = max_relative_difference(&trained_state(&b.join("final")), &reference);
+    assert!(diff.0 <= TOLERANCE, "1 process then 2 ranks: {diff:?}");
+}
+
+/// The PID of the trainer process of `rank` writing into `out` (from /proc: its command line
+/// names `out`, its environment its MPI rank).
+fn pid_of_rank(out: &Path, rank: usize) -> Option<u32> {
+    let want_env = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let out = out.to_str().unwrap();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let e = e.ok()?;
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains(out) || !cmdline.contains("--distributed") {
+            return None;
+        }
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == want_env.as_bytes())
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn killing_one_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let out = tmp.path().join("run");
+    let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let endless = [
+        "--max-steps",
+        "1000000",
+        "--epochs",
+        "1000000",
+        "--checkpoint-every",
+        "5",
+    ];
+    let args = tiny_train_args(ds, os, &endless);
+    let mut job = mpirun_command(2, &args, &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("a checkpoint", Duration::from_secs(120), || {
+        gantry_models::resolve_checkpoint(&out)
+            .ok()
+            .and_then(|d| Checkpoint::load(&d).ok())
+            .is_some_and(|c| c.step() >= 5)
+    });
+    let victim = pid_of_rank(&out, 1).expect("rank 1's process");
+    let killed = Instant::now();
+    let status = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    assert!(status.unwrap().success());
+    let o = loop {
+        if job.try_wait().unwrap().is_some() {
+            break job.wait_with_output().unwrap();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the job is still running 30 s after rank 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!o.status.success(), "the job must fail: {}", all_text(&o));
+    let text = all_text(&o);
+    assert!(
+        text.contains("rank 1") || text.contains("process rank 1"),
+        "{text}"
+    );
+    let ckpt = Checkpoint::load(&gantry_models::resolve_checkpoint(&out).unwrap()).unwrap();
+    let end = (ckpt.step() + 3).to_string();
+    let o = trainer(&["train", "--resume", os, "--max-steps", &end]);
+    assert!(o.status.success(), "resume after the kill: {}", stderr(&o));
+}
+
+#[test]
+fn a_rank_that_diverges_drifts_disagrees_or_cannot_read_its_data_stops_the_job_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let out = |name: &str| tmp.path().join(name);
+
+    // Rank 1's losses become NaN at step 7: every rank stops, naming rank 1 and the step; the
+    // checkpoint of step 5 is kept.
+    let nan = out("nan");
+    let args = tiny_train_args(
+        ds,
+        nan.to_str().unwrap(),
+        &["--max-steps", "20", "--checkpoint-every", "5"],
+    );
+    let o = mpirun(2, &args, &[("GANTRY_FAULT", "nan@1:7")]);
+    let text = all_text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("at step 7 on rank 1") && text.contains("diverged"),
+        "{text}"
+    );
+    assert_eq!(Checkpoint::load(&nan.join("checkpoint")).unwrap().step(), 5);
+
+    // Rank 1's weights move after step 4: the replica check catches it at once.
+    let drift = out("drift");
+    let args = tiny_train_args(ds, drift.to_str().unwrap(), &["--max-steps", "20"]);
+    let o = mpirun(2, &args, &[("GANTRY_FAULT", "drift@1:4")]);
+    let text = all_text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("after step 4 the weights of rank 1 differ"),
+        "{text}"
+    );
+
+    // Different settings on the two ranks (MPMD launch): refused at start-up, nothing trained.
+    let mismatch = out("mismatch");
+    let os = mismatch.to_str().unwrap();
+    let mut args: Vec<String> = vec!["--oversubscribe".into(), "-np".into(), "1".into()];
+    for (i, seed) in ["0", "1"].iter().enumerate() {
+        if i > 0 {
+            args.extend([":".into(), "-np".into(), "1".into()]);
+        }
+        args.push(TRAINER.into());
+        args.extend(
+            tiny_train_args(ds, os, &["--max-steps", "5", "--seed", seed])
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        args.push("--distributed".into());
+    }
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = all_text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(text.contains("rank 1 has different settings"), "{text}");
+    assert!(
+        !mismatch.join("metrics.jsonl").exists()
+            || std::fs::read_to_string(mismatch.join("metrics.jsonl"))
+                .unwrap()
+                .is_empty()
+    );
+
+    // Rank 1 cannot read its data: it says which file, rank 0 says that rank 1 failed.
+    let missing = tmp.path().join("nowhere");
+    let mut args: Vec<String> = vec!["--oversubscribe".into(), "-np".into(), "1".into()];
+    let unreadable = out("unreadable");
+    let os = unreadable.to_str().unwrap();
+    for (i, dir) in [ds, missing.to_str().unwrap()].iter().enumerate() {
+        if i > 0 {
+            args.extend([":".into(), "-np".into(), "1".into()]);
+        }
+        args.push(TRAINER.into());
+        args.extend(
+            tiny_train_args(dir, os, &["--max-steps", "5"])
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        args.push("--distributed".into());
+    }
+    let o = Command::new("mpirun")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(&args)
+        .output()
+        .unwrap();
+    let text = all_text(&o);
+    assert!(!o.status.success(), "{text}");
+    assert!(
+        text.contains("rank 1 failed at start-up") && text.contains("nowhere"),
+        "{text}"
+    );
+}
