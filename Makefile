@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-tools
+.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-distributed bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -69,3 +69,7 @@ bench-generate: ort bench-tools
 # Serving speed on loopback: dynamic batching vs none, the server vs the library, tritonclient.
 bench-serve: ort
 	scripts/bench-serve.sh
+
+# Data-parallel training: N MPI ranks vs one process with 1 and N threads (docs/distributed.md).
+bench-distributed:
+	scripts/bench-distributed.sh

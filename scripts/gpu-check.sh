@@ -8,7 +8,8 @@
 #                                .gpu-ort/ ONNX Runtime's GPU build in two parts (<64 MiB each)
 #   scripts/gpu-check.sh ort1    there, first call, carrying .gpu-ort/part1: stages it in /tmp
 #   scripts/gpu-check.sh run     there, right after (the machine stays up ~30 s), carrying .gpu and
-#                                .gpu-ort/part2: cuDNN parity tests, a step profile, training
+#                                .gpu-ort/part2: cuDNN parity tests, data-parallel training on
+#                                NCCL (when the machine has libnccl), a step profile, training
 #                                speed vs PyTorch; then a generator trained 2 steps on the GPU,
 #                                exported fp32/fp16/uint8 and timed on ONNX Runtime's CUDA
 #                                provider vs PyTorch eager fp32/fp16. Everything also goes to $OUT.
@@ -43,6 +44,18 @@ build() {
         fi
         export CARGO_TARGET_DIR="$target"
         cargo build --release -p gantry-trainer --features cudnn >&2
+        cp "$target/release/trainer" "$target/release/trainer-cudnn"
+        # The data-parallel trainer links NCCL: from the nvidia-nccl-cu13 wheel (PyPI).
+        if [ ! -e "$CUDA_HOME/lib/libnccl.so" ]; then
+            python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+                --python-version 3.11 -d "$target/nccl-whl" nvidia-nccl-cu13==2.27.7 >&2
+            python3 -m zipfile -e "$target"/nccl-whl/nvidia_nccl_cu13-*.whl "$target/nccl-unpacked"
+            cp "$target"/nccl-unpacked/nvidia/nccl/lib/libnccl.so.2 "$CUDA_HOME/lib/"
+            ln -sf libnccl.so.2 "$CUDA_HOME/lib/libnccl.so"
+        fi
+        cargo build --release -p gantry-trainer --features cudnn,nccl >&2
+        cp "$target/release/trainer" "$target/release/trainer-nccl"
+        cp "$target/release/trainer-cudnn" "$target/release/trainer"
         # Build the tests with errors shown, then ask cargo (no rebuild) where the binary is.
         cargo test --release -p gantry-kernels --features cudnn --no-run >&2
         cargo test --release -p gantry-kernels --features cudnn --no-run --message-format=json 2>/dev/null |
@@ -57,9 +70,10 @@ for line in sys.stdin:
     [ -n "$tests" ] || { echo "error: no gantry-kernels test binary was built" >&2; exit 1; }
     rm -rf "$carry" && mkdir -p "$carry"
     cp "$target/release/trainer" "$carry/trainer"
+    cp "$target/release/trainer-nccl" "$carry/trainer-nccl"
     cp "$tests" "$carry/kernels-tests"
     cp target/release/exporter target/release/runtime "$carry/"
-    for f in trainer kernels-tests exporter runtime; do
+    for f in trainer trainer-nccl kernels-tests exporter runtime; do
         strip "$carry/$f"
         xz -T2 -6 "$carry/$f"
     done
@@ -118,6 +132,54 @@ for i in range(n):
 PY
 }
 
+# Data-parallel training on NCCL (docs/distributed.md): two ranks on two GPUs (one rank when
+# the machine has one GPU) against one GPU accumulating the same micro-batches. Needs
+# libnccl.so.2 on the machine (NCCL_LIB: its folder), which is too large to carry.
+nccl_check() {
+    local bin=$1 work=$2
+    echo "== data-parallel training on NCCL"
+    [ -n "${NCCL_LIB:-}" ] && export LD_LIBRARY_PATH="$NCCL_LIB:${LD_LIBRARY_PATH:-}"
+    if ! ldconfig -p | grep -q 'libnccl.so.2' && ! ls "${NCCL_LIB:-/nonexistent}"/libnccl.so.2 >/dev/null 2>&1; then
+        echo "skipped: no libnccl.so.2 on this machine (set NCCL_LIB to a folder holding it)"
+        return 0
+    fi
+    xz -dc "$carry/trainer-nccl.xz" > "$bin/trainer-nccl" && chmod +x "$bin/trainer-nccl"
+    local gpus ranks
+    gpus=$(nvidia-smi -L | wc -l)
+    ranks=1; [ "$gpus" -ge 2 ] && ranks=2
+    make_pngs "$work/dp-pngs" 64
+    rm -rf "$work/dp" "$work/dp-ref" "$work/nccl-id"
+    local common=(train --device cuda --dataset folder --data-dir "$work/dp-pngs" --image-size 32
+                  --batch-size 16 --max-steps 20 --sample-every 0 --checkpoint-every 0 --log-every 1000)
+    local pids=() r
+    for ((r = 0; r < ranks; r++)); do
+        RANK=$r WORLD_SIZE=$ranks LOCAL_RANK=$r GANTRY_NCCL_ID_FILE="$work/nccl-id" \
+            "$bin/trainer-nccl" "${common[@]}" --out "$work/dp" --distributed &
+        pids+=($!)
+    done
+    local failed=0
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
+    [ "$failed" = 0 ] || { echo "FAILED: a rank exited with an error"; return 0; }
+    "$bin/trainer" "${common[@]}" --out "$work/dp-ref" --accumulate "$ranks" 2>&1 | tail -1
+    python3 - "$work/dp/final" "$work/dp-ref/final" "$ranks" <<'PY'
+import json, struct, sys, array
+def load(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]; h = json.loads(b[8:8 + n]); d = b[8 + n:]
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__" or "running" in k: continue
+        s, e = v["data_offsets"]; a = array.array("f"); a.frombytes(d[s:e]); out[k] = a
+    return out
+worst = 0.0
+for f in ["generator", "discriminator", "optimizer_g", "optimizer_d"]:
+    a, b = load(f"{sys.argv[1]}/{f}.safetensors"), load(f"{sys.argv[2]}/{f}.safetensors")
+    for k in b:
+        scale = max(max(abs(x) for x in b[k]), 1e-30)
+        worst = max(worst, max(abs(x - y) for x, y in zip(a[k], b[k])) / scale)
+print(f"RESULT nccl {sys.argv[3]} rank(s) vs one GPU accumulating: max relative difference {worst:.3g}")
+PY
+}
+
 run() {
     [ -d "$carry" ] || { echo "error: .gpu/ is missing: run 'scripts/gpu-check.sh build' here and carry .gpu" >&2; exit 1; }
     local out="${OUT:-/tmp/gantry-gpu}" bin=/tmp/gantry-gpu-bin work=/tmp/gantry-gpu-work
@@ -134,6 +196,7 @@ run() {
         done
         echo "== cuDNN ops against candle's CPU ops"
         "$bin/kernels-tests" cudnn --test-threads 1 2>&1 | tee "$out/cudnn-tests.txt"
+        nccl_check "$bin" "$work" 2>&1 | tee "$out/nccl.txt"
     fi
     local steps="${STEPS:-20}"
     echo "== where a 64x64x3 batch-128 step spends its time"

@@ -74,7 +74,8 @@ fn launch(
     dev: &CudaDevice,
 ) -> candle_core::Result<CudaSlice<f32>> {
     let out_len: usize = g.output(prim).iter().product();
-    // Every element is written (beta = 0), so the buffer need not be zeroed.
+    // SAFETY: uninitialised device memory is never read: cuDNN writes every element of the
+    // output (beta = 0) before anything reads it.
     let mut out = unsafe { dev.alloc::<f32>(out_len)? };
     STATE.with(|state| -> candle_core::Result<()> {
         let mut state = state.borrow_mut();
@@ -131,6 +132,8 @@ fn launch(
                     unreachable!("cached under its primitive")
                 };
                 let ws = grown(workspace, len, dev)?;
+                // SAFETY: the descriptors were built from these buffers' shapes (checked by
+                // `Geometry`), the workspace holds the bytes cuDNN asked for this algorithm.
                 unsafe { op.launch(alg, Some(ws), one, a, b, &mut out) }
             }
             Primitive::BackwardData => {
@@ -149,6 +152,8 @@ fn launch(
                     unreachable!("cached under its primitive")
                 };
                 let ws = grown(workspace, len, dev)?;
+                // SAFETY: as for the forward launch: shapes from `Geometry`, workspace sized by
+                // cuDNN for this algorithm.
                 unsafe { op.launch(alg, Some(ws), one, &mut out, b, a) }
             }
             Primitive::BackwardFilter => {
@@ -167,6 +172,8 @@ fn launch(
                     unreachable!("cached under its primitive")
                 };
                 let ws = grown(workspace, len, dev)?;
+                // SAFETY: as for the forward launch: shapes from `Geometry`, workspace sized by
+                // cuDNN for this algorithm.
                 unsafe { op.launch(alg, Some(ws), one, a, &mut out, b) }
             }
         }
@@ -217,6 +224,8 @@ fn grown<'a>(
 ) -> candle_core::Result<&'a mut CudaSlice<u8>> {
     let len = len.max(1);
     if workspace.as_ref().map_or(0, |w| w.len()) < len {
+        // SAFETY: a workspace is scratch memory cuDNN writes before it reads; its contents are
+        // never read by Gantry.
         *workspace = Some(unsafe { dev.alloc::<u8>(len)? });
     }
     Ok(workspace.as_mut().expect("allocated above"))

@@ -30,6 +30,11 @@ pub struct StepMetrics {
     /// The generator's Adam learning rate at this step.
     #[serde(default)]
     pub lr_g: f64,
+    /// Milliseconds of the step spent in collective operations of data-parallel training
+    /// (all-reduce of the gradients, gathering the losses; waiting for the slowest rank
+    /// included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ms: Option<f64>,
     /// The evaluation made after this step (`--eval-every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalMetrics>,
@@ -152,6 +157,7 @@ mod tests {
             seconds: step as f64,
             lr_d: 2e-4,
             lr_g: 1e-4,
+            sync_ms: None,
             eval: None,
         }
     }

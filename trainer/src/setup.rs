@@ -47,12 +47,20 @@ impl DeviceKind {
     }
 }
 
-/// The candle device of `kind`.
+/// The candle device of `kind` (the first GPU for CUDA).
 pub fn select_device(kind: DeviceKind) -> Result<Device> {
+    select_device_ordinal(kind, 0)
+}
+
+/// The candle device of `kind`; for CUDA the GPU numbered `ordinal` (a rank's local rank).
+pub fn select_device_ordinal(kind: DeviceKind, ordinal: usize) -> Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
-        DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(0).map_err(|e| {
-            TrainError::invalid(Setting::Device, format!("cannot use CUDA device 0: {e}"))
+        DeviceKind::Cuda if cfg!(feature = "cuda") => Device::new_cuda(ordinal).map_err(|e| {
+            TrainError::invalid(
+                Setting::Device,
+                format!("cannot use CUDA device {ordinal}: {e}"),
+            )
         }),
         DeviceKind::Cuda => Err(TrainError::invalid(
             Setting::Device,

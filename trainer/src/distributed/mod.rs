@@ -1,6 +1,7 @@
 //! Data-parallel training: the small collective interface the training loop runs on
 //! ([`Collective`]), its single-process implementation ([`Solo`]) and, with the `mpi` feature,
-//! the MPI one ([`mpi::MpiCollective`], OpenMPI through the `mpi` crate), plus what the loop
+//! the MPI one ([`mpi::MpiCollective`], OpenMPI through the `mpi` crate) and, with the `nccl`
+//! feature, NCCL across GPUs (`nccl::NcclCollective`), plus what the loop
 //! needs on top of them: flat-buffer all-reduce and broadcast of variables, and the start-up
 //! checks that every rank runs the same configuration on the same data.
 //!
@@ -9,6 +10,8 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use candle_core::{Tensor, Var};
 
@@ -34,6 +37,54 @@ pub trait Collective {
     /// Ends every rank of the job at once with exit status `code` (after this rank failed
     /// alone, so that the others do not wait for it forever).
     fn abort(&self, code: i32) -> !;
+    /// [`Collective::all_reduce_sum`] of a flat f32 tensor, the sums on its device. The default
+    /// goes through host memory; NCCL reduces GPU buffers directly.
+    fn all_reduce_sum_tensor(&self, flat: &Tensor) -> Result<Tensor> {
+        let mut host = flat.to_vec1::<f32>()?;
+        self.all_reduce_sum(&mut host)?;
+        Ok(Tensor::from_vec(host, flat.elem_count(), flat.device())?)
+    }
+    /// [`Collective::broadcast`] of rank 0's flat f32 tensor, on its device.
+    fn broadcast_tensor(&self, flat: &Tensor) -> Result<Tensor> {
+        let mut host = flat.to_vec1::<f32>()?;
+        self.broadcast(&mut host, 0)?;
+        Ok(Tensor::from_vec(host, flat.elem_count(), flat.device())?)
+    }
+}
+
+/// This process's place in a job, as its launcher describes it in the environment: torchrun's
+/// `RANK`/`WORLD_SIZE`/`LOCAL_RANK`, OpenMPI's `OMPI_COMM_WORLD_*`, or Slurm's `SLURM_PROCID`/
+/// `SLURM_NTASKS`/`SLURM_LOCALID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RankEnv {
+    pub rank: usize,
+    pub size: usize,
+    /// The rank among those on this machine (which GPU it uses).
+    pub local_rank: usize,
+}
+
+impl RankEnv {
+    /// Reads the first launcher's variables that are set.
+    pub fn from_env() -> Option<Self> {
+        let get = |name: &str| std::env::var(name).ok()?.parse::<usize>().ok();
+        [
+            ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+            (
+                "OMPI_COMM_WORLD_RANK",
+                "OMPI_COMM_WORLD_SIZE",
+                "OMPI_COMM_WORLD_LOCAL_RANK",
+            ),
+            ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+        ]
+        .into_iter()
+        .find_map(|(rank, size, local)| {
+            Some(Self {
+                rank: get(rank)?,
+                size: get(size)?,
+                local_rank: get(local).unwrap_or(0),
+            })
+        })
+    }
 }
 
 /// One process: every collective is the identity.
@@ -67,22 +118,22 @@ impl Collective for Solo {
     }
 }
 
-/// The values of `tensors` in one flat host buffer, in order.
-pub fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(tensors.iter().map(|t| t.elem_count()).sum());
-    for t in tensors {
-        out.extend(t.flatten_all()?.to_vec1::<f32>()?);
-    }
-    Ok(out)
+/// The values of `tensors` in one flat f32 tensor on their device, in order.
+pub fn flatten(tensors: &[Tensor]) -> Result<Tensor> {
+    let flat: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| t.flatten_all()?.to_dtype(candle_core::DType::F32))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(Tensor::cat(&flat, 0)?)
 }
 
-/// Splits a flat buffer back into tensors shaped (and placed) like `like`.
-pub fn unflatten(flat: &[f32], like: &[Tensor]) -> Result<Vec<Tensor>> {
+/// Splits a flat tensor back into tensors shaped (and typed) like `like`.
+pub fn unflatten(flat: &Tensor, like: &[Tensor]) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(like.len());
     let mut offset = 0;
     for t in like {
         let n = t.elem_count();
-        let part = Tensor::from_slice(&flat[offset..offset + n], t.shape(), t.device())?;
+        let part = flat.narrow(0, offset, n)?.reshape(t.shape())?;
         out.push(part.to_dtype(t.dtype())?);
         offset += n;
     }
@@ -118,11 +169,12 @@ pub fn all_reduce_gradients(
             None => Ok(v.as_tensor().zeros_like()?),
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut flat = flatten(&dense)?;
-    let local_finite = flat.iter().all(|x| x.is_finite());
-    collective.all_reduce_sum(&mut flat)?;
+    let flat = flatten(&dense)?;
+    // NaN and infinities survive a sum: one scalar read tells whether any is here.
+    let local_finite = flat.sum_all()?.to_scalar::<f32>()?.is_finite();
+    let summed = collective.all_reduce_sum_tensor(&flat)?;
     Ok(ReducedGradients {
-        grads: unflatten(&flat, &dense)?.into_iter().map(Some).collect(),
+        grads: unflatten(&summed, &dense)?.into_iter().map(Some).collect(),
         local_finite,
     })
 }
@@ -133,8 +185,7 @@ pub fn broadcast_vars(collective: &dyn Collective, vars: &[Var]) -> Result<()> {
         return Ok(());
     }
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let mut flat = flatten(&tensors)?;
-    collective.broadcast(&mut flat, 0)?;
+    let flat = collective.broadcast_tensor(&flatten(&tensors)?)?;
     for (var, value) in vars.iter().zip(unflatten(&flat, &tensors)?) {
         var.set(&value)?;
     }
@@ -148,11 +199,9 @@ pub fn average_vars(collective: &dyn Collective, vars: &[Var]) -> Result<()> {
         return Ok(());
     }
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let mut flat = flatten(&tensors)?;
-    collective.all_reduce_sum(&mut flat)?;
-    let scale = 1.0 / collective.size() as f32;
-    flat.iter_mut().for_each(|x| *x *= scale);
-    for (var, value) in vars.iter().zip(unflatten(&flat, &tensors)?) {
+    let summed = collective.all_reduce_sum_tensor(&flatten(&tensors)?)?;
+    let mean = (summed / collective.size() as f64)?;
+    for (var, value) in vars.iter().zip(unflatten(&mean, &tensors)?) {
         var.set(&value)?;
     }
     Ok(())
@@ -267,7 +316,10 @@ mod tests {
             .unwrap();
         let b = Tensor::new(&[7f32], &dev).unwrap();
         let flat = flatten(&[a.clone(), b.clone()]).unwrap();
-        assert_eq!(flat, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0]);
+        assert_eq!(
+            flat.to_vec1::<f32>().unwrap(),
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 7.0]
+        );
         let back = unflatten(&flat, &[a.clone(), b]).unwrap();
         assert_eq!(back[0].dims(), [2, 3]);
         assert_eq!(

@@ -30,6 +30,14 @@ impl MpiCollective {
     }
 }
 
+impl MpiCollective {
+    /// Rank `root`'s bytes into every rank's `buf`.
+    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+}
+
 impl Collective for MpiCollective {
     fn rank(&self) -> usize {
         self.world.rank() as usize

@@ -94,6 +94,9 @@ pub struct StepLosses {
     pub d_real: f32,
     /// Mean D(G(z)) before the discriminator update.
     pub d_fake: f32,
+    /// Seconds spent in collective operations (all-reduce, gather), waiting for other ranks
+    /// included; 0 in a single process.
+    pub sync_seconds: f64,
 }
 
 /// The two networks of a GAN with their optimisers, and the generator's moving average.
@@ -270,9 +273,12 @@ impl Networks {
         }
         let params_d: Vec<&candle_core::Var> = self.opt_d.params().collect();
         let grads_d = grads_d.unwrap_or_else(|| vec![None; params_d.len()]);
+        let mut sync = std::time::Duration::ZERO;
+        let timed = Instant::now();
         let reduced_d = phase(&device, "3b D all-reduce", || {
             all_reduce_gradients(collective, grads_d, &params_d)
         })?;
+        sync += timed.elapsed();
         phase(&device, "4 D Adam", || {
             self.opt_d.step_with(&reduced_d.grads)
         })?;
@@ -297,9 +303,11 @@ impl Networks {
         }
         let params_g: Vec<&candle_core::Var> = self.opt_g.params().collect();
         let grads_g = grads_g.unwrap_or_else(|| vec![None; params_g.len()]);
+        let timed = Instant::now();
         let reduced_g = phase(&device, "6b G all-reduce", || {
             all_reduce_gradients(collective, grads_g, &params_g)
         })?;
+        sync += timed.elapsed();
         phase(&device, "7 G Adam + EMA", || {
             self.opt_g.step_with(&reduced_g.grads)?;
             self.update_ema(ema_decay, step)
@@ -332,7 +340,9 @@ impl Networks {
                 }
             }
         }
+        let timed = Instant::now();
         let every = collective.all_gather_f32(&local)?;
+        sync += timed.elapsed();
         let mut global = [0f32; 4];
         for rank in every.chunks(6) {
             for (sum, x) in global.iter_mut().zip(rank) {
@@ -378,6 +388,11 @@ impl Networks {
             loss_g: global[1],
             d_real: global[2],
             d_fake: global[3],
+            sync_seconds: if collective.size() > 1 {
+                sync.as_secs_f64()
+            } else {
+                0.0
+            },
         })
     }
 
@@ -683,6 +698,7 @@ impl Trainer {
             seconds: self.state.elapsed_seconds,
             lr_d: self.nets.opt_d.config.lr,
             lr_g: self.nets.opt_g.config.lr,
+            sync_ms: (self.collective.size() > 1).then_some(losses.sync_seconds * 1e3),
             eval: None,
         })
     }

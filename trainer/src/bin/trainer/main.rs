@@ -11,11 +11,11 @@ use anyhow::{bail, Context};
 use args::{BenchArgs, ClassifierArgs, Cli, Command, EvalArgs, SampleArgs, TrainArgs};
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use gantry_trainer::bench::{bench_train, BenchSpec};
-use gantry_trainer::distributed::{Collective, Solo};
+use gantry_trainer::distributed::{Collective, RankEnv, Solo};
 use gantry_trainer::eval::EvalSource;
 use gantry_trainer::setup::{
     data_spec, execute, prepare_fresh_on, prepare_resume_on, run_classifier, run_eval,
-    select_device, EvalRequest,
+    select_device, select_device_ordinal, DeviceKind, EvalRequest,
 };
 use gantry_trainer::train::run::{RunOutcome, STEP_IN_PROGRESS};
 
@@ -71,20 +71,44 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The collective of a `--distributed` run (MPI), or a single process.
-fn connect(distributed: bool) -> anyhow::Result<Box<dyn Collective>> {
+/// The collective and device of a run: a single process; or, with `--distributed`, NCCL
+/// across GPUs (`--device cuda` in a build with `nccl`) or MPI (a build with `mpi`; on GPUs it
+/// stages the buffers through host memory). A rank uses the GPU of its local rank.
+fn connect(
+    distributed: bool,
+    kind: DeviceKind,
+) -> anyhow::Result<(Box<dyn Collective>, candle_core::Device)> {
     if !distributed {
-        return Ok(Box::new(Solo));
+        return Ok((Box::new(Solo), select_device(kind)?));
+    }
+    let local_rank = RankEnv::from_env().map_or(0, |r| r.local_rank);
+    let device = select_device_ordinal(kind, local_rank)?;
+    #[cfg(feature = "nccl")]
+    if kind == DeviceKind::Cuda {
+        let ranks = RankEnv::from_env().context(
+            "--distributed: no rank in the environment (start the ranks with mpirun, srun, or RANK, WORLD_SIZE and LOCAL_RANK set)",
+        )?;
+        let id_file = std::env::var_os("GANTRY_NCCL_ID_FILE").context(
+            "--distributed on GPUs: set GANTRY_NCCL_ID_FILE to a path unique to the job that every rank can see (rank 0 writes NCCL's id there)",
+        )?;
+        let nccl = gantry_trainer::distributed::nccl::NcclCollective::init(
+            ranks,
+            &device,
+            id_file.into(),
+        )?;
+        return Ok((Box::new(nccl), device));
     }
     #[cfg(feature = "mpi")]
     {
         share_cores_between_local_ranks();
-        Ok(Box::new(
-            gantry_trainer::distributed::mpi::MpiCollective::init()?,
-        ))
+        let mpi = gantry_trainer::distributed::mpi::MpiCollective::init()?;
+        Ok((Box::new(mpi), device))
     }
     #[cfg(not(feature = "mpi"))]
-    bail!("--distributed needs a trainer built with MPI: `cargo build --release --features mpi` (with Debian's openmpi-bin, libopenmpi-dev and libclang-dev installed)")
+    {
+        let _ = device;
+        bail!("--distributed needs a trainer built with MPI: `cargo build --release --features mpi` (with Debian's openmpi-bin, libopenmpi-dev and libclang-dev installed), or with `--features nccl` for GPUs")
+    }
 }
 
 /// Gives each rank of a machine its share of the cores for Gantry's kernels (rayon), unless
@@ -108,8 +132,7 @@ fn share_cores_between_local_ranks() {
 }
 
 fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
-    let device = select_device(args.device)?;
-    let collective = connect(args.distributed)?;
+    let (collective, device) = connect(args.distributed, args.device)?;
     let (rank, ranks) = (collective.rank(), collective.size());
     let mut prepared = match (&args.resume, &args.run.dataset, &args.run.out) {
         (Some(path), _, _) => {
