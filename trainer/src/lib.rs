@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod animate;
+pub mod augment;
 pub mod bench;
 pub mod data;
 pub mod distributed;

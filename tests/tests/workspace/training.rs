@@ -45,7 +45,8 @@ pub fn values(map: &gantry_models::TensorMap) -> Vec<(String, Vec<f32>)> {
 /// Training 3 steps, checkpointing (to disk and back), and training 4 more gives bit-for-bit
 /// the weights, BatchNorm statistics and optimiser moments of 7 uninterrupted steps. The run
 /// crosses an epoch boundary (20 images, batch 8: 3 batches per epoch) so the data order is
-/// exercised too.
+/// exercised too. Also with every option that draws random numbers or splits the step on: the
+/// DiffAugment policies and gradient accumulation.
 #[test]
 fn resume_equals_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,6 +54,21 @@ fn resume_equals_uninterrupted() {
     let data = dataset(&dir.path().join("data"), &model);
     let mut cfg = config(&dir.path().join("data"));
     cfg.ema = Some(0.9);
+    let mut with_options = cfg.clone();
+    with_options.augment = "translation,cutout,color".parse().unwrap();
+    with_options.accumulate = 2;
+    for cfg in [cfg, with_options] {
+        assert_resume_is_exact(cfg, &model, &data, dir.path());
+    }
+}
+
+fn assert_resume_is_exact(
+    cfg: TrainConfig,
+    model: &ModelConfig,
+    data: &Dataset,
+    dir: &std::path::Path,
+) {
+    let (model, data) = (model.clone(), data.clone());
     let mut straight =
         Trainer::new(cfg.clone(), model.clone(), data.clone(), &Device::Cpu).unwrap();
     for _ in 0..7 {
@@ -62,7 +78,7 @@ fn resume_equals_uninterrupted() {
     for _ in 0..3 {
         first.step().unwrap();
     }
-    let ckpt_dir = dir.path().join("ckpt");
+    let ckpt_dir = dir.join("ckpt");
     first.checkpoint().unwrap().save(&ckpt_dir).unwrap();
     drop(first);
     let loaded = Checkpoint::load(&ckpt_dir).unwrap();
@@ -304,5 +320,27 @@ fn fast_kernels_train_like_candle_ops() {
                 .fold(0f32, f32::max);
             assert!(diff < 1e-6, "{name}: weights differ by {diff}");
         }
+    }
+}
+
+/// `--augment` reaches the step: the same seed trains other weights with DiffAugment on, and
+/// each policy on its own changes them too.
+#[test]
+fn each_augmentation_changes_what_is_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_config(16, 1, None);
+    let data = dataset(&dir.path().join("data"), &model);
+    let trained = |augment: &str| {
+        let mut cfg = config(&dir.path().join("data"));
+        cfg.augment = augment.parse().unwrap();
+        let mut t = Trainer::new(cfg, model.clone(), data.clone(), &Device::Cpu).unwrap();
+        for _ in 0..2 {
+            t.step().unwrap();
+        }
+        values(t.checkpoint().unwrap().discriminator.as_ref().unwrap())
+    };
+    let plain = trained("off");
+    for policy in ["translation", "cutout", "color", "translation,cutout,color"] {
+        assert_ne!(trained(policy), plain, "--augment {policy} trained the same weights");
     }
 }

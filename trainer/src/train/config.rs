@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use gantry_models::AdamConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::Augment;
 use crate::data::{DataSpec, DatasetKind, Fit};
 use crate::error::{Result, Setting, TrainError};
 use crate::loss::LossKind;
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     /// Train a class-conditional pair on the data set's labels.
     #[serde(default)]
     pub conditional: bool,
+    /// DiffAugment applied to real and generated images before D.
+    #[serde(default)]
+    pub augment: Augment,
     /// Write a sample grid every this many steps (0: only at the end).
     pub sample_every: u64,
     /// Write a checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -86,6 +90,7 @@ impl TrainConfig {
             loss: LossKind::default(),
             ema: None,
             conditional: false,
+            augment: Augment::OFF,
             sample_every: 500,
             checkpoint_every: 500,
             tensorboard: true,

@@ -19,6 +19,7 @@ use gantry_models::{
 
 pub use config::TrainConfig;
 
+use crate::augment::Augment;
 use crate::data::{Dataset, EpochOrder};
 use crate::distributed::{self, all_reduce_gradients, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
@@ -83,6 +84,9 @@ pub struct Shard {
     pub labels: Option<Tensor>,
     pub z: Tensor,
     pub weight: f64,
+    /// The part of the global batch it is (`rank * accumulate + micro-batch`), which names its
+    /// random draws: the same part draws the same on any number of ranks.
+    pub index: usize,
 }
 
 /// The four scalars of a step, read from the device in one transfer at its end.
@@ -213,8 +217,9 @@ impl Networks {
             labels: labels.cloned(),
             z: z.clone(),
             weight: 1.0,
+            index: 0,
         };
-        self.train_step_sharded(&[shard], loss, ema_decay, step, &Solo)
+        self.train_step_sharded(&[shard], loss, ema_decay, None, step, &Solo)
     }
 
     /// [`Networks::train_step`] on a batch split into shards: this process's micro-batches
@@ -224,14 +229,26 @@ impl Networks {
     /// all-reduce per network, and every rank applies the same update. BatchNorm normalises
     /// each shard with its own statistics (as DistributedDataParallel does per process). The
     /// scalars are the global batch's; a non-finite one names the rank it came from.
+    /// `augment` (a policy and the run's seed) applies DiffAugment to every image D sees, with
+    /// draws named by step, part and purpose.
     pub fn train_step_sharded(
         &mut self,
         shards: &[Shard],
         loss: LossKind,
         ema_decay: Option<f64>,
+        augment: Option<(Augment, u64)>,
         step: u64,
         collective: &dyn Collective,
     ) -> Result<StepLosses> {
+        let augmented = |x: &Tensor, shard: &Shard, purpose: &str| -> Result<Tensor> {
+            match augment {
+                Some((policy, seed)) if !policy.is_off() => {
+                    let stream = format!("augment/step-{step}/part-{}/{purpose}", shard.index);
+                    policy.apply(x, &mut gantry_models::init::rng_for(seed, &stream))
+                }
+                _ => Ok(x.clone()),
+            }
+        };
         let device = match shards.first() {
             Some(s) => s.real.device().clone(),
             None => Device::Cpu,
@@ -252,8 +269,10 @@ impl Networks {
                 self.generator.forward(&shard.z, labels, true)
             })?;
             let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
-                let d_real = self.discriminator.forward(&shard.real, labels, true)?;
-                let d_fake = self.discriminator.forward(&fake.detach(), labels, true)?;
+                let real = augmented(&shard.real, shard, "real")?;
+                let d_real = self.discriminator.forward(&real, labels, true)?;
+                let fake = augmented(&fake.detach(), shard, "fake")?;
+                let d_fake = self.discriminator.forward(&fake, labels, true)?;
                 let loss_d = loss.discriminator(&d_real, &d_fake)?;
                 Ok::<_, TrainError>((d_real, d_fake, loss_d))
             })?;
@@ -288,9 +307,10 @@ impl Networks {
         let mut losses_g = Vec::with_capacity(shards.len());
         for (shard, fake) in shards.iter().zip(&fakes) {
             let loss_g = phase(&device, "5 D forward (G update)", || {
+                let fake = augmented(fake, shard, "fake-for-g")?;
                 let d_fake_for_g =
                     self.discriminator
-                        .forward_frozen(fake, shard.labels.as_ref(), true)?;
+                        .forward_frozen(&fake, shard.labels.as_ref(), true)?;
                 loss.generator(&d_fake_for_g)
             })?;
             let grads = phase(&device, "6 G backward (through D)", || {
@@ -676,6 +696,7 @@ impl Trainer {
             &shards,
             self.config.loss,
             self.config.ema,
+            Some((self.config.augment, self.config.seed)),
             step,
             self.collective.as_ref(),
         )?;
@@ -739,6 +760,7 @@ impl Trainer {
                     z.narrow(0, lo + start, len)?
                 },
                 weight: len as f64 / n as f64,
+                index: part,
             });
         }
         Ok(shards)

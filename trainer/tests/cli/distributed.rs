@@ -114,8 +114,17 @@ fn fixture(tmp: &Path) -> PathBuf {
     data
 }
 
-fn no_outputs() -> [&'static str; 4] {
-    ["--sample-every", "0", "--checkpoint-every", "0"]
+/// No periodic outputs; DiffAugment on, so that the comparisons also check that every part of
+/// the batch draws the same augmentations on any number of ranks.
+fn no_outputs() -> [&'static str; 6] {
+    [
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--augment",
+        "translation,cutout,color",
+    ]
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 use gantry_models::{Kernels, ModelConfig};
+use gantry_trainer::augment::Augment;
 use gantry_trainer::data::{DatasetKind, Fit};
 use gantry_trainer::loss::LossKind;
 use gantry_trainer::setup::{DeviceKind, ResumeChanges};
@@ -119,6 +120,10 @@ pub struct RunArgs {
     /// Train a class-conditional pair on the data set's labels.
     #[arg(long)]
     pub conditional: bool,
+    /// DiffAugment before D, on real and generated images: a comma list of translation, cutout,
+    /// color (Zhao et al. 2020; for small data sets), or off.
+    #[arg(long, default_value_t = defaults().augment)]
+    pub augment: Augment,
 }
 
 /// The group id of [`RunArgs`].
@@ -230,6 +235,7 @@ impl TrainArgs {
         config.loss = run.loss;
         config.ema = run.ema;
         config.conditional = run.conditional;
+        config.augment = run.augment;
         config.sample_every = schedule.sample_every;
         config.checkpoint_every = schedule.checkpoint_every;
         config.accumulate = schedule.accumulate;
