@@ -37,6 +37,11 @@ pub struct ModelConfig {
     /// one-hot vector instead (conditional models only).
     #[serde(default = "default_label_embed_dim")]
     pub label_embed_dim: usize,
+    /// Spectral normalisation of every discriminator convolution (Miyato et al. 2018): the
+    /// weight divided by its largest singular value, estimated by one power iteration per step
+    /// with its vector kept as a buffer. D only, so exported generators are unchanged.
+    #[serde(default)]
+    pub spectral_norm: bool,
 }
 
 fn default_label_embed_dim() -> usize {
@@ -53,6 +58,7 @@ impl Default for ModelConfig {
             d_width: 64,
             num_classes: None,
             label_embed_dim: DEFAULT_LABEL_EMBED_DIM,
+            spectral_norm: false,
         }
     }
 }

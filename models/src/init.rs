@@ -47,6 +47,8 @@ pub fn init_tensors(spec: &NetworkSpec, prefix: &str, seed: u64) -> Result<Tenso
                     .collect()
             }
             (TensorRole::Buffer, "running_var") => vec![1.0; n],
+            // Spectral normalisation's vector: a random direction (power iteration normalises).
+            (TensorRole::Buffer, "weight_u") => normal_vec(&mut rng, n, 0.0, 1.0),
             (TensorRole::Buffer, _) => vec![0.0; n],
             (_, "bias") => vec![0.0; n],
             (_, "weight") if t.name.contains(".bn.") => normal_vec(&mut rng, n, 1.0, 0.02),

@@ -77,15 +77,79 @@ impl BatchNorm2d {
     }
 }
 
+/// Spectral normalisation of a block's weight `W` (`[out, in, k, k]`, seen as an `out x
+/// in*k*k` matrix): the convolution uses `W / sigma` with `sigma = u^T W v`, the largest
+/// singular value as estimated by power iteration (as PyTorch's `spectral_norm`); `u` is a
+/// buffer (in checkpoints), `v` is recomputed from it.
+#[derive(Debug)]
+pub struct SpectralNorm {
+    /// The left singular vector estimate (`[out]`).
+    pub u: Var,
+    /// The right one from the last power iteration (`[in*k*k]`).
+    v: std::sync::Mutex<Option<Tensor>>,
+}
+
+/// `x / max(|x|, 1e-12)`.
+fn normalized(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_all()?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+impl SpectralNorm {
+    /// `v = normalize(W^T u)`, then `u = normalize(W v)`, for the matrix `w` (`[out, cols]`).
+    fn iterate(&self, w: &Tensor) -> Result<()> {
+        let u = self.u.as_tensor().unsqueeze(1)?;
+        let v = normalized(&w.t()?.matmul(&u)?)?;
+        let u = normalized(&w.matmul(&v)?)?;
+        self.u.set(&u.squeeze(1)?)?;
+        *self.v.lock().expect("not poisoned") = Some(v);
+        Ok(())
+    }
+
+    /// `sigma = u^T W v` for the matrix `w`, differentiable in `w` (`u`, `v` are constants).
+    fn sigma(&self, w: &Tensor) -> Result<Tensor> {
+        let u = self.u.as_tensor().detach().unsqueeze(0)?;
+        let v = match self.v.lock().expect("not poisoned").clone() {
+            Some(v) => v,
+            None => normalized(&w.detach().t()?.matmul(&u.t()?)?)?,
+        };
+        Ok(u.matmul(&w.matmul(&v)?)?.reshape(())?)
+    }
+}
+
 /// One convolution layer with its weight, optional BatchNorm and activation.
 #[derive(Debug)]
 pub struct ConvBlock {
     pub layer: ConvLayer,
     pub weight: Var,
     pub bn: Option<BatchNorm2d>,
+    /// Present when the layer is spectrally normalised.
+    pub spectral_norm: Option<SpectralNorm>,
 }
 
 impl ConvBlock {
+    /// The weight as the convolution uses it: `W`, or `W / sigma(W)` with spectral
+    /// normalisation; a constant to autograd when `frozen`.
+    pub fn conv_weight(&self, frozen: bool) -> Result<Tensor> {
+        let w = param(&self.weight, frozen);
+        let Some(sn) = &self.spectral_norm else {
+            return Ok(w);
+        };
+        let sigma = sn.sigma(&w.reshape((w.dim(0)?, ()))?)?;
+        Ok(w.broadcast_div(&sigma)?)
+    }
+
+    /// One power iteration of the spectral normalisation (nothing without it).
+    pub fn power_iteration(&self) -> Result<()> {
+        match &self.spectral_norm {
+            Some(sn) => {
+                let w = self.weight.as_tensor().detach();
+                sn.iterate(&w.reshape((w.dim(0)?, ()))?)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Convolution, BatchNorm (if any), activation, with candle's ops on an NCHW `x` (the
     /// convolution through cuDNN with [`Backend::Cudnn`]). `frozen` uses the parameters as
     /// constants: gradients reach the input but not this block's parameters.
@@ -96,7 +160,7 @@ impl ConvBlock {
         frozen: bool,
         backend: Backend,
     ) -> Result<Tensor> {
-        let w = param(&self.weight, frozen);
+        let w = self.conv_weight(frozen)?;
         let y = match backend {
             Backend::Cudnn => gantry_kernels::primitive_conv_nchw(x, &w, self.layer.conv_params())?,
             Backend::Candle | Backend::CpuGemm => candle_ops::conv(x, &w, &self.layer)?,
@@ -121,7 +185,7 @@ impl ConvBlock {
 
     /// The same block with Gantry's CPU kernels on a channel-major `x` (`[C, B, H, W]`).
     pub fn forward_channel_major(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
-        let w = param(&self.weight, frozen);
+        let w = self.conv_weight(frozen)?;
         let conv = self.layer.conv_params();
         let act = fused_activation(self.layer.activation);
         if let (Some(bn), true, Some(act)) = (&self.bn, train, act) {
@@ -208,10 +272,19 @@ impl Network {
                 } else {
                     None
                 };
+                let spectral_norm = if layer.spectral_norm {
+                    Some(SpectralNorm {
+                        u: var(&layer.sn_u_name())?,
+                        v: std::sync::Mutex::new(None),
+                    })
+                } else {
+                    None
+                };
                 Ok(ConvBlock {
                     layer: layer.clone(),
                     weight: var(&layer.weight_name())?,
                     bn,
+                    spectral_norm,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -259,6 +332,11 @@ impl Network {
         }
     }
 
+    /// One power iteration of every spectrally normalised block (once per training step).
+    pub fn power_iteration(&self) -> Result<()> {
+        self.blocks.iter().try_for_each(ConvBlock::power_iteration)
+    }
+
     /// Sets the running-statistics momentum of every BatchNorm (1/(i+1) for batch i gives the
     /// exact average over batches; [`BN_MOMENTUM`] is the training default).
     pub fn set_bn_momentum(&self, momentum: f64) {
@@ -282,6 +360,9 @@ impl Network {
         }
         for b in &self.blocks {
             by_name.insert(b.layer.weight_name(), b.weight.clone());
+            if let Some(sn) = &b.spectral_norm {
+                by_name.insert(b.layer.sn_u_name(), sn.u.clone());
+            }
             if let Some(bn) = &b.bn {
                 by_name.insert(b.layer.bn_name("weight"), bn.gamma.clone());
                 by_name.insert(b.layer.bn_name("bias"), bn.beta.clone());

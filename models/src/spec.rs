@@ -48,12 +48,19 @@ pub struct ConvLayer {
     pub out_size: usize,
     pub batch_norm: bool,
     pub activation: Activation,
+    /// Whether the weight is spectrally normalised (its power-iteration vector a buffer).
+    pub spectral_norm: bool,
 }
 
 impl ConvLayer {
     /// Checkpoint name of the convolution weight.
     pub fn weight_name(&self) -> String {
         format!("layers.{}.weight", self.index)
+    }
+
+    /// Checkpoint name of the spectral normalisation's left singular vector estimate.
+    pub fn sn_u_name(&self) -> String {
+        format!("layers.{}.weight_u", self.index)
     }
 
     /// Checkpoint name of a BatchNorm tensor: `weight`, `bias`, `running_mean` or `running_var`.
@@ -196,6 +203,13 @@ impl NetworkSpec {
         }
         for layer in &self.layers {
             out.push(param(layer.weight_name(), layer.weight_shape()));
+            if layer.spectral_norm {
+                out.push(TensorSpec {
+                    name: layer.sn_u_name(),
+                    shape: vec![layer.weight_shape()[0]],
+                    role: TensorRole::Buffer,
+                });
+            }
             if layer.batch_norm {
                 let c = vec![layer.out_channels];
                 out.push(param(layer.bn_name("weight"), c.clone()));
@@ -239,6 +253,7 @@ pub fn generator_spec(cfg: &ModelConfig) -> NetworkSpec {
         out_size: 4,
         batch_norm: true,
         activation: Activation::Relu,
+        spectral_norm: false,
     });
     let mut size = 4;
     for stage in 1..=stages {
@@ -260,6 +275,7 @@ pub fn generator_spec(cfg: &ModelConfig) -> NetworkSpec {
             } else {
                 Activation::Relu
             },
+            spectral_norm: false,
         });
         channels = out_channels;
         size *= 2;
@@ -297,6 +313,7 @@ pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
             out_size: size / 2,
             batch_norm: stage > 0,
             activation: Activation::LeakyRelu(LEAKY_RELU_SLOPE),
+            spectral_norm: cfg.spectral_norm,
         });
         channels = out_channels;
         size /= 2;
@@ -313,6 +330,7 @@ pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
         out_size: 1,
         batch_norm: false,
         activation: Activation::Identity,
+        spectral_norm: cfg.spectral_norm,
     });
     NetworkSpec {
         layers,

@@ -229,6 +229,7 @@ pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize
         d_width: 8,
         num_classes,
         label_embed_dim: 4,
+        spectral_norm: false,
     }
 }
 

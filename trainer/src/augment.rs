@@ -144,9 +144,11 @@ impl FromStr for Augment {
                 "translation" => a.translation = true,
                 "cutout" => a.cutout = true,
                 "color" | "colour" => a.color = true,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "unknown augmentation `{other}` (expected translation, cutout, color or off)"
-                )),
+                ))
+                }
             }
         }
         Ok(a)

@@ -45,8 +45,9 @@ pub fn values(map: &gantry_models::TensorMap) -> Vec<(String, Vec<f32>)> {
 /// Training 3 steps, checkpointing (to disk and back), and training 4 more gives bit-for-bit
 /// the weights, BatchNorm statistics and optimiser moments of 7 uninterrupted steps. The run
 /// crosses an epoch boundary (20 images, batch 8: 3 batches per epoch) so the data order is
-/// exercised too. Also with every option that draws random numbers or splits the step on: the
-/// DiffAugment policies and gradient accumulation.
+/// exercised too. Also with every option that draws random numbers, keeps state or splits the
+/// step on: the DiffAugment policies, spectral normalisation (its vectors are checkpointed) and
+/// gradient accumulation.
 #[test]
 fn resume_equals_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,8 +58,12 @@ fn resume_equals_uninterrupted() {
     let mut with_options = cfg.clone();
     with_options.augment = "translation,cutout,color".parse().unwrap();
     with_options.accumulate = 2;
-    for cfg in [cfg, with_options] {
-        assert_resume_is_exact(cfg, &model, &data, dir.path());
+    let spectral = ModelConfig {
+        spectral_norm: true,
+        ..model.clone()
+    };
+    for (cfg, model) in [(cfg, &model), (with_options, &spectral)] {
+        assert_resume_is_exact(cfg, model, &data, dir.path());
     }
 }
 
@@ -323,17 +328,25 @@ fn fast_kernels_train_like_candle_ops() {
     }
 }
 
-/// `--augment` reaches the step: the same seed trains other weights with DiffAugment on, and
-/// each policy on its own changes them too.
+/// `--augment` and `--spectral-norm` reach the step: the same seed trains other weights with
+/// DiffAugment on (each policy on its own too) and with D spectrally normalised.
 #[test]
-fn each_augmentation_changes_what_is_trained() {
+fn each_augmentation_and_spectral_norm_change_what_is_trained() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_config(16, 1, None);
     let data = dataset(&dir.path().join("data"), &model);
     let trained = |augment: &str| {
+        let (augment, spectral_norm) = match augment {
+            "spectral-norm" => ("off", true),
+            other => (other, false),
+        };
         let mut cfg = config(&dir.path().join("data"));
         cfg.augment = augment.parse().unwrap();
-        let mut t = Trainer::new(cfg, model.clone(), data.clone(), &Device::Cpu).unwrap();
+        let model = ModelConfig {
+            spectral_norm,
+            ..model.clone()
+        };
+        let mut t = Trainer::new(cfg, model, data.clone(), &Device::Cpu).unwrap();
         for _ in 0..2 {
             t.step().unwrap();
         }
@@ -341,6 +354,10 @@ fn each_augmentation_changes_what_is_trained() {
     };
     let plain = trained("off");
     for policy in ["translation", "cutout", "color", "translation,cutout,color"] {
-        assert_ne!(trained(policy), plain, "--augment {policy} trained the same weights");
+        assert_ne!(
+            trained(policy),
+            plain,
+            "--augment {policy} trained the same weights"
+        );
     }
 }

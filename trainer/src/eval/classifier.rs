@@ -63,6 +63,7 @@ fn conv_spec(image_size: usize, channels: usize) -> NetworkSpec {
             out_size: size / 2,
             batch_norm: false,
             activation: Activation::LeakyRelu(LEAKY_RELU_SLOPE),
+            spectral_norm: false,
         });
         c = out;
         size /= 2;

@@ -260,6 +260,9 @@ impl Networks {
                 (loss * weight)?
             })
         };
+        phase(&device, "0 D power iteration", || {
+            self.discriminator.power_iteration()
+        })?;
         let mut fakes = Vec::with_capacity(shards.len());
         let mut scalars = Vec::with_capacity(shards.len());
         let mut grads_d: Option<Vec<Option<Tensor>>> = None;

@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// Train a class-conditional pair on the data set's labels.
     #[arg(long)]
     pub conditional: bool,
+    /// Spectral normalisation of D's weights (one power iteration per step; D only, the
+    /// exported generator does not change).
+    #[arg(long)]
+    pub spectral_norm: bool,
     /// DiffAugment before D, on real and generated images: a comma list of translation, cutout,
     /// color (Zhao et al. 2020; for small data sets), or off.
     #[arg(long, default_value_t = defaults().augment)]
@@ -253,6 +257,7 @@ impl TrainArgs {
             channels: self.run.channels.unwrap_or(dataset.default_channels()),
             g_width: self.run.g_width,
             d_width: self.run.d_width,
+            spectral_norm: self.run.spectral_norm,
             ..ModelConfig::default()
         }
     }
