@@ -33,6 +33,8 @@ pub enum Setting {
     Steps,
     Accumulate,
     EvalSamples,
+    R1,
+    R1Every,
 }
 
 impl std::fmt::Display for Setting {
@@ -62,6 +64,8 @@ impl std::fmt::Display for Setting {
             Self::Steps => "steps",
             Self::Accumulate => "gradient accumulation",
             Self::EvalSamples => "samples per evaluation",
+            Self::R1 => "R1 penalty",
+            Self::R1Every => "R1 interval",
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod loss;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
+pub mod r1;
 pub mod sample;
 pub mod samples;
 pub mod setup;

@@ -35,6 +35,9 @@ pub struct StepMetrics {
     /// included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_ms: Option<f64>,
+    /// `E|grad_x D(x)|^2` on the real batch, on the steps that apply the R1 penalty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r1_penalty: Option<f64>,
     /// The evaluation made after this step (`--eval-every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval: Option<EvalMetrics>,
@@ -158,6 +161,7 @@ mod tests {
             lr_d: 2e-4,
             lr_g: 1e-4,
             sync_ms: None,
+            r1_penalty: None,
             eval: None,
         }
     }

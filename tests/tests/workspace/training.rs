@@ -46,8 +46,8 @@ pub fn values(map: &gantry_models::TensorMap) -> Vec<(String, Vec<f32>)> {
 /// the weights, BatchNorm statistics and optimiser moments of 7 uninterrupted steps. The run
 /// crosses an epoch boundary (20 images, batch 8: 3 batches per epoch) so the data order is
 /// exercised too. Also with every option that draws random numbers, keeps state or splits the
-/// step on: the DiffAugment policies, spectral normalisation (its vectors are checkpointed) and
-/// gradient accumulation.
+/// step on: the DiffAugment policies, spectral normalisation (its vectors are checkpointed), the
+/// lazy R1 penalty (steps 0, 2, 4, 6 apply it) and gradient accumulation.
 #[test]
 fn resume_equals_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,6 +58,8 @@ fn resume_equals_uninterrupted() {
     let mut with_options = cfg.clone();
     with_options.augment = "translation,cutout,color".parse().unwrap();
     with_options.accumulate = 2;
+    with_options.r1 = Some(10.0);
+    with_options.r1_every = 2;
     let spectral = ModelConfig {
         spectral_norm: true,
         ..model.clone()
@@ -328,20 +330,23 @@ fn fast_kernels_train_like_candle_ops() {
     }
 }
 
-/// `--augment` and `--spectral-norm` reach the step: the same seed trains other weights with
-/// DiffAugment on (each policy on its own too) and with D spectrally normalised.
+/// `--augment`, `--spectral-norm` and `--r1` reach the step: the same seed trains other weights
+/// with DiffAugment on (each policy on its own too), with D spectrally normalised, and with the
+/// R1 penalty (applied at step 0 of the two).
 #[test]
-fn each_augmentation_and_spectral_norm_change_what_is_trained() {
+fn each_augmentation_spectral_norm_and_r1_change_what_is_trained() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_config(16, 1, None);
     let data = dataset(&dir.path().join("data"), &model);
     let trained = |augment: &str| {
-        let (augment, spectral_norm) = match augment {
-            "spectral-norm" => ("off", true),
-            other => (other, false),
+        let (augment, spectral_norm, r1) = match augment {
+            "spectral-norm" => ("off", true, None),
+            "r1" => ("off", false, Some(10.0)),
+            other => (other, false, None),
         };
         let mut cfg = config(&dir.path().join("data"));
         cfg.augment = augment.parse().unwrap();
+        cfg.r1 = r1;
         let model = ModelConfig {
             spectral_norm,
             ..model.clone()

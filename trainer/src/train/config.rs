@@ -39,6 +39,12 @@ pub struct TrainConfig {
     /// DiffAugment applied to real and generated images before D.
     #[serde(default)]
     pub augment: Augment,
+    /// Weight gamma of the R1 gradient penalty on real images (`None`: off).
+    #[serde(default)]
+    pub r1: Option<f64>,
+    /// Apply R1 every this many steps, scaled by it (lazy regularisation).
+    #[serde(default = "r1_every")]
+    pub r1_every: u64,
     /// Write a sample grid every this many steps (0: only at the end).
     pub sample_every: u64,
     /// Write a checkpoint every this many steps (0: only at the end and on Ctrl-C).
@@ -53,6 +59,10 @@ pub struct TrainConfig {
     /// Generated samples per evaluation during training.
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
+}
+
+fn r1_every() -> u64 {
+    crate::r1::DEFAULT_EVERY
 }
 
 fn one() -> usize {
@@ -91,6 +101,8 @@ impl TrainConfig {
             ema: None,
             conditional: false,
             augment: Augment::OFF,
+            r1: None,
+            r1_every: r1_every(),
             sample_every: 500,
             checkpoint_every: 500,
             tensorboard: true,
@@ -152,6 +164,17 @@ impl TrainConfig {
                 ),
             );
         }
+        if let Some(gamma) = self.r1 {
+            if !(gamma.is_finite() && gamma > 0.0) {
+                return bad(
+                    Setting::R1,
+                    format!("gamma must be a positive number, got {gamma}"),
+                );
+            }
+        }
+        if self.r1_every == 0 {
+            return bad(Setting::R1Every, "must be at least 1, got 0".into());
+        }
         if let Some(d) = self.ema {
             if !(0.0..1.0).contains(&d) {
                 return bad(Setting::Ema, format!("decay must be in [0, 1), got {d}"));
@@ -207,6 +230,8 @@ mod tests {
             (|c| c.adam.beta1 = 1.5, Setting::Beta1),
             (|c| c.adam.beta2 = 1.0, Setting::Beta2),
             (|c| c.ema = Some(1.0), Setting::Ema),
+            (|c| c.r1 = Some(-1.0), Setting::R1),
+            (|c| c.r1_every = 0, Setting::R1Every),
             (
                 |c| {
                     c.eval_every = 10;

@@ -101,6 +101,23 @@ pub struct StepLosses {
     /// Seconds spent in collective operations (all-reduce, gather), waiting for other ranks
     /// included; 0 in a single process.
     pub sync_seconds: f64,
+    /// `E|grad_x D(x)|^2` on the real batch, on the steps that apply R1.
+    pub r1_penalty: Option<f32>,
+}
+
+/// The scalars a step gathers from every rank.
+const SLOTS: usize = 7;
+
+/// What a step does besides the plain update.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepOptions {
+    pub loss: LossKind,
+    /// Decay of the generator's moving average, when one is kept.
+    pub ema_decay: Option<f64>,
+    /// DiffAugment: the policy and the run's seed.
+    pub augment: Option<(Augment, u64)>,
+    /// R1: gamma and the lazy interval in steps.
+    pub r1: Option<(f64, u64)>,
 }
 
 /// The two networks of a GAN with their optimisers, and the generator's moving average.
@@ -219,7 +236,12 @@ impl Networks {
             weight: 1.0,
             index: 0,
         };
-        self.train_step_sharded(&[shard], loss, ema_decay, None, step, &Solo)
+        let options = StepOptions {
+            loss,
+            ema_decay,
+            ..StepOptions::default()
+        };
+        self.train_step_sharded(&[shard], options, step, &Solo)
     }
 
     /// [`Networks::train_step`] on a batch split into shards: this process's micro-batches
@@ -229,17 +251,26 @@ impl Networks {
     /// all-reduce per network, and every rank applies the same update. BatchNorm normalises
     /// each shard with its own statistics (as DistributedDataParallel does per process). The
     /// scalars are the global batch's; a non-finite one names the rank it came from.
-    /// `augment` (a policy and the run's seed) applies DiffAugment to every image D sees, with
-    /// draws named by step, part and purpose.
+    /// `options` add DiffAugment (draws named by step, part and purpose) and the lazy R1
+    /// penalty to the plain update.
     pub fn train_step_sharded(
         &mut self,
         shards: &[Shard],
-        loss: LossKind,
-        ema_decay: Option<f64>,
-        augment: Option<(Augment, u64)>,
+        options: StepOptions,
         step: u64,
         collective: &dyn Collective,
     ) -> Result<StepLosses> {
+        let StepOptions {
+            loss,
+            ema_decay,
+            augment,
+            r1,
+        } = options;
+        // Lazy R1: on every `every`-th step, weighted by `every` (gamma / 2 * every * penalty).
+        let r1_weight = match r1 {
+            Some((gamma, every)) if step % every.max(1) == 0 => Some(gamma / 2.0 * every as f64),
+            _ => None,
+        };
         let augmented = |x: &Tensor, shard: &Shard, purpose: &str| -> Result<Tensor> {
             match augment {
                 Some((policy, seed)) if !policy.is_off() => {
@@ -271,16 +302,27 @@ impl Networks {
             let fake = phase(&device, "1 G forward", || {
                 self.generator.forward(&shard.z, labels, true)
             })?;
-            let (d_real, d_fake, loss_d) = phase(&device, "2 D forward (real, fake)", || {
-                let real = augmented(&shard.real, shard, "real")?;
-                let d_real = self.discriminator.forward(&real, labels, true)?;
-                let fake = augmented(&fake.detach(), shard, "fake")?;
-                let d_fake = self.discriminator.forward(&fake, labels, true)?;
-                let loss_d = loss.discriminator(&d_real, &d_fake)?;
-                Ok::<_, TrainError>((d_real, d_fake, loss_d))
-            })?;
+            let (real, d_real, d_fake, loss_d) =
+                phase(&device, "2 D forward (real, fake)", || {
+                    let real = augmented(&shard.real, shard, "real")?;
+                    let d_real = self.discriminator.forward(&real, labels, true)?;
+                    let fake = augmented(&fake.detach(), shard, "fake")?;
+                    let d_fake = self.discriminator.forward(&fake, labels, true)?;
+                    let loss_d = loss.discriminator(&d_real, &d_fake)?;
+                    Ok::<_, TrainError>((real, d_real, d_fake, loss_d))
+                })?;
+            let penalty = match r1_weight {
+                Some(_) => Some(phase(&device, "2b R1 penalty", || {
+                    crate::r1::penalty(&mut self.discriminator, &real, labels)
+                })?),
+                None => None,
+            };
             let grads = phase(&device, "3 D backward", || {
-                scaled(loss_d.clone(), shard.weight)?
+                let total = match (&penalty, r1_weight) {
+                    (Some(p), Some(w)) => (&loss_d + (p * w)?)?,
+                    _ => loss_d.clone(),
+                };
+                scaled(total, shard.weight)?
                     .backward()
                     .map_err(TrainError::from)
             })?;
@@ -290,6 +332,7 @@ impl Networks {
                 loss_d.detach(),
                 mean_sigmoid(&d_real.detach())?,
                 mean_sigmoid(&d_fake.detach())?,
+                penalty.map(|p| p.detach()),
             ));
             fakes.push(fake);
         }
@@ -336,26 +379,31 @@ impl Networks {
             self.update_ema(ema_decay, step)
         })?;
 
-        // This rank's share of the global means, in one transfer, and whether its gradients
-        // were finite (a NaN image can leave the losses finite); then every rank's.
-        let mut local = [0f32; 6];
+        // This rank's share of the global means, in one transfer, whether its gradients were
+        // finite (a NaN image can leave the losses finite), and its R1 penalty; then every
+        // rank's. Slots: loss_d, loss_g, d_real, d_fake, bad D grads, bad G grads, R1.
+        let mut local = [0f32; SLOTS];
         local[4] = f32::from(u8::from(!reduced_d.local_finite));
         local[5] = f32::from(u8::from(!reduced_g.local_finite));
         if !scalars.is_empty() {
-            let mut parts = Vec::with_capacity(4 * scalars.len());
-            for ((_, loss_d, d_real, d_fake), loss_g) in scalars.iter().zip(&losses_g) {
+            let mut parts = Vec::with_capacity(5 * scalars.len());
+            for ((_, loss_d, d_real, d_fake, r1), loss_g) in scalars.iter().zip(&losses_g) {
+                let r1 = match r1 {
+                    Some(p) => p.clone(),
+                    None => loss_d.zeros_like()?,
+                };
                 parts.extend([
                     loss_d.clone(),
                     loss_g.clone(),
                     d_real.clone(),
                     d_fake.clone(),
+                    r1,
                 ]);
             }
             let values = Tensor::stack(&parts, 0)?.to_vec1::<f32>()?;
-            for ((weight, ..), v) in scalars.iter().zip(values.chunks(4)) {
-                let local = &mut local[..4];
-                for (sum, x) in local.iter_mut().zip(v) {
-                    *sum += if *weight == 1.0 {
+            for ((weight, ..), v) in scalars.iter().zip(values.chunks(5)) {
+                for (slot, x) in [0, 1, 2, 3, 6].into_iter().zip(v) {
+                    local[slot] += if *weight == 1.0 {
                         *x
                     } else {
                         (*weight as f32) * x
@@ -366,8 +414,8 @@ impl Networks {
         let timed = Instant::now();
         let every = collective.all_gather_f32(&local)?;
         sync += timed.elapsed();
-        let mut global = [0f32; 4];
-        for rank in every.chunks(6) {
+        let mut global = [0f32; SLOTS];
+        for rank in every.chunks(SLOTS) {
             for (sum, x) in global.iter_mut().zip(rank) {
                 *sum += x;
             }
@@ -382,7 +430,7 @@ impl Networks {
         ];
         for (i, what) in checks {
             let bad: Vec<usize> = every
-                .chunks(6)
+                .chunks(SLOTS)
                 .enumerate()
                 .filter(|(_, v)| !v[i].is_finite() || (i >= 4 && v[i] != 0.0))
                 .map(|(rank, _)| rank)
@@ -399,7 +447,7 @@ impl Networks {
                     value: if i >= 4 {
                         f32::NAN
                     } else {
-                        every[rank * 6 + i]
+                        every[rank * SLOTS + i]
                     },
                     step: step + 1,
                     kept: "nothing of this step was written".into(),
@@ -411,6 +459,7 @@ impl Networks {
             loss_g: global[1],
             d_real: global[2],
             d_fake: global[3],
+            r1_penalty: r1_weight.map(|_| global[6]),
             sync_seconds: if collective.size() > 1 {
                 sync.as_secs_f64()
             } else {
@@ -522,6 +571,9 @@ impl Trainer {
             state.batch_in_epoch = 0;
         }
         let permutation = order.permutation(state.epoch);
+        if config.r1.is_some() {
+            crate::r1::enable();
+        }
         Ok(Self {
             config,
             model,
@@ -695,14 +747,15 @@ impl Trainer {
                 shard.real = (&shard.real * f64::NAN)?;
             }
         }
-        let losses = self.nets.train_step_sharded(
-            &shards,
-            self.config.loss,
-            self.config.ema,
-            Some((self.config.augment, self.config.seed)),
-            step,
-            self.collective.as_ref(),
-        )?;
+        let options = StepOptions {
+            loss: self.config.loss,
+            ema_decay: self.config.ema,
+            augment: Some((self.config.augment, self.config.seed)),
+            r1: self.config.r1.map(|gamma| (gamma, self.config.r1_every)),
+        };
+        let losses =
+            self.nets
+                .train_step_sharded(&shards, options, step, self.collective.as_ref())?;
         if faults::injected(Fault::Drift, rank, step + 1) {
             if let Some(first) = self.nets.opt_g.params().next() {
                 first.set(&(first.as_tensor() + 1e-3)?)?;
@@ -723,6 +776,7 @@ impl Trainer {
             lr_d: self.nets.opt_d.config.lr,
             lr_g: self.nets.opt_g.config.lr,
             sync_ms: (self.collective.size() > 1).then_some(losses.sync_seconds * 1e3),
+            r1_penalty: losses.r1_penalty.map(f64::from),
             eval: None,
         })
     }

@@ -124,6 +124,12 @@ pub struct RunArgs {
     /// exported generator does not change).
     #[arg(long)]
     pub spectral_norm: bool,
+    /// R1 gradient penalty on real images with this gamma (e.g. 10), lazily every --r1-every steps.
+    #[arg(long, value_name = "GAMMA", allow_negative_numbers = true)]
+    pub r1: Option<f64>,
+    /// Apply R1 every N steps, weighted by N (StyleGAN2's lazy regularisation).
+    #[arg(long, default_value_t = defaults().r1_every)]
+    pub r1_every: u64,
     /// DiffAugment before D, on real and generated images: a comma list of translation, cutout,
     /// color (Zhao et al. 2020; for small data sets), or off.
     #[arg(long, default_value_t = defaults().augment)]
@@ -240,6 +246,8 @@ impl TrainArgs {
         config.ema = run.ema;
         config.conditional = run.conditional;
         config.augment = run.augment;
+        config.r1 = run.r1;
+        config.r1_every = run.r1_every;
         config.sample_every = schedule.sample_every;
         config.checkpoint_every = schedule.checkpoint_every;
         config.accumulate = schedule.accumulate;

@@ -29,6 +29,8 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Steps => "--steps",
         Setting::Accumulate => "--accumulate",
         Setting::EvalSamples => "--eval-samples",
+        Setting::R1 => "--r1",
+        Setting::R1Every => "--r1-every",
         _ => "an option",
     }
 }
