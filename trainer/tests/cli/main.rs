@@ -228,8 +228,15 @@ fn existing_checkpoints_are_never_damaged() {
     );
 }
 
+/// Ctrl-C, and SIGTERM (what Slurm and `mpirun` send before ending a job), stop cleanly.
 #[test]
 fn ctrl_c_finishes_the_step_checkpoints_and_exits_zero() {
+    for signal in ["-INT", "-TERM"] {
+        stop_with(signal);
+    }
+}
+
+fn stop_with(signal: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let data = fixture(tmp.path());
     let out = tmp.path().join("run");
@@ -250,12 +257,17 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_zero() {
         metrics_lines(&out) >= 5
     });
     let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let o = child.wait_with_output().unwrap();
-    assert!(o.status.success(), "exit {:?}\n{}", o.status, stderr(&o));
+    assert!(
+        o.status.success(),
+        "{signal}: exit {:?}\n{}",
+        o.status,
+        stderr(&o)
+    );
     assert!(
         stdout(&o).contains(&format!("resume with: trainer train --resume {os}")),
         "{}",
