@@ -15,17 +15,39 @@ use super::{trainer, wait_until, TRAINER};
 /// `mpirun` with what CI needs (root allowed, more ranks than cores allowed), one kernel thread
 /// per rank, and `env`.
 fn mpirun_command(np: usize, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new("mpirun");
-    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("RAYON_NUM_THREADS", "1")
-        .args(["--oversubscribe", "-np", &np.to_string(), TRAINER])
+    let mut c = mpirun_base();
+    c.args(["-np", &np.to_string(), TRAINER])
         .args(args)
         .arg("--distributed");
     for (k, v) in env {
         c.env(k, v);
     }
     c
+}
+
+/// `mpirun` as root in CI, with more ranks than cores allowed and one kernel thread per rank.
+fn mpirun_base() -> Command {
+    let mut c = Command::new("mpirun");
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("RAYON_NUM_THREADS", "1")
+        .arg("--oversubscribe");
+    c
+}
+
+/// An MPMD job: one rank per entry, each `trainer` with its own arguments (and
+/// `--distributed`), launched as `mpirun -np 1 A : -np 1 B ...`.
+fn mpmd(ranks: &[Vec<&str>]) -> Output {
+    let mut c = mpirun_base();
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-np", "1", TRAINER])
+            .args(args)
+            .arg("--distributed");
+    }
+    c.output().expect("mpirun")
 }
 
 fn mpirun(np: usize, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -321,25 +343,10 @@ fn a_rank_that_diverges_drifts_disagrees_or_cannot_read_its_data_stops_the_job_n
     // Different settings on the two ranks (MPMD launch): refused at start-up, nothing trained.
     let mismatch = out("mismatch");
     let os = mismatch.to_str().unwrap();
-    let mut args: Vec<String> = vec!["--oversubscribe".into(), "-np".into(), "1".into()];
-    for (i, seed) in ["0", "1"].iter().enumerate() {
-        if i > 0 {
-            args.extend([":".into(), "-np".into(), "1".into()]);
-        }
-        args.push(TRAINER.into());
-        args.extend(
-            tiny_train_args(ds, os, &["--max-steps", "5", "--seed", seed])
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        args.push("--distributed".into());
-    }
-    let o = Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(&args)
-        .output()
-        .unwrap();
+    let o = mpmd(&[
+        tiny_train_args(ds, os, &["--max-steps", "5", "--seed", "0"]),
+        tiny_train_args(ds, os, &["--max-steps", "5", "--seed", "1"]),
+    ]);
     let text = all_text(&o);
     assert!(!o.status.success(), "{text}");
     assert!(text.contains("rank 1 has different settings"), "{text}");
@@ -352,27 +359,12 @@ fn a_rank_that_diverges_drifts_disagrees_or_cannot_read_its_data_stops_the_job_n
 
     // Rank 1 cannot read its data: it says which file, rank 0 says that rank 1 failed.
     let missing = tmp.path().join("nowhere");
-    let mut args: Vec<String> = vec!["--oversubscribe".into(), "-np".into(), "1".into()];
     let unreadable = out("unreadable");
     let os = unreadable.to_str().unwrap();
-    for (i, dir) in [ds, missing.to_str().unwrap()].iter().enumerate() {
-        if i > 0 {
-            args.extend([":".into(), "-np".into(), "1".into()]);
-        }
-        args.push(TRAINER.into());
-        args.extend(
-            tiny_train_args(dir, os, &["--max-steps", "5"])
-                .iter()
-                .map(|s| s.to_string()),
-        );
-        args.push("--distributed".into());
-    }
-    let o = Command::new("mpirun")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .args(&args)
-        .output()
-        .unwrap();
+    let o = mpmd(&[
+        tiny_train_args(ds, os, &["--max-steps", "5"]),
+        tiny_train_args(missing.to_str().unwrap(), os, &["--max-steps", "5"]),
+    ]);
     let text = all_text(&o);
     assert!(!o.status.success(), "{text}");
     assert!(
