@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-distributed bench-tools
+.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -24,7 +24,7 @@ demo: tools ort data
 	$(CARGO) build --release --bins
 	rm -rf $(DEMO_RUN) out/demo
 	time target/release/trainer train --dataset mnist --data-dir data/mnist --image-size 32 \
-		--batch-size $(DEMO_BATCH) --max-steps $(DEMO_STEPS) --ema 0.999 \
+		--batch-size $(DEMO_BATCH) --max-steps $(DEMO_STEPS) \
 		--sample-every 100 --checkpoint-every 100 --out $(DEMO_RUN)
 	target/release/exporter --checkpoint $(DEMO_RUN) --out $(DEMO_RUN)/generator.onnx
 	target/release/runtime generate -n 64 --seed 1 --model $(DEMO_RUN)/generator.onnx --out out/demo
@@ -53,6 +53,15 @@ lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features gantry-trainer/mpi -- -D warnings
+
+# Speed of each training option (EMA, spectral norm, DiffAugment, R1) against the bare DCGAN step.
+bench-recipe:
+	scripts/bench-recipe.sh
+
+# Sample quality: the default recipe against the PyTorch reference over 3 seeds, DiffAugment on
+# cats and dogs (docs/quality.md; about 6 hours on 2 cores, resumable).
+bench-quality: bench-tools ort
+	scripts/quality-bench.sh
 
 # The PyTorch reference's virtualenv (.tools/venv-bench: torch, numpy, onnxruntime), for benchmarks only.
 bench-tools:

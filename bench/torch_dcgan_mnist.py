@@ -1,9 +1,9 @@
 """The PyTorch reference of the quality benchmark (scripts/quality-bench.sh, docs/quality.md): the
-PyTorch example's DCGAN (bench/torch_dcgan.py) trained on MNIST padded to 32x32, batch 128, for a
-number of steps, then N samples from fixed latents with BatchNorm in eval and in train mode, as
-PNG folders that `trainer eval --images` scores.
+PyTorch example's DCGAN (bench/torch_dcgan.py) trained on MNIST or Fashion-MNIST (any folder of
+28x28 IDX files) padded to 32x32, batch 128, for a number of steps, then N samples from fixed
+latents with BatchNorm in eval and in train mode, as PNG folders that `trainer eval --images` scores.
 
-    python3 bench/torch_dcgan_mnist.py --mnist data/mnist --out DIR --max-steps 938 [--n-samples 5000]
+    python3 bench/torch_dcgan_mnist.py --data data/mnist --out DIR --max-steps 938 [--n-samples 5000]
 
 Writes DIR/samples_eval/*.png, DIR/samples_train/*.png, DIR/run.json (steps, seconds, losses).
 """
@@ -31,7 +31,7 @@ def read_idx_images(folder):
                 data = gzip.decompress(data)
             n, h, w = struct.unpack(">III", data[4:16])
             return torch.frombuffer(bytearray(data[16:16 + n * h * w]), dtype=torch.uint8).view(n, h, w)
-    raise SystemExit(f"no MNIST training images in {folder}")
+    raise SystemExit(f"no MNIST-format training images (train-images-idx3-ubyte[.gz]) in {folder}")
 
 
 def write_png(path, pixels):
@@ -59,7 +59,7 @@ def samples(g, z, train_mode, batch=500):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mnist", required=True)
+    ap.add_argument("--data", "--mnist", dest="data", required=True, help="folder of MNIST-format IDX files")
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-steps", type=int, required=True)
     ap.add_argument("--epochs", type=int, default=100, help="upper bound; --max-steps usually ends the run")
@@ -70,7 +70,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    images = read_idx_images(a.mnist).float().div(127.5).sub(1.0)
+    images = read_idx_images(a.data).float().div(127.5).sub(1.0)
     images = nn.functional.pad(images, (2, 2, 2, 2), value=-1.0).unsqueeze(1)  # 28 -> 32, black border
     g, d = generator(32, 1), discriminator(32, 1)
     g.apply(dcgan_init)

@@ -1,56 +1,125 @@
 #!/usr/bin/env bash
-# The quality benchmark of docs/quality.md: FID and class coverage of Gantry's MNIST and
-# Fashion-MNIST runs at several step counts (EMA and raw generator, BatchNorm in eval and train
-# mode), a class-conditional MNIST run, and the PyTorch reference DCGAN at equal steps.
-#   scripts/quality-bench.sh [OUT [PYTHON_WITH_TORCH]]      (about an hour on 2 cores)
-# The PyTorch part is skipped when PYTHON_WITH_TORCH cannot import torch.
+# The quality benchmark of docs/quality.md (issue 19): Gantry's default recipe against the
+# PyTorch reference DCGAN, and DiffAugment on the 2000 cats and dogs.
+#
+#   scripts/quality-bench.sh [OUT]       (default OUT: runs/quality; about 6 hours on 2 cores)
+#
+# Suites (SUITES, default "mnist fashion-mnist catsdogs"):
+#   mnist, fashion-mnist  32x32 (--fit pad), batch 128, STEPS steps (2814 = 6 epochs): `trainer
+#                         train` with its defaults (the gantry preset) and, with PRESETS="gantry
+#                         dcgan", the paper recipe; PyTorch (bench/torch_dcgan_mnist.py) the same way.
+#   catsdogs              64x64, batch 64, CATSDOGS_STEPS steps, the default recipe without and
+#                         with DiffAugment (translation,cutout,color).
+# Every configuration runs once per seed in SEEDS (default "0 1 2"); each run is scored with
+# `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json.
+# JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
+# that is more throughput than one run using every core. Rerunning skips finished runs and
+# resumes interrupted Gantry runs from their checkpoints. Tables: scripts/quality_table.py OUT.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality}")"
-py="${2:-$root/.tools/venv-bench/bin/python}"      # scripts/setup-bench.sh installs it
-torch_script="$root/bench/torch_dcgan_mnist.py"
+py="${PYTHON:-$root/.tools/venv-bench/bin/python}"      # scripts/setup-bench.sh installs it
+suites="${SUITES:-mnist fashion-mnist catsdogs}"
+seeds="${SEEDS:-0 1 2}"
+presets="${PRESETS:-gantry}"
+steps="${STEPS:-2814}"
+catsdogs_steps="${CATSDOGS_STEPS:-2000}"
+jobs="${JOBS:-$(nproc)}"
 cd "$root"
-scripts/fetch-data.sh mnist fashion-mnist
-cargo build --release --bins
-mkdir -p "$out/bin"
-cp target/release/trainer "$out/bin/"          # immune to rebuilds while this runs
-T="$out/bin/trainer"
-N=5000
-$T classifier --dataset mnist --fit pad
-$T classifier --dataset fashion-mnist --fit pad
 
-# train NAME STEPS ARGS...: trains (or resumes) runs to STEPS, then scores the checkpoint.
-train() {
-    local name=$1 steps=$2; shift 2
-    if [ -f "$out/$name/checkpoint/config.json" ]; then
-        $T train --resume "$out/$name" --max-steps "$steps" --log-every 100
-    else
-        $T train --out "$out/$name" --max-steps "$steps" --batch-size 128 --fit pad --sample-every 0 \
-            --checkpoint-every 0 --log-every 100 "$@"
-    fi
-    $T eval --checkpoint "$out/$name" --n $N --out "$out/$name/eval_$steps.json"
+"$py" -c "import torch" 2>/dev/null || { echo "error: $py cannot import torch (scripts/setup-bench.sh)" >&2; exit 1; }
+for suite in $suites; do
+    case $suite in mnist | fashion-mnist | catsdogs) ;; *) echo "error: unknown suite '$suite'" >&2; exit 2 ;; esac
+    scripts/fetch-data.sh "$suite"
+done
+cargo build --release --bin trainer
+mkdir -p "$out/bin"
+cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
+T="$out/bin/trainer"
+export RAYON_NUM_THREADS=1
+
+# The classifiers FID is computed in (cached next to the data; trained once, here, not by the workers).
+for suite in $suites; do
+    case $suite in
+        catsdogs) $T classifier --dataset folder --data-dir data/catsdogs --image-size 64 ;;
+        *) $T classifier --dataset "$suite" --fit pad ;;
+    esac
+done
+
+# The runs, most informative first, as "kind suite variant seed"; each in OUT/<suite>/<variant>-s<seed>.
+runs=()
+for suite in $suites; do
+    for seed in $seeds; do
+        case $suite in
+            catsdogs) runs+=("catsdogs $suite plain $seed" "catsdogs $suite diffaugment $seed") ;;
+            *)
+                for preset in $presets; do runs+=("gantry $suite $preset $seed"); done
+                runs+=("pytorch $suite pytorch $seed")
+                ;;
+        esac
+    done
+done
+
+# run_one KIND SUITE VARIANT SEED: trains (or resumes) and scores one run in $dir.
+run_one() {
+    local kind=$1 suite=$2 variant=$3 seed=$4
+    case $kind in
+        gantry)
+            if [ -f "$dir/checkpoint/config.json" ]; then
+                $T train --resume "$dir" --max-steps "$steps" --log-every 200
+            else
+                $T train --dataset "$suite" --fit pad --batch-size 128 --epochs 1000 --max-steps "$steps" \
+                    --seed "$seed" --preset "$variant" --sample-every 938 --checkpoint-every 469 \
+                    --tensorboard off --log-every 200 --out "$dir"
+            fi
+            $T eval --checkpoint "$dir" --n 5000 --out "$dir/eval.json"
+            ;;
+        pytorch)
+            [ -f "$dir/run.json" ] || "$py" bench/torch_dcgan_mnist.py --data "data/$suite" --out "$dir" \
+                --epochs 1000 --max-steps "$steps" --n-samples 5000 --seed "$seed" --threads 1
+            for mode in eval train; do
+                $T eval --images "$dir/samples_$mode" --dataset "$suite" --fit pad --n 5000 --out "$dir/eval_$mode.json"
+            done
+            ;;
+        catsdogs)
+            local augment=off
+            [ "$variant" = diffaugment ] && augment=translation,cutout,color
+            if [ -f "$dir/checkpoint/config.json" ]; then
+                $T train --resume "$dir" --max-steps "$catsdogs_steps" --log-every 200
+            else
+                $T train --dataset folder --data-dir data/catsdogs --image-size 64 --batch-size 64 \
+                    --epochs 100000 --max-steps "$catsdogs_steps" --seed "$seed" --augment "$augment" \
+                    --sample-every 500 --checkpoint-every 250 --tensorboard off --log-every 200 --out "$dir"
+            fi
+            $T eval --checkpoint "$dir" --n 2000 --out "$dir/eval.json"
+            ;;
+    esac
+    touch "$dir/done"
 }
 
-# torch STEPS: the PyTorch reference (same DCGAN, MNIST padded to 32, batch 128) and its scores.
-torch() {
-    local steps=$1 dir="$out/torch_$1"
-    "$py" -c "import torch" 2>/dev/null || { echo "skipping PyTorch: $py cannot import torch" >&2; return; }
-    [ -f "$dir/run.json" ] || "$py" "$torch_script" --mnist data/mnist --out "$dir" --epochs 100 --max-steps "$steps" --n-samples $N
-    for mode in eval train; do
-        $T eval --images "$dir/samples_$mode" --dataset mnist --fit pad --n $N --out "$dir/eval_$mode.json"
+# A worker takes the next run nobody has claimed (mkdir is atomic) until none is left.
+worker() {
+    local run kind suite variant seed dir
+    for run in "${runs[@]}"; do
+        read -r kind suite variant seed <<<"$run"
+        dir="$out/$suite/$variant-s$seed"
+        [ -f "$dir/done" ] && continue
+        mkdir "$out/.claims/$suite-$variant-s$seed" 2>/dev/null || continue
+        mkdir -p "$dir"
+        echo "$(date +%T) start $suite $kind $variant seed $seed (log: $dir.log)"
+        if run_one "$kind" "$suite" "$variant" "$seed" >"$dir.log" 2>&1; then
+            echo "$(date +%T) done  $suite $kind $variant seed $seed"
+        else
+            echo "$(date +%T) FAILED $suite $kind $variant seed $seed: see $dir.log" >&2
+            touch "$out/.failed"
+        fi
     done
 }
 
-train mnist 200 --dataset mnist --ema 0.999
-torch 200
-train mnist 469 --dataset mnist --ema 0.999
-torch 469
-train mnist 938 --dataset mnist --ema 0.999
-torch 938
-train cond 938 --dataset mnist --conditional --ema 0.999
-train cond 1876 --dataset mnist --conditional --ema 0.999
-train hinge 938 --dataset mnist --loss hinge --ema 0.999
-train fashion 469 --dataset fashion-mnist --ema 0.999
-train fashion 938 --dataset fashion-mnist --ema 0.999
-train mnist 2345 --dataset mnist --ema 0.999
+rm -rf "$out/.claims" "$out/.failed"
+mkdir -p "$out/.claims"
+for _ in $(seq "$jobs"); do worker & done
+wait
+python3 scripts/quality_table.py "$out"
+[ ! -e "$out/.failed" ] || { echo "some runs failed" >&2; exit 1; }
 echo "done: $out"

@@ -1,37 +1,88 @@
 #!/usr/bin/env python3
-"""Markdown tables from the eval JSON files scripts/quality-bench.sh writes.
+"""Markdown tables from what scripts/quality-bench.sh leaves in OUT: per suite and
+configuration, FID of each seed, mean and standard deviation, class coverage and training speed,
+and the ratio of each Gantry configuration's mean FID to the PyTorch reference's.
+
 usage: quality_table.py OUT_DIR"""
 import glob
 import json
 import os
+import re
+import statistics
 import sys
 
-out = sys.argv[1]
+
+def scores(run_dir):
+    """{label: (fid, classes >= 5%, smallest class share)} of one finished run."""
+    found = {}
+    for name in ("eval.json", "eval_eval.json", "eval_train.json"):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        report = json.load(open(path))
+        for r in report["results"]:
+            label = r["variant"]
+            if name != "eval.json":  # PyTorch's image folders: the mode is in the file name
+                label = "eval mode" if name == "eval_eval.json" else "train mode"
+            hist = r["coverage"]["histogram"]
+            found[label] = (r["fid"], r["coverage"]["classes_over_5_percent"], min(hist) / sum(hist))
+    return found
 
 
-def row(name, steps, r, floor):
-    c = r["coverage"]
-    agree = c.get("class_agreement")
-    return (f"| {name} | {steps} | {r['variant']} | {r['fid']:.1f} | {c['classes_over_5_percent']} | "
-            f"{c['label_entropy_bits']:.3f} | {c['mean_confidence']:.3f} | "
-            f"{'' if agree is None else f'{agree * 100:.1f}%'} | {floor:.1f} |")
+def speed(run_dir):
+    """Training img/s: the median of metrics.jsonl (Gantry) or steps x batch / seconds (PyTorch)."""
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        rates = [json.loads(line).get("img_per_sec") for line in open(metrics) if line.strip()]
+        rates = [r for r in rates if r]
+        return statistics.median(rates) if rates else None
+    run = os.path.join(run_dir, "run.json")
+    if os.path.exists(run):
+        r = json.load(open(run))
+        return r["steps"] * r["batch"] / r["seconds"]
+    return None
 
 
-print("| run | steps | variant | FID | classes >= 5% | label entropy (bits) | mean confidence | class agreement | real train vs test FID |")
-print("|---|---|---|---|---|---|---|---|---|")
-entries = []
-for run in ("mnist", "hinge", "cond", "fashion"):
-    for f in glob.glob(os.path.join(out, run, "eval_*.json")):
-        steps = int(f.rsplit("_", 1)[1].split(".")[0])
-        entries.append((run, steps, f))
-for d in glob.glob(os.path.join(out, "torch_*")):
-    steps = int(d.rsplit("_", 1)[1])
-    for mode in ("eval", "train"):
-        f = os.path.join(d, f"eval_{mode}.json")
-        if os.path.exists(f):
-            entries.append((f"pytorch ({mode} mode)", steps, f))
-order = {"mnist": 0, "pytorch": 0, "hinge": 1, "cond": 2, "fashion": 3}
-for name, steps, f in sorted(entries, key=lambda e: (order[e[0].split()[0]], e[1], e[0])):
-    rep = json.load(open(f))
-    for r in rep["results"]:
-        print(row(name, steps, r, rep["reference_fid_train_vs_test"]))
+def main(out):
+    for suite_dir in sorted(glob.glob(os.path.join(out, "*"))):
+        suite = os.path.basename(suite_dir)
+        if suite == "bin" or not os.path.isdir(suite_dir):
+            continue
+        configs = {}
+        for run_dir in sorted(glob.glob(os.path.join(suite_dir, "*-s*"))):
+            m = re.fullmatch(r"(.+)-s(\d+)", os.path.basename(run_dir))
+            if not m or not os.path.isdir(run_dir) or not os.path.exists(os.path.join(run_dir, "done")):
+                continue
+            configs.setdefault(m.group(1), []).append((int(m.group(2)), scores(run_dir), speed(run_dir)))
+        if not configs:
+            continue
+        print(f"\n### {suite}\n")
+        print("| configuration | generator | seeds | FID per seed | mean FID | sd | classes >= 5% (min over seeds) | smallest class share | img/s (median) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        means = {}
+        for config, runs in sorted(configs.items()):
+            # Gantry's generators in eval mode (what the exporter writes); PyTorch's in both modes
+            labels = sorted({label for _, s, _ in runs for label in s if not label.endswith("/train")})
+            rates = [r for _, _, r in runs if r]
+            for label in labels:
+                per_seed = [(seed, s[label]) for seed, s, _ in sorted(runs) if label in s]
+                fids = [v[0] for _, v in per_seed]
+                mean = statistics.mean(fids)
+                sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
+                means[(config, label)] = mean
+                rate = f"{statistics.median(rates):.0f}" if rates else ""
+                print(f"| {config} | {label} | {len(fids)} | "
+                      + ", ".join(f"{f:.1f}" for f in fids)
+                      + f" | **{mean:.1f}** | {sd:.1f} | {min(v[1] for _, v in per_seed)} | "
+                      f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
+        torch = [m for (c, label), m in means.items() if c == "pytorch"]
+        if torch:
+            best = min(torch)
+            print(f"\nRatio of mean FID to the PyTorch reference's better mode ({best:.1f}):\n")
+            for (config, label), mean in sorted(means.items()):
+                if config != "pytorch":
+                    print(f"- {config}, {label}: **{mean / best:.2f}x**")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -7,11 +7,13 @@ use candle_core::Device;
 use gantry_models::{profile, Kernels, ModelConfig};
 use rand::RngCore;
 
+use crate::augment::Augment;
 use crate::data::{Dataset, DatasetKind};
 use crate::error::{Result, Setting, TrainError};
 use crate::train::{TrainConfig, Trainer};
 
-/// One benchmark configuration.
+/// One benchmark configuration: the DCGAN step (what `bench/torch_dcgan.py` times) plus the
+/// recipe options that are on.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
     pub image_size: usize,
@@ -20,6 +22,15 @@ pub struct BenchSpec {
     pub steps: usize,
     pub warmup: usize,
     pub kernels: Kernels,
+    /// EMA decay of G, if any.
+    pub ema: Option<f64>,
+    /// Spectral normalisation of D.
+    pub spectral_norm: bool,
+    /// DiffAugment policy.
+    pub augment: Augment,
+    /// R1 gamma, if any, applied every `r1_every` steps.
+    pub r1: Option<f64>,
+    pub r1_every: u64,
 }
 
 /// What a benchmark measured.
@@ -28,6 +39,8 @@ pub struct BenchResult {
     /// Median step time.
     pub median: Duration,
     pub img_per_sec: f64,
+    /// Mean step time: what lazy options (R1 every N steps) cost on average.
+    pub mean: Duration,
     /// Profiled spans `(name, calls per step, time per step)`, when profiling was on.
     pub spans: Vec<(String, f64, Duration)>,
 }
@@ -46,8 +59,8 @@ fn synthetic_data(spec: &BenchSpec) -> Dataset {
     }
 }
 
-/// Runs `warmup + steps` training steps of the default DCGAN on `device`; the median of the
-/// timed steps is reported. With `profile_spans`, also the per-phase and per-kernel breakdown.
+/// Runs `warmup + steps` training steps of the DCGAN with `spec`'s options on `device`; the
+/// median and the mean of the timed steps are reported. With `profile_spans`, also the per-phase and per-kernel breakdown.
 pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
     if spec.steps == 0 {
         return Err(TrainError::invalid(
@@ -58,6 +71,7 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
     let model = ModelConfig {
         image_size: spec.image_size,
         channels: spec.channels,
+        spectral_norm: spec.spectral_norm,
         ..ModelConfig::default()
     };
     let config = TrainConfig {
@@ -66,6 +80,10 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
         epochs: u64::MAX / 1024,
         sample_every: 0,
         checkpoint_every: 0,
+        ema: spec.ema,
+        augment: spec.augment,
+        r1: spec.r1,
+        r1_every: spec.r1_every,
         ..TrainConfig::for_dataset(DatasetKind::Folder)
     };
     let mut trainer = Trainer::new(config, model, synthetic_data(spec), device)?;
@@ -87,10 +105,12 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
         .into_iter()
         .map(|(name, calls, total)| (name, calls as f64 / steps, total.div_f64(steps)))
         .collect();
+    let mean = times.iter().sum::<Duration>().div_f64(steps);
     times.sort();
     let median = times[times.len() / 2];
     Ok(BenchResult {
         median,
+        mean,
         img_per_sec: spec.batch_size as f64 / median.as_secs_f64(),
         spans,
     })

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod loss;
 pub mod metrics;
 pub mod plot;
+pub mod preset;
 pub mod progress;
 pub mod r1;
 pub mod sample;

@@ -27,7 +27,11 @@ pub struct TrainConfig {
     /// Stop after this many steps even if epochs remain.
     pub max_steps: Option<u64>,
     pub seed: u64,
+    /// Adam for G, and for D unless `lr_d` is set.
     pub adam: AdamConfig,
+    /// D's own learning rate (two time-scale update rule, Heusel et al. 2017); `None`: `adam.lr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_d: Option<f64>,
     #[serde(default)]
     pub loss: LossKind,
     /// Decay of the generator's exponential moving average; `None` keeps no EMA.
@@ -98,6 +102,7 @@ impl TrainConfig {
             seed: 0,
             adam: AdamConfig::default(),
             loss: LossKind::default(),
+            lr_d: None,
             ema: None,
             conditional: false,
             augment: Augment::OFF,
@@ -108,6 +113,14 @@ impl TrainConfig {
             tensorboard: true,
             eval_every: 0,
             eval_samples: default_eval_samples(),
+        }
+    }
+
+    /// D's Adam settings: `adam` with `lr_d` when set.
+    pub fn adam_d(&self) -> AdamConfig {
+        AdamConfig {
+            lr: self.lr_d.unwrap_or(self.adam.lr),
+            ..self.adam
         }
     }
 
@@ -140,12 +153,13 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad(Setting::MaxSteps, "must be at least 1, got 0".into());
         }
-        let lr = self.adam.lr;
-        if !(lr.is_finite() && lr > 0.0) {
-            return bad(
-                Setting::LearningRate,
-                format!("must be a positive number, got {lr}"),
-            );
+        for (setting, lr) in [
+            (Setting::LearningRate, self.adam.lr),
+            (Setting::DiscriminatorLearningRate, self.adam_d().lr),
+        ] {
+            if !(lr.is_finite() && lr > 0.0) {
+                return bad(setting, format!("must be a positive number, got {lr}"));
+            }
         }
         for (setting, beta) in [
             (Setting::Beta1, self.adam.beta1),
@@ -227,6 +241,8 @@ mod tests {
             (|c| c.adam.lr = -1.0, Setting::LearningRate),
             (|c| c.adam.lr = f64::NAN, Setting::LearningRate),
             (|c| c.adam.lr = f64::INFINITY, Setting::LearningRate),
+            (|c| c.lr_d = Some(0.0), Setting::DiscriminatorLearningRate),
+            (|c| c.lr_d = Some(f64::NAN), Setting::DiscriminatorLearningRate),
             (|c| c.adam.beta1 = 1.5, Setting::Beta1),
             (|c| c.adam.beta2 = 1.0, Setting::Beta2),
             (|c| c.ema = Some(1.0), Setting::Ema),

@@ -144,7 +144,7 @@ impl Networks {
             None => None,
         };
         let opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
+        let opt_d = Adam::new(discriminator.net.parameters(), config.adam_d())?;
         Ok(Self {
             generator,
             discriminator,
@@ -179,7 +179,7 @@ impl Networks {
             (Some(_), None) => Some(Generator::from_tensors(model, &ckpt.generator, device)?),
         };
         let mut opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam)?;
+        let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam_d())?;
         for (opt, state, file, what) in [
             (
                 &mut opt_g,

@@ -291,3 +291,90 @@ fn the_classifier_is_cached_and_eval_scores_image_folders() {
     assert!(stdout(&o).contains("images: FID"), "{}", stdout(&o));
     assert!(images.join("eval.json").is_file());
 }
+
+/// A fresh run's recipe options as its checkpoint records them: (spectral norm, EMA decay, an
+/// EMA generator file written).
+type Recipe = (bool, Option<f64>, bool);
+
+fn recipe_of(run: &Path) -> Recipe {
+    let text = std::fs::read_to_string(run.join("final/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        config["model"]["spectral_norm"].as_bool().unwrap(),
+        config["training"]["ema"].as_f64(),
+        run.join("final/generator_ema.safetensors").is_file(),
+    )
+}
+
+/// Without options a run trains the gantry preset (spectral norm, EMA 0.999); `--preset dcgan`
+/// is the paper's recipe; explicit `--ema` and `--spectral-norm` override either preset; bad
+/// values are named; a resume cannot change the recipe.
+#[test]
+fn the_default_recipe_is_the_gantry_preset_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let cases: [(&[&str], Recipe); 5] = [
+        (&[], (true, Some(0.999), true)),
+        (&["--preset", "dcgan"], (false, None, false)),
+        (&["--preset", "gantry"], (true, Some(0.999), true)),
+        (
+            &["--preset", "dcgan", "--spectral-norm", "--ema", "0.99"],
+            (true, Some(0.99), true),
+        ),
+        (
+            &["--spectral-norm", "off", "--ema", "off"],
+            (false, None, false),
+        ),
+    ];
+    for (index, (flags, expected)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("run{index}"));
+        let mut extra = vec!["--max-steps", "1"];
+        extra.extend_from_slice(flags);
+        let o = trainer(&tiny_train_args(ds, out.to_str().unwrap(), &extra));
+        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
+        assert_eq!(recipe_of(&out), expected, "{flags:?}");
+        let ema = expected.1.map_or("off".to_string(), |d| d.to_string());
+        let sn = if expected.0 { "on" } else { "off" };
+        let said = format!("recipe: loss bce, spectral norm {sn}, EMA {ema}, DiffAugment off");
+        assert!(stderr(&o).contains(&said), "{flags:?}: {}", stderr(&o));
+    }
+    // TTUR: D's learning rate apart from G's, as the optimisers use them (metrics.jsonl).
+    let ttur = tmp.path().join("ttur");
+    let o = trainer(&tiny_train_args(
+        ds,
+        ttur.to_str().unwrap(),
+        &["--max-steps", "1", "--lr", "0.0001", "--lr-d", "0.0004"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = std::fs::read_to_string(ttur.join("metrics.jsonl")).unwrap();
+    let metrics: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(metrics["lr_g"].as_f64(), Some(0.0001), "{line}");
+    assert_eq!(metrics["lr_d"].as_f64(), Some(0.0004), "{line}");
+    let bad_out = tmp.path().join("bad");
+    for (flags, named) in [
+        (&["--lr-d", "-1"][..], "--lr-d"),
+        (&["--preset", "wgan"], "wgan"),
+        (&["--ema", "fast"], "fast"),
+        (&["--spectral-norm", "yes"], "yes"),
+    ] {
+        let mut extra = vec!["--max-steps", "1"];
+        extra.extend_from_slice(flags);
+        let o = trainer(&tiny_train_args(ds, bad_out.to_str().unwrap(), &extra));
+        assert!(!o.status.success(), "{flags:?} was accepted");
+        assert!(stderr(&o).contains(named), "{flags:?}: {}", stderr(&o));
+        assert!(!bad_out.exists(), "{flags:?} wrote {}", bad_out.display());
+    }
+    let run0 = tmp.path().join("run0");
+    let o = trainer(&[
+        "train",
+        "--resume",
+        run0.to_str().unwrap(),
+        "--preset",
+        "dcgan",
+        "--max-steps",
+        "2",
+    ]);
+    assert!(!o.status.success(), "a resume changed the recipe");
+    assert!(stderr(&o).contains("--preset"), "{}", stderr(&o));
+}

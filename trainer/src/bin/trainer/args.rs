@@ -9,6 +9,7 @@ use gantry_models::{Kernels, ModelConfig};
 use gantry_trainer::augment::Augment;
 use gantry_trainer::data::{DatasetKind, Fit};
 use gantry_trainer::loss::LossKind;
+use gantry_trainer::preset::Preset;
 use gantry_trainer::setup::{DeviceKind, ResumeChanges};
 use gantry_trainer::TrainConfig;
 
@@ -96,6 +97,9 @@ pub struct RunArgs {
     /// Adam learning rate.
     #[arg(long, default_value_t = defaults().adam.lr, allow_negative_numbers = true)]
     pub lr: f64,
+    /// D's Adam learning rate, for a two time-scale update (TTUR) [default: --lr].
+    #[arg(long, value_name = "LR", allow_negative_numbers = true)]
+    pub lr_d: Option<f64>,
     /// Adam beta1.
     #[arg(long, default_value_t = defaults().adam.beta1, allow_negative_numbers = true)]
     pub beta1: f64,
@@ -114,16 +118,23 @@ pub struct RunArgs {
     /// Adversarial loss: bce (non-saturating, on logits) or hinge.
     #[arg(long, default_value_t = defaults().loss)]
     pub loss: LossKind,
-    /// Keep an exponential moving average of G with this decay (e.g. 0.999); used for samples and export.
-    #[arg(long, allow_negative_numbers = true)]
-    pub ema: Option<f64>,
+    /// Training recipe whose defaults apply to --ema and --spectral-norm when they are not given:
+    /// gantry (EMA 0.999 and spectral norm; chosen by measurement, docs/quality.md) or dcgan (the
+    /// DCGAN paper's recipe: neither).
+    #[arg(long, default_value_t = Preset::default())]
+    pub preset: Preset,
+    /// Exponential moving average of G with this decay (e.g. 0.999), used for samples and export,
+    /// or off [default: the preset's].
+    #[arg(long, value_name = "DECAY|off", value_parser = parse_ema, allow_negative_numbers = true)]
+    pub ema: Option<Ema>,
     /// Train a class-conditional pair on the data set's labels.
     #[arg(long)]
     pub conditional: bool,
-    /// Spectral normalisation of D's weights (one power iteration per step; D only, the
-    /// exported generator does not change).
-    #[arg(long)]
-    pub spectral_norm: bool,
+    /// Spectral normalisation of D's weights, on or off (one power iteration per step; D only,
+    /// the exported generator does not change) [default: the preset's; alone: on].
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
+          value_parser = parse_on_off)]
+    pub spectral_norm: Option<bool>,
     /// R1 gradient penalty on real images with this gamma (e.g. 10), lazily every --r1-every steps.
     #[arg(long, value_name = "GAMMA", allow_negative_numbers = true)]
     pub r1: Option<f64>,
@@ -170,6 +181,20 @@ pub struct ScheduleArgs {
     /// Generated samples per evaluation during training.
     #[arg(long, default_value_t = defaults().eval_samples)]
     pub eval_samples: usize,
+}
+
+/// `--ema`'s value: a decay, or no average.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ema(pub Option<f64>);
+
+/// A decay such as `0.999`, or `off`.
+fn parse_ema(s: &str) -> Result<Ema, String> {
+    if s == "off" {
+        return Ok(Ema(None));
+    }
+    s.parse::<f64>()
+        .map(|decay| Ema(Some(decay)))
+        .map_err(|_| format!("expected a decay such as 0.999, or off; got `{s}`"))
 }
 
 /// `on` or `off`.
@@ -240,10 +265,11 @@ impl TrainArgs {
         config.max_steps = schedule.max_steps;
         config.seed = run.seed;
         config.adam.lr = run.lr;
+        config.lr_d = run.lr_d;
         config.adam.beta1 = run.beta1;
         config.adam.beta2 = run.beta2;
         config.loss = run.loss;
-        config.ema = run.ema;
+        config.ema = run.ema.map_or(run.preset.ema(), |ema| ema.0);
         config.conditional = run.conditional;
         config.augment = run.augment;
         config.r1 = run.r1;
@@ -265,7 +291,10 @@ impl TrainArgs {
             channels: self.run.channels.unwrap_or(dataset.default_channels()),
             g_width: self.run.g_width,
             d_width: self.run.d_width,
-            spectral_norm: self.run.spectral_norm,
+            spectral_norm: self
+                .run
+                .spectral_norm
+                .unwrap_or(self.run.preset.spectral_norm()),
             ..ModelConfig::default()
         }
     }
@@ -339,6 +368,22 @@ pub struct BenchArgs {
     /// Print where the time goes (phases of the step, and each convolution's kernels).
     #[arg(long)]
     pub profile: bool,
+    /// Time the step with an EMA of G at this decay (the bare DCGAN step, what the PyTorch
+    /// reference times, has none).
+    #[arg(long, value_name = "DECAY", allow_negative_numbers = true)]
+    pub ema: Option<f64>,
+    /// Time the step with spectral normalisation of D.
+    #[arg(long)]
+    pub spectral_norm: bool,
+    /// Time the step with this DiffAugment policy.
+    #[arg(long, default_value_t = defaults().augment)]
+    pub augment: Augment,
+    /// Time the step with the R1 penalty at this gamma, every --r1-every steps (see the mean).
+    #[arg(long, value_name = "GAMMA", allow_negative_numbers = true)]
+    pub r1: Option<f64>,
+    /// R1's interval in steps.
+    #[arg(long, default_value_t = defaults().r1_every)]
+    pub r1_every: u64,
 }
 
 /// `trainer eval` options.

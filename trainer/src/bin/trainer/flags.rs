@@ -17,6 +17,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Epochs => "--epochs",
         Setting::MaxSteps => "--max-steps",
         Setting::LearningRate => "--lr",
+        Setting::DiscriminatorLearningRate => "--lr-d",
         Setting::Beta1 => "--beta1",
         Setting::Beta2 => "--beta2",
         Setting::LatentDim => "--latent-dim",

@@ -13,6 +13,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use gantry_trainer::bench::{bench_train, BenchSpec};
 use gantry_trainer::distributed::{Collective, RankEnv, Solo};
 use gantry_trainer::eval::EvalSource;
+use gantry_trainer::preset::describe_recipe;
 use gantry_trainer::setup::{
     data_spec, execute, prepare_fresh_on, prepare_resume_on, run_classifier, run_eval,
     select_device, select_device_ordinal, DeviceKind, EvalRequest,
@@ -50,6 +51,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         steps: args.steps,
         warmup: args.warmup,
         kernels: args.kernels,
+        ema: args.ema,
+        spectral_norm: args.spectral_norm,
+        augment: args.augment,
+        r1: args.r1,
+        r1_every: args.r1_every,
     };
     let r = bench_train(&spec, &device, args.profile)?;
     let kernels = format!("{:?}", args.kernels).to_lowercase();
@@ -61,6 +67,11 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         args.device.name(),
         r.median.as_secs_f64() * 1e3,
         r.img_per_sec
+    );
+    println!(
+        "MEAN {:.2} ms/step {:.0} img/s",
+        r.mean.as_secs_f64() * 1e3,
+        args.batch_size as f64 / r.mean.as_secs_f64()
     );
     for (name, calls, time) in &r.spans {
         println!(
@@ -189,6 +200,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                 t.total_steps()
             ),
         }
+        eprintln!("recipe: {}", describe_recipe(&t.config, &t.model));
     }
     let outcome = match execute(&mut prepared, &stop, args.log_every) {
         Ok(outcome) => outcome,

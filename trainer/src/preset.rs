@@ -1,0 +1,100 @@
+//! Named training recipes: the defaults of the options that decide sample quality, which
+//! explicit settings override.
+//!
+//! `gantry` (the default) is the recipe chosen by the quality benchmark (docs/quality.md):
+//! spectral normalisation of D and an exponential moving average of G (decay 0.999). `dcgan` is
+//! the DCGAN paper's recipe as the PyTorch example trains it: neither.
+
+use std::fmt;
+use std::str::FromStr;
+
+use gantry_models::ModelConfig;
+
+use crate::TrainConfig;
+
+/// A named training recipe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Preset {
+    /// Spectral norm in D and an EMA of G (decay 0.999): Gantry's measured default.
+    #[default]
+    Gantry,
+    /// The DCGAN paper's recipe (Radford et al. 2015): no spectral norm, no EMA.
+    Dcgan,
+}
+
+impl Preset {
+    /// The EMA decay of G under this recipe (`None`: no average).
+    pub fn ema(self) -> Option<f64> {
+        match self {
+            Self::Gantry => Some(0.999),
+            Self::Dcgan => None,
+        }
+    }
+
+    /// Whether D's convolutions are spectrally normalised under this recipe.
+    pub fn spectral_norm(self) -> bool {
+        match self {
+            Self::Gantry => true,
+            Self::Dcgan => false,
+        }
+    }
+}
+
+impl FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gantry" => Ok(Self::Gantry),
+            "dcgan" => Ok(Self::Dcgan),
+            other => Err(format!(
+                "unknown preset `{other}` (expected gantry or dcgan)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Gantry => "gantry",
+            Self::Dcgan => "dcgan",
+        })
+    }
+}
+
+/// The options of a run that decide sample quality, in one line (printed when training starts).
+pub fn describe_recipe(config: &TrainConfig, model: &ModelConfig) -> String {
+    let ema = config.ema.map_or("off".to_string(), |d| d.to_string());
+    let r1 = config.r1.map_or("off".to_string(), |gamma| {
+        format!("{gamma} every {} steps", config.r1_every)
+    });
+    format!(
+        "loss {}, spectral norm {}, EMA {ema}, DiffAugment {}, R1 {r1}, Adam lr G {} D {} betas ({}, {})",
+        config.loss,
+        if model.spectral_norm { "on" } else { "off" },
+        config.augment,
+        config.adam.lr,
+        config.adam_d().lr,
+        config.adam.beta1,
+        config.adam.beta2
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_the_recipes_differ_where_documented() {
+        for preset in [Preset::Gantry, Preset::Dcgan] {
+            assert_eq!(preset.to_string().parse::<Preset>(), Ok(preset));
+        }
+        assert_eq!(Preset::default(), Preset::Gantry);
+        assert_eq!(Preset::Gantry.ema(), Some(0.999));
+        assert!(Preset::Gantry.spectral_norm());
+        assert_eq!(Preset::Dcgan.ema(), None);
+        assert!(!Preset::Dcgan.spectral_norm());
+        let err = "wgan".parse::<Preset>().unwrap_err();
+        assert!(err.contains("wgan"), "{err}");
+    }
+}
