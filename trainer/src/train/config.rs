@@ -242,7 +242,10 @@ mod tests {
             (|c| c.adam.lr = f64::NAN, Setting::LearningRate),
             (|c| c.adam.lr = f64::INFINITY, Setting::LearningRate),
             (|c| c.lr_d = Some(0.0), Setting::DiscriminatorLearningRate),
-            (|c| c.lr_d = Some(f64::NAN), Setting::DiscriminatorLearningRate),
+            (
+                |c| c.lr_d = Some(f64::NAN),
+                Setting::DiscriminatorLearningRate,
+            ),
             (|c| c.adam.beta1 = 1.5, Setting::Beta1),
             (|c| c.adam.beta2 = 1.0, Setting::Beta2),
             (|c| c.ema = Some(1.0), Setting::Ema),

@@ -293,8 +293,8 @@ fn the_classifier_is_cached_and_eval_scores_image_folders() {
 }
 
 /// A fresh run's recipe options as its checkpoint records them: (spectral norm, EMA decay, an
-/// EMA generator file written).
-type Recipe = (bool, Option<f64>, bool);
+/// EMA generator file written, Adam learning rate).
+type Recipe = (bool, Option<f64>, bool, f64);
 
 fn recipe_of(run: &Path) -> Recipe {
     let text = std::fs::read_to_string(run.join("final/config.json")).unwrap();
@@ -303,11 +303,12 @@ fn recipe_of(run: &Path) -> Recipe {
         config["model"]["spectral_norm"].as_bool().unwrap(),
         config["training"]["ema"].as_f64(),
         run.join("final/generator_ema.safetensors").is_file(),
+        config["training"]["adam"]["lr"].as_f64().unwrap(),
     )
 }
 
-/// Without options a run trains the gantry preset (spectral norm, EMA 0.999); `--preset dcgan`
-/// is the paper's recipe; explicit `--ema` and `--spectral-norm` override either preset; bad
+/// Without options a run trains the gantry preset (spectral norm, EMA 0.999, lr 4e-4); `--preset
+/// dcgan` is the paper's recipe; explicit `--ema`, `--spectral-norm` and `--lr` override either preset; bad
 /// values are named; a resume cannot change the recipe.
 #[test]
 fn the_default_recipe_is_the_gantry_preset_and_flags_override_it() {
@@ -315,16 +316,16 @@ fn the_default_recipe_is_the_gantry_preset_and_flags_override_it() {
     let data = fixture(tmp.path());
     let ds = data.to_str().unwrap();
     let cases: [(&[&str], Recipe); 5] = [
-        (&[], (true, Some(0.999), true)),
-        (&["--preset", "dcgan"], (false, None, false)),
-        (&["--preset", "gantry"], (true, Some(0.999), true)),
+        (&[], (true, Some(0.999), true, 4e-4)),
+        (&["--preset", "dcgan"], (false, None, false, 2e-4)),
+        (&["--preset", "gantry"], (true, Some(0.999), true, 4e-4)),
         (
             &["--preset", "dcgan", "--spectral-norm", "--ema", "0.99"],
-            (true, Some(0.99), true),
+            (true, Some(0.99), true, 2e-4),
         ),
         (
-            &["--spectral-norm", "off", "--ema", "off"],
-            (false, None, false),
+            &["--spectral-norm", "off", "--ema", "off", "--lr", "1e-4"],
+            (false, None, false, 1e-4),
         ),
     ];
     for (index, (flags, expected)) in cases.into_iter().enumerate() {

@@ -187,7 +187,7 @@ fn a_bad_value_stored_in_a_checkpoint_names_the_file_not_a_flag() {
     for dir in ["checkpoint", "final"] {
         let path = Path::new(&os).join(dir).join("config.json");
         let text = std::fs::read_to_string(&path).unwrap();
-        let edited = text.replacen("\"lr\": 0.0002", "\"lr\": -1.0", 1);
+        let edited = text.replacen("\"lr\": 0.0004", "\"lr\": -1.0", 1);
         assert_ne!(text, edited, "the fixture stores the learning rate");
         std::fs::write(&path, edited).unwrap();
     }

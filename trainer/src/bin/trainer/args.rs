@@ -94,9 +94,9 @@ pub struct RunArgs {
     /// Seed of weights, data order and latents.
     #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
-    /// Adam learning rate.
-    #[arg(long, default_value_t = defaults().adam.lr, allow_negative_numbers = true)]
-    pub lr: f64,
+    /// Adam learning rate [default: the preset's: gantry 4e-4, dcgan 2e-4].
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
     /// D's Adam learning rate, for a two time-scale update (TTUR) [default: --lr].
     #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     pub lr_d: Option<f64>,
@@ -118,9 +118,9 @@ pub struct RunArgs {
     /// Adversarial loss: bce (non-saturating, on logits) or hinge.
     #[arg(long, default_value_t = defaults().loss)]
     pub loss: LossKind,
-    /// Training recipe whose defaults apply to --ema and --spectral-norm when they are not given:
-    /// gantry (EMA 0.999 and spectral norm; chosen by measurement, docs/quality.md) or dcgan (the
-    /// DCGAN paper's recipe: neither).
+    /// Training recipe whose defaults apply to --lr, --ema and --spectral-norm when they are not
+    /// given: gantry (spectral norm, lr 4e-4, EMA 0.999; chosen by measurement, docs/quality.md)
+    /// or dcgan (the DCGAN paper's recipe: lr 2e-4, no spectral norm, no EMA).
     #[arg(long, default_value_t = Preset::default())]
     pub preset: Preset,
     /// Exponential moving average of G with this decay (e.g. 0.999), used for samples and export,
@@ -264,7 +264,7 @@ impl TrainArgs {
         config.epochs = schedule.epochs;
         config.max_steps = schedule.max_steps;
         config.seed = run.seed;
-        config.adam.lr = run.lr;
+        config.adam.lr = run.lr.unwrap_or(run.preset.lr());
         config.lr_d = run.lr_d;
         config.adam.beta1 = run.beta1;
         config.adam.beta2 = run.beta2;
