@@ -226,6 +226,11 @@ fn sample_variants_and_bench() {
         "--warmup",
         "1",
         "--profile",
+        "--spectral-norm",
+        "--ema",
+        "0.9",
+        "--augment",
+        "translation",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
@@ -234,6 +239,7 @@ fn sample_variants_and_bench() {
         "{text}"
     );
     assert!(text.contains("phase: 1 G forward"), "{text}");
+    assert!(text.contains("MEAN ") && text.contains("ms/step"), "{text}");
 }
 
 /// The classifier is trained once and reused from its cache; `eval --images` scores a folder.
