@@ -60,6 +60,15 @@ for suite in $suites; do
     done
 done
 
+# finished DIR STEPS: whether the run in DIR reached STEPS (an interrupted trainer exits 0 after
+# writing its checkpoint; its run must not be scored as finished).
+finished() {
+    grep -q "\"step\": $2," "$1/final/trainer_state.json" 2>/dev/null || {
+        echo "the run in $1 stopped before step $2" >&2
+        return 1
+    }
+}
+
 # run_one KIND SUITE VARIANT SEED: trains (or resumes) and scores one run in $dir.
 run_one() {
     local kind=$1 suite=$2 variant=$3 seed=$4
@@ -72,6 +81,7 @@ run_one() {
                     --seed "$seed" --preset "$variant" --sample-every 938 --checkpoint-every 469 \
                     --tensorboard off --log-every 200 --out "$dir"
             fi
+            finished "$dir" "$steps"
             $T eval --checkpoint "$dir" --n 5000 --out "$dir/eval.json"
             ;;
         pytorch)
@@ -91,6 +101,7 @@ run_one() {
                     --epochs 100000 --max-steps "$catsdogs_steps" --seed "$seed" --augment "$augment" \
                     --sample-every 500 --checkpoint-every 250 --tensorboard off --log-every 200 --out "$dir"
             fi
+            finished "$dir" "$catsdogs_steps"
             $T eval --checkpoint "$dir" --n 2000 --out "$dir/eval.json"
             ;;
     esac
@@ -107,7 +118,9 @@ worker() {
         mkdir "$out/.claims/$suite-$variant-s$seed" 2>/dev/null || continue
         mkdir -p "$dir"
         echo "$(date +%T) start $suite $kind $variant seed $seed (log: $dir.log)"
-        if run_one "$kind" "$suite" "$variant" "$seed" >"$dir.log" 2>&1; then
+        # In the background, not as an `if` condition: there bash would ignore `set -e` inside it.
+        run_one "$kind" "$suite" "$variant" "$seed" >"$dir.log" 2>&1 &
+        if wait $!; then
             echo "$(date +%T) done  $suite $kind $variant seed $seed"
         else
             echo "$(date +%T) FAILED $suite $kind $variant seed $seed: see $dir.log" >&2
