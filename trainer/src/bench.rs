@@ -60,7 +60,8 @@ fn synthetic_data(spec: &BenchSpec) -> Dataset {
 }
 
 /// Runs `warmup + steps` training steps of the DCGAN with `spec`'s options on `device`; the
-/// median and the mean of the timed steps are reported. With `profile_spans`, also the per-phase and per-kernel breakdown.
+/// median and the mean of the timed steps are reported. With `profile_spans`, also the
+/// per-phase and per-kernel breakdown.
 pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
     if spec.steps == 0 {
         return Err(TrainError::invalid(
