@@ -5,7 +5,8 @@ latents with BatchNorm in eval and in train mode, as PNG folders that `trainer e
 
     python3 bench/torch_dcgan_mnist.py --data data/mnist --out DIR --max-steps 938 [--n-samples 5000]
 
-Writes DIR/samples_eval/*.png, DIR/samples_train/*.png, DIR/run.json (steps, seconds, losses).
+Writes DIR/samples_eval/*.png, DIR/samples_train/*.png, DIR/grid_eval.png (the first 64 eval-mode
+samples, 8 x 8 with 2-pixel gaps, as Gantry's grids) and DIR/run.json (steps, seconds, losses).
 """
 import argparse
 import gzip
@@ -45,6 +46,17 @@ def write_png(path, pixels):
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
     png += chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     open(path, "wb").write(png)
+
+
+def grid(images, cols=8, gap=2):
+    """uint8 [N, H, W] images tiled `cols` per row on a black background with `gap` pixels around each."""
+    n, h, w = images.shape
+    rows = (n + cols - 1) // cols
+    out = torch.zeros(gap + rows * (h + gap), gap + cols * (w + gap), dtype=torch.uint8)
+    for k, im in enumerate(images):
+        y, x = gap + (k // cols) * (h + gap), gap + (k % cols) * (w + gap)
+        out[y:y + h, x:x + w] = im
+    return out
 
 
 @torch.no_grad()
@@ -95,8 +107,11 @@ def main():
     for mode in ("eval", "train"):
         folder = os.path.join(a.out, f"samples_{mode}")
         os.makedirs(folder, exist_ok=True)
-        for k, im in enumerate(samples(g, z, mode == "train")):
+        images = samples(g, z, mode == "train")
+        for k, im in enumerate(images):
             write_png(os.path.join(folder, f"{k:05d}.png"), im)
+        if mode == "eval":
+            write_png(os.path.join(a.out, "grid_eval.png"), grid(images[:64]))
     summary = {"steps": step, "seconds": round(seconds, 1), "loss_d": losses[0], "loss_g": losses[1],
                "batch": a.batch, "samples": a.n_samples}
     tmp = os.path.join(a.out, "run.json.tmp")
