@@ -8,8 +8,10 @@
 #   mnist, fashion-mnist  32x32 (--fit pad), batch 128, STEPS steps (2814 = 6 epochs): `trainer
 #                         train` with its defaults (the gantry preset) and, with PRESETS="gantry
 #                         dcgan", the paper recipe; PyTorch (bench/torch_dcgan_mnist.py) the same way.
-#   catsdogs              64x64, batch 64, CATSDOGS_STEPS steps, the default recipe without and
-#                         with DiffAugment (translation,cutout,color).
+#   catsdogs              64x64, batch 64, CATSDOGS_STEPS steps, the default recipe without
+#                         DiffAugment ("plain") and with each policy in CATSDOGS_AUGMENTS (default
+#                         the paper's full "translation,cutout,color", run "diffaugment"; another
+#                         policy, e.g. "translation,color", runs as "augment-translation-color").
 # Every configuration runs once per seed in SEEDS (default "0 1 2"; cats and dogs: CATSDOGS_SEEDS,
 # default SEEDS); each run is scored with
 # `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json.
@@ -26,6 +28,7 @@ presets="${PRESETS:-gantry}"
 steps="${STEPS:-2814}"
 catsdogs_steps="${CATSDOGS_STEPS:-2000}"
 catsdogs_seeds="${CATSDOGS_SEEDS:-$seeds}"
+catsdogs_augments="${CATSDOGS_AUGMENTS:-translation,cutout,color}"
 jobs="${JOBS:-$(nproc)}"
 cd "$root"
 
@@ -53,7 +56,12 @@ runs=()
 for suite in $suites; do
     if [ "$suite" = catsdogs ]; then
         for seed in $catsdogs_seeds; do
-            runs+=("catsdogs $suite plain $seed" "catsdogs $suite diffaugment $seed")
+            runs+=("catsdogs $suite plain $seed")
+            for policy in $catsdogs_augments; do
+                variant="augment-${policy//,/-}"
+                [ "$policy" = translation,cutout,color ] && variant=diffaugment
+                runs+=("catsdogs $suite $variant $seed")
+            done
         done
         continue
     fi
@@ -96,7 +104,10 @@ run_one() {
             ;;
         catsdogs)
             local augment=off
-            [ "$variant" = diffaugment ] && augment=translation,cutout,color
+            case $variant in
+                diffaugment) augment=translation,cutout,color ;;
+                augment-*) augment="${variant#augment-}" && augment="${augment//-/,}" ;;
+            esac
             if [ -f "$dir/checkpoint/config.json" ]; then
                 $T train --resume "$dir" --max-steps "$catsdogs_steps" --log-every 200
             else

@@ -29,6 +29,11 @@ def scores(run_dir):
     return found
 
 
+def fid_text(fid):
+    """One decimal, or three below 1 (the two-class cats-and-dogs space scores in tenths)."""
+    return f"{fid:.1f}" if fid >= 1 or fid != fid else f"{fid:.3f}"
+
+
 def speed(run_dir):
     """Training img/s: the median of metrics.jsonl (Gantry) or steps x batch / seconds (PyTorch)."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
@@ -72,8 +77,8 @@ def main(out):
                 means[(config, label)] = mean
                 rate = f"{statistics.median(rates):.0f}" if rates else ""
                 print(f"| {config} | {label} | {len(fids)} | "
-                      + ", ".join(f"{f:.1f}" for f in fids)
-                      + f" | **{mean:.1f}** | {sd:.1f} | {min(v[1] for _, v in per_seed)} | "
+                      + ", ".join(fid_text(f) for f in fids)
+                      + f" | **{fid_text(mean)}** | {fid_text(sd)} | {min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
         torch = [m for (c, label), m in means.items() if c == "pytorch"]
         if torch:
