@@ -14,7 +14,8 @@
 #                         policy, e.g. "translation,color", runs as "augment-translation-color").
 # Every configuration runs once per seed in SEEDS (default "0 1 2"; cats and dogs: CATSDOGS_SEEDS,
 # default SEEDS); each run is scored with
-# `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json.
+# `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json
+# (cats and dogs also lattice.txt: scripts/lattice_score.py on the last sample grid).
 # JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
 # that is more throughput than one run using every core. Rerunning skips finished runs and
 # resumes interrupted Gantry runs from their checkpoints. Tables: scripts/quality_table.py OUT.
@@ -117,6 +118,7 @@ run_one() {
             fi
             finished "$dir" "$catsdogs_steps"
             $T eval --checkpoint "$dir" --n 2000 --out "$dir/eval.json"
+            "$py" scripts/lattice_score.py "$dir/samples/step_$(printf %06d "$catsdogs_steps").png" | tee "$dir/lattice.txt"
             ;;
     esac
     touch "$dir/done"
