@@ -113,8 +113,8 @@ def main():
     parser.add_argument("--tile", type=int, default=64)
     parser.add_argument("--gap", type=int, default=2)
     a = parser.parse_args()
-    if a.tile % a.period:
-        sys.exit(f"error: the tile side {a.tile} is not a multiple of the period {a.period}")
+    if a.period < 1 or a.tile % a.period or a.tile // a.period < 2:
+        sys.exit(f"error: the period {a.period} must divide the tile side {a.tile} at least twice")
     shares = []
     for path in a.images:
         try:

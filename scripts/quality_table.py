@@ -29,9 +29,10 @@ def scores(run_dir):
     return found
 
 
-def fid_text(fid):
-    """One decimal, or three below 1 (the two-class cats-and-dogs space scores in tenths)."""
-    return f"{fid:.1f}" if fid >= 1 or fid != fid else f"{fid:.3f}"
+def fid_format(mean):
+    """FIDs to one decimal, or to three when the mean is below 1 (the two-class cats-and-dogs
+    space scores in tenths); a row's seeds, mean and sd share it."""
+    return "{:.3f}" if mean < 1 else "{:.1f}"
 
 
 def speed(run_dir):
@@ -76,9 +77,10 @@ def main(out):
                 sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
                 means[(config, label)] = mean
                 rate = f"{statistics.median(rates):.0f}" if rates else ""
+                fmt = fid_format(mean)
                 print(f"| {config} | {label} | {len(fids)} | "
-                      + ", ".join(fid_text(f) for f in fids)
-                      + f" | **{fid_text(mean)}** | {fid_text(sd)} | {min(v[1] for _, v in per_seed)} | "
+                      + ", ".join(fmt.format(f) for f in fids)
+                      + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
         torch = [m for (c, label), m in means.items() if c == "pytorch"]
         if torch:
