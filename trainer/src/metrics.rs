@@ -51,6 +51,9 @@ pub struct EvalMetrics {
     /// FID of the raw generator when an EMA is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fid_raw: Option<f64>,
+    /// Mean patch SWD (x1000) of the sampled generator: lower is better, no classifier involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swd: Option<f64>,
     /// Classes holding at least 5% of the samples (as the classifier sees them).
     pub classes_covered: usize,
     /// Entropy of the predicted-label distribution in bits.
@@ -189,6 +192,7 @@ mod tests {
         step.eval = Some(EvalMetrics {
             fid: 12.5,
             fid_raw: None,
+            swd: Some(31.5),
             classes_covered: 9,
             label_entropy_bits: 3.1,
             samples: 100,
@@ -197,6 +201,7 @@ mod tests {
         let scalars = step.scalars();
         assert!(scalars.contains(&("eval/fid".into(), 12.5)));
         assert!(scalars.contains(&("eval/classes_covered".into(), 9.0)));
+        assert!(scalars.contains(&("eval/swd".into(), 31.5)));
         assert!(scalars.contains(&("lr_g".into(), 1e-4)));
         assert!(!names(&step).contains(&"eval/fid_raw".to_string()));
     }

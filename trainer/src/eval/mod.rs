@@ -1,9 +1,11 @@
-//! Sample quality: FID on features of Gantry's own classifier, and class coverage
-//! (`trainer classifier`, `trainer eval`).
+//! Sample quality: FID on features of Gantry's own classifier, class coverage, and the
+//! classifier-free sliced Wasserstein distance of image patches (`trainer classifier`,
+//! `trainer eval`).
 
 pub mod classifier;
 pub mod coverage;
 pub mod fid;
+pub mod swd;
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use crate::train::latents;
 use classifier::{Classifier, ClassifierInfo};
 use coverage::Coverage;
 use fid::{frechet_distance, GaussianStats};
+use swd::{PatchReference, Swd};
 
 /// Epochs the evaluation classifier trains for when it is not cached yet.
 pub const CLASSIFIER_EPOCHS: usize = 4;
@@ -28,6 +31,9 @@ pub struct VariantScore {
     pub variant: String,
     pub fid: f64,
     pub coverage: Coverage,
+    /// Sliced Wasserstein distance of Laplacian-pyramid patches (x1000), which needs no
+    /// classifier: the measure of texture and detail where the classifier knows few classes.
+    pub swd: Swd,
 }
 
 /// `eval.json`.
@@ -42,6 +48,8 @@ pub struct EvalReport {
     /// FID of real training images against the test split: the floor a perfect generator reaches
     /// at this sample count.
     pub reference_fid_train_vs_test: f64,
+    /// SWD of the same real training images against the test split.
+    pub reference_swd_train_vs_test: Swd,
     pub results: Vec<VariantScore>,
 }
 
@@ -54,31 +62,14 @@ pub enum EvalSource {
     Images(PathBuf),
 }
 
-fn score(
-    classifier: &Classifier,
-    real: &GaussianStats,
-    images: &Tensor,
-    asked: Option<&[u32]>,
-    variant: &str,
-) -> Result<VariantScore> {
-    let (features, probs) = classifier.features_and_probs(images)?;
-    let stats = GaussianStats::from_rows(&features, classifier::FEATURE_DIM);
-    Ok(VariantScore {
-        variant: variant.to_string(),
-        fid: frechet_distance(real, &stats),
-        coverage: coverage::coverage(&probs, classifier.info.classes, asked),
-    })
+/// The first `limit` images of `data`.
+fn images_of(data: &data::Dataset, limit: usize, device: &Device) -> Result<Tensor> {
+    let idx: Vec<usize> = (0..data.len().min(limit)).collect();
+    Ok(data.batch(&idx, device)?.0)
 }
 
-fn stats_of(
-    classifier: &Classifier,
-    data: &data::Dataset,
-    limit: usize,
-    device: &Device,
-) -> Result<GaussianStats> {
-    let idx: Vec<usize> = (0..data.len().min(limit)).collect();
-    let (x, _) = data.batch(&idx, device)?;
-    let (features, _) = classifier.features_and_probs(&x)?;
+fn stats_of(classifier: &Classifier, images: &Tensor) -> Result<GaussianStats> {
+    let (features, _) = classifier.features_and_probs(images)?;
     Ok(GaussianStats::from_rows(&features, classifier::FEATURE_DIM))
 }
 
@@ -124,6 +115,7 @@ fn load_images(dir: &Path, spec: &DataSpec, device: &Device) -> Result<Tensor> {
 pub struct Evaluator {
     classifier: Classifier,
     real: GaussianStats,
+    real_patches: PatchReference,
     /// Generated samples per score.
     pub samples: usize,
     /// Seed of the latents the samples come from.
@@ -149,10 +141,14 @@ impl Evaluator {
         }
         let classifier = classifier::load_or_train(data_spec, CLASSIFIER_EPOCHS, device, log)?;
         let test = data::load(data_spec, Split::Test)?;
-        let real = stats_of(&classifier, &test, usize::MAX, device)?;
+        let test_images = images_of(&test, usize::MAX, device)?;
+        let real = stats_of(&classifier, &test_images)?;
+        let real_patches =
+            PatchReference::new(&swd::Images::from_tensor(&test_images)?, samples, seed)?;
         Ok(Self {
             classifier,
             real,
+            real_patches,
             samples,
             seed,
             device: device.clone(),
@@ -164,10 +160,14 @@ impl Evaluator {
         &self.classifier.info
     }
 
-    /// FID of `data`'s first `samples` images against the test split.
-    pub fn reference_fid(&self, data: &data::Dataset) -> Result<f64> {
-        let stats = stats_of(&self.classifier, data, self.samples, &self.device)?;
-        Ok(frechet_distance(&stats, &self.real))
+    /// FID and SWD of `data`'s first `samples` images against the test split.
+    pub fn reference_scores(&self, data: &data::Dataset) -> Result<(f64, Swd)> {
+        let images = images_of(data, self.samples, &self.device)?;
+        let stats = stats_of(&self.classifier, &images)?;
+        let swd = self
+            .real_patches
+            .distance(&swd::Images::from_tensor(&images)?)?;
+        Ok((frechet_distance(&stats, &self.real), swd))
     }
 
     /// Scores images (`[N, C, H, W]` in [-1, 1]); `asked` are the classes a conditional
@@ -178,7 +178,29 @@ impl Evaluator {
         asked: Option<&[u32]>,
         variant: &str,
     ) -> Result<VariantScore> {
-        score(&self.classifier, &self.real, images, asked, variant)
+        let (fid, probs) = self.fid_and_probs(images)?;
+        Ok(VariantScore {
+            variant: variant.to_string(),
+            fid,
+            coverage: coverage::coverage(&probs, self.classifier.info.classes, asked),
+            swd: self
+                .real_patches
+                .distance(&swd::Images::from_tensor(images)?)?,
+        })
+    }
+
+    /// FID alone of `samples` images of `generator` in eval mode (no SWD: the cheaper score for a
+    /// second generator during training).
+    pub fn fid_of_generator(&self, generator: &Generator) -> Result<f64> {
+        let (images, _) = sample(generator, self.samples, self.seed, false, &self.device)?;
+        Ok(self.fid_and_probs(&images)?.0)
+    }
+
+    /// FID of `images` against the test split, and the classifier's class probabilities.
+    fn fid_and_probs(&self, images: &Tensor) -> Result<(f64, Vec<f32>)> {
+        let (features, probs) = self.classifier.features_and_probs(images)?;
+        let stats = GaussianStats::from_rows(&features, classifier::FEATURE_DIM);
+        Ok((frechet_distance(&self.real, &stats), probs))
     }
 
     /// Scores `samples` images of `generator` (eval mode uses its running BatchNorm statistics,
@@ -205,7 +227,7 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let evaluator = Evaluator::new(data_spec, n, seed, device, log)?;
     let train = data::load(data_spec, Split::Train)?;
-    let reference = evaluator.reference_fid(&train)?;
+    let (reference_fid, reference_swd) = evaluator.reference_scores(&train)?;
     let mut results = Vec::new();
     let mut steps = None;
     match source {
@@ -246,9 +268,10 @@ pub fn evaluate(
                 for (mode, train_mode) in [("eval", false), ("train", true)] {
                     let s = evaluator.score_generator(&g, train_mode, &format!("{name}/{mode}"))?;
                     log(format!(
-                        "{}: FID {:.2}, {} classes >= 5%, entropy {:.3} bits",
+                        "{}: FID {:.2}, SWD {:.2}, {} classes >= 5%, entropy {:.3} bits",
                         s.variant,
                         s.fid,
+                        s.swd.mean,
                         s.coverage.classes_over_5_percent,
                         s.coverage.label_entropy_bits
                     ));
@@ -267,7 +290,8 @@ pub fn evaluate(
         samples: n,
         classifier_path: classifier::cache_path(data_spec),
         classifier: evaluator.classifier_info().clone(),
-        reference_fid_train_vs_test: reference,
+        reference_fid_train_vs_test: reference_fid,
+        reference_swd_train_vs_test: reference_swd,
         results,
     })
 }

@@ -259,8 +259,12 @@ fn eval_line(step: u64, eval: &EvalMetrics) -> String {
         .map(|f| format!(" (raw generator {f:.2})"))
         .unwrap_or_default();
     format!(
-        "step {step}: FID {:.2}{raw}, {} classes >= 5%, {:.1} s for {} samples",
-        eval.fid, eval.classes_covered, eval.seconds, eval.samples
+        "step {step}: FID {:.2}{raw}, SWD {}, {} classes >= 5%, {:.1} s for {} samples",
+        eval.fid,
+        eval.swd.map_or("-".into(), |s| format!("{s:.1}")),
+        eval.classes_covered,
+        eval.seconds,
+        eval.samples
     )
 }
 

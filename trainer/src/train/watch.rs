@@ -72,11 +72,7 @@ impl RunEvaluator {
             self.evaluator
                 .score_generator(trainer.sampling_generator(), false, "sampled/eval")?;
         let fid_raw = match &trainer.nets.generator_ema {
-            Some(_) => Some(
-                self.evaluator
-                    .score_generator(&trainer.nets.generator, false, "raw/eval")?
-                    .fid,
-            ),
+            Some(_) => Some(self.evaluator.fid_of_generator(&trainer.nets.generator)?),
             None => None,
         };
         let better = self.best_fid.is_none_or(|best| exported.fid < best);
@@ -90,6 +86,7 @@ impl RunEvaluator {
         Ok(EvalMetrics {
             fid: exported.fid,
             fid_raw,
+            swd: Some(exported.swd.mean),
             classes_covered: exported.coverage.classes_over_5_percent,
             label_entropy_bits: exported.coverage.label_entropy_bits,
             samples: self.evaluator.samples,

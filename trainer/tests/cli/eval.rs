@@ -1,4 +1,4 @@
-//! `trainer eval` / `trainer classifier`: FID separates real from noise images, reports cover
+//! `trainer eval` / `trainer classifier`: FID and SWD separate real from noise images, reports cover
 //! every sampling variant, and the classifier is cached with its accuracy.
 
 use std::path::Path;
@@ -90,6 +90,13 @@ fn real_images_score_far_below_noise_and_checkpoints_get_every_variant() {
         floor > 0.0 && floor * 20.0 < fnoise,
         "train vs test {floor}, noise {fnoise}"
     );
+    // The classifier-free patch distance separates them too: 16x16 images are one pyramid level.
+    let (sr, snoise) = (&real.results[0].swd, &noise.results[0].swd);
+    assert_eq!((sr.per_level.len(), sr.finest_size), (1, 16));
+    assert!(
+        sr.mean * 10.0 < snoise.mean,
+        "SWD real {sr:?} vs noise {snoise:?}"
+    );
     // Real images are classified as their classes.
     assert_eq!(
         real.results[0].coverage.histogram,
@@ -121,6 +128,7 @@ fn real_images_score_far_below_noise_and_checkpoints_get_every_variant() {
     );
     for r in report["results"].as_array().unwrap() {
         assert!(r["fid"].as_f64().unwrap().is_finite());
+        assert!(r["swd"]["mean"].as_f64().unwrap() > 0.0);
         assert_eq!(
             r["coverage"]["histogram"]
                 .as_array()

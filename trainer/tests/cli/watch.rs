@@ -218,12 +218,14 @@ fn tensorboard_sees_the_metrics_samples_and_evaluations_and_best_is_the_lowest_f
                 "{e:?}"
             );
             assert!(e.seconds > 0.0 && e.samples == 120, "{e:?}");
+            assert!(e.swd.is_some_and(|s| s > 0.0), "{e:?}");
         }
     }
     let board = read_board(&out);
     assert_board_matches_metrics(&board, &history);
     assert!(board.scalars.contains_key("eval/fid"));
     assert!(board.scalars.contains_key("eval/fid_raw"));
+    assert!(board.scalars.contains_key("eval/swd"));
 
     // The sample images are the grids written to samples/, pixel for pixel.
     let images = &board.images["samples"];

@@ -249,9 +249,11 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let (report, out) = run_eval(&request, &mut |line| eprintln!("{line}"))?;
     for r in &report.results {
         println!(
-            "{}: FID {:.3}  classes>=5% {}  entropy {:.3} bits  confidence {:.3}{}",
+            "{}: FID {:.3}  SWD {:.2} ({})  classes>=5% {}  entropy {:.3} bits  confidence {:.3}{}",
             r.variant,
             r.fid,
+            r.swd.mean,
+            swd_levels(&r.swd),
             r.coverage.classes_over_5_percent,
             r.coverage.label_entropy_bits,
             r.coverage.mean_confidence,
@@ -262,11 +264,23 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "reference (train vs test): FID {:.3}",
-        report.reference_fid_train_vs_test
+        "reference (train vs test): FID {:.3}  SWD {:.2} ({})",
+        report.reference_fid_train_vs_test,
+        report.reference_swd_train_vs_test.mean,
+        swd_levels(&report.reference_swd_train_vs_test)
     );
     println!("report: {}", out.display());
     Ok(())
+}
+
+/// `64px 1.23, 32px ...`: the SWD of each pyramid level, finest first.
+fn swd_levels(swd: &gantry_trainer::eval::swd::Swd) -> String {
+    swd.per_level
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("{}px {d:.2}", swd.finest_size >> i))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn classifier(a: ClassifierArgs) -> anyhow::Result<()> {
