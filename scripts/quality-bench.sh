@@ -15,7 +15,9 @@
 # Every configuration runs once per seed in SEEDS (default "0 1 2"; cats and dogs: CATSDOGS_SEEDS,
 # default SEEDS); each run is scored with
 # `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json
-# (cats and dogs also lattice.txt: scripts/lattice_score.py on the last sample grid).
+# (cats and dogs also lattice.txt: scripts/lattice_score.py on the last sample grid; both kept per
+# step count as eval_step_NNNNNN.json and lattice_step_NNNNNN.txt, so that rerunning with a larger
+# CATSDOGS_STEPS extends finished runs and keeps the earlier scores).
 # JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
 # that is more throughput than one run using every core. Rerunning skips finished runs and
 # resumes interrupted Gantry runs from their checkpoints. Tables: scripts/quality_table.py OUT.
@@ -117,8 +119,13 @@ run_one() {
                     --sample-every 500 --checkpoint-every 250 --tensorboard off --log-every 200 --out "$dir"
             fi
             finished "$dir" "$catsdogs_steps"
+            local at; at="step_$(printf %06d "$catsdogs_steps")"
             $T eval --checkpoint "$dir" --n 2000 --out "$dir/eval.json"
-            "$py" scripts/lattice_score.py "$dir/samples/step_$(printf %06d "$catsdogs_steps").png" | tee "$dir/lattice.txt"
+            cp "$dir/eval.json" "$dir/eval_$at.json"
+            "$py" scripts/lattice_score.py "$dir/samples/$at.png" | tee "$dir/lattice.txt"
+            cp "$dir/lattice.txt" "$dir/lattice_$at.txt"
+            echo "$catsdogs_steps" >"$dir/done"
+            return
             ;;
     esac
     touch "$dir/done"
@@ -130,12 +137,13 @@ worker() {
     for run in "${runs[@]}"; do
         read -r kind suite variant seed <<<"$run"
         dir="$out/$suite/$variant-s$seed"
-        [ -f "$dir/done" ] && continue
+        # A cats-and-dogs run is done at the step count in its marker: a larger CATSDOGS_STEPS extends it.
+        [ -f "$dir/done" ] && { [ "$kind" != catsdogs ] || [ "$(cat "$dir/done")" = "$catsdogs_steps" ]; } && continue
         mkdir "$out/.claims/$suite-$variant-s$seed" 2>/dev/null || continue
         mkdir -p "$dir"
         echo "$(date +%T) start $suite $kind $variant seed $seed (log: $dir.log)"
         # In the background, not as an `if` condition: there bash would ignore `set -e` inside it.
-        run_one "$kind" "$suite" "$variant" "$seed" >"$dir.log" 2>&1 &
+        run_one "$kind" "$suite" "$variant" "$seed" >>"$dir.log" 2>&1 &
         if wait $!; then
             echo "$(date +%T) done  $suite $kind $variant seed $seed"
         else

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown tables from what scripts/quality-bench.sh leaves in OUT: per suite and
-configuration, FID of each seed, mean and standard deviation, class coverage and training speed,
+configuration, FID of each seed, mean and standard deviation, the same for the patch SWD where
+the evaluation reported it, class coverage and training speed,
 and the ratio of each Gantry configuration's mean FID to the PyTorch reference's.
 
 usage: quality_table.py OUT_DIR"""
@@ -13,10 +14,16 @@ import sys
 
 
 def scores(run_dir):
-    """{label: (fid, classes >= 5%, smallest class share)} of one finished run."""
+    """{step or None: {label: (fid, classes >= 5%, smallest class share, mean SWD or None)}} of
+    one finished run: per step count where the run kept its evaluations per step
+    (eval_step_NNNNNN.json, cats and dogs), else one entry."""
+    per_step = sorted(glob.glob(os.path.join(run_dir, "eval_step_*.json")))
+    if per_step:
+        files = [(int(re.search(r"(\d+)\.json$", p).group(1)), p, "eval.json") for p in per_step]
+    else:
+        files = [(None, os.path.join(run_dir, n), n) for n in ("eval.json", "eval_eval.json", "eval_train.json")]
     found = {}
-    for name in ("eval.json", "eval_eval.json", "eval_train.json"):
-        path = os.path.join(run_dir, name)
+    for step, path, name in files:
         if not os.path.exists(path):
             continue
         report = json.load(open(path))
@@ -25,7 +32,9 @@ def scores(run_dir):
             if name != "eval.json":  # PyTorch's image folders: the mode is in the file name
                 label = "eval mode" if name == "eval_eval.json" else "train mode"
             hist = r["coverage"]["histogram"]
-            found[label] = (r["fid"], r["coverage"]["classes_over_5_percent"], min(hist) / sum(hist))
+            swd = r.get("swd", {}).get("mean")
+            found.setdefault(step, {})[label] = (
+                r["fid"], r["coverage"]["classes_over_5_percent"], min(hist) / sum(hist), swd)
     return found
 
 
@@ -33,6 +42,14 @@ def fid_format(mean):
     """FIDs to one decimal, or to three when the mean is below 1 (the two-class cats-and-dogs
     space scores in tenths); a row's seeds, mean and sd share it."""
     return "{:.3f}" if mean < 1 else "{:.1f}"
+
+
+def swd_cells(values):
+    """The SWD cells of a row: per seed, mean (bold) and sd; blank where a seed has none."""
+    if not values or None in values:
+        return " | | "
+    sd = f"{statistics.stdev(values):.1f}" if len(values) > 1 else "nan"
+    return ", ".join(f"{v:.1f}" for v in values) + f" | **{statistics.mean(values):.1f}** | {sd}"
 
 
 def speed(run_dir):
@@ -59,12 +76,14 @@ def main(out):
             m = re.fullmatch(r"(.+)-s(\d+)", os.path.basename(run_dir))
             if not m or not os.path.isdir(run_dir) or not os.path.exists(os.path.join(run_dir, "done")):
                 continue
-            configs.setdefault(m.group(1), []).append((int(m.group(2)), scores(run_dir), speed(run_dir)))
+            for step, found in scores(run_dir).items():
+                config = m.group(1) if step is None else f"{m.group(1)} @ {step}"
+                configs.setdefault(config, []).append((int(m.group(2)), found, speed(run_dir)))
         if not configs:
             continue
         print(f"\n### {suite}\n")
-        print("| configuration | generator | seeds | FID per seed | mean FID | sd | classes >= 5% (min over seeds) | smallest class share | img/s (median) |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| configuration | generator | seeds | FID per seed | mean FID | sd | SWD per seed | mean SWD | sd | classes >= 5% (min over seeds) | smallest class share | img/s (median) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         means = {}
         for config, runs in sorted(configs.items()):
             # Gantry's generators in eval mode (what the exporter writes); PyTorch's in both modes
@@ -80,7 +99,8 @@ def main(out):
                 fmt = fid_format(mean)
                 print(f"| {config} | {label} | {len(fids)} | "
                       + ", ".join(fmt.format(f) for f in fids)
-                      + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {min(v[1] for _, v in per_seed)} | "
+                      + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {swd_cells([v[3] for _, v in per_seed])} | "
+                      f"{min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
         torch = [m for (c, label), m in means.items() if c == "pytorch"]
         if torch:
