@@ -246,6 +246,12 @@ impl PatchReference {
     /// count every scored set draws (`images`: the size of the generated sets to be scored);
     /// `seed` fixes the directions and patch positions.
     pub fn new(real: &Images, images: usize, seed: u64) -> Result<Self> {
+        if real.n == 0 {
+            return Err(TrainError::invalid(
+                Setting::SampleCount,
+                "the SWD reference needs at least one real image, got none".to_string(),
+            ));
+        }
         let count = (images * PATCHES_PER_IMAGE).clamp(1, MAX_PATCHES);
         let mut rng = rng_for(seed, "swd-real");
         let mut dir_rng = rng_for(seed, "swd-directions");
@@ -456,5 +462,12 @@ mod tests {
         );
         // Another count of images of the right shape is fine.
         assert!(reference.distance(&noise(7, 1, 16, 2, 1.0)).is_ok());
+        // An empty set on either side is an error, not a division by zero.
+        assert!(reference.distance(&noise(0, 1, 16, 2, 1.0)).is_err());
+        let err = PatchReference::new(&noise(0, 1, 16, 1, 1.0), 10, 0)
+            .err()
+            .expect("no real images")
+            .to_string();
+        assert!(err.contains("at least one real image"), "{err}");
     }
 }
