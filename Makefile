@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
+.PHONY: demo test tools ort data lint fuzz fuzz-api mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -43,6 +43,12 @@ test: tools ort
 FUZZ_SECONDS ?= 60
 fuzz: tools ort
 	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib fuzz_ -- --test-threads 1 --nocapture
+
+# The REST API fuzzed from its OpenAPI document for longer than `make test` does: schemathesis
+# against a real `runtime serve`, FUZZ_API_EXAMPLES generated requests per operation (default 500).
+FUZZ_API_EXAMPLES ?= 500
+fuzz-api: tools ort
+	GANTRY_SCHEMATHESIS_EXAMPLES=$(FUZZ_API_EXAMPLES) $(CARGO) test -p gantry-runtime-cli --test cli serve::schemathesis -- --nocapture
 
 # Mutation testing of the modules where a silent bug costs most (cargo-mutants; hours on 2
 # cores; results in mutants.out*/, counts to compare in docs/testing.md).

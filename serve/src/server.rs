@@ -4,6 +4,7 @@ use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,6 +39,7 @@ pub struct BoundServer {
     http: TcpListener,
     grpc: TcpListener,
     state: Arc<ServerState>,
+    drain_delay: Duration,
 }
 
 impl BoundServer {
@@ -57,7 +59,16 @@ impl BoundServer {
             http,
             grpc,
             state: Arc::new(ServerState::new(models, limits)),
+            drain_delay: Duration::ZERO,
         })
+    }
+
+    /// After the shutdown signal, keep serving for `delay` while readiness answers not-ready
+    /// (HTTP 503 `{"ready": false}`, gRPC `ready: false`), so that a load balancer or
+    /// Kubernetes takes the server out of rotation before it stops accepting connections.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
+        self
     }
 
     /// The bound HTTP address.
@@ -70,14 +81,16 @@ impl BoundServer {
         self.grpc.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting connections, lets the requests
-    /// in flight finish, and returns.
+    /// Serves until `shutdown` completes, then answers not-ready for the drain delay, stops
+    /// accepting connections, lets the requests in flight finish, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = self.state.clone();
+        let drain_delay = self.drain_delay;
         tokio::spawn(async move {
             shutdown.await;
             state.begin_stopping();
+            tokio::time::sleep(drain_delay).await;
             let _ = stop_tx.send(true);
         });
         let stopped = |mut rx: watch::Receiver<bool>| async move {

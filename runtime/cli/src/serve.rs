@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// Most images one PNG `generate` request may ask for.
     #[arg(long, default_value_t = 256)]
     max_png_images: usize,
+    /// After Ctrl-C or SIGTERM, keep serving this long while readiness answers not-ready (HTTP
+    /// 503 `{"ready": false}`, gRPC `ready: false`), so load balancers stop sending requests
+    /// before the ports close; then requests in flight finish.
+    #[arg(long, default_value_t = 0)]
+    drain_delay_ms: u64,
 }
 
 /// Loads the models, binds the ports, prints them, and serves until Ctrl-C or SIGTERM.
@@ -105,12 +110,15 @@ pub fn run(
     listen.host = args.host;
     listen.http_port = args.http_port;
     listen.grpc_port = args.grpc_port;
+    let drain_delay = Duration::from_millis(args.drain_delay_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = BoundServer::bind(models, &listen, limits).await?;
+        let server = BoundServer::bind(models, &listen, limits)
+            .await?
+            .drain_delay(drain_delay);
         let (http, grpc) = (server.http_addr()?, server.grpc_addr()?);
         println!("HTTP: http://{http}");
         println!("gRPC: {grpc}");

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use gantry_runtime::{output, slerp, GenerateRequest, LatentStream};
 use ndarray::Array2;
 
-use super::model_of;
+use super::{model_of, ModelPath, QueryMap};
 use crate::error::{Result, ServeError};
 use crate::model::Model;
 use crate::state::ServerState;
@@ -37,10 +37,10 @@ fn param<T: FromStr>(
 /// the same images `runtime generate -n N --seed S` writes.
 pub(super) async fn generate(
     State(state): State<Arc<ServerState>>,
-    Path(params): Path<HashMap<String, String>>,
-    Query(query): Query<HashMap<String, String>>,
+    path: ModelPath,
+    QueryMap(query): QueryMap,
 ) -> Result<Response> {
-    let model = model_of(&state, &params)?.clone();
+    let model = model_of(&state, &path)?.clone();
     let n = param(&query, "n", Some(16))?.unwrap_or(16);
     let limit = state.options.max_png_images;
     if n > limit {
@@ -50,7 +50,14 @@ pub(super) async fn generate(
     }
     let mut request = GenerateRequest::new(n, param(&query, "seed", Some(0))?.unwrap_or(0));
     request.class = param(&query, "class", None)?;
-    request.truncation = param(&query, "truncation", None)?;
+    // Checked in f64, as written (the OpenAPI minimum), before it is rounded to f32.
+    let truncation: Option<f64> = param(&query, "truncation", None)?;
+    if let Some(t) = truncation.filter(|&t| t < 0.01) {
+        return Err(ServeError::bad(format!(
+            "query parameter `truncation`: {t} is below the minimum of 0.01"
+        )));
+    }
+    request.truncation = truncation.map(|t| t as f32);
     request.validate()?;
     let generator = model.generator();
     let z =
@@ -63,18 +70,20 @@ pub(super) async fn generate(
 /// path from seed `from`'s latent to seed `to`'s (as `runtime interpolate` draws them).
 pub(super) async fn walk(
     State(state): State<Arc<ServerState>>,
-    Path(params): Path<HashMap<String, String>>,
-    Query(query): Query<HashMap<String, String>>,
+    path: ModelPath,
+    QueryMap(query): QueryMap,
 ) -> Result<Response> {
-    let model = model_of(&state, &params)?.clone();
+    let model = model_of(&state, &path)?.clone();
     let from = param(&query, "from", Some(1u64))?.unwrap_or(1);
     let to = param(&query, "to", Some(2u64))?.unwrap_or(2);
-    let t = param(&query, "t", Some(0.0f32))?.unwrap_or(0.0);
+    // Checked in f64, as written: a tiny negative number would round to -0.0 in f32.
+    let t = param(&query, "t", Some(0.0f64))?.unwrap_or(0.0);
     if !(0.0..=1.0).contains(&t) {
         return Err(ServeError::bad(format!(
             "query parameter `t`: {t} is not in [0, 1]"
         )));
     }
+    let t = t as f32;
     let class: Option<usize> = param(&query, "class", None)?;
     let generator = model.generator();
     let dim = generator.latent_dim();

@@ -1,18 +1,17 @@
 //! `POST /v2/models/{name}[/versions/{v}]/infer`: JSON tensors and the binary tensor data
 //! extension (`Inference-Header-Content-Length`), as `tritonclient.http` sends and asks for.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::model_of;
+use super::{model_of, ModelPath};
 use crate::error::{Result, ServeError};
 use crate::state::ServerState;
 use crate::tensor::{DataType, Images, InputTensor, TensorData};
@@ -20,12 +19,21 @@ use crate::tensor::{DataType, Images, InputTensor, TensorData};
 /// The header that splits a binary request or response into its JSON and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// An optional field that, when present, must not be `null` (the schema types it).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 #[derive(Deserialize)]
 struct InferRequest {
+    #[serde(default, deserialize_with = "present")]
     id: Option<String>,
     #[serde(default)]
     parameters: Map<String, Value>,
     inputs: Vec<InputJson>,
+    #[serde(default, deserialize_with = "present")]
     outputs: Option<Vec<OutputRequest>>,
 }
 
@@ -50,8 +58,8 @@ struct OutputRequest {
 struct InferResponse<'a> {
     model_name: &'a str,
     model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
+    /// The request's id, or empty: the specification lists `id` in every response.
+    id: String,
     outputs: [OutputJson; 1],
 }
 
@@ -75,7 +83,7 @@ enum OutputData {
 
 pub(super) async fn infer(
     State(state): State<Arc<ServerState>>,
-    Path(params): Path<HashMap<String, String>>,
+    path: ModelPath,
     headers: HeaderMap,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
@@ -86,10 +94,9 @@ pub(super) async fn infer(
         )),
         _ => ServeError::bad(format!("the request body: {e}")),
     })?;
-    let model = model_of(&state, &params)?.clone();
+    let model = model_of(&state, &path)?.clone();
     let (json, mut binary) = split_body(&headers, &body)?;
-    let request: InferRequest = serde_json::from_slice(json)
-        .map_err(|e| ServeError::bad(format!("the request's JSON: {e}")))?;
+    let request = parse_request(json)?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let data = match binary_size(&input.parameters, "binary_data_size", &input.name)? {
@@ -157,6 +164,31 @@ pub(super) async fn infer(
         images,
         binary_output,
     ))
+}
+
+/// The request's JSON, whose objects must be objects: serde would also read a struct from an
+/// array of its fields in order, which the protocol does not allow.
+fn parse_request(json: &[u8]) -> Result<InferRequest> {
+    let bad = |e: String| ServeError::bad(format!("the request's JSON: {e}"));
+    let value: Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let objects = |v: &Value, what: &str| -> Result<()> {
+        match v {
+            Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| {
+                if item.is_object() {
+                    Ok(())
+                } else {
+                    Err(bad(format!("{what}[{i}] must be an object")))
+                }
+            }),
+            _ => Ok(()),
+        }
+    };
+    if !value.is_object() {
+        return Err(bad("the request must be an object".into()));
+    }
+    objects(&value["inputs"], "inputs")?;
+    objects(&value["outputs"], "outputs")?;
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
 /// The JSON part and the binary part of a request body.
@@ -251,7 +283,7 @@ fn respond(
     let header = InferResponse {
         model_name: model.name(),
         model_version: model.version(),
-        id,
+        id: id.unwrap_or_default(),
         outputs: [out],
     };
     let json = serde_json::to_vec(&header).unwrap_or_default();

@@ -1,6 +1,7 @@
-//! `runtime serve` against real clients: the `tritonclient` package over HTTP and gRPC, headless
-//! Chromium on the web page, raw HTTP for the queue bound and a graceful shutdown. The images
-//! are checked against the gantry-runtime library's for the same latents.
+//! `runtime serve` against real clients: the `tritonclient` package and KServe's SDK over HTTP and
+//! gRPC, schemathesis from the OpenAPI document, headless Chromium on the web page, raw HTTP for
+//! the queue bound and a graceful shutdown. The images are checked against the gantry-runtime
+//! library's for the same latents.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -107,13 +108,21 @@ impl Drop for Server {
 
 /// A GET over a fresh connection: (status, body).
 fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_request(addr, "GET", path, b"");
+    (status, body)
+}
+
+/// A request over a fresh connection: (status, header block, body).
+fn http_request(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .unwrap();
+    s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
     let split = raw
@@ -129,7 +138,7 @@ fn http_get(addr: &str, path: &str) -> (u16, Vec<u8>) {
     {
         body = dechunk(&body);
     }
-    (status, body)
+    (status, head, body)
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -320,6 +329,12 @@ fn tritonclient_and_a_browser_get_the_library_s_images() {
         &[work.join("manifest.json").to_str().unwrap()],
     );
     assert!(report.contains("requests were merged"), "{report}");
+    // KServe's own SDK clients (REST JSON and binary, gRPC) and its data models of the protocol.
+    let report = run_python(
+        "kserve_check.py",
+        &[work.join("manifest.json").to_str().unwrap()],
+    );
+    assert!(report.contains("rest: server live"), "{report}");
 
     // The PNG endpoints give what `runtime generate` writes for the same seed.
     let cli = |args: &[&str], out: &str| {
@@ -529,4 +544,219 @@ fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
     );
     let (status, _) = http_get(&server.http, "/v2/health/ready");
     assert_eq!(status, 200, "still serving");
+}
+
+#[test]
+fn draining_answers_not_ready_to_every_client_then_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
+    let mut server = Server::start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "g",
+        "--drain-delay-ms",
+        "4000",
+    ]);
+    let pid = server.child.id().to_string();
+    // The script sends SIGTERM itself, then asks KServe's REST and gRPC clients for readiness.
+    let report = run_python(
+        "kserve_check.py",
+        &["--drain", &server.http, &server.grpc, &pid],
+    );
+    assert!(report.contains("rest: draining -> 503"), "{report}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop after its drain delay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status:?}: {}", server.stderr());
+    assert!(
+        TcpStream::connect(&server.http).is_err(),
+        "no longer listening"
+    );
+}
+
+/// The OpenAPI document against the running server: schemathesis generates valid and invalid
+/// requests for every operation (a bounded number each, fixed seed) and checks that none gets
+/// a 5xx, every response conforms to the document (bodies, status codes, content types,
+/// headers), invalid requests are refused with 4xx and the protocol's error body, and
+/// undocumented methods get 405. `positive_data_acceptance` is left out: a schema-valid
+/// inference request still has random tensor shapes, which the model rightly refuses (400).
+#[test]
+fn schemathesis_finds_every_response_as_the_openapi_document_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path());
+    let server = Server::start(&[
+        "--model-repository",
+        repo.to_str().unwrap(),
+        "--max-png-images",
+        "16",
+    ]);
+    let examples = std::env::var("GANTRY_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "12".into());
+    let out = schemathesis(&server.http, &examples, dir.path());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "schemathesis failed:\n{text}");
+    let (status, _) = http_get(&server.http, "/v2/health/ready");
+    assert_eq!(status, 200, "still serving after schemathesis");
+}
+
+/// Runs the tools virtualenv's schemathesis against the server's own `/openapi.json`.
+fn schemathesis(http: &str, examples: &str, dir: &Path) -> std::process::Output {
+    let bin = gantry_testkit::onnx_python().with_file_name("schemathesis");
+    Command::new(bin)
+        .args([
+            "run",
+            &format!("http://{http}/openapi.json"),
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            examples,
+            "--seed",
+            "20261206",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "30",
+            "--report",
+            "junit",
+            "--report-dir",
+        ])
+        .arg(dir.join("schemathesis-report"))
+        .env("SCHEMATHESIS_HOOKS", "")
+        .current_dir(dir)
+        .output()
+        .expect("schemathesis runs (scripts/setup-tools.sh installs it)")
+}
+
+/// What schemathesis found, kept: each request violates the OpenAPI document and was once
+/// answered 200 (a struct read from a JSON array or from `null`, a tiny negative `t` rounded
+/// to -0.0 in f32, a truncation below the minimum rounded up to it); and the protocol's bodies
+/// that KServe's client needs (health) or any client reads (405, an undecodable path).
+#[test]
+fn requests_outside_the_openapi_document_get_the_protocol_s_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
+    let server = Server::start(&["--model", model.to_str().unwrap(), "--name", "g"]);
+    let addr = &server.http;
+    let z: Vec<String> = (0..library(&model).latent_dim())
+        .map(|_| "0.5".into())
+        .collect();
+    let input = format!(
+        r#"{{"name": "z", "shape": [1, {}], "datatype": "FP32", "data": [{}]}}"#,
+        z.len(),
+        z.join(",")
+    );
+    let good = format!(r#"{{"inputs": [{input}]}}"#);
+    let (status, _, body) = http_request(addr, "POST", "/v2/models/g/infer", good.as_bytes());
+    assert_eq!(
+        status,
+        200,
+        "the control request: {}",
+        String::from_utf8_lossy(&body)
+    );
+    for (method, path, body, want) in [
+        (
+            "POST",
+            "/v2/repository/index",
+            "[null, null]".to_string(),
+            400,
+        ),
+        ("POST", "/v2/repository/index", "[]".to_string(), 400),
+        (
+            "POST",
+            "/v2/repository/index",
+            r#"{"ready": null}"#.to_string(),
+            400,
+        ),
+        (
+            "GET",
+            "/v2/models/g/walk?t=-1.468282969170787e-178",
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v2/models/g/generate?n=1&truncation=0.00999999999",
+            String::new(),
+            400,
+        ),
+        (
+            "POST",
+            "/v2/models/g/infer",
+            format!(r#"{{"id": null, "inputs": [{input}]}}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v2/models/g/infer",
+            format!(r#"{{"outputs": null, "inputs": [{input}]}}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v2/models/g/infer",
+            format!("[null, null, [{input}]]"),
+            400,
+        ),
+        (
+            "POST",
+            "/v2/models/g/infer",
+            r#"{"inputs": [["z", [1, 2], "FP32", {}, [0, 0]]]}"#.to_string(),
+            400,
+        ),
+        ("PUT", "/v2/health/live", String::new(), 405),
+        ("GET", "/v2/models/%FF%FE", String::new(), 400),
+        ("GET", "/v2/no/such/endpoint", String::new(), 404),
+    ] {
+        let (status, head, answer) = http_request(addr, method, path, body.as_bytes());
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(status, want, "{method} {path} {body}: {text}");
+        let json: serde_json::Value = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+        assert!(json["error"].is_string(), "{method} {path}: {text}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        if want == 405 {
+            assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
+        }
+    }
+    for (path, body) in [
+        ("/v2/health/live", serde_json::json!({"live": true})),
+        ("/v2/health/ready", serde_json::json!({"ready": true})),
+        (
+            "/v2/models/g/ready",
+            serde_json::json!({"name": "g", "ready": true}),
+        ),
+    ] {
+        let (status, answer) = http_get(addr, path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&answer).unwrap(),
+            body,
+            "{path}"
+        );
+    }
+    let (status, answer) = http_get(addr, "/openapi.json");
+    let doc: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        doc["components"]["parameters"]["ModelName"]["schema"]["enum"],
+        serde_json::json!(["g"])
+    );
 }
