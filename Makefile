@@ -37,7 +37,7 @@ demo: tools ort data
 # `cargo test` builds every binary and example the tests run.
 # The trainer's `mpi` feature (data-parallel training) is tested too: setup-tools.sh installs OpenMPI.
 test: tools ort
-	$(CARGO) test --workspace --no-fail-fast --features gantry-trainer/mpi
+	$(CARGO) test --workspace --no-fail-fast --features gantry-trainer-cli/mpi
 
 # The fuzz targets (bolero) for longer than `make test` runs them: FUZZ_SECONDS each (default 60).
 FUZZ_SECONDS ?= 60
@@ -58,7 +58,7 @@ mutants:
 lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --workspace --all-targets --features gantry-trainer/mpi -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features gantry-trainer-cli/mpi -- -D warnings
 
 # Speed of each training option (EMA, spectral norm, DiffAugment, R1) against the bare DCGAN step.
 bench-recipe:

@@ -9,7 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/setup-tools.sh
 scripts/fetch-data.sh mnist >/dev/null
-cargo build --release -p gantry-trainer --features mpi --bin trainer >&2
+cargo build --release -p gantry-trainer-cli --features mpi --bin trainer >&2
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 steps=${STEPS:-40}
 warmup=${WARMUP:-8}

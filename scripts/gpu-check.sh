@@ -33,7 +33,7 @@ device="${GPU_CHECK_DEVICE:-cuda}"
 
 build() {
     local target="${GPU_TARGET_DIR:-$root/../target-cuda}"
-    cargo build --release -p gantry-exporter -p gantry-runtime --bins >&2
+    cargo build --release -p gantry-exporter-cli -p gantry-runtime-cli --bins >&2
     (
         if [ -n "${GPU_RECIPES:-}" ]; then
             # shellcheck disable=SC1091
@@ -43,7 +43,7 @@ build() {
             exit 1
         fi
         export CARGO_TARGET_DIR="$target"
-        cargo build --release -p gantry-trainer --features cudnn >&2
+        cargo build --release -p gantry-trainer-cli --features cudnn >&2
         cp "$target/release/trainer" "$target/release/trainer-cudnn"
         # The data-parallel trainer links NCCL: from the nvidia-nccl-cu13 wheel (PyPI).
         if [ ! -e "$CUDA_HOME/lib/libnccl.so" ]; then
@@ -53,7 +53,7 @@ build() {
             cp "$target"/nccl-unpacked/nvidia/nccl/lib/libnccl.so.2 "$CUDA_HOME/lib/"
             ln -sf libnccl.so.2 "$CUDA_HOME/lib/libnccl.so"
         fi
-        cargo build --release -p gantry-trainer --features cudnn,nccl >&2
+        cargo build --release -p gantry-trainer-cli --features cudnn,nccl >&2
         cp "$target/release/trainer" "$target/release/trainer-nccl"
         cp "$target/release/trainer-cudnn" "$target/release/trainer"
         # Build the tests with errors shown, then ask cargo (no rebuild) where the binary is.

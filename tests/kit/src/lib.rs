@@ -17,11 +17,12 @@ use gantry_models::init::{init_tensors, normal_vec, rng_for};
 use gantry_models::{generator_spec, Checkpoint, ModelConfig, TensorMap, TrainerState};
 use prost::Message;
 
-/// The workspace root.
+/// The workspace root (this crate is `tests/kit`).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
+        .ancestors()
+        .nth(2)
+        .expect("tests/kit sits two folders below the workspace root")
         .to_path_buf()
 }
 
