@@ -58,6 +58,18 @@ pub enum ExportError {
     Verify { path: PathBuf, message: String },
 }
 
+impl From<gantry_files::FileError> for ExportError {
+    fn from(e: gantry_files::FileError) -> Self {
+        match e {
+            gantry_files::FileError::Io { path, source } => Self::Io { path, source },
+            other => Self::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 impl ExportError {
     /// An out-of-range `setting`.
     pub fn invalid(setting: ExportSetting, problem: impl Into<String>) -> Self {

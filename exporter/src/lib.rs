@@ -239,7 +239,7 @@ fn write_verified(out: &Path, bytes: &[u8], want: &verify::Expectation) -> Resul
             source: e,
         })?;
     }
-    gantry_models::atomic::write_file_checked(out, bytes, |tmp| {
+    gantry_files::write_file_checked(out, bytes, |tmp| {
         let back = candle_onnx::read_file(tmp).map_err(|e| ExportError::Verify {
             path: out.to_path_buf(),
             message: format!("cannot read it back: {e}"),

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::{recover_dir, write_dir_atomic};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::run_layout::{BEST_DIR, CHECKPOINT_DIR, FINAL_DIR};
 use crate::spec::{discriminator_spec, generator_spec};
 use crate::tensors::{
     check_finite, read_safetensors, read_safetensors_with_metadata, safetensors_bytes,
@@ -137,7 +138,7 @@ impl Checkpoint {
         if let Some(state) = &self.trainer_state {
             files.push((TRAINER_STATE_FILE, json_bytes(state)));
         }
-        write_dir_atomic(dir, &files)
+        Ok(write_dir_atomic(dir, &files)?)
     }
 
     /// Reads `config.json` of a checkpoint directory.
@@ -269,8 +270,8 @@ impl RunCheckpoint {
 pub fn resolve_run_checkpoint(path: &Path, which: RunCheckpoint) -> Result<PathBuf> {
     let folder = match which {
         RunCheckpoint::Latest => return resolve_checkpoint(path),
-        RunCheckpoint::Best => "best",
-        RunCheckpoint::Final => "final",
+        RunCheckpoint::Best => BEST_DIR,
+        RunCheckpoint::Final => FINAL_DIR,
     };
     if path.join(CONFIG_FILE).is_file() {
         return Err(ModelError::checkpoint(
@@ -311,7 +312,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
         let state: TrainerState = read_json(&dir.join(TRAINER_STATE_FILE)).ok()?;
         Some(state.step)
     };
-    let candidates = ["checkpoint", "final"]
+    let candidates = [CHECKPOINT_DIR, FINAL_DIR]
         .iter()
         .map(|name| recover_dir(&path.join(name)))
         .filter(|d| d.join(CONFIG_FILE).is_file());

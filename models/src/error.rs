@@ -82,3 +82,16 @@ impl ModelError {
 
 /// Result alias of this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl From<gantry_files::FileError> for ModelError {
+    /// Writing a file failed: the path and the cause.
+    fn from(e: gantry_files::FileError) -> Self {
+        match e {
+            gantry_files::FileError::Io { path, source } => Self::Io { path, source },
+            other => Self::Io {
+                path: std::path::PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}

@@ -60,6 +60,20 @@ pub fn init_tensors(spec: &NetworkSpec, prefix: &str, seed: u64) -> Result<Tenso
     Ok(map)
 }
 
+/// `n` latent vectors of size `dim`, N(0, 1), drawn from the stream `purpose` of `seed`: the
+/// same seed and purpose give the same latents on any device and in any program of the
+/// training side (samples, evaluation, the training step).
+pub fn latents(
+    seed: u64,
+    purpose: &str,
+    n: usize,
+    dim: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let data = normal_vec(&mut rng_for(seed, purpose), n * dim, 0.0, 1.0);
+    Tensor::from_vec(data, (n, dim), device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

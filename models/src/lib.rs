@@ -7,7 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod adam;
-pub mod atomic;
+/// Crash-safe writes (the `gantry-files` crate, shared with the runtime).
+pub use gantry_files::atomic;
 pub mod candle_ops;
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod gan;
 pub mod init;
 pub mod network;
+pub mod run_layout;
 pub mod spec;
 pub mod tensors;
 

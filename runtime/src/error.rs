@@ -103,6 +103,19 @@ pub enum RuntimeError {
     Encode { path: PathBuf, message: String },
 }
 
+impl From<gantry_files::FileError> for RuntimeError {
+    fn from(e: gantry_files::FileError) -> Self {
+        match e {
+            gantry_files::FileError::Io { path, source } => Self::Io { path, source },
+            gantry_files::FileError::Encode { path, message } => Self::Encode { path, message },
+            other => Self::Encode {
+                path: PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl RuntimeError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

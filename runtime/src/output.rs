@@ -7,56 +7,27 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-use image::{DynamicImage, ImageEncoder};
+use image::DynamicImage;
 use rayon::prelude::*;
 
 use crate::error::{Result, RuntimeError};
 use crate::image_batch::ImageBatch;
 
-/// A temporary sibling of `path` (hidden, unique to this process and call).
-fn temp_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
-}
+pub use gantry_files::images::{grid, grid_with_columns};
 
-/// Writes `bytes` to `path` through a temporary file renamed into place.
+/// Writes `bytes` to `path` through a temporary file, synced and renamed into place.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(RuntimeError::io(path, e));
-    }
-    Ok(())
+    Ok(gantry_files::write_file_atomic(path, bytes)?)
 }
 
 /// PNG bytes of one image (fast zlib level: generation is the bottleneck we care about).
 pub fn png_bytes(img: &DynamicImage) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let enc = PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive);
-    enc.write_image(
-        img.as_bytes(),
-        img.width(),
-        img.height(),
-        img.color().into(),
-    )
-    .map_err(|e| RuntimeError::Encode {
-        path: PathBuf::from("<memory>"),
-        message: e.to_string(),
-    })?;
-    Ok(out)
+    Ok(gantry_files::images::png_bytes(img)?)
 }
 
 /// Writes `img` to `path` as PNG.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
-    write_file_atomic(path, &png_bytes(img)?)
+    Ok(gantry_files::images::save_png(img, path)?)
 }
 
 /// Writes each image of `batch` as `dir/{first + i:06}.png`, encoding in parallel.
@@ -70,54 +41,14 @@ pub fn write_pngs(dir: &Path, first: usize, batch: &ImageBatch) -> Result<()> {
     })
 }
 
-/// Tiles images into a near-square grid with `pad` black pixels between them.
-pub fn grid(images: &[DynamicImage], pad: u32) -> DynamicImage {
-    let cols = (images.len() as f64).sqrt().ceil().max(1.0) as usize;
-    grid_with_columns(images, cols, pad)
-}
-
-/// Tiles images into rows of `cols`.
-pub fn grid_with_columns(images: &[DynamicImage], cols: usize, pad: u32) -> DynamicImage {
-    let rows = images.len().div_ceil(cols.max(1)).max(1);
-    let (w, h) = images.first().map_or((1, 1), |i| (i.width(), i.height()));
-    let gw = cols as u32 * (w + pad) + pad;
-    let gh = rows as u32 * (h + pad) + pad;
-    let grey = images.iter().all(|i| i.color().channel_count() == 1);
-    let mut canvas = if grey {
-        DynamicImage::new_luma8(gw, gh)
-    } else {
-        DynamicImage::new_rgb8(gw, gh)
-    };
-    for (i, img) in images.iter().enumerate() {
-        let x = pad + (i % cols) as u32 * (w + pad);
-        let y = pad + (i / cols) as u32 * (h + pad);
-        image::imageops::replace(&mut canvas, img, x as i64, y as i64);
-    }
-    canvas
-}
-
 /// The bytes of an animated GIF that plays `frames` forwards and back, looping.
 pub fn gif_bytes(frames: &[DynamicImage], frame_ms: u32) -> Result<Vec<u8>> {
-    let encode = |e: image::ImageError| RuntimeError::Encode {
-        path: PathBuf::from("<memory>"),
-        message: e.to_string(),
-    };
-    let mut out = Vec::new();
-    {
-        let mut enc = image::codecs::gif::GifEncoder::new(&mut out);
-        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
-            .map_err(encode)?;
-        let delay = image::Delay::from_numer_denom_ms(frame_ms, 1);
-        let all = frames.iter().chain(frames.iter().rev().skip(1));
-        enc.encode_frames(all.map(|f| image::Frame::from_parts(f.to_rgba8(), 0, 0, delay)))
-            .map_err(encode)?;
-    }
-    Ok(out)
+    Ok(gantry_files::images::gif_bytes(frames, frame_ms)?)
 }
 
 /// Writes an animated GIF that plays `frames` forwards and back, looping.
 pub fn save_gif(frames: &[DynamicImage], path: &Path, frame_ms: u32) -> Result<()> {
-    write_file_atomic(path, &gif_bytes(frames, frame_ms)?)
+    Ok(gantry_files::images::save_gif(frames, path, frame_ms)?)
 }
 
 /// Streams uint8 images into a NumPy `.npy` file of shape `[N, H, W, C]` without holding them
@@ -137,7 +68,7 @@ pub struct NpyWriter {
 impl NpyWriter {
     /// Starts `path` for `count` images (the shape is written with the first batch).
     pub fn create(path: &Path, count: usize) -> Result<Self> {
-        let tmp = temp_path(path);
+        let tmp = gantry_files::atomic::temp_sibling(path, "tmp");
         let file = File::create(&tmp).map_err(|e| RuntimeError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),

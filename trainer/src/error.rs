@@ -134,6 +134,70 @@ pub enum TrainError {
     },
 }
 
+impl From<gantry_data::DataError> for TrainError {
+    /// Data errors keep their file and message.
+    fn from(e: gantry_data::DataError) -> Self {
+        match e {
+            gantry_data::DataError::Data { path, message } => Self::Data { path, message },
+            gantry_data::DataError::Io { path, source } => Self::Io { path, source },
+            gantry_data::DataError::Candle(e) => Self::Candle(e),
+            other => Self::Data {
+                path: PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<gantry_metrics::MetricsError> for TrainError {
+    /// Metric errors keep their file, value and message.
+    fn from(e: gantry_metrics::MetricsError) -> Self {
+        use gantry_metrics::{MetricSetting, MetricsError};
+        match e {
+            MetricsError::Data { path, message } => Self::Data { path, message },
+            MetricsError::Invalid { setting, problem } => Self::Invalid {
+                setting: match setting {
+                    MetricSetting::Dataset => Setting::Dataset,
+                    _ => Setting::SampleCount,
+                },
+                problem,
+            },
+            MetricsError::Io { path, source } => Self::Io { path, source },
+            MetricsError::Dataset(e) => e.into(),
+            MetricsError::Model(e) => e.into(),
+            MetricsError::Candle(e) => Self::Candle(e),
+            other => Self::Data {
+                path: PathBuf::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<gantry_distributed::DistributedError> for TrainError {
+    fn from(e: gantry_distributed::DistributedError) -> Self {
+        use gantry_distributed::DistributedError;
+        match e {
+            DistributedError::Failed(message) => Self::Distributed(message),
+            DistributedError::Data { path, message } => Self::Data { path, message },
+            DistributedError::Candle(e) => Self::Candle(e),
+            other => Self::Distributed(other.to_string()),
+        }
+    }
+}
+
+impl From<gantry_files::FileError> for TrainError {
+    fn from(e: gantry_files::FileError) -> Self {
+        match e {
+            gantry_files::FileError::Io { path, source } => Self::Io { path, source },
+            other => Self::Data {
+                path: PathBuf::from("<image>"),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl From<gantry_models::ModelError> for TrainError {
     /// Model config errors become errors of the setting that set the field.
     fn from(e: gantry_models::ModelError) -> Self {

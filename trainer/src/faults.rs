@@ -3,8 +3,8 @@
 //! (1 for the first). Kinds: `nan` (its real images become NaN, so its losses diverge) and
 //! `drift` (its generator's first weight moves by 1e-3 after the update, so its replica no
 //! longer equals rank 0's). Unset, nothing happens; a value that does not parse is ignored.
-
-use std::sync::OnceLock;
+//! Only with the `fault-injection` feature (the CLI's tests turn it on); without it
+//! [`injected`] is always false and reads no environment.
 
 /// A fault to inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +13,7 @@ pub enum Fault {
     Drift,
 }
 
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 fn parse(spec: &str) -> Option<(Fault, usize, u64)> {
     let (kind, at) = spec.split_once('@')?;
     let (rank, step) = at.split_once(':')?;
@@ -24,9 +25,16 @@ fn parse(spec: &str) -> Option<(Fault, usize, u64)> {
     Some((kind, rank.parse().ok()?, step.parse().ok()?))
 }
 
+/// Whether `fault` is to happen on `rank` at `step` (never without the `fault-injection` feature).
+#[cfg(not(feature = "fault-injection"))]
+pub fn injected(_fault: Fault, _rank: usize, _step: u64) -> bool {
+    false
+}
+
 /// Whether `fault` is to happen on `rank` at `step`.
+#[cfg(feature = "fault-injection")]
 pub fn injected(fault: Fault, rank: usize, step: u64) -> bool {
-    static SPEC: OnceLock<Option<(Fault, usize, u64)>> = OnceLock::new();
+    static SPEC: std::sync::OnceLock<Option<(Fault, usize, u64)>> = std::sync::OnceLock::new();
     let spec = SPEC.get_or_init(|| {
         std::env::var("GANTRY_FAULT")
             .ok()

@@ -1,82 +1,61 @@
-//! Training progress: an indicatif bar on a terminal, plain log lines otherwise.
-
-use std::io::IsTerminal;
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+//! How a run reports its progress: every finished step and the lines worth a person's eye
+//! (evaluations, the data-parallel layout). The library prints plain lines ([`LogLines`]);
+//! the `trainer` command draws a progress bar on a terminal.
 
 use crate::metrics::StepMetrics;
 
-/// Reports steps as they complete.
-pub struct Progress {
-    bar: Option<ProgressBar>,
+/// Receives a run's progress.
+pub trait Progress {
+    /// A finished step.
+    fn step(&mut self, m: &StepMetrics);
+    /// A line to show (without breaking a progress bar).
+    fn line(&mut self, line: &str);
+    /// The run ended (finished, stopped or failed).
+    fn finish(&mut self) {}
+}
+
+/// Plain lines on stderr: the first step, every `every`-th and the last, each with its ETA.
+pub struct LogLines {
     total: u64,
-    plain_every: u64,
+    every: u64,
     img_per_sec: f32,
 }
 
-impl Progress {
-    /// A reporter for a run of `total` steps starting at `start`; the bar is used when stderr is
-    /// a terminal, plain lines every `plain_every` steps otherwise.
-    pub fn new(start: u64, total: u64, plain_every: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} steps {msg} (ETA {eta})",
-                )
-                .expect("valid template"),
-            );
-            bar.set_position(start);
-            bar.reset_eta();
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
+impl LogLines {
+    /// A reporter for a run of `total` steps, a line every `every` steps.
+    pub fn new(total: u64, every: u64) -> Self {
         Self {
-            bar,
             total,
-            plain_every: plain_every.max(1),
+            every: every.max(1),
             img_per_sec: 0.0,
         }
     }
 
-    /// Records a finished step.
-    pub fn step(&mut self, m: &StepMetrics) {
+    /// The step's summary (losses, D outputs, smoothed speed), as a bar's message or a line.
+    pub fn summary(&mut self, m: &StepMetrics) -> String {
         self.img_per_sec = if self.img_per_sec == 0.0 {
             m.img_per_sec
         } else {
             0.9 * self.img_per_sec + 0.1 * m.img_per_sec
         };
-        let text = format!(
+        format!(
             "epoch {} loss_d {:.3} loss_g {:.3} D(x) {:.2} D(G(z)) {:.2} {:.0} img/s",
             m.epoch, m.loss_d, m.loss_g, m.d_real, m.d_fake, self.img_per_sec
-        );
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(m.step);
-                bar.set_message(text);
-            }
-            None if m.step % self.plain_every == 0 || m.step == self.total || m.step == 1 => {
-                let left = self.total.saturating_sub(m.step) as f64;
-                let eta = m.seconds / m.step.max(1) as f64 * left;
-                eprintln!("step {}/{} {text} eta {:.0}s", m.step, self.total, eta);
-            }
-            None => {}
+        )
+    }
+}
+
+impl Progress for LogLines {
+    fn step(&mut self, m: &StepMetrics) {
+        let text = self.summary(m);
+        if m.step % self.every == 0 || m.step == self.total || m.step == 1 {
+            let left = self.total.saturating_sub(m.step) as f64;
+            let eta = m.seconds / m.step.max(1) as f64 * left;
+            eprintln!("step {}/{} {text} eta {eta:.0}s", m.step, self.total);
         }
     }
 
-    /// Prints a line without breaking the bar.
-    pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-
-    /// Removes the bar.
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+    fn line(&mut self, line: &str) {
+        eprintln!("{line}");
     }
 }

@@ -1,11 +1,11 @@
-//! Image grids and per-image conversion from generator output to pixels.
+//! Per-image conversion from generator output to pixels; grids and PNGs are `gantry-files`'.
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, GrayImage, RgbImage};
 
-use crate::error::{Result, TrainError};
+use crate::error::Result;
 
 /// Converts `[N, C, H, W]` floats in [-1, 1] to images (1 channel: grey, 3: RGB).
 pub fn to_images(batch: &Tensor) -> Result<Vec<DynamicImage>> {
@@ -33,39 +33,11 @@ pub fn to_images(batch: &Tensor) -> Result<Vec<DynamicImage>> {
         .collect())
 }
 
-/// Tiles images into a grid of `cols` columns with `pad` pixels of black between them.
-pub fn grid(images: &[DynamicImage], cols: usize, pad: u32) -> DynamicImage {
-    let cols = cols.max(1);
-    let rows = images.len().div_ceil(cols);
-    let (w, h) = images.first().map_or((1, 1), |i| (i.width(), i.height()));
-    let gw = cols as u32 * (w + pad) + pad;
-    let gh = rows as u32 * (h + pad) + pad;
-    let grey = images.iter().all(|i| i.color().channel_count() == 1);
-    let mut canvas = if grey {
-        DynamicImage::new_luma8(gw, gh)
-    } else {
-        DynamicImage::new_rgb8(gw, gh)
-    };
-    for (i, img) in images.iter().enumerate() {
-        let x = pad + (i % cols) as u32 * (w + pad);
-        let y = pad + (i / cols) as u32 * (h + pad);
-        image::imageops::replace(&mut canvas, img, x as i64, y as i64);
-    }
-    canvas
-}
-
-/// Encodes `img` as PNG bytes.
-pub fn png_bytes(img: &DynamicImage) -> Result<Vec<u8>> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| TrainError::data("<png>", format!("PNG encoding failed: {e}")))?;
-    Ok(out.into_inner())
-}
+pub use gantry_files::images::{grid_with_columns as grid, png_bytes};
 
 /// Writes `img` as a PNG file atomically.
 pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
-    gantry_models::atomic::write_file_atomic(path, &png_bytes(img)?)?;
-    Ok(())
+    Ok(gantry_files::images::save_png(img, path)?)
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ pub fn prepare_fresh_on(
     collective: Box<dyn Collective>,
 ) -> Result<PreparedRun> {
     let lead = collective.rank() == 0;
-    let mine = (|| {
+    let mine = (|| -> Result<_> {
         if lead {
             check_no_run(out)?;
         }
@@ -226,7 +226,7 @@ pub fn prepare_resume_on(
     collective: Box<dyn Collective>,
 ) -> Result<PreparedRun> {
     let lead = collective.rank() == 0;
-    let mine = (|| {
+    let mine = (|| -> Result<_> {
         let dir = resolve_checkpoint(path)
             .map_err(|e| TrainError::invalid(Setting::Resume, e.to_string()))?;
         let ckpt = Checkpoint::load(&dir)?;
@@ -277,13 +277,13 @@ pub fn prepare_resume_on(
     })
 }
 
-/// Runs a prepared run until done or `stop` is set.
+/// Runs a prepared run until done or `stop` is set, reporting to `progress` (on rank 0).
 pub fn execute(
     prepared: &mut PreparedRun,
     stop: &AtomicBool,
-    log_every: u64,
+    progress: &mut dyn crate::progress::Progress,
 ) -> Result<RunOutcome> {
-    run(&mut prepared.trainer, &prepared.paths, stop, log_every)
+    run(&mut prepared.trainer, &prepared.paths, stop, progress)
 }
 
 /// How real images are loaded for an evaluation or the classifier: `dataset` from `dir` (else

@@ -19,6 +19,7 @@
 //! disjoint writes into one output), each block with the argument for its soundness.
 
 mod adam;
+mod allocator;
 mod backend;
 mod batch_norm;
 #[cfg(feature = "cudnn")]
@@ -33,6 +34,7 @@ mod storage;
 mod tiled;
 
 pub use adam::{adam_update, AdamStep};
+pub use allocator::tune_allocator;
 pub use backend::{Backend, Kernels};
 pub use batch_norm::Act;
 pub use fused::{gemm_conv_act, gemm_conv_bn_act_train};

@@ -27,7 +27,6 @@ pub mod grpc;
 pub mod http;
 mod metrics;
 mod model;
-mod pbtxt;
 mod repository;
 mod server;
 mod state;

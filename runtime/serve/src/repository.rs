@@ -10,7 +10,6 @@ use gantry_runtime::{Generator, RuntimeError};
 use crate::batcher::{BatchPolicy, DEFAULT_MAX_QUEUE_SIZE};
 use crate::error::LoadError;
 use crate::model::{Model, Models};
-use crate::pbtxt::{self, Value};
 
 /// One model version to load.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,7 +96,7 @@ fn is_hidden(p: &Path) -> bool {
 
 /// The settings of one model's `config.pbtxt` that Gantry uses.
 #[derive(Debug, Clone, PartialEq)]
-struct ModelConfig {
+struct ServedConfig {
     policy: BatchPolicy,
     filename: String,
     versions: VersionPolicy,
@@ -119,11 +118,16 @@ fn scan_model(dir: &Path, defaults: BatchPolicy) -> Result<Vec<ModelSource>, Loa
     check_name(dir, &name)?;
     let config_path = dir.join("config.pbtxt");
     let config = if config_path.exists() {
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| repo_error(&config_path, format!("cannot read: {e}")))?;
-        read_config(&text, &name, defaults).map_err(|m| repo_error(&config_path, m))?
+        let typed = gantry_triton::read(&config_path).map_err(|e| LoadError::Repository {
+            path: config_path.clone(),
+            message: match e.line {
+                Some(line) => format!("line {line}: {}", e.message),
+                None => e.message,
+            },
+        })?;
+        served_config(&typed, &name, defaults).map_err(|m| repo_error(&config_path, m))?
     } else {
-        ModelConfig {
+        ServedConfig {
             policy: defaults,
             filename: "model.onnx".into(),
             versions: VersionPolicy::Latest(1),
@@ -174,110 +178,100 @@ fn scan_model(dir: &Path, defaults: BatchPolicy) -> Result<Vec<ModelSource>, Loa
         .collect())
 }
 
-/// Reads the settings Gantry honours from a `config.pbtxt`.
-fn read_config(text: &str, dir_name: &str, defaults: BatchPolicy) -> Result<ModelConfig, String> {
-    let fields = pbtxt::parse(text)?;
-    if let Some(name) = pbtxt::scalar::<String>(&fields, "name")? {
-        if name != dir_name {
-            return Err(format!(
-                "the name `{name}` differs from its folder `{dir_name}`"
-            ));
-        }
+/// The settings Gantry honours of a `config.pbtxt`, checked against what it can serve.
+fn served_config(
+    config: &gantry_triton::ModelConfig,
+    dir_name: &str,
+    defaults: BatchPolicy,
+) -> Result<ServedConfig, String> {
+    use gantry_triton::model_version_policy::PolicyChoice;
+    use gantry_triton::proto::model_config::SchedulingChoice;
+    if !config.name.is_empty() && config.name != dir_name {
+        return Err(format!(
+            "the name `{}` differs from its folder `{dir_name}`",
+            config.name
+        ));
     }
-    let platform = pbtxt::scalar::<String>(&fields, "platform")?;
-    let backend = pbtxt::scalar::<String>(&fields, "backend")?;
-    match (platform.as_deref(), backend.as_deref()) {
-        (None | Some("onnxruntime_onnx"), None | Some("onnxruntime")) => {}
+    match (config.platform.as_str(), config.backend.as_str()) {
+        ("" | "onnxruntime_onnx", "" | "onnxruntime") => {}
         (p, b) => {
             return Err(format!(
-                "platform {:?} / backend {:?}: Gantry serves ONNX models (onnxruntime_onnx)",
-                p.unwrap_or_default(),
-                b.unwrap_or_default()
+                "platform {p:?} / backend {b:?}: Gantry serves ONNX models (onnxruntime_onnx)"
             ))
         }
     }
-    let max_batch_size = pbtxt::scalar::<usize>(&fields, "max_batch_size")?.unwrap_or(0);
+    let max_batch_size = usize::try_from(config.max_batch_size)
+        .map_err(|_| format!("max_batch_size {} is negative", config.max_batch_size))?;
     let mut policy = BatchPolicy {
         max_batch_size,
         dynamic: false,
         max_queue_delay: Duration::ZERO,
         max_queue_size: defaults.max_queue_size,
     };
-    match pbtxt::field(&fields, "dynamic_batching") {
-        None => {}
-        Some(Value::Message(db)) => {
-            if max_batch_size == 0 {
-                return Err("dynamic_batching needs max_batch_size > 0 (as in Triton)".into());
-            }
-            policy.dynamic = true;
-            let us = pbtxt::scalar::<u64>(db, "max_queue_delay_microseconds")?.unwrap_or(0);
-            policy.max_queue_delay = Duration::from_micros(us);
-            if let Some(Value::Message(q)) = pbtxt::field(db, "default_queue_policy") {
-                if let Some(size) = pbtxt::scalar::<usize>(q, "max_queue_size")?.filter(|&s| s > 0)
-                {
-                    policy.max_queue_size = size;
-                }
-            }
+    if let Some(SchedulingChoice::DynamicBatching(db)) = &config.scheduling_choice {
+        if max_batch_size == 0 {
+            return Err("dynamic_batching needs max_batch_size > 0 (as in Triton)".into());
         }
-        Some(_) => return Err("dynamic_batching must be a message `{ ... }`".into()),
+        policy.dynamic = true;
+        policy.max_queue_delay = Duration::from_micros(db.max_queue_delay_microseconds);
+        if let Some(size) = db
+            .default_queue_policy
+            .as_ref()
+            .map(|q| q.max_queue_size as usize)
+            .filter(|&s| s > 0)
+        {
+            policy.max_queue_size = size;
+        }
     }
     if policy.max_queue_size == 0 {
         policy.max_queue_size = DEFAULT_MAX_QUEUE_SIZE;
     }
-    let filename = pbtxt::scalar::<String>(&fields, "default_model_filename")?
-        .unwrap_or_else(|| "model.onnx".into());
+    let filename = match config.default_model_filename.as_str() {
+        "" => "model.onnx".to_string(),
+        f => f.to_string(),
+    };
     if filename.contains(['/', '\\']) || filename.starts_with('.') {
         return Err(format!(
             "default_model_filename `{filename}` must be a plain file name"
         ));
     }
-    let versions = match pbtxt::field(&fields, "version_policy") {
+    let versions = match config
+        .version_policy
+        .as_ref()
+        .and_then(|p| p.policy_choice.as_ref())
+    {
         None => VersionPolicy::Latest(1),
-        Some(Value::Message(vp)) => read_version_policy(vp)?,
-        Some(_) => return Err("version_policy must be a message `{ ... }`".into()),
+        Some(PolicyChoice::All(_)) => VersionPolicy::All,
+        Some(PolicyChoice::Latest(latest)) => {
+            // Triton's default for an unset count is the latest one.
+            let n = if latest.num_versions == 0 {
+                1
+            } else {
+                latest.num_versions as usize
+            };
+            VersionPolicy::Latest(n)
+        }
+        Some(PolicyChoice::Specific(specific)) => {
+            let mut versions = Vec::new();
+            for &v in &specific.versions {
+                versions.push(
+                    u64::try_from(v)
+                        .map_err(|_| format!("version_policy: {v} is not a version number"))?,
+                );
+            }
+            if versions.is_empty() {
+                return Err("version_policy specific names no versions".into());
+            }
+            versions.sort_unstable();
+            versions.dedup();
+            VersionPolicy::Specific(versions)
+        }
     };
-    Ok(ModelConfig {
+    Ok(ServedConfig {
         policy,
         filename,
         versions,
     })
-}
-
-fn read_version_policy(vp: &[(String, Value)]) -> Result<VersionPolicy, String> {
-    if pbtxt::field(vp, "all").is_some() {
-        return Ok(VersionPolicy::All);
-    }
-    if let Some(Value::Message(latest)) = pbtxt::field(vp, "latest") {
-        let n = pbtxt::scalar::<usize>(latest, "num_versions")?.unwrap_or(1);
-        if n == 0 {
-            return Err("version_policy latest: num_versions must be at least 1".into());
-        }
-        return Ok(VersionPolicy::Latest(n));
-    }
-    if let Some(Value::Message(specific)) = pbtxt::field(vp, "specific") {
-        let list = match pbtxt::field(specific, "versions") {
-            Some(Value::List(items)) => items.clone(),
-            Some(v @ Value::Scalar(_)) => vec![v.clone()],
-            _ => Vec::new(),
-        };
-        let mut versions = Vec::new();
-        for item in list {
-            match item {
-                Value::Scalar(s) => versions.push(
-                    s.parse::<u64>()
-                        .map_err(|_| format!("version_policy: `{s}` is not a version number"))?,
-                ),
-                _ => return Err("version_policy specific: versions must be numbers".into()),
-            }
-        }
-        if versions.is_empty() {
-            return Err("version_policy specific names no versions".into());
-        }
-        versions.sort_unstable();
-        versions.dedup();
-        return Ok(VersionPolicy::Specific(versions));
-    }
-    Err("version_policy must be `all`, `latest` or `specific`".into())
 }
 
 /// Loads every source with `load` (the caller's choice of providers and threads) and starts
@@ -359,34 +353,43 @@ mod tests {
 
     #[test]
     fn unusable_repositories_are_named_errors() {
-        let cases: &[(&str, &str)] = &[
-            ("name: \"other\"\n", "differs from its folder"),
+        // (config, what the error says, whether it names config.pbtxt itself)
+        let cases: &[(&str, &str, bool)] = &[
+            ("name: \"other\"\n", "differs from its folder", true),
             (
                 "platform: \"tensorflow_savedmodel\"\n",
                 "Gantry serves ONNX",
+                true,
             ),
             (
                 "max_batch_size: 0\ndynamic_batching { }\n",
                 "needs max_batch_size > 0",
+                true,
             ),
-            ("max_batch_size: -1\n", "max_batch_size"),
+            ("max_batch_size: -1\n", "max_batch_size", true),
             (
                 "version_policy: { specific { versions: [4] } }\n",
                 "version 4",
+                false,
             ),
-            ("max_batch_size: {\n", "line 1"),
+            ("max_batch_size: {\n", "line 1", true),
+            (
+                "name: \"m\"\nmax_bach_size: 8\n",
+                "line 2: field 'max_bach_size' not found",
+                true,
+            ),
+            ("max_batch_size: 8\nmax_batch_size: 4\n", "line 2", true),
+            ("max_batch_size: \"8\"\n", "line 1", true),
         ];
-        for (config, want) in cases {
+        for (config, want, names_file) in cases {
             let dir = tempfile::tempdir().unwrap();
             touch(&dir.path().join("m/1/model.onnx"));
             std::fs::write(dir.path().join("m/config.pbtxt"), config).unwrap();
             let e = scan_repository(dir.path(), defaults())
                 .unwrap_err()
                 .to_string();
-            assert!(
-                e.contains(want) && e.contains("config.pbtxt") || e.contains(want),
-                "{config}: {e}"
-            );
+            assert!(e.contains(want), "{config}: {e}");
+            assert_eq!(e.contains("config.pbtxt"), *names_file, "{config}: {e}");
             assert!(
                 e.contains(&dir.path().join("m").display().to_string()),
                 "names the model: {e}"

@@ -3,6 +3,8 @@
 //! checkpoint fixtures, and the ONNX checker. Depends on `gantry-models` only, so every
 //! package can use it in its tests.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -28,7 +28,8 @@ fn train_export_generate_gives_the_trained_generators_images() {
     cfg.ema = Some(0.9);
     let model = tiny_config(16, 1, None);
     let mut run = prepare_fresh(cfg, model, &out, Kernels::Fast, &Device::Cpu).unwrap();
-    let outcome = execute(&mut run, &AtomicBool::new(false), 50).unwrap();
+    let mut lines = gantry_trainer::progress::LogLines::new(run.trainer.total_steps(), 50);
+    let outcome = execute(&mut run, &AtomicBool::new(false), &mut lines).unwrap();
     assert!(
         matches!(outcome, RunOutcome::Finished { step: 6, .. }),
         "{outcome:?}"

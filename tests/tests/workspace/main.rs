@@ -2,6 +2,7 @@
 //! by ONNX Runtime against candle, the runtime library, a training step against numbers
 //! produced by PyTorch, and the whole train -> export -> generate path.
 
+mod architecture;
 mod end_to_end;
 mod export_parity;
 mod golden_step;

@@ -1,7 +1,10 @@
 //! `trainer`: trains Gantry's DCGAN. See `trainer --help` and the README.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod flags;
+mod progress;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,18 +22,6 @@ use gantry_trainer::setup::{
     select_device, select_device_ordinal, DeviceKind, EvalRequest,
 };
 use gantry_trainer::train::run::{RunOutcome, STEP_IN_PROGRESS};
-
-/// Keeps glibc's allocator from handing the multi-megabyte tensors of every training step back
-/// to the kernel and page-faulting them in again on the next step: with these settings the
-/// 32x32 benchmark makes 7x fewer page faults and uses 17% less CPU time (docs/benchmarks.md).
-fn tune_allocator() {
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
-}
 
 /// candle runs its element-wise CPU ops on a thread pool of its own that spins while idle; beside
 /// rayon's pool (which Gantry's kernels and GEMMs use) it oversubscribes small machines. The
@@ -202,7 +193,12 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
         }
         eprintln!("recipe: {}", describe_recipe(&t.config, &t.model));
     }
-    let outcome = match execute(&mut prepared, &stop, args.log_every) {
+    let mut bar = progress::Bar::new(
+        prepared.trainer.state.step,
+        prepared.trainer.total_steps(),
+        args.log_every,
+    );
+    let outcome = match execute(&mut prepared, &stop, &mut bar) {
         Ok(outcome) => outcome,
         Err(e) if ranks > 1 => {
             // The other ranks may be waiting for this one: end the whole job.
@@ -313,7 +309,7 @@ fn sample(a: SampleArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     tune_threads();
-    tune_allocator();
+    gantry_kernels::tune_allocator();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

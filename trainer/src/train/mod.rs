@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use gantry_models::checkpoint::{CheckpointMeta, OPTIMIZER_D_FILE, OPTIMIZER_G_FILE};
-use gantry_models::init::{normal_vec, rng_for};
+use gantry_models::init::normal_vec;
 use gantry_models::spec::TensorRole;
 use gantry_models::{
     cycling_labels, Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState,
@@ -31,11 +31,7 @@ use crate::metrics::StepMetrics;
 const RECALIBRATION_BATCHES: usize = 16;
 const RECALIBRATION_BATCH: usize = 128;
 
-/// `n` latent vectors drawn from N(0, 1) out of the stream `(seed, purpose)`.
-pub fn latents(seed: u64, purpose: &str, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
-    let data = normal_vec(&mut rng_for(seed, purpose), n * dim, 0.0, 1.0);
-    Ok(Tensor::from_vec(data, (n, dim), device)?)
-}
+pub use gantry_models::init::latents;
 
 /// Runs one phase of a step under the profiler's name `phase: {name}`. When profiling on a GPU
 /// the phase waits for its kernels, so that the time is the phase's and not just its launches.
@@ -681,16 +677,16 @@ impl Trainer {
                 .filter(|(_, _, role)| *role == TensorRole::Buffer)
                 .map(|(_, v, _)| v)
                 .collect();
-        distributed::average_vars(self.collective.as_ref(), &buffers)
+        Ok(distributed::average_vars(
+            self.collective.as_ref(),
+            &buffers,
+        )?)
     }
 
     /// After a step of a data-parallel job: checks that every rank holds bitwise the same
     /// weights (an error names the ranks that differ from rank 0 and the step), and agrees on
     /// stopping: returns true on every rank when any rank's `stop` was set.
     pub fn check_replicas(&self, stop: bool) -> Result<bool> {
-        if self.collective.size() == 1 {
-            return Ok(stop);
-        }
         let params: Vec<candle_core::Var> = self
             .nets
             .opt_g
@@ -698,18 +694,12 @@ impl Trainer {
             .chain(self.nets.opt_d.params())
             .cloned()
             .collect();
-        let mine = [distributed::checksum(&params)?, u64::from(stop)];
-        let all = self.collective.all_gather_u64(&mine)?;
-        let sums: Vec<u64> = all.chunks(2).map(|c| c[0]).collect();
-        let differ = distributed::ranks_differing_from_rank0(&sums);
-        if !differ.is_empty() {
-            return Err(TrainError::Distributed(format!(
-                "after step {} the weights of {} differ from rank 0's (the replicas drifted apart); the last checkpoint is kept",
-                self.state.step,
-                distributed::rank_list(&differ)
-            )));
-        }
-        Ok(all.chunks(2).any(|c| c[1] == 1))
+        Ok(distributed::check_replicas(
+            self.collective.as_ref(),
+            &params,
+            stop,
+            self.state.step,
+        )?)
     }
 
     /// Selects the convolution/BatchNorm implementation of all networks.

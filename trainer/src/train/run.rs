@@ -11,44 +11,7 @@ use crate::metrics::{EvalMetrics, MetricsLog, StepMetrics};
 use crate::progress::Progress;
 use crate::{animate, plot, samples};
 
-/// Where a run writes its outputs.
-#[derive(Debug, Clone)]
-pub struct RunPaths {
-    pub out: PathBuf,
-}
-
-impl RunPaths {
-    pub fn samples_dir(&self) -> PathBuf {
-        self.out.join("samples")
-    }
-    pub fn sample(&self, step: u64) -> PathBuf {
-        self.samples_dir().join(format!("step_{step:06}.png"))
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.out.join("metrics.jsonl")
-    }
-    pub fn losses_plot(&self) -> PathBuf {
-        self.out.join("losses.png")
-    }
-    pub fn checkpoint(&self) -> PathBuf {
-        self.out.join("checkpoint")
-    }
-    pub fn final_dir(&self) -> PathBuf {
-        self.out.join("final")
-    }
-    /// The checkpoint with the lowest FID of the evaluations during training.
-    pub fn best(&self) -> PathBuf {
-        self.out.join("best")
-    }
-    /// TensorBoard event files.
-    pub fn tensorboard(&self) -> PathBuf {
-        self.out.join(crate::tensorboard::DIR)
-    }
-    /// The sample grids over the run as an animation.
-    pub fn progress_gif(&self) -> PathBuf {
-        self.out.join("progress.gif")
-    }
-}
+pub use gantry_models::run_layout::{RunPaths, RUN_OUTPUTS};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,18 +24,6 @@ pub enum RunOutcome {
     /// A stop was requested; `checkpoint/` holds the state at `step`.
     Stopped { step: u64 },
 }
-
-/// What a run writes into its folder; a folder holding any of these holds a run.
-pub const RUN_OUTPUTS: [&str; 8] = [
-    "checkpoint",
-    "final",
-    "best",
-    "metrics.jsonl",
-    "samples",
-    "losses.png",
-    "tb",
-    "progress.gif",
-];
 
 /// Which of a run's outputs `out` already holds (a fresh run must not mix its files with them).
 pub fn existing_run_outputs(out: &Path) -> Vec<&'static str> {
@@ -133,12 +84,11 @@ struct Outputs {
     history: Vec<StepMetrics>,
     tensorboard: TensorBoard,
     evaluator: Option<RunEvaluator>,
-    progress: Progress,
     last_sample: Option<PathBuf>,
 }
 
 impl Outputs {
-    fn open(trainer: &Trainer, paths: &RunPaths, log_every: u64) -> Result<Self> {
+    fn open(trainer: &Trainer, paths: &RunPaths, progress: &mut dyn Progress) -> Result<Self> {
         prepare_out_dir(&paths.out)?;
         let (log, history) = MetricsLog::open(&paths.metrics(), trainer.state.step)?;
         let tensorboard = TensorBoard::open(trainer, paths)?;
@@ -148,9 +98,8 @@ impl Outputs {
                 eprintln!("{line}")
             })?),
         };
-        let progress = Progress::new(trainer.state.step, trainer.total_steps(), log_every);
         if trainer.collective().size() > 1 {
-            progress.println(&format!(
+            progress.line(&format!(
                 "data-parallel on {}: each rank trains {} of every global batch of {}",
                 trainer.collective().describe(),
                 match trainer.collective().size() {
@@ -165,7 +114,6 @@ impl Outputs {
             history,
             tensorboard,
             evaluator,
-            progress,
             last_sample: None,
         })
     }
@@ -178,10 +126,10 @@ pub(crate) fn run(
     trainer: &mut Trainer,
     paths: &RunPaths,
     stop: &AtomicBool,
-    log_every: u64,
+    progress: &mut dyn Progress,
 ) -> Result<RunOutcome> {
     let mut outputs = match trainer.is_lead() {
-        true => Some(Outputs::open(trainer, paths, log_every)?),
+        true => Some(Outputs::open(trainer, paths, progress)?),
         false => None,
     };
     let result = (|| -> Result<RunOutcome> {
@@ -211,12 +159,12 @@ pub(crate) fn run(
             };
             if let (true, Some(evaluator)) = (eval_due, &mut o.evaluator) {
                 let eval = evaluator.evaluate(trainer, paths)?;
-                o.progress.println(&eval_line(m.step, &eval));
+                progress.line(&eval_line(m.step, &eval));
                 m.eval = Some(eval);
             }
             o.log.append(&m)?;
             o.tensorboard.step(&m)?;
-            o.progress.step(&m);
+            progress.step(&m);
             o.history.push(m);
             if sample_due {
                 o.last_sample = Some(write_samples(trainer, paths, &mut o.tensorboard)?);
@@ -246,8 +194,8 @@ pub(crate) fn run(
             last_sample: o.last_sample.clone(),
         })
     })();
-    if let Some(o) = &outputs {
-        o.progress.finish();
+    if outputs.is_some() {
+        progress.finish();
     }
     result
 }

@@ -115,7 +115,7 @@ impl TensorBoard {
     /// The step's scalars (and its evaluation's).
     pub fn step(&mut self, m: &StepMetrics) -> Result<()> {
         match &mut self.writer {
-            Some(w) => w.scalars(m.step, &m.scalars()),
+            Some(w) => Ok(w.scalars(m.step, &m.scalars())?),
             None => Ok(()),
         }
     }
@@ -123,7 +123,7 @@ impl TensorBoard {
     /// The sample grid of `step`.
     pub fn samples(&mut self, step: u64, grid: &image::DynamicImage) -> Result<()> {
         match &mut self.writer {
-            Some(w) => w.image(step, "samples", grid),
+            Some(w) => Ok(w.image(step, "samples", grid)?),
             None => Ok(()),
         }
     }

@@ -4,6 +4,8 @@
 //! the earlier files every event after the step it resumes from (the steps a killed run logged
 //! past its last checkpoint, which the resumed run redoes), so no step appears twice.
 
+#![forbid(unsafe_code)]
+
 pub mod event;
 pub mod record;
 
@@ -15,11 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use image::DynamicImage;
 use prost::Message;
 
-use crate::error::{Result, TrainError};
 use event::{Event, Summary, SummaryImage, SummaryValue};
-
-/// The folder of a run that holds its event files.
-pub const DIR: &str = "tb";
+use gantry_files::{FileError, Result};
 
 /// What TensorBoard's reader looks for in an event file's name.
 const NAME_PREFIX: &str = "events.out.tfevents.";
@@ -39,8 +38,8 @@ impl EventWriter {
     /// first removing events after `step` from the files already there (each rewritten
     /// atomically). The new file's name sorts after theirs, as TensorBoard reads them in order.
     pub fn open(dir: &Path, step: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        gantry_models::atomic::remove_stale_temps(dir);
+        std::fs::create_dir_all(dir).map_err(|e| FileError::io(dir, e))?;
+        gantry_files::atomic::remove_stale_temps(dir);
         let existing = event_files(dir)?;
         for path in &existing {
             drop_events_after(path, step)?;
@@ -58,7 +57,7 @@ impl EventWriter {
             .create_new(true)
             .append(true)
             .open(&path)
-            .map_err(|e| TrainError::io(&path, e))?;
+            .map_err(|e| FileError::io(&path, e))?;
         let mut writer = Self { path, file };
         writer.write(Event {
             wall_time: wall_time(),
@@ -89,7 +88,7 @@ impl EventWriter {
 
     /// An image at `step` under `tag`, stored as PNG.
     pub fn image(&mut self, step: u64, tag: &str, image: &DynamicImage) -> Result<()> {
-        let png = crate::samples::png_bytes(image)?;
+        let png = gantry_files::images::png_bytes(image)?;
         let colorspace = match image.color().channel_count() {
             1 => 1,
             4 => 4,
@@ -124,7 +123,7 @@ impl EventWriter {
         record::frame(&event.encode_to_vec(), &mut bytes);
         self.file
             .write_all(&bytes)
-            .map_err(|e| TrainError::io(&self.path, e))
+            .map_err(|e| FileError::io(&self.path, e))
     }
 }
 
@@ -139,7 +138,7 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(TrainError::io(dir, e)),
+        Err(e) => return Err(FileError::io(dir, e)),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
@@ -157,7 +156,7 @@ pub fn event_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The events of an event file, up to a torn or damaged record.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| FileError::io(path, e))?;
     Ok(record::records(&bytes)
         .into_iter()
         .filter_map(|r| Event::decode(r).ok())
@@ -177,7 +176,7 @@ fn timestamp_of(path: &Path) -> Option<u64> {
 /// Rewrites `path` (atomically) without its events after `step` and anything after a torn
 /// record; leaves it untouched when there is nothing to drop.
 fn drop_events_after(path: &Path, step: u64) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| FileError::io(path, e))?;
     let records = record::records(&bytes);
     let mut kept = Vec::with_capacity(bytes.len());
     let mut dropped = false;
@@ -190,7 +189,7 @@ fn drop_events_after(path: &Path, step: u64) -> Result<()> {
     if !dropped && kept.len() == bytes.len() {
         return Ok(());
     }
-    gantry_models::atomic::write_file_atomic(path, &kept)?;
+    gantry_files::atomic::write_file_atomic(path, &kept)?;
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use gantry_models::{Adam, AdamConfig};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{self, DataSpec, Dataset, Split};
-use crate::error::{Result, TrainError};
+use crate::error::{MetricsError, Result};
+use gantry_data::{self as data, DataSpec, Dataset, Split};
 
 /// Size of the feature vector FID is computed on.
 pub const FEATURE_DIM: usize = 128;
@@ -117,7 +117,7 @@ impl Classifier {
         let var = |k: &str| -> Result<Var> {
             let t = tensors
                 .get(k)
-                .ok_or_else(|| TrainError::data("classifier", format!("missing tensor {k}")))?;
+                .ok_or_else(|| MetricsError::data("classifier", format!("missing tensor {k}")))?;
             Ok(Var::from_tensor(&t.to_device(device)?)?)
         };
         Ok(Self {
@@ -210,7 +210,7 @@ pub fn load(spec: &DataSpec, device: &Device) -> Result<Option<Classifier>> {
     let info: ClassifierInfo = meta
         .get("info")
         .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| TrainError::data(&path, "classifier file has no info metadata"))?;
+        .ok_or_else(|| MetricsError::data(&path, "classifier file has no info metadata"))?;
     Ok(Some(Classifier::from_tensors(info, &tensors, device)?))
 }
 
@@ -226,7 +226,7 @@ pub fn train(
     let test_set = data::load(spec, Split::Test)?;
     let classes = train_set.class_names.len();
     if classes < 2 {
-        return Err(TrainError::data(
+        return Err(MetricsError::data(
             &spec.dir,
             "the classifier needs at least two classes",
         ));
@@ -294,9 +294,10 @@ fn save(model: &Classifier, path: &Path) -> Result<()> {
         serde_json::to_string(&model.info).expect("info serialises"),
     )]);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
     }
-    gantry_models::atomic::write_file_atomic(path, &safetensors_bytes(&tensors, Some(meta))?)?;
+    gantry_models::atomic::write_file_atomic(path, &safetensors_bytes(&tensors, Some(meta))?)
+        .map_err(gantry_models::ModelError::from)?;
     Ok(())
 }
 

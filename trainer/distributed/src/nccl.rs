@@ -13,7 +13,7 @@ use cudarc::driver::CudaSlice;
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 
 use super::{Collective, RankEnv};
-use crate::error::{Result, TrainError};
+use crate::error::{DistributedError, Result};
 
 /// How long ranks wait for rank 0's id file.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -25,12 +25,12 @@ pub struct NcclCollective {
     ranks: RankEnv,
 }
 
-fn nccl_error(what: &str, e: impl std::fmt::Debug) -> TrainError {
-    TrainError::Distributed(format!("NCCL {what} failed: {e:?}"))
+fn nccl_error(what: &str, e: impl std::fmt::Debug) -> DistributedError {
+    DistributedError::Failed(format!("NCCL {what} failed: {e:?}"))
 }
 
-fn cuda_error(e: impl std::fmt::Debug) -> TrainError {
-    TrainError::Distributed(format!("CUDA copy failed: {e:?}"))
+fn cuda_error(e: impl std::fmt::Debug) -> DistributedError {
+    DistributedError::Failed(format!("CUDA copy failed: {e:?}"))
 }
 
 /// Rank 0 writes NCCL's id to `file` (atomically); the others wait for it.
@@ -52,7 +52,7 @@ fn share_id(ranks: &RankEnv, file: &Path) -> Result<Id> {
                 return Ok(Id::uninit(internal));
             }
             _ if start.elapsed() > RENDEZVOUS_TIMEOUT => {
-                return Err(TrainError::data(
+                return Err(DistributedError::data(
                     file,
                     format!(
                         "rank {}: rank 0 did not write NCCL's id here within {} s",
@@ -71,7 +71,7 @@ impl NcclCollective {
     /// through `id_file` (a path unique to the job, on a file system every rank sees).
     pub fn init(ranks: RankEnv, device: &Device, id_file: PathBuf) -> Result<Self> {
         let Device::Cuda(device) = device else {
-            return Err(TrainError::Distributed(
+            return Err(DistributedError::Failed(
                 "NCCL needs a CUDA device (--device cuda)".into(),
             ));
         };
@@ -90,7 +90,7 @@ impl NcclCollective {
         let flat = flat.contiguous()?;
         let (storage, layout) = flat.storage_and_layout();
         let Storage::Cuda(storage) = &*storage else {
-            return Err(TrainError::Distributed(
+            return Err(DistributedError::Failed(
                 "NCCL reduces GPU tensors only".into(),
             ));
         };

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use image::DynamicImage;
 
-use crate::error::{Result, TrainError};
+use crate::error::{DataError, Result};
 
 fn is_image(path: &Path) -> bool {
     path.extension()
@@ -15,7 +15,7 @@ fn is_image(path: &Path) -> bool {
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| TrainError::io(dir, e))?
+        .map_err(|e| DataError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
@@ -64,7 +64,7 @@ pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<LabelledFile>)> {
         }
     }
     if files.is_empty() {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             dir,
             "no PNG or JPEG images found (expected class subfolders of images, like ImageFolder)",
         ));
@@ -75,12 +75,12 @@ pub fn scan(dir: &Path) -> Result<(Vec<String>, Vec<LabelledFile>)> {
 /// Decodes one image file; undecodable files are an error naming the file.
 pub fn decode(path: &Path) -> Result<DynamicImage> {
     let reader = image::ImageReader::open(path)
-        .map_err(|e| TrainError::io(path, e))?
+        .map_err(|e| DataError::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| TrainError::io(path, e))?;
+        .map_err(|e| DataError::io(path, e))?;
     reader
         .decode()
-        .map_err(|e| TrainError::data(path, format!("cannot decode image ({e})")))
+        .map_err(|e| DataError::data(path, format!("cannot decode image ({e})")))
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! The loop does not know which implementation it runs on: a step all-reduces the gradients of
 //! every rank's slice of the global batch, and all ranks apply the same Adam update.
 
+#![deny(unsafe_code)] // `deny`, not `forbid`: cudarc's and mpi's macros may expand to it
+
+mod error;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 #[cfg(feature = "nccl")]
@@ -15,7 +18,7 @@ pub mod nccl;
 
 use candle_core::{Tensor, Var};
 
-use crate::error::{Result, TrainError};
+pub use error::{DistributedError, Result};
 
 /// The collective operations of data-parallel training over `size` ranks. Every rank calls the
 /// same operations in the same order (MPI's rule); buffers have the same length on every rank.
@@ -233,7 +236,10 @@ pub fn ranks_differing_from_rank0(values: &[u64]) -> Vec<usize> {
 /// Joins the start-up of all ranks: each passes how its own went; if any rank failed, every
 /// rank returns an error (a failed rank its own, prefixed with its rank; the others one naming
 /// the ranks that failed), so that no rank starts training alone.
-pub fn agree<T>(collective: &dyn Collective, mine: Result<T>) -> Result<T> {
+pub fn agree<T, E: std::fmt::Display + From<DistributedError>>(
+    collective: &dyn Collective,
+    mine: std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     if collective.size() == 1 {
         return mine;
     }
@@ -245,16 +251,43 @@ pub fn agree<T>(collective: &dyn Collective, mine: Result<T>) -> Result<T> {
         .map(|(rank, _)| rank)
         .collect();
     match mine {
-        Err(e) => Err(TrainError::Distributed(format!(
+        Err(e) => Err(DistributedError::Failed(format!(
             "rank {} failed at start-up: {e}",
             collective.rank()
-        ))),
-        Ok(_) if !failed.is_empty() => Err(TrainError::Distributed(format!(
+        ))
+        .into()),
+        Ok(_) if !failed.is_empty() => Err(DistributedError::Failed(format!(
             "{} failed at start-up (its error is printed above); no rank trained",
             rank_list(&failed)
-        ))),
+        ))
+        .into()),
         Ok(value) => Ok(value),
     }
+}
+
+/// After step `step` of a data-parallel job: checks that every rank holds bitwise the same
+/// `params` (an error names the ranks that differ from rank 0 and the step), and agrees on
+/// stopping: returns true on every rank when any rank's `stop` was set.
+pub fn check_replicas(
+    collective: &dyn Collective,
+    params: &[Var],
+    stop: bool,
+    step: u64,
+) -> Result<bool> {
+    if collective.size() == 1 {
+        return Ok(stop);
+    }
+    let mine = [checksum(params)?, u64::from(stop)];
+    let all = collective.all_gather_u64(&mine)?;
+    let sums: Vec<u64> = all.chunks(2).map(|c| c[0]).collect();
+    let differ = ranks_differing_from_rank0(&sums);
+    if !differ.is_empty() {
+        return Err(DistributedError::Failed(format!(
+            "after step {step} the weights of {} differ from rank 0's (the replicas drifted apart); the last checkpoint is kept",
+            rank_list(&differ)
+        )));
+    }
+    Ok(all.chunks(2).any(|c| c[1] == 1))
 }
 
 /// `rank 1` or `ranks 1, 3`.
@@ -283,7 +316,7 @@ pub fn check_same_everywhere(collective: &dyn Collective, items: &[(&str, u64)])
         let per_rank: Vec<u64> = all.chunks(items.len()).map(|c| c[i]).collect();
         let differ = ranks_differing_from_rank0(&per_rank);
         if !differ.is_empty() {
-            return Err(TrainError::Distributed(format!(
+            return Err(DistributedError::Failed(format!(
                 "{} {} from rank 0's: every rank must be started with the same settings and data",
                 rank_list(&differ),
                 if differ.len() == 1 {

@@ -1,11 +1,17 @@
 //! Training data: MNIST-style IDX, CIFAR-10 binary batches and image folders, preprocessed once
 //! to bytes of the training size and served in seeded batches.
 
+#![forbid(unsafe_code)]
+
 pub mod batches;
 pub mod cifar;
+mod error;
 pub mod folder;
 pub mod idx;
 pub mod preprocess;
+
+#[cfg(test)]
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +20,8 @@ use image::{DynamicImage, GrayImage};
 use rayon::prelude::*;
 
 pub use batches::EpochOrder;
+pub use error::{DataError, Result};
 pub use preprocess::Fit;
-
-use crate::error::{Result, TrainError};
 
 /// The supported data set layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -130,7 +135,7 @@ impl Dataset {
 /// Loads and preprocesses a split of a data set.
 pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
     if !spec.dir.is_dir() {
-        return Err(TrainError::data(&spec.dir, "data folder does not exist"));
+        return Err(DataError::data(&spec.dir, "data folder does not exist"));
     }
     let size = spec.image_size as u32;
     let (class_names, images, labels): (Vec<String>, Vec<Vec<u8>>, Vec<u32>) = match spec.kind {
@@ -146,7 +151,7 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
             let (h, w) = (arr.dims[1], arr.dims[2]);
             let max = labels.iter().copied().max().unwrap_or(0);
             if max > 9 {
-                return Err(TrainError::data(
+                return Err(DataError::data(
                     &lab_path,
                     format!("label {max} is out of range 0..=9"),
                 ));
@@ -210,7 +215,7 @@ pub fn load(spec: &DataSpec, split: Split) -> Result<Dataset> {
         }
     };
     if labels.is_empty() {
-        return Err(TrainError::data(&spec.dir, "the data set has no images"));
+        return Err(DataError::data(&spec.dir, "the data set has no images"));
     }
     Ok(Dataset {
         name: dataset_name(spec),

@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::error::{Result, Setting, TrainError};
+use crate::error::{MetricSetting as Setting, MetricsError, Result};
 use gantry_models::init::{normal_vec, rng_for};
 
 /// Side of a patch.
@@ -247,7 +247,7 @@ impl PatchReference {
     /// `seed` fixes the directions and patch positions.
     pub fn new(real: &Images, images: usize, seed: u64) -> Result<Self> {
         if real.n == 0 {
-            return Err(TrainError::invalid(
+            return Err(MetricsError::invalid(
                 Setting::SampleCount,
                 "the SWD reference needs at least one real image, got none".to_string(),
             ));
@@ -276,7 +276,7 @@ impl PatchReference {
     /// as for the reference, spread evenly over them) from the reference.
     pub fn distance(&self, generated: &Images) -> Result<Swd> {
         if (generated.channels, generated.size) != (self.channels, self.size) || generated.n == 0 {
-            return Err(TrainError::invalid(
+            return Err(MetricsError::invalid(
                 Setting::SampleCount,
                 format!(
                     "the SWD reference holds {}x{}x{} images, got {} of {}x{}x{}",

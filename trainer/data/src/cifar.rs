@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::error::{Result, TrainError};
+use crate::error::{DataError, Result};
 
 /// Bytes per record: label + 3 * 32 * 32.
 pub const RECORD: usize = 1 + 3 * 32 * 32;
@@ -24,7 +24,7 @@ pub const CLASSES: [&str; 10] = [
 
 /// The batch files of a split: `data_batch_*.bin` (train) or `test_batch.bin` (test), sorted.
 pub fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::io(dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -44,7 +44,7 @@ pub fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
         } else {
             "test_batch.bin"
         };
-        return Err(TrainError::data(
+        return Err(DataError::data(
             dir,
             format!("no CIFAR-10 {want} files in this folder"),
         ));
@@ -54,9 +54,9 @@ pub fn batch_files(dir: &Path, train: bool) -> Result<Vec<PathBuf>> {
 
 /// Decodes one batch file into images and labels.
 pub fn read_batch(path: &Path) -> Result<Vec<(RgbImage, u32)>> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             path,
             format!(
                 "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records (truncated or not a CIFAR-10 batch)",
@@ -70,7 +70,7 @@ pub fn read_batch(path: &Path) -> Result<Vec<(RgbImage, u32)>> {
         .map(|(i, rec)| {
             let label = rec[0] as u32;
             if label >= 10 {
-                return Err(TrainError::data(
+                return Err(DataError::data(
                     path,
                     format!("record {i} has label {label}, CIFAR-10 labels are 0..=9"),
                 ));

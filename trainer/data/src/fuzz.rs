@@ -18,7 +18,7 @@ use gantry_models::init::init_tensors;
 use gantry_models::{discriminator_spec, generator_spec, Adam, AdamConfig, Generator, ModelConfig};
 use gantry_testkit::{encode_idx, fuzzed_file, write_mnist_fixture};
 
-use crate::data::{self, cifar, folder, idx, DataSpec, DatasetKind, Fit, Split};
+use crate::{self as data, cifar, folder, idx, DataSpec, DatasetKind, Fit, Split};
 
 /// Runs the target `|dir, input| ...` on fuzzer inputs with a scratch folder. A macro, not a
 /// function: bolero names a target (and its corpus folder) after where `check!` is written.

@@ -2,10 +2,15 @@
 //! classifier-free sliced Wasserstein distance of image patches (`trainer classifier`,
 //! `trainer eval`).
 
+#![forbid(unsafe_code)]
+
 pub mod classifier;
 pub mod coverage;
+mod error;
 pub mod fid;
 pub mod swd;
+
+pub use error::{MetricSetting, MetricsError, Result};
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +18,12 @@ use candle_core::{Device, Tensor};
 use gantry_models::{Checkpoint, Generator, ModelConfig};
 use serde::Serialize;
 
-use crate::data::{self, preprocess, DataSpec, Split};
-use crate::error::{Result, Setting, TrainError};
-use crate::train::latents;
+use crate::error::MetricSetting as Setting;
 use classifier::{Classifier, ClassifierInfo};
 use coverage::Coverage;
 use fid::{frechet_distance, GaussianStats};
+use gantry_data::{self as data, preprocess, DataSpec, Split};
+use gantry_models::init::latents;
 use swd::{PatchReference, Swd};
 
 /// Epochs the evaluation classifier trains for when it is not cached yet.
@@ -134,7 +139,7 @@ impl Evaluator {
         log: &mut dyn FnMut(String),
     ) -> Result<Self> {
         if samples < 2 {
-            return Err(TrainError::invalid(
+            return Err(MetricsError::invalid(
                 Setting::SampleCount,
                 format!("must be at least 2 (a covariance needs two samples), got {samples}"),
             ));
@@ -246,7 +251,7 @@ pub fn evaluate(
             steps = Some(ckpt.step());
             let cfg = &ckpt.meta.model;
             if cfg.image_size != data_spec.image_size || cfg.channels != data_spec.channels {
-                return Err(TrainError::invalid(
+                return Err(MetricsError::invalid(
                     Setting::Dataset,
                     format!(
                         "the model makes {}x{}x{} images but the evaluation data is {}x{}x{}",

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Result, TrainError};
+use crate::error::{DataError, Result};
 
 /// An unsigned-byte IDX array.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,12 +17,12 @@ pub struct IdxArray {
 
 /// Reads a file, transparently un-gzipping it when it starts with the gzip magic bytes.
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| TrainError::data(path, format!("corrupt gzip data ({e})")))?;
+            .map_err(|e| DataError::data(path, format!("corrupt gzip data ({e})")))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -37,7 +37,7 @@ pub const MAX_SIDE: usize = 4096;
 
 /// Parses IDX bytes; `path` names the source in errors.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
-    let bad = |msg: String| TrainError::data(path, msg);
+    let bad = |msg: String| DataError::data(path, msg);
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad(format!(
             "not an IDX file (magic bytes {:02x?}, expected 00 00 08 nn)",
@@ -91,14 +91,14 @@ pub fn find_idx_file(dir: &Path, stem: &str) -> Result<PathBuf> {
         .iter()
         .map(|name| dir.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| TrainError::data(dir, format!("no {stem} or {stem}.gz in this folder")))
+        .ok_or_else(|| DataError::data(dir, format!("no {stem} or {stem}.gz in this folder")))
 }
 
 /// Loads an image file `[N, H, W]` and its label file `[N]`, checking that they agree.
 pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray, Vec<u32>)> {
     let imgs = parse_idx(&read_maybe_gzip(images)?, images)?;
     if imgs.dims.len() != 3 {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             images,
             format!(
                 "expected a 3-D image array [N, H, W], found dimensions {:?}",
@@ -108,14 +108,14 @@ pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray,
     }
     let (h, w) = (imgs.dims[1], imgs.dims[2]);
     if !(1..=MAX_SIDE).contains(&h) || !(1..=MAX_SIDE).contains(&w) {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             images,
             format!("images of {h}x{w} pixels: each side must be 1 to {MAX_SIDE}"),
         ));
     }
     let labs = parse_idx(&read_maybe_gzip(labels)?, labels)?;
     if labs.dims.len() != 1 {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             labels,
             format!(
                 "expected a 1-D label array, found dimensions {:?}",
@@ -124,7 +124,7 @@ pub fn load_images_and_labels(images: &Path, labels: &Path) -> Result<(IdxArray,
         ));
     }
     if labs.dims[0] != imgs.dims[0] {
-        return Err(TrainError::data(
+        return Err(DataError::data(
             labels,
             format!(
                 "{} labels but {} has {} images",

@@ -8,7 +8,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
 use super::Collective;
-use crate::error::{Result, TrainError};
+use crate::error::{DistributedError, Result};
 
 /// The world communicator of an MPI job; MPI is finalised when this is dropped.
 pub struct MpiCollective {
@@ -20,7 +20,7 @@ impl MpiCollective {
     /// Initialises MPI (once per process).
     pub fn init() -> Result<Self> {
         let universe = mpi::initialize().ok_or_else(|| {
-            TrainError::Distributed("MPI could not be initialised (or was already)".into())
+            DistributedError::Failed("MPI could not be initialised (or was already)".into())
         })?;
         let world = universe.world();
         Ok(Self {

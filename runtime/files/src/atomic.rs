@@ -4,25 +4,26 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::error::{ModelError, Result};
+use crate::error::{FileError, Result};
 
-fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
+/// A hidden sibling of `target` (`.{name}.{tag}-{pid}-{n}`) for a write in progress; unique
+/// within the process, and [`remove_stale_temps`] knows the pattern.
+pub fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    target.with_file_name(format!(".{name}.{tag}-{}-{nanos}", std::process::id()))
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    target.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id()))
 }
 
-/// Test hook for crash tests: the environment variable `GANTRY_FAULT_INJECTION` lists points
-/// (`point` or `point:N`, comma-separated) at which the process aborts, as a crash would, on the
-/// point's first (or N-th) visit. `no-exchange` makes [`write_dir_atomic`] take its
-/// rename-aside path, as on file systems without `RENAME_EXCHANGE`. Unset (always, outside
-/// tests), it costs one environment lookup per write.
+/// Test hook for crash tests, compiled only with the `fault-injection` feature (which tests turn
+/// on; release binaries have none of it): the environment variable `GANTRY_FAULT_INJECTION`
+/// lists points (`point` or `point:N`, comma-separated) at which the process aborts, as a crash
+/// would, on the point's first (or N-th) visit. `no-exchange` makes [`write_dir_atomic`] take
+/// its rename-aside path, as on file systems without `RENAME_EXCHANGE`.
+#[cfg(any(test, feature = "fault-injection"))]
 mod fault {
     use std::sync::Mutex;
 
@@ -78,6 +79,16 @@ mod fault {
     }
 }
 
+/// Without the `fault-injection` feature: no hooks at all.
+#[cfg(not(any(test, feature = "fault-injection")))]
+mod fault {
+    pub(super) fn enabled(_flag: &str) -> bool {
+        false
+    }
+
+    pub(super) fn crash_point(_point: &str) {}
+}
+
 fn sync_dir(dir: &Path) {
     // Persist the rename itself; failure only weakens durability, never correctness.
     if let Ok(d) = File::open(dir) {
@@ -101,7 +112,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// [`write_file_atomic`] with a check of the written temp file (read back from disk) before it
 /// replaces `path`: when `check` fails, the temp file is removed, `path` is untouched, and the
 /// check's error is returned.
-pub fn write_file_checked<E: From<ModelError>>(
+pub fn write_file_checked<E: From<FileError>>(
     path: &Path,
     bytes: &[u8],
     check: impl FnOnce(&Path) -> std::result::Result<(), E>,
@@ -114,7 +125,7 @@ pub fn write_file_checked<E: From<ModelError>>(
     })();
     if let Err(e) = written {
         let _ = fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e).into());
+        return Err(FileError::io(path, e).into());
     }
     if let Err(e) = check(&tmp) {
         let _ = fs::remove_file(&tmp);
@@ -122,7 +133,7 @@ pub fn write_file_checked<E: From<ModelError>>(
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e).into());
+        return Err(FileError::io(path, e).into());
     }
     sync_dir(parent_of(path));
     Ok(())
@@ -146,7 +157,7 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     };
     if let Err(e) = write_all() {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(ModelError::io(dir, e));
+        return Err(FileError::io(dir, e));
     }
     fault::crash_point("dir-written");
     let swap = || -> std::io::Result<()> {
@@ -174,7 +185,7 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     };
     if let Err(e) = swap() {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(ModelError::io(dir, e));
+        return Err(FileError::io(dir, e));
     }
     sync_dir(parent_of(dir));
     // A copy of `dir` set aside by a crash in an earlier write is superseded now.
