@@ -59,6 +59,8 @@ lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features gantry-trainer-cli/mpi -- -D warnings
+	command -v cargo-machete >/dev/null || $(CARGO) install --locked cargo-machete@0.9.2
+	$(CARGO) machete
 
 # Speed of each training option (EMA, spectral norm, DiffAugment, R1) against the bare DCGAN step.
 bench-recipe:

@@ -3,7 +3,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigField, ModelError, Result};
-use crate::spec::{discriminator_spec, generator_spec};
 
 /// Most trainable parameters a pair may have (G and D together): 4 GB of f32 weights, before
 /// the optimiser's moments and activations; far above any DCGAN people train.
@@ -64,8 +63,9 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
-    /// Checks every field, and the size of the networks they make; the error names the field.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks that every field is in range; the error names the field. (The size of the
+    /// networks the fields make is checked by [`ModelConfig::validate`], beside the spec.)
+    pub(crate) fn validate_fields(&self) -> Result<()> {
         let bad = |field, problem: String| Err(ModelError::invalid(field, problem));
         if !(16..=256).contains(&self.image_size) || !self.image_size.is_power_of_two() {
             return bad(
@@ -106,32 +106,6 @@ impl ModelConfig {
             return bad(
                 ConfigField::LabelEmbedDim,
                 format!("must be at most {MAX_DIM}, got {}", self.label_embed_dim),
-            );
-        }
-        // The widest layers hold `width << (stages - 1)` channels: check the pair's size before
-        // anything is allocated (in u128, so that no product overflows).
-        let stages = self.num_stages() as u32;
-        let widest = |w: usize| (w as u128) << stages.saturating_sub(1);
-        let rough =
-            widest(self.g_width) * (self.generator_input_dim() as u128 + widest(self.g_width)) * 16
-                + widest(self.d_width) * widest(self.d_width) * 16;
-        let parameters = if rough > MAX_PARAMETERS as u128 * 4 {
-            rough
-        } else {
-            (generator_spec(self).parameter_count() + discriminator_spec(self).parameter_count())
-                as u128
-        };
-        if parameters > MAX_PARAMETERS as u128 {
-            let field = if widest(self.g_width) >= widest(self.d_width) {
-                ConfigField::GeneratorWidth
-            } else {
-                ConfigField::DiscriminatorWidth
-            };
-            return bad(
-                field,
-                format!(
-                    "makes a model of about {parameters} parameters (at most {MAX_PARAMETERS}); choose smaller widths or latent size"
-                ),
             );
         }
         Ok(())

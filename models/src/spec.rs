@@ -340,6 +340,43 @@ pub fn discriminator_spec(cfg: &ModelConfig) -> NetworkSpec {
     }
 }
 
+impl ModelConfig {
+    /// Checks every field, and the size of the networks they make; the error names the field.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        use crate::config::MAX_PARAMETERS;
+        use crate::error::ConfigField;
+        let bad = |field, problem: String| Err(crate::error::ModelError::invalid(field, problem));
+        self.validate_fields()?;
+        // The widest layers hold `width << (stages - 1)` channels: check the pair's size before
+        // anything is allocated (in u128, so that no product overflows).
+        let stages = self.num_stages() as u32;
+        let widest = |w: usize| (w as u128) << stages.saturating_sub(1);
+        let rough =
+            widest(self.g_width) * (self.generator_input_dim() as u128 + widest(self.g_width)) * 16
+                + widest(self.d_width) * widest(self.d_width) * 16;
+        let parameters = if rough > MAX_PARAMETERS as u128 * 4 {
+            rough
+        } else {
+            (generator_spec(self).parameter_count() + discriminator_spec(self).parameter_count())
+                as u128
+        };
+        if parameters > MAX_PARAMETERS as u128 {
+            let field = if widest(self.g_width) >= widest(self.d_width) {
+                ConfigField::GeneratorWidth
+            } else {
+                ConfigField::DiscriminatorWidth
+            };
+            return bad(
+                field,
+                format!(
+                    "makes a model of about {parameters} parameters (at most {MAX_PARAMETERS}); choose smaller widths or latent size"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

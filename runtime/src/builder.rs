@@ -132,3 +132,10 @@ fn read_metadata(session: &Session) -> (BTreeMap<String, String>, Option<String>
         .collect();
     (map, meta.producer())
 }
+
+impl Generator {
+    /// Starts configuring a generator.
+    pub fn builder() -> GeneratorBuilder {
+        GeneratorBuilder::default()
+    }
+}

@@ -7,7 +7,6 @@ use ndarray::{s, Array1, Array2, Array4, ArrayView1, ArrayView2, Axis, Ix4};
 use ort::session::Session;
 use ort::value::{DynValue, TensorRef};
 
-use crate::builder::GeneratorBuilder;
 use crate::error::{RequestField, Result, RuntimeError};
 use crate::image_batch::ImageBatch;
 use crate::lanes::{run_split, Lanes};
@@ -29,11 +28,6 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Starts configuring a generator.
-    pub fn builder() -> GeneratorBuilder {
-        GeneratorBuilder::default()
-    }
-
     pub(crate) fn from_parts(
         session: Session,
         lanes: Lanes,

@@ -1,4 +1,4 @@
-//! The convolution primitives of [`crate::nchw`] on CUDA through cuDNN (feature `cudnn`).
+//! The convolution primitives ([`crate::geometry`]) on CUDA through cuDNN (feature `cudnn`).
 //!
 //! Algorithms come from cuDNN's heuristics once per shape and thread (cached), and the workspace
 //! is kept and grown, so a training step does no host-side searching or device allocation for
@@ -17,7 +17,7 @@ use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView};
 use candle_core::cuda_backend::DeviceId;
 use candle_core::{CudaDevice, CudaStorage, Layout, Shape};
 
-use crate::nchw::{Geometry, Primitive};
+use crate::geometry::{Geometry, Primitive};
 
 /// The per-thread cuDNN state of one device: the handle (bound to candle's stream), the chosen
 /// algorithms per shape, and a workspace that only grows.

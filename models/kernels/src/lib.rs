@@ -26,6 +26,7 @@ mod batch_norm;
 mod cudnn;
 mod fused;
 mod gemm_conv;
+mod geometry;
 mod im2col;
 mod matmul;
 mod nchw;

@@ -136,7 +136,7 @@ fn release_binaries_carry_no_fault_hooks() {
             !tree.contains("fault-injection"),
             "{package}'s release build enables fault injection:\n{}",
             tree.lines()
-                .filter(|l| l.contains("fault"))
+                .filter(|l| l.contains("fault-injection"))
                 .collect::<Vec<_>>()
                 .join("\n")
         );

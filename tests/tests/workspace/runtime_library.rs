@@ -6,7 +6,7 @@ use std::process::Command;
 
 use gantry_exporter::OutputFormat;
 use gantry_runtime::{GenerateRequest, Generator, LatentStream, Provider, ProviderChoice};
-use gantry_testkit::{export_tiny_model, pytorch_style_model, stderr, stdout, workspace, zip_eq};
+use gantry_testkit::{export_tiny_model, pytorch_style_model, stderr, stdout, zip_eq};
 
 fn model(dir: &Path, num_classes: Option<usize>, output: OutputFormat) -> PathBuf {
     export_tiny_model(dir, num_classes, output)

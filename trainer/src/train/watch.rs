@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use gantry_models::Checkpoint;
 
-use super::run::RunPaths;
 use super::Trainer;
 use crate::error::Result;
 use crate::eval::Evaluator;
 use crate::metrics::{EvalMetrics, StepMetrics};
 use crate::tensorboard::EventWriter;
+use gantry_models::run_layout::RunPaths;
 
 /// The seed of the latents evaluations sample from (as `trainer eval`'s default).
 const EVAL_SEED: u64 = 0;
