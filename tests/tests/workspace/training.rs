@@ -90,7 +90,7 @@ fn assert_resume_is_exact(
     drop(first);
     let loaded = Checkpoint::load(&ckpt_dir).unwrap();
     let mut resumed = Trainer::from_checkpoint(&loaded, cfg, data, &Device::Cpu).unwrap();
-    assert_eq!(resumed.state.step, 3);
+    assert_eq!(resumed.state().step, 3);
     for _ in 0..4 {
         resumed.step().unwrap();
     }

@@ -177,24 +177,24 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
             Some(dir) => eprintln!(
                 "resuming {} at step {} of {}",
                 dir.display(),
-                t.state.step,
+                t.state().step,
                 t.total_steps()
             ),
             None => eprintln!(
                 "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
-                t.model.image_size,
-                t.model.image_size,
-                t.model.channels,
-                t.data.name,
-                t.data.len(),
+                t.model().image_size,
+                t.model().image_size,
+                t.model().channels,
+                t.data().name,
+                t.data().len(),
                 t.batches_per_epoch(),
                 t.total_steps()
             ),
         }
-        eprintln!("recipe: {}", describe_recipe(&t.config, &t.model));
+        eprintln!("recipe: {}", describe_recipe(t.config(), t.model()));
     }
     let mut bar = progress::Bar::new(
-        prepared.trainer.state.step,
+        prepared.trainer.state().step,
         prepared.trainer.total_steps(),
         args.log_every,
     );

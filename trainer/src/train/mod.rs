@@ -4,27 +4,29 @@
 //! a checkpoint continues exactly as an uninterrupted one would.
 
 pub mod config;
+pub mod ema;
+mod networks;
 pub mod run;
+mod step;
 pub mod watch;
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use gantry_models::checkpoint::{CheckpointMeta, OPTIMIZER_D_FILE, OPTIMIZER_G_FILE};
+use gantry_models::checkpoint::CheckpointMeta;
 use gantry_models::init::normal_vec;
 use gantry_models::spec::TensorRole;
-use gantry_models::{
-    cycling_labels, Adam, Checkpoint, Discriminator, Generator, Kernels, ModelConfig, TrainerState,
-};
+use gantry_models::{cycling_labels, Checkpoint, Generator, Kernels, ModelConfig, TrainerState};
 
 pub use config::TrainConfig;
+pub use ema::ema_decay_at;
+pub use networks::Networks;
+pub use step::{Shard, StepLosses, StepOptions};
 
-use crate::augment::Augment;
 use crate::data::{Dataset, EpochOrder};
-use crate::distributed::{self, all_reduce_gradients, Collective, Solo};
+use crate::distributed::{self, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
 use crate::faults::{self, Fault};
-use crate::loss::LossKind;
 use crate::metrics::StepMetrics;
 
 /// Batches and batch size of the EMA generator's BatchNorm recalibration.
@@ -33,475 +35,13 @@ const RECALIBRATION_BATCH: usize = 128;
 
 pub use gantry_models::init::latents;
 
-/// Runs one phase of a step under the profiler's name `phase: {name}`. When profiling on a GPU
-/// the phase waits for its kernels, so that the time is the phase's and not just its launches.
-fn phase<T>(device: &Device, name: &str, f: impl FnOnce() -> T) -> T {
-    gantry_models::profile::span(
-        || format!("phase: {name}"),
-        || {
-            let out = f();
-            if gantry_models::profile::enabled() && !device.is_cpu() {
-                // Only for the profile's timing; an error here resurfaces at the step's end.
-                let _ = device.synchronize();
-            }
-            out
-        },
-    )
-}
-
-/// The mean of `sigmoid(logits)`, left on the device.
-fn mean_sigmoid(logits: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::sigmoid(logits)?.mean_all()?)
-}
-
-/// Adds `more` to the gradients accumulated so far (the first micro-batch's are taken as they
-/// are, so a step of one micro-batch does no extra arithmetic).
-fn accumulate(
-    sum: Option<Vec<Option<Tensor>>>,
-    more: Vec<Option<Tensor>>,
-) -> Result<Vec<Option<Tensor>>> {
-    let Some(sum) = sum else {
-        return Ok(more);
-    };
-    sum.into_iter()
-        .zip(more)
-        .map(|(a, b)| match (a, b) {
-            (Some(a), Some(b)) => Ok(Some((a + b)?)),
-            (a, b) => Ok(a.or(b)),
-        })
-        .collect()
-}
-
-/// One shard of a step: images, labels and latents of a micro-batch of this rank's slice of the
-/// global batch, and its share of the global batch (`rows / global rows`).
-#[derive(Debug, Clone)]
-pub struct Shard {
-    pub real: Tensor,
-    pub labels: Option<Tensor>,
-    pub z: Tensor,
-    pub weight: f64,
-    /// The part of the global batch it is (`rank * accumulate + micro-batch`), which names its
-    /// random draws: the same part draws the same on any number of ranks.
-    pub index: usize,
-}
-
-/// The four scalars of a step, read from the device in one transfer at its end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepLosses {
-    pub loss_d: f32,
-    pub loss_g: f32,
-    /// Mean D(x) on the real batch.
-    pub d_real: f32,
-    /// Mean D(G(z)) before the discriminator update.
-    pub d_fake: f32,
-    /// Seconds spent in collective operations (all-reduce, gather), waiting for other ranks
-    /// included; 0 in a single process.
-    pub sync_seconds: f64,
-    /// `E|grad_x D(x)|^2` on the real batch, on the steps that apply R1.
-    pub r1_penalty: Option<f32>,
-}
-
-/// The scalars a step gathers from every rank.
-const SLOTS: usize = 7;
-
-/// What a step does besides the plain update.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StepOptions {
-    pub loss: LossKind,
-    /// Decay of the generator's moving average, when one is kept.
-    pub ema_decay: Option<f64>,
-    /// DiffAugment: the policy and the run's seed.
-    pub augment: Option<(Augment, u64)>,
-    /// R1: gamma and the lazy interval in steps.
-    pub r1: Option<(f64, u64)>,
-}
-
-/// The two networks of a GAN with their optimisers, and the generator's moving average.
-pub struct Networks {
-    pub generator: Generator,
-    pub discriminator: Discriminator,
-    /// Exponential moving average of the generator (when the config keeps one).
-    pub generator_ema: Option<Generator>,
-    pub opt_g: Adam,
-    pub opt_d: Adam,
-}
-
-impl Networks {
-    /// Fresh networks initialised from `config.seed`, optimisers at zero.
-    pub fn new(config: &TrainConfig, model: &ModelConfig, device: &Device) -> Result<Self> {
-        let generator = Generator::new(model, config.seed, device)?;
-        let discriminator = Discriminator::new(model, config.seed, device)?;
-        let generator_ema = match config.ema {
-            Some(_) => Some(Generator::from_tensors(
-                model,
-                &generator.net.to_tensors()?,
-                device,
-            )?),
-            None => None,
-        };
-        let opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let opt_d = Adam::new(discriminator.net.parameters(), config.adam_d())?;
-        Ok(Self {
-            generator,
-            discriminator,
-            generator_ema,
-            opt_g,
-            opt_d,
-        })
-    }
-
-    /// The networks and optimiser state saved in a complete checkpoint.
-    pub fn from_checkpoint(
-        ckpt: &Checkpoint,
-        config: &TrainConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        let model = &ckpt.meta.model;
-        let missing = |what: &str| {
-            TrainError::Model(gantry_models::ModelError::checkpoint(
-                gantry_models::checkpoint::CONFIG_FILE,
-                format!("the checkpoint has no {what}"),
-            ))
-        };
-        let generator = Generator::from_tensors(model, &ckpt.generator, device)?;
-        let d_tensors = ckpt
-            .discriminator
-            .as_ref()
-            .ok_or_else(|| missing("discriminator"))?;
-        let discriminator = Discriminator::from_tensors(model, d_tensors, device)?;
-        let generator_ema = match (config.ema, &ckpt.generator_ema) {
-            (None, _) => None,
-            (Some(_), Some(ema)) => Some(Generator::from_tensors(model, ema, device)?),
-            (Some(_), None) => Some(Generator::from_tensors(model, &ckpt.generator, device)?),
-        };
-        let mut opt_g = Adam::new(generator.net.parameters(), config.adam)?;
-        let mut opt_d = Adam::new(discriminator.net.parameters(), config.adam_d())?;
-        for (opt, state, file, what) in [
-            (
-                &mut opt_g,
-                &ckpt.optimizer_g,
-                OPTIMIZER_G_FILE,
-                "generator optimizer state",
-            ),
-            (
-                &mut opt_d,
-                &ckpt.optimizer_d,
-                OPTIMIZER_D_FILE,
-                "discriminator optimizer state",
-            ),
-        ] {
-            let (tensors, meta) = state.as_ref().ok_or_else(|| missing(what))?;
-            opt.load_state(tensors, meta, std::path::Path::new(file))?;
-        }
-        Ok(Self {
-            generator,
-            discriminator,
-            generator_ema,
-            opt_g,
-            opt_d,
-        })
-    }
-
-    /// Selects the convolution/BatchNorm implementation of all networks.
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.generator.set_kernels(kernels);
-        self.discriminator.set_kernels(kernels);
-        if let Some(g) = &mut self.generator_ema {
-            g.set_kernels(kernels);
-        }
-    }
-
-    /// One GAN update on a given batch: D on `real` and a detached `G(z)`, then G through the
-    /// freshly updated D (its parameters held constant), then the EMA (after the update that
-    /// makes it step `step + 1`). Returns the scalars, read in one transfer at the end: on a GPU
-    /// each read waits for every queued kernel, so reading a loss between the forward and
-    /// backward passes would leave the GPU idle while the host queues the rest of the step.
-    pub fn train_step(
-        &mut self,
-        real: &Tensor,
-        labels: Option<&Tensor>,
-        z: &Tensor,
-        loss: LossKind,
-        ema_decay: Option<f64>,
-        step: u64,
-    ) -> Result<StepLosses> {
-        let shard = Shard {
-            real: real.clone(),
-            labels: labels.cloned(),
-            z: z.clone(),
-            weight: 1.0,
-            index: 0,
-        };
-        let options = StepOptions {
-            loss,
-            ema_decay,
-            ..StepOptions::default()
-        };
-        self.train_step_sharded(&[shard], options, step, &Solo)
-    }
-
-    /// [`Networks::train_step`] on a batch split into shards: this process's micro-batches
-    /// (gradient accumulation) of its slice of the global batch (data parallelism). Each
-    /// shard's mean loss is weighted by its share of the global batch, so the summed gradients
-    /// are those of the global batch's mean loss; they are summed over the ranks with one
-    /// all-reduce per network, and every rank applies the same update. BatchNorm normalises
-    /// each shard with its own statistics (as DistributedDataParallel does per process). The
-    /// scalars are the global batch's; a non-finite one names the rank it came from.
-    /// `options` add DiffAugment (draws named by step, part and purpose) and the lazy R1
-    /// penalty to the plain update.
-    pub fn train_step_sharded(
-        &mut self,
-        shards: &[Shard],
-        options: StepOptions,
-        step: u64,
-        collective: &dyn Collective,
-    ) -> Result<StepLosses> {
-        let StepOptions {
-            loss,
-            ema_decay,
-            augment,
-            r1,
-        } = options;
-        // Lazy R1: on every `every`-th step, weighted by `every` (gamma / 2 * every * penalty).
-        let r1_weight = match r1 {
-            Some((gamma, every)) if step % every.max(1) == 0 => Some(gamma / 2.0 * every as f64),
-            _ => None,
-        };
-        let augmented = |x: &Tensor, shard: &Shard, purpose: &str| -> Result<Tensor> {
-            match augment {
-                Some((policy, seed)) if !policy.is_off() => {
-                    let stream = format!("augment/step-{step}/part-{}/{purpose}", shard.index);
-                    policy.apply(x, &mut gantry_models::init::rng_for(seed, &stream))
-                }
-                _ => Ok(x.clone()),
-            }
-        };
-        let device = match shards.first() {
-            Some(s) => s.real.device().clone(),
-            None => Device::Cpu,
-        };
-        let scaled = |loss: Tensor, weight: f64| -> Result<Tensor> {
-            Ok(if weight == 1.0 {
-                loss
-            } else {
-                (loss * weight)?
-            })
-        };
-        phase(&device, "0 D power iteration", || {
-            self.discriminator.power_iteration()
-        })?;
-        let mut fakes = Vec::with_capacity(shards.len());
-        let mut scalars = Vec::with_capacity(shards.len());
-        let mut grads_d: Option<Vec<Option<Tensor>>> = None;
-        for shard in shards {
-            let labels = shard.labels.as_ref();
-            let fake = phase(&device, "1 G forward", || {
-                self.generator.forward(&shard.z, labels, true)
-            })?;
-            let (real, d_real, d_fake, loss_d) =
-                phase(&device, "2 D forward (real, fake)", || {
-                    let real = augmented(&shard.real, shard, "real")?;
-                    let d_real = self.discriminator.forward(&real, labels, true)?;
-                    let fake = augmented(&fake.detach(), shard, "fake")?;
-                    let d_fake = self.discriminator.forward(&fake, labels, true)?;
-                    let loss_d = loss.discriminator(&d_real, &d_fake)?;
-                    Ok::<_, TrainError>((real, d_real, d_fake, loss_d))
-                })?;
-            let penalty = match r1_weight {
-                Some(_) => Some(phase(&device, "2b R1 penalty", || {
-                    crate::r1::penalty(&mut self.discriminator, &real, labels)
-                })?),
-                None => None,
-            };
-            let grads = phase(&device, "3 D backward", || {
-                let total = match (&penalty, r1_weight) {
-                    (Some(p), Some(w)) => (&loss_d + (p * w)?)?,
-                    _ => loss_d.clone(),
-                };
-                scaled(total, shard.weight)?
-                    .backward()
-                    .map_err(TrainError::from)
-            })?;
-            grads_d = Some(accumulate(grads_d, self.opt_d.gradients(&grads))?);
-            scalars.push((
-                shard.weight,
-                loss_d.detach(),
-                mean_sigmoid(&d_real.detach())?,
-                mean_sigmoid(&d_fake.detach())?,
-                penalty.map(|p| p.detach()),
-            ));
-            fakes.push(fake);
-        }
-        let params_d: Vec<&candle_core::Var> = self.opt_d.params().collect();
-        let grads_d = grads_d.unwrap_or_else(|| vec![None; params_d.len()]);
-        let mut sync = std::time::Duration::ZERO;
-        let timed = Instant::now();
-        let reduced_d = phase(&device, "3b D all-reduce", || {
-            all_reduce_gradients(collective, grads_d, &params_d)
-        })?;
-        sync += timed.elapsed();
-        phase(&device, "4 D Adam", || {
-            self.opt_d.step_with(&reduced_d.grads)
-        })?;
-
-        // D's parameters are constants here: G's update needs gradients only through D.
-        let mut grads_g: Option<Vec<Option<Tensor>>> = None;
-        let mut losses_g = Vec::with_capacity(shards.len());
-        for (shard, fake) in shards.iter().zip(&fakes) {
-            let loss_g = phase(&device, "5 D forward (G update)", || {
-                let fake = augmented(fake, shard, "fake-for-g")?;
-                let d_fake_for_g =
-                    self.discriminator
-                        .forward_frozen(&fake, shard.labels.as_ref(), true)?;
-                loss.generator(&d_fake_for_g)
-            })?;
-            let grads = phase(&device, "6 G backward (through D)", || {
-                scaled(loss_g.clone(), shard.weight)?
-                    .backward()
-                    .map_err(TrainError::from)
-            })?;
-            grads_g = Some(accumulate(grads_g, self.opt_g.gradients(&grads))?);
-            losses_g.push(loss_g.detach());
-        }
-        let params_g: Vec<&candle_core::Var> = self.opt_g.params().collect();
-        let grads_g = grads_g.unwrap_or_else(|| vec![None; params_g.len()]);
-        let timed = Instant::now();
-        let reduced_g = phase(&device, "6b G all-reduce", || {
-            all_reduce_gradients(collective, grads_g, &params_g)
-        })?;
-        sync += timed.elapsed();
-        phase(&device, "7 G Adam + EMA", || {
-            self.opt_g.step_with(&reduced_g.grads)?;
-            self.update_ema(ema_decay, step)
-        })?;
-
-        // This rank's share of the global means, in one transfer, whether its gradients were
-        // finite (a NaN image can leave the losses finite), and its R1 penalty; then every
-        // rank's. Slots: loss_d, loss_g, d_real, d_fake, bad D grads, bad G grads, R1.
-        let mut local = [0f32; SLOTS];
-        local[4] = f32::from(u8::from(!reduced_d.local_finite));
-        local[5] = f32::from(u8::from(!reduced_g.local_finite));
-        if !scalars.is_empty() {
-            let mut parts = Vec::with_capacity(5 * scalars.len());
-            for ((_, loss_d, d_real, d_fake, r1), loss_g) in scalars.iter().zip(&losses_g) {
-                let r1 = match r1 {
-                    Some(p) => p.clone(),
-                    None => loss_d.zeros_like()?,
-                };
-                parts.extend([
-                    loss_d.clone(),
-                    loss_g.clone(),
-                    d_real.clone(),
-                    d_fake.clone(),
-                    r1,
-                ]);
-            }
-            let values = Tensor::stack(&parts, 0)?.to_vec1::<f32>()?;
-            for ((weight, ..), v) in scalars.iter().zip(values.chunks(5)) {
-                for (slot, x) in [0, 1, 2, 3, 6].into_iter().zip(v) {
-                    local[slot] += if *weight == 1.0 {
-                        *x
-                    } else {
-                        (*weight as f32) * x
-                    };
-                }
-            }
-        }
-        let timed = Instant::now();
-        let every = collective.all_gather_f32(&local)?;
-        sync += timed.elapsed();
-        let mut global = [0f32; SLOTS];
-        for rank in every.chunks(SLOTS) {
-            for (sum, x) in global.iter_mut().zip(rank) {
-                *sum += x;
-            }
-        }
-        // In the order they arise in the step: a NaN that reached D's weights through the
-        // all-reduce makes every rank's later values NaN, so the first is the culprit's.
-        let checks = [
-            (0, "loss_d"),
-            (4, "a gradient of D"),
-            (1, "loss_g"),
-            (5, "a gradient of G"),
-        ];
-        for (i, what) in checks {
-            let bad: Vec<usize> = every
-                .chunks(SLOTS)
-                .enumerate()
-                .filter(|(_, v)| !v[i].is_finite() || (i >= 4 && v[i] != 0.0))
-                .map(|(rank, _)| rank)
-                .collect();
-            if let Some(&rank) = bad.first() {
-                let on = if collective.size() > 1 {
-                    format!(" on {}", crate::distributed::rank_list(&bad))
-                } else {
-                    String::new()
-                };
-                return Err(TrainError::NonFinite {
-                    on,
-                    what,
-                    value: if i >= 4 {
-                        f32::NAN
-                    } else {
-                        every[rank * SLOTS + i]
-                    },
-                    step: step + 1,
-                    kept: "nothing of this step was written".into(),
-                });
-            }
-        }
-        Ok(StepLosses {
-            loss_d: global[0],
-            loss_g: global[1],
-            d_real: global[2],
-            d_fake: global[3],
-            r1_penalty: r1_weight.map(|_| global[6]),
-            sync_seconds: if collective.size() > 1 {
-                sync.as_secs_f64()
-            } else {
-                0.0
-            },
-        })
-    }
-
-    /// EMA of the generator's parameters (by their role in the spec) with warm-up, after the
-    /// update of step `step + 1`; BatchNorm running statistics and other buffers are copied,
-    /// not averaged (and recalibrated for the EMA weights when samples or checkpoints are
-    /// taken).
-    fn update_ema(&mut self, decay: Option<f64>, step: u64) -> Result<()> {
-        let (Some(decay), Some(ema)) = (decay, &self.generator_ema) else {
-            return Ok(());
-        };
-        let decay = ema_decay_at(decay, step);
-        let live = self.generator.net.vars_with_roles();
-        for ((_, live, role), (_, avg)) in live.iter().zip(ema.net.all_vars()) {
-            let next = match role {
-                TensorRole::Parameter => {
-                    ((avg.as_tensor() * decay)? + (live.as_tensor() * (1.0 - decay))?)?
-                }
-                TensorRole::Buffer => live.as_tensor().copy()?,
-            };
-            avg.set(&next)?;
-        }
-        Ok(())
-    }
-}
-
-/// The EMA decay used after the update of step `step + 1`: `decay`, warmed up as TensorFlow's
-/// ExponentialMovingAverage with `num_updates` (`min(decay, (1 + t) / (10 + t))`), so that early
-/// on the average follows the weights instead of holding on to the random initialisation.
-pub fn ema_decay_at(decay: f64, step: u64) -> f64 {
-    let t = step as f64;
-    decay.min((1.0 + t) / (10.0 + t))
-}
-
 /// A training run in memory: the networks, the data and the position.
 pub struct Trainer {
-    pub config: TrainConfig,
-    pub model: ModelConfig,
-    pub nets: Networks,
-    pub state: TrainerState,
-    pub data: Dataset,
+    config: TrainConfig,
+    model: ModelConfig,
+    nets: Networks,
+    state: TrainerState,
+    data: Dataset,
     order: EpochOrder,
     permutation: Vec<usize>,
     device: Device,
@@ -651,6 +191,31 @@ impl Trainer {
         vars.extend(nets.opt_g.moments().cloned());
         vars.extend(nets.opt_d.moments().cloned());
         vars
+    }
+
+    /// The run's settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model's shape.
+    pub fn model(&self) -> &ModelConfig {
+        &self.model
+    }
+
+    /// The networks, optimisers and EMA.
+    pub fn networks(&self) -> &Networks {
+        &self.nets
+    }
+
+    /// The position in the run (step, epoch, batch) and its elapsed time.
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    /// The training data.
+    pub fn data(&self) -> &Dataset {
+        &self.data
     }
 
     /// The collective this trainer runs on ([`Solo`] unless it [joined](Trainer::join) a job).
@@ -972,7 +537,6 @@ fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_models::init::{normal_vec, rng_for};
 
     /// A conditional run whose model does not have the data's classes says so in words.
     #[test]
@@ -1047,78 +611,5 @@ mod tests {
         );
         assert_eq!(own.len(), live.len());
         assert!(own.iter().zip(&live).all(|(a, b)| a != b), "recalibrated");
-    }
-
-    #[test]
-    fn the_ema_decay_warms_up_then_holds() {
-        assert_eq!(ema_decay_at(0.999, 0), 0.1);
-        assert_eq!(ema_decay_at(0.999, 90), 0.91);
-        assert_eq!(ema_decay_at(0.999, 1_000_000), 0.999);
-        assert_eq!(ema_decay_at(0.5, 5), 0.4);
-        assert_eq!(ema_decay_at(0.5, 8), 0.5);
-    }
-
-    /// After a step the EMA holds `d * before + (1 - d) * live` for every parameter (with the
-    /// warmed-up `d`) and a copy of every buffer (BatchNorm statistics).
-    #[test]
-    fn the_ema_averages_parameters_and_copies_buffers() {
-        let dev = Device::Cpu;
-        let model = ModelConfig {
-            image_size: 16,
-            g_width: 4,
-            d_width: 4,
-            latent_dim: 8,
-            ..ModelConfig::default()
-        };
-        let config = TrainConfig {
-            ema: Some(0.5),
-            ..TrainConfig::default()
-        };
-        let mut nets = Networks::new(&config, &model, &dev).unwrap();
-        let tensor = |shape: &[usize], seed: &str| {
-            let n = shape.iter().product();
-            Tensor::from_vec(normal_vec(&mut rng_for(1, seed), n, 0.0, 0.5), shape, &dev).unwrap()
-        };
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for step in 0..3u64 {
-            let before = nets
-                .generator_ema
-                .as_ref()
-                .unwrap()
-                .net
-                .to_tensors()
-                .unwrap();
-            let (real, z) = (tensor(&[4, 1, 16, 16], "real"), tensor(&[4, 8], "z"));
-            nets.train_step(&real, None, &z, LossKind::Bce, config.ema, step)
-                .unwrap();
-            let d = ema_decay_at(0.5, step) as f32;
-            let ema = nets
-                .generator_ema
-                .as_ref()
-                .unwrap()
-                .net
-                .to_tensors()
-                .unwrap();
-            let roles = nets.generator.net.vars_with_roles();
-            assert_eq!(roles.len(), ema.len());
-            for (name, live, role) in roles {
-                let (live, avg, old) = (
-                    flat(live.as_tensor()),
-                    flat(&ema[&name]),
-                    flat(&before[&name]),
-                );
-                assert_eq!(live.len(), avg.len());
-                for ((l, a), o) in live.iter().zip(&avg).zip(&old) {
-                    let want = match role {
-                        TensorRole::Parameter => d * o + (1.0 - d) * l,
-                        TensorRole::Buffer => *l,
-                    };
-                    assert!(
-                        (a - want).abs() <= 1e-6,
-                        "step {step} {name}: {a} vs {want}"
-                    );
-                }
-            }
-        }
     }
 }
