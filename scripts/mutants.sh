@@ -17,20 +17,20 @@ files=(
     runtime/src/latent.rs
     runtime/src/image_batch.rs
     runtime/src/output.rs
-    kernels/src/adam.rs
-    trainer/src/data/idx.rs
-    trainer/src/eval/fid.rs
+    models/kernels/src/adam.rs
+    trainer/data/src/idx.rs
+    trainer/metrics/src/fid.rs
 )
 args=()
 for f in "${files[@]}"; do args+=(-f "$f"); done
 cargo mutants --no-shuffle --copy-target=true -o mutants.out "${args[@]}" "$@" || true
 # The atomic writer's crash behaviour is tested through the trainer (kill -9 and injected
 # crashes), so its mutants run the trainer's tests too.
-cargo mutants --no-shuffle --copy-target=true -o mutants.out-atomic -f models/src/atomic.rs \
-    --test-package gantry-models --test-package gantry-trainer "$@" || true
-# The EMA is two functions of the training step's module.
-cargo mutants --no-shuffle --copy-target=true -o mutants.out-ema -f trainer/src/train/mod.rs \
-    --re 'ema' "$@" || true
+cargo mutants --no-shuffle --copy-target=true -o mutants.out-atomic -f runtime/files/src/atomic.rs \
+    --test-package gantry-files --test-package gantry-trainer-cli "$@" || true
+# The EMA has a module of its own in the training step.
+cargo mutants --no-shuffle --copy-target=true -o mutants.out-ema -f trainer/src/train/ema.rs \
+    "$@" || true
 for d in mutants.out mutants.out-atomic mutants.out-ema; do
     echo "== $d"
     for kind in caught missed timeout unviable; do

@@ -8,7 +8,7 @@
 //! The loop does not know which implementation it runs on: a step all-reduces the gradients of
 //! every rank's slice of the global batch, and all ranks apply the same Adam update.
 
-#![deny(unsafe_code)] // `deny`, not `forbid`: cudarc's and mpi's macros may expand to it
+#![forbid(unsafe_code)]
 
 mod error;
 #[cfg(feature = "mpi")]

@@ -38,7 +38,8 @@ fn share_id(ranks: &RankEnv, file: &Path) -> Result<Id> {
     if ranks.rank == 0 {
         let id = Id::new().map_err(|e| nccl_error("creating the unique id", e))?;
         let bytes: Vec<u8> = id.internal().iter().map(|c| *c as u8).collect();
-        gantry_models::atomic::write_file_atomic(file, &bytes)?;
+        gantry_files::write_file_atomic(file, &bytes)
+            .map_err(|e| DistributedError::data(file, e.to_string()))?;
         return Ok(id);
     }
     let start = Instant::now();
