@@ -34,8 +34,13 @@ pub fn save_png(img: &DynamicImage, path: &Path) -> Result<()> {
 pub fn write_pngs(dir: &Path, first: usize, batch: &ImageBatch) -> Result<()> {
     (0..batch.count()).into_par_iter().try_for_each(|i| {
         let path = dir.join(format!("{:06}.png", first + i));
+        // One PNG per image, regenerated from its seed: replaced by rename, not fsynced each
+        // (an fsync per file cost more than encoding it; the grid and .npy are fsynced).
         match batch.image(i) {
-            Some(img) => save_png(&img, &path),
+            Some(img) => Ok(gantry_files::atomic::replace_file(
+                &path,
+                &png_bytes(&img)?,
+            )?),
             None => Ok(()),
         }
     })

@@ -109,6 +109,21 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_file_checked(path, bytes, |_| Ok(()))
 }
 
+/// Replaces `path` with `bytes` through a temp sibling and a rename, without fsync: readers
+/// and a killed process never see a partial file, but a power loss may lose the new one. For
+/// bulk outputs that their seed regenerates (one PNG per generated image), where an fsync per
+/// file would cost more than encoding it; state (checkpoints, models, configurations, logs)
+/// goes through [`write_file_atomic`].
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(path, "tmp");
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(FileError::io(path, e));
+    }
+    Ok(())
+}
+
 /// [`write_file_atomic`] with a check of the written temp file (read back from disk) before it
 /// replaces `path`: when `check` fails, the temp file is removed, `path` is untouched, and the
 /// check's error is returned.
@@ -389,6 +404,22 @@ mod tests {
         write_dir_atomic(&dir, &[("a", b"new".to_vec())]).unwrap();
         assert!(!aside.exists());
         assert_eq!(fs::read(dir.join("a")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn replacing_a_file_leaves_the_new_bytes_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        fs::write(&path, b"old").unwrap();
+        replace_file(&path, b"new bytes").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new bytes");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.png"]);
+        let missing = dir.path().join("no/such/dir/b.png");
+        assert!(replace_file(&missing, b"x").is_err());
     }
 
     #[test]
