@@ -1,4 +1,9 @@
-//! Gantry's trainer: data sets, the DCGAN training loop, checkpoints, sample grids and plots.
+//! Gantry's training library: the training step (`train::step`: D update, G update, the gather
+//! and finite check), the EMA, the run loop with its samples, plots, evaluations and
+//! checkpoints, DiffAugment, R1 and the recipes. Its parts with a job of their own are crates,
+//! re-exported here under their module names: data sets ([`data`]), metrics ([`eval`]),
+//! data-parallel engines ([`distributed`]) and TensorBoard files ([`tensorboard`]). The
+//! `trainer` command is the `gantry-trainer-cli` package.
 
 #![forbid(unsafe_code)]
 
