@@ -128,6 +128,9 @@ expect_error(lambda: infer("http", name, m, wrong, None), "400", "http: wrong la
 expect_error(lambda: infer("grpc", name, m, wrong, None), "INVALID_ARGUMENT", "grpc: wrong latent size")
 big = np.zeros((4097, z.shape[1]), np.float32)
 expect_error(lambda: infer("http", name, m, big, None), "400", "http: too many images")
+# The server runs with --max-body-mb 2: a gRPC message over it is OUT_OF_RANGE.
+huge = np.zeros(((3 << 20) // (4 * z.shape[1]), z.shape[1]), np.float32)  # 3 MiB
+expect_error(lambda: infer("grpc", name, m, huge, None), "OUT_OF_RANGE", "grpc: a message over the limit")
 cond = next(((n, c) for n, c in manifest["models"].items() if c.get("labels")), None)
 if cond:
     cname, cm = cond
