@@ -542,6 +542,12 @@ fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
         metrics.contains("gantry_inference_request_failure{model=\"g\",version=\"1\"} 1"),
         "{metrics}"
     );
+    // The same over gRPC: DEADLINE_EXCEEDED, as docs/serving.md says.
+    let report = run_python(
+        "grpc_status_check.py",
+        &[&server.grpc, "g", "DEADLINE_EXCEEDED"],
+    );
+    assert!(report.contains("did not answer within 300 ms"), "{report}");
     let (status, _) = http_get(&server.http, "/v2/health/ready");
     assert_eq!(status, 200, "still serving");
 }
