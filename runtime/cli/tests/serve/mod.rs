@@ -766,3 +766,27 @@ fn requests_outside_the_openapi_document_get_the_protocol_s_error_body() {
         serde_json::json!(["g"])
     );
 }
+
+/// A full queue over gRPC is UNAVAILABLE (as docs/serving.md says): one request waits (10 s for
+/// company) in a queue of one, so the next is refused at once.
+#[test]
+fn a_full_queue_is_unavailable_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
+    let server = Server::start(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--name",
+        "g",
+        "--max-queue-delay-us",
+        "10000000",
+        "--max-queue-size",
+        "1",
+    ]);
+    let addr = server.http.clone();
+    // Left waiting: the server is killed when the test ends.
+    std::thread::spawn(move || http_get(&addr, "/v2/models/g/generate?n=1&seed=1"));
+    std::thread::sleep(Duration::from_millis(300));
+    let report = run_python("grpc_status_check.py", &[&server.grpc, "g", "UNAVAILABLE"]);
+    assert!(report.contains("queue is full"), "{report}");
+}
