@@ -40,10 +40,6 @@ pub struct RunPaths {
 }
 
 impl RunPaths {
-    /// The paths of the run folder `out`.
-    pub fn new(out: impl Into<PathBuf>) -> Self {
-        Self { out: out.into() }
-    }
     /// The folder of sample grids.
     pub fn samples_dir(&self) -> PathBuf {
         self.out.join(SAMPLES_DIR)

@@ -81,6 +81,11 @@ impl Server {
             .status()
             .unwrap()
             .success());
+        self.wait_for_exit("SIGTERM")
+    }
+
+    /// Waits (at most 20 s) for the process to end after `what`.
+    fn wait_for_exit(&mut self, what: &str) -> ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -88,7 +93,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "the server did not stop after SIGTERM"
+                "the server did not stop after {what}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -571,17 +576,7 @@ fn draining_answers_not_ready_to_every_client_then_stops() {
         &["--drain", &server.http, &server.grpc, &pid],
     );
     assert!(report.contains("rest: draining -> 503"), "{report}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop after its drain delay"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = server.wait_for_exit("SIGTERM and its drain delay");
     assert!(status.success(), "exit {status:?}: {}", server.stderr());
     assert!(
         TcpStream::connect(&server.http).is_err(),
