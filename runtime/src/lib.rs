@@ -36,6 +36,7 @@ mod providers;
 mod request;
 mod session;
 mod signature;
+mod tensor_model;
 
 pub use builder::GeneratorBuilder;
 pub use error::{RequestField, Result, RuntimeError, SourceError};
@@ -47,6 +48,7 @@ pub use request::{
     GenerateRequest, DEFAULT_BATCH_SIZE, MAX_IMAGES, MAX_INTERPOLATION_STEPS, MIN_TRUNCATION,
 };
 pub use session::GraphOptimization;
+pub use tensor_model::TensorModel;
 pub use signature::{
     detect as detect_signature, ElementType, ModelInfo, OutputLayout, Signature, TensorInfo,
 };

