@@ -36,6 +36,8 @@ pub enum Setting {
     EvalSamples,
     R1,
     R1Every,
+    /// The reference of the Inception metrics.
+    Reference,
 }
 
 impl std::fmt::Display for Setting {
@@ -68,6 +70,7 @@ impl std::fmt::Display for Setting {
             Self::EvalSamples => "samples per evaluation",
             Self::R1 => "R1 penalty",
             Self::R1Every => "R1 interval",
+            Self::Reference => "reference statistics",
         })
     }
 }
@@ -121,6 +124,9 @@ pub enum TrainError {
     /// Data-parallel training went wrong: a rank failed, ranks disagree, replicas drifted.
     #[error("distributed training: {0}")]
     Distributed(String),
+    /// ONNX Runtime (which runs the Inception network of the metrics) failed.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
     /// A loss became NaN or infinite.
     #[error("{what} is {value} at step {step}{on}: training diverged and stopped; {kept}")]
     NonFinite {
@@ -158,6 +164,8 @@ impl From<gantry_metrics::MetricsError> for TrainError {
             MetricsError::Invalid { setting, problem } => Self::Invalid {
                 setting: match setting {
                     MetricSetting::Dataset => Setting::Dataset,
+                    MetricSetting::Images => Setting::Images,
+                    MetricSetting::Reference => Setting::Reference,
                     _ => Setting::SampleCount,
                 },
                 problem,
@@ -166,6 +174,15 @@ impl From<gantry_metrics::MetricsError> for TrainError {
             MetricsError::Dataset(e) => e.into(),
             MetricsError::Model(e) => e.into(),
             MetricsError::Candle(e) => Self::Candle(e),
+            MetricsError::Runtime(e) => {
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                Self::Runtime(text)
+            }
             other => Self::Data {
                 path: PathBuf::new(),
                 message: other.to_string(),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::eval::EvalMetric;
 
 /// What one step measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,10 +55,28 @@ pub struct EvalMetrics {
     /// Mean patch SWD (x1000) of the sampled generator: lower is better, no classifier involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swd: Option<f64>,
-    /// Classes holding at least 5% of the samples (as the classifier sees them).
-    pub classes_covered: usize,
-    /// Entropy of the predicted-label distribution in bits.
-    pub label_entropy_bits: f64,
+    /// Classes holding at least 5% of the samples (as the classifier sees them; classifier
+    /// metric only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes_covered: Option<usize>,
+    /// Entropy of the predicted-label distribution in bits (classifier metric only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_entropy_bits: Option<f64>,
+    /// The features `fid` is computed in (`best/` keeps the lowest of one metric).
+    #[serde(default)]
+    pub metric: EvalMetric,
+    /// Inception FID, KID (mean and standard deviation over subsets), precision and recall
+    /// of the sampled generator (inception metric only; TensorBoard `eval/inception_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_fid: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_kid: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_kid_std: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_precision: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inception_recall: Option<f64>,
     /// Samples scored per generator.
     pub samples: usize,
     /// Seconds the evaluation took (sampling, scoring and keeping `best/`).
@@ -189,21 +208,54 @@ mod tests {
                 "seconds"
             ]
         );
-        step.eval = Some(EvalMetrics {
+        let classifier = EvalMetrics {
             fid: 12.5,
             fid_raw: None,
             swd: Some(31.5),
-            classes_covered: 9,
-            label_entropy_bits: 3.1,
+            classes_covered: Some(9),
+            label_entropy_bits: Some(3.1),
+            metric: EvalMetric::Classifier,
+            inception_fid: None,
+            inception_kid: None,
+            inception_kid_std: None,
+            inception_precision: None,
+            inception_recall: None,
             samples: 100,
             seconds: 2.0,
-        });
+        };
+        step.eval = Some(classifier.clone());
         let scalars = step.scalars();
         assert!(scalars.contains(&("eval/fid".into(), 12.5)));
         assert!(scalars.contains(&("eval/classes_covered".into(), 9.0)));
         assert!(scalars.contains(&("eval/swd".into(), 31.5)));
         assert!(scalars.contains(&("lr_g".into(), 1e-4)));
         assert!(!names(&step).contains(&"eval/fid_raw".to_string()));
+        assert!(!names(&step).iter().any(|n| n.starts_with("eval/inception")));
+        // An Inception evaluation's scores are TensorBoard's eval/inception_* tags.
+        step.eval = Some(EvalMetrics {
+            metric: EvalMetric::Inception,
+            classes_covered: None,
+            label_entropy_bits: None,
+            swd: None,
+            inception_fid: Some(40.0),
+            inception_kid: Some(0.02),
+            inception_kid_std: Some(0.001),
+            inception_precision: Some(0.5),
+            inception_recall: Some(0.25),
+            fid: 40.0,
+            ..classifier
+        });
+        let scalars = step.scalars();
+        for (tag, value) in [
+            ("eval/inception_fid", 40.0),
+            ("eval/inception_kid", 0.02),
+            ("eval/inception_kid_std", 0.001),
+            ("eval/inception_precision", 0.5),
+            ("eval/inception_recall", 0.25),
+        ] {
+            assert!(scalars.contains(&(tag.into(), value)), "{tag}");
+        }
+        assert!(!names(&step).contains(&"eval/classes_covered".to_string()));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use gantry_models::{resolve_checkpoint, Checkpoint, Kernels, ModelConfig};
 use crate::data::{self, DataSpec, DatasetKind, Fit, Split};
 use crate::distributed::{agree, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
-use crate::eval::{self, classifier, EvalReport, EvalSource};
+use crate::eval::standard::{self, ExtractProgress, InceptionEvaluator, InceptionOptions, InceptionReport};
+use crate::eval::{self, classifier, EvalMetric, EvalReport, EvalSource};
 use crate::train::run::{
     existing_run_outputs, prepare_out_dir, run, RunLock, RunOutcome, RunPaths,
 };
@@ -91,6 +92,7 @@ pub struct ResumeChanges {
     pub tensorboard: Option<bool>,
     pub eval_every: Option<u64>,
     pub eval_samples: Option<usize>,
+    pub eval_metric: Option<EvalMetric>,
 }
 
 impl ResumeChanges {
@@ -121,6 +123,9 @@ impl ResumeChanges {
         }
         if let Some(n) = self.eval_samples {
             config.eval_samples = n;
+        }
+        if let Some(m) = self.eval_metric {
+            config.eval_metric = m;
         }
     }
 }
@@ -326,28 +331,42 @@ pub struct EvalRequest {
     pub seed: u64,
     /// The report file (default: `eval.json` in the run or image folder).
     pub out: Option<PathBuf>,
+    /// Which features the scores are computed in.
+    pub metric: EvalMetric,
+    /// How the Inception metrics are computed (with [`EvalMetric::Inception`]).
+    pub inception: InceptionOptions,
+    /// Write the Inception reference statistics to this `.npz` file too.
+    pub save_reference: Option<PathBuf>,
 }
 
-/// Runs an evaluation and writes its report; returns the report and where it was written.
-pub fn run_eval(
-    request: &EvalRequest,
-    log: &mut dyn FnMut(String),
-) -> Result<(EvalReport, PathBuf)> {
-    let (spec, default_out) = match &request.source {
+/// The report of an evaluation, by metric.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum EvalOutcome {
+    Classifier(EvalReport),
+    Inception(InceptionReport),
+}
+
+/// The data set a request scores against (`None`: an image folder scored against an explicit
+/// reference) and the default report path.
+fn eval_target(request: &EvalRequest) -> Result<(Option<DataSpec>, PathBuf)> {
+    match &request.source {
         EvalSource::Checkpoint(path) => {
             let dir = resolve_checkpoint(path)
                 .map_err(|e| TrainError::invalid(Setting::Checkpoint, e.to_string()))?;
             let meta = Checkpoint::read_meta(&dir)?;
             let trained: Option<TrainConfig> = serde_json::from_value(meta.training.clone()).ok();
-            let kind = request
-                .dataset
-                .or(trained.as_ref().map(|t| t.dataset))
-                .ok_or_else(|| {
-                    TrainError::invalid(
-                        Setting::Dataset,
-                        "required: the checkpoint does not name its data set",
-                    )
-                })?;
+            let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            let out = run_dir.join("eval.json");
+            let Some(kind) = request.dataset.or(trained.as_ref().map(|t| t.dataset)) else {
+                if request.metric == EvalMetric::Inception && request.inception.reference.is_some() {
+                    return Ok((None, out));
+                }
+                return Err(TrainError::invalid(
+                    Setting::Dataset,
+                    "required: the checkpoint does not name its data set",
+                ));
+            };
             let spec = DataSpec {
                 kind,
                 dir: request
@@ -362,13 +381,19 @@ pub fn run_eval(
                     .or(trained.as_ref().map(|t| t.fit))
                     .unwrap_or_default(),
             };
-            let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-            (spec, run_dir.join("eval.json"))
+            Ok((Some(spec), out))
         }
         EvalSource::Images(images) => {
-            let kind = request.dataset.ok_or_else(|| {
-                TrainError::invalid(Setting::Dataset, "required to score an image folder")
-            })?;
+            let out = images.join("eval.json");
+            let Some(kind) = request.dataset else {
+                if request.metric == EvalMetric::Inception && request.inception.reference.is_some() {
+                    return Ok((None, out));
+                }
+                return Err(TrainError::invalid(
+                    Setting::Dataset,
+                    "required to score an image folder (or, with the inception metric, a --reference)",
+                ));
+            };
             let spec = data_spec(
                 kind,
                 request.data_dir.as_deref(),
@@ -376,18 +401,64 @@ pub fn run_eval(
                 request.channels,
                 request.fit.unwrap_or_default(),
             )?;
-            (spec, images.join("eval.json"))
+            Ok((Some(spec), out))
+        }
+    }
+}
+
+/// Runs an evaluation and writes its report; returns the report and where it was written.
+/// `progress` shows the Inception network's feature extraction.
+pub fn run_eval(
+    request: &EvalRequest,
+    log: &mut dyn FnMut(String),
+    progress: &mut dyn ExtractProgress,
+) -> Result<(EvalOutcome, PathBuf)> {
+    let (spec, default_out) = eval_target(request)?;
+    let out = request.out.clone().unwrap_or(default_out);
+    if let Some(stats) = &request.save_reference {
+        if request.metric != EvalMetric::Inception {
+            return Err(TrainError::invalid(
+                Setting::Dataset,
+                "reference statistics are saved for the inception metric only",
+            ));
+        }
+        check_writable_parent(stats)?;
+    }
+    check_writable_parent(&out)?;
+    let report = match (request.metric, spec) {
+        (EvalMetric::Classifier, Some(spec)) => EvalOutcome::Classifier(eval::evaluate(
+            &request.source,
+            &spec,
+            request.samples,
+            request.seed,
+            &Device::Cpu,
+            log,
+        )?),
+        (EvalMetric::Classifier, None) => {
+            return Err(TrainError::invalid(
+                Setting::Dataset,
+                "the classifier metric needs a data set",
+            ))
+        }
+        (EvalMetric::Inception, spec) => {
+            let evaluator = InceptionEvaluator::new(
+                spec.as_ref(),
+                &request.inception,
+                request.samples,
+                request.seed,
+                &Device::Cpu,
+                log,
+                progress,
+            )?;
+            let report =
+                standard::evaluate_inception(&request.source, &evaluator, log, progress)?;
+            if let Some(stats) = &request.save_reference {
+                evaluator.reference().save(stats)?;
+                log(format!("reference statistics: {}", stats.display()));
+            }
+            EvalOutcome::Inception(report)
         }
     };
-    let report = eval::evaluate(
-        &request.source,
-        &spec,
-        request.samples,
-        request.seed,
-        &Device::Cpu,
-        log,
-    )?;
-    let out = request.out.clone().unwrap_or(default_out);
     let mut json = serde_json::to_vec_pretty(&report).map_err(|e| {
         TrainError::io(
             &out,
@@ -397,6 +468,20 @@ pub fn run_eval(
     json.push(b'\n');
     gantry_models::atomic::write_file_atomic(&out, &json)?;
     Ok((report, out))
+}
+
+/// An error unless the folder `path` would be written in exists.
+fn check_writable_parent(path: &Path) -> Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(TrainError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("the folder {} does not exist", dir.display()),
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Trains the evaluation classifier for `spec` (or, with a cache and without `force`, loads it).

@@ -32,6 +32,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::EvalSamples => "--eval-samples",
         Setting::R1 => "--r1",
         Setting::R1Every => "--r1-every",
+        Setting::Reference => "--reference",
         _ => "an option",
     }
 }

@@ -15,11 +15,12 @@ use args::{BenchArgs, ClassifierArgs, Cli, Command, EvalArgs, SampleArgs, TrainA
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use gantry_trainer::bench::{bench_train, BenchSpec};
 use gantry_trainer::distributed::{Collective, RankEnv, Solo};
-use gantry_trainer::eval::EvalSource;
+use gantry_trainer::eval::standard::{describe, InceptionOptions};
+use gantry_trainer::eval::{EvalMetric, EvalSource};
 use gantry_trainer::preset::describe_recipe;
 use gantry_trainer::setup::{
     data_spec, execute, prepare_fresh_on, prepare_resume_on, run_classifier, run_eval,
-    select_device, select_device_ordinal, DeviceKind, EvalRequest,
+    select_device, select_device_ordinal, DeviceKind, EvalOutcome, EvalRequest,
 };
 use gantry_trainer::train::run::{RunOutcome, STEP_IN_PROGRESS};
 
@@ -231,6 +232,22 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         (None, Some(i)) => EvalSource::Images(i),
         (None, None) => bail!("give --checkpoint or --images"),
     };
+    if a.metric != EvalMetric::Inception {
+        for (given, flag) in [
+            (a.reference.is_some(), "--reference"),
+            (a.reference_images.is_some(), "--reference-images"),
+            (a.save_reference.is_some(), "--save-reference"),
+            (a.inception_weights.is_some(), "--inception-weights"),
+        ] {
+            if given {
+                bail!("{flag} applies to --metric inception");
+            }
+        }
+    }
+    let samples = a.n.unwrap_or(match a.metric {
+        EvalMetric::Classifier => 10_000,
+        EvalMetric::Inception => 2_000,
+    });
     let request = EvalRequest {
         source,
         dataset: a.dataset,
@@ -238,11 +255,44 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         image_size: a.image_size,
         channels: a.channels,
         fit: a.fit,
-        samples: a.n,
+        samples,
         seed: a.seed,
         out: a.out,
+        metric: a.metric,
+        inception: InceptionOptions {
+            resize: a.resize,
+            weights: a.inception_weights,
+            reference: a.reference,
+            reference_images: a.reference_images.unwrap_or(usize::MAX),
+            providers: a.inception_providers,
+        },
+        save_reference: a.save_reference,
     };
-    let (report, out) = run_eval(&request, &mut |line| eprintln!("{line}"))?;
+    // Lines come between feature extractions, never while a bar is drawn.
+    let mut bar = progress::FeatureBar::default();
+    let (report, out) = run_eval(&request, &mut |line| eprintln!("{line}"), &mut bar)?;
+    match report {
+        EvalOutcome::Classifier(report) => print_classifier_report(&report),
+        EvalOutcome::Inception(report) => {
+            for r in &report.results {
+                println!("{}", describe(r));
+            }
+            println!(
+                "against {} ({} images), resize {}, weights SHA-1 {}",
+                report.reference,
+                report
+                    .reference_images
+                    .map_or_else(|| "an unknown number of".into(), |n| n.to_string()),
+                report.resize,
+                report.weights_sha1
+            );
+        }
+    }
+    println!("report: {}", out.display());
+    Ok(())
+}
+
+fn print_classifier_report(report: &gantry_trainer::eval::EvalReport) {
     for r in &report.results {
         println!(
             "{}: FID {:.3}  SWD {:.2} ({})  classes>=5% {}  entropy {:.3} bits  confidence {:.3}{}",
@@ -265,8 +315,6 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
         report.reference_swd_train_vs_test.mean,
         swd_levels(&report.reference_swd_train_vs_test)
     );
-    println!("report: {}", out.display());
-    Ok(())
 }
 
 /// `64px 1.23, 32px ...`: the SWD of each pyramid level, finest first.

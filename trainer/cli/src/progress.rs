@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use gantry_trainer::eval::standard::ExtractProgress;
 use gantry_trainer::metrics::StepMetrics;
 use gantry_trainer::progress::{LogLines, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -57,6 +58,43 @@ impl Progress for Bar {
 
     fn finish(&mut self) {
         if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Feature extraction on a terminal: a bar per image set; elsewhere a line at its start.
+#[derive(Default)]
+pub struct FeatureBar {
+    bar: Option<ProgressBar>,
+}
+
+impl ExtractProgress for FeatureBar {
+    fn begin(&mut self, what: &str, total: usize) {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("Inception features of {total} {what}");
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} images ({per_sec}, ETA {eta})",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(format!("Inception features: {what}"));
+        bar.enable_steady_tick(Duration::from_millis(250));
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, done: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done as u64);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
     }

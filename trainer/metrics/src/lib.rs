@@ -30,6 +30,39 @@ use gantry_data::{self as data, preprocess, DataSpec, Split};
 use gantry_models::init::latents;
 use swd::{PatchReference, Swd};
 
+/// Which features scores are computed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EvalMetric {
+    /// Gantry's own small classifier of the data set (cheap; FID, class coverage, SWD).
+    #[default]
+    Classifier,
+    /// The standard FID Inception-v3 (FID, KID, precision/recall comparable with papers).
+    Inception,
+}
+
+impl std::fmt::Display for EvalMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Classifier => "classifier",
+            Self::Inception => "inception",
+        })
+    }
+}
+
+impl std::str::FromStr for EvalMetric {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "classifier" => Ok(Self::Classifier),
+            "inception" => Ok(Self::Inception),
+            other => Err(format!(
+                "unknown metric `{other}`: classifier or inception"
+            )),
+        }
+    }
+}
+
 /// Epochs the evaluation classifier trains for when it is not cached yet.
 pub const CLASSIFIER_EPOCHS: usize = 4;
 
@@ -84,7 +117,7 @@ fn stats_of(classifier: &Classifier, images: &Tensor) -> Result<GaussianStats> {
 
 /// `n` samples of `generator` (labels cycling through the classes for conditional models) in
 /// batches of 128, and the labels asked for; `train_mode` normalises with batch statistics.
-fn sample(
+pub(crate) fn sample(
     generator: &Generator,
     n: usize,
     seed: u64,

