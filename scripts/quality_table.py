@@ -38,6 +38,44 @@ def scores(run_dir):
     return found
 
 
+def inception_scores(run_dir):
+    """{label: (Inception FID, KID, precision, recall)} of one run's eval_inception*.json."""
+    found = {}
+    for name in ("eval_inception.json", "eval_inception_eval.json", "eval_inception_train.json"):
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        for r in json.load(open(path))["results"]:
+            label = r["variant"]
+            if name != "eval_inception.json":
+                label = "eval mode" if name == "eval_inception_eval.json" else "train mode"
+            found[label] = (r["fid"], r.get("kid"), r.get("precision"), r.get("recall"))
+    return found
+
+
+def inception_table(configs_dirs):
+    """The Inception columns: per configuration and generator, FID per seed, mean and sd, mean
+    KID (x1000), mean precision and recall."""
+    rows = []
+    for config, dirs in sorted(configs_dirs.items()):
+        per_label = {}
+        for seed, d in sorted(dirs):
+            for label, v in inception_scores(d).items():
+                per_label.setdefault(label, []).append(v)
+        for label, vs in sorted(per_label.items()):
+            fids = [v[0] for v in vs]
+            sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
+            mean_of = lambda i, k=1: statistics.mean([v[i] * k for v in vs]) if all(v[i] is not None for v in vs) else float("nan")
+            rows.append(f"| {config} | {label} | {len(vs)} | " + ", ".join(f"{f:.1f}" for f in fids)
+                        + f" | **{statistics.mean(fids):.1f}** | {sd:.1f} | {mean_of(1, 1000):.2f} | "
+                        f"{mean_of(2):.3f} | {mean_of(3):.3f} |")
+    if rows:
+        print("\nStandard Inception metrics (`trainer eval --metric inception`, nv-bilinear, against the test split):\n")
+        print("| configuration | generator | seeds | Inception FID per seed | mean | sd | KID x1000 (mean) | precision | recall |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+
+
 def fid_format(mean):
     """FIDs to one decimal, or to three when the mean is below 1 (the two-class cats-and-dogs
     space scores in tenths); a row's seeds, mean and sd share it."""
@@ -72,10 +110,12 @@ def main(out):
         if suite == "bin" or not os.path.isdir(suite_dir):
             continue
         configs = {}
+        config_dirs = {}
         for run_dir in sorted(glob.glob(os.path.join(suite_dir, "*-s*"))):
             m = re.fullmatch(r"(.+)-s(\d+)", os.path.basename(run_dir))
             if not m or not os.path.isdir(run_dir) or not os.path.exists(os.path.join(run_dir, "done")):
                 continue
+            config_dirs.setdefault(m.group(1), []).append((int(m.group(2)), run_dir))
             for step, found in scores(run_dir).items():
                 config = m.group(1) if step is None else f"{m.group(1)} @ {step}"
                 configs.setdefault(config, []).append((int(m.group(2)), found, speed(run_dir)))
@@ -102,6 +142,7 @@ def main(out):
                       + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {swd_cells([v[3] for _, v in per_seed])} | "
                       f"{min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
+        inception_table(config_dirs)
         torch = [m for (c, label), m in means.items() if c == "pytorch"]
         if torch:
             best = min(torch)

@@ -421,7 +421,8 @@ pub struct EvalArgs {
     /// How real images are fitted to the size [default: the checkpoint's, else crop].
     #[arg(long)]
     pub fit: Option<Fit>,
-    /// Generated samples per variant [default: 10000 with the classifier, 2000 with inception].
+    /// Generated samples per variant [default: 10000 with the classifier, 2000 with inception]
+    /// (with inception and --images: at most this many of the folder's images, in name order).
     #[arg(long)]
     pub n: Option<usize>,
     /// Seed of the sample latents (and of KID's subsets).

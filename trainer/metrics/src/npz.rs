@@ -309,4 +309,19 @@ mod tests {
         let err = read_npz(&path).unwrap_err().to_string();
         assert!(err.contains("stats.npz") && err.contains("not a .npz"), "{err}");
     }
+
+    /// Statistics files come from anywhere: any bytes, as an array or an archive, give an
+    /// array or an error, never a panic (bolero; `make fuzz` runs it longer).
+    #[test]
+    fn fuzz_npy_and_npz_reading() {
+        let npy = write_npy(&Array::f64(vec![2, 2], vec![1.0, 0.5, 0.5, 2.0]));
+        let npz = npz_bytes(&[("mu", &Array::f64(vec![2], vec![1.0, 2.0])), ("sigma", &Array::f32(vec![1], &[3.0]))]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fuzz.npz");
+        bolero::check!().for_each(|input: &[u8]| {
+            let _ = read_npy(&gantry_testkit::fuzzed_file(&npy, input));
+            std::fs::write(&path, gantry_testkit::fuzzed_file(&npz, input)).unwrap();
+            let _ = read_npz(&path);
+        });
+    }
 }

@@ -594,8 +594,8 @@ impl InceptionReport {
     }
 }
 
-/// Scores `source` (a checkpoint's generators in eval mode, EMA first when kept; or a folder of
-/// images) with `evaluator`.
+/// Scores `source` (a checkpoint's generators in eval mode, EMA first when kept; or the first
+/// `evaluator.samples` images of a folder, in file-name order) with `evaluator`.
 pub fn evaluate_inception(
     source: &crate::EvalSource,
     evaluator: &InceptionEvaluator,
@@ -605,7 +605,8 @@ pub fn evaluate_inception(
     let mut results = Vec::new();
     let (path, steps) = match source {
         crate::EvalSource::Images(dir) => {
-            let images = load_folder(dir)?;
+            let mut images = load_folder(dir)?;
+            images.truncate(evaluator.samples);
             log(format!("scoring {} images from {}", images.len(), dir.display()));
             results.push(evaluator.score_images(&images, "images", progress)?);
             (dir, None)

@@ -115,6 +115,7 @@ pub fn onnx_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The feature network, ready to run.
+#[derive(Debug)]
 pub struct Inception {
     model: TensorModel,
     weights: PathBuf,
@@ -219,5 +220,78 @@ impl Inception {
             progress(b * BATCH + batch.len());
         }
         Ok(features)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The archive the tests read (`make test` installs it).
+    fn archive() -> (PathBuf, torchscript::Archive) {
+        let path = locate_weights(None).expect("run scripts/fetch-inception.sh");
+        let archive = torchscript::read(&path).unwrap();
+        (path, archive)
+    }
+
+    #[test]
+    fn the_archive_holds_exactly_the_network_and_another_one_is_refused() {
+        let (path, mut archive) = archive();
+        // 94 convolutions of 4 tensors each, with their stride and padding.
+        assert_eq!(archive.tensors.len(), 94 * 4);
+        assert_eq!(archive.ints["net.layers.mixed_4.tower.conv_1.padding"], [0, 3]);
+        assert_eq!(archive.ints["net.layers.conv.stride"], [2]);
+        let model = graph::build(&archive, &path).unwrap();
+        let graph = model.graph.as_ref().unwrap();
+        assert_eq!(graph.node.iter().filter(|n| n.op_type == "Conv").count(), 94);
+        assert_eq!(graph.node.iter().filter(|n| n.op_type == "Concat").count(), 11 + 4);
+
+        let missing = "net.layers.mixed_3.conv.beta";
+        let beta = archive.tensors.remove(missing).unwrap();
+        let err = graph::build(&archive, &path).unwrap_err().to_string();
+        assert!(err.contains(missing) && err.contains("not the FID Inception"), "{err}");
+        archive.tensors.insert(missing.into(), beta);
+
+        archive.tensors.insert(
+            "net.fc.weight".into(),
+            torchscript::Tensor {
+                shape: vec![1008, 2048],
+                values: vec![0.0; 1008 * 2048],
+            },
+        );
+        let err = graph::build(&archive, &path).unwrap_err().to_string();
+        assert!(err.contains("does not use") && err.contains("net.fc.weight"), "{err}");
+        archive.tensors.remove("net.fc.weight");
+
+        archive.ints.insert("net.layers.conv.stride".into(), vec![0]);
+        let err = graph::build(&archive, &path).unwrap_err().to_string();
+        assert!(err.contains("net.layers.conv.stride"), "{err}");
+    }
+
+    #[test]
+    fn files_that_are_not_the_archive_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pt");
+        std::fs::write(&junk, b"not a zip at all").unwrap();
+        let err = torchscript::read(&junk).unwrap_err().to_string();
+        assert!(err.contains("junk.pt") && err.contains("zip"), "{err}");
+        let err = Inception::load(&junk, ResizeFilter::NvBilinear, ProviderChoice::Auto)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHA-1"), "{err}");
+        let err = Inception::load(&dir.path().join("absent.pt"), ResizeFilter::NvBilinear, ProviderChoice::Auto)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absent.pt") && err.contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn generated_images_quantise_as_their_pngs() {
+        let images = Image8::from_float_nchw(&[-1.0, 0.0, 1.0, 2.0, -0.5, 0.5, 0.25, -2.0], [1, 2, 2, 2]);
+        assert_eq!(images.len(), 1);
+        let img = &images[0];
+        assert_eq!((img.width, img.height, img.channels), (2, 2, 2));
+        // Interleaved: pixel 0 = (c0: -1, c1: -0.5), pixel 1 = (0, 0.5), ...
+        assert_eq!(img.pixels, vec![0, 64, 128, 191, 255, 159, 255, 0]);
     }
 }
