@@ -37,6 +37,10 @@ for round in $(seq "$rounds"); do
         "$py" scripts/bench_metrics.py "$work/cats" "$work/dogs" $mode "$round"
     done
 done | tee "$work/results.txt"
+# The same network on candle (candle-onnx's evaluator over candle's CPU convolutions): why the
+# metrics run on ONNX Runtime (docs/metrics.md).
+cargo build --release -p gantry-metrics --features candle-measurement --example inception_on_candle >&2
+target/release/examples/inception_on_candle | tee -a "$work/results.txt"
 echo
 python3 - "$work/results.txt" <<'PY'
 import re, sys
@@ -48,9 +52,12 @@ for line in open(sys.argv[1]):
         who, mode, rate, fid = m.group(1), m.group(2), float(m.group(3)), float(m.group(4))
         best[(who, mode)] = max(best.get((who, mode), 0), rate)
         fids[(who, mode)] = fid
+for line in open(sys.argv[1]):
+    if line.startswith("RESULT candle"):
+        print("candle (network only, random inputs):", line.split(":", 1)[1].strip())
 for mode in ("nv-bilinear", "pil-bicubic"):
     g, p = best[("gantry", mode)], best[("pytorch", mode)]
     gf, pf = fids[("gantry", mode)], fids[("pytorch", mode)]
     print(f"{mode}: Gantry {g:.1f} img/s, PyTorch {p:.1f} img/s: {g / p:.2f}x; "
-          f"FID {gf:.4f} vs {pf:.4f} ({abs(gf - pf) / pf * 100:.4f}% apart)")
+          f"FID {gf:.5f} vs {pf:.5f} ({abs(gf - pf) / pf:.1e} relative)")
 PY

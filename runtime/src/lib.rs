@@ -48,7 +48,7 @@ pub use request::{
     GenerateRequest, DEFAULT_BATCH_SIZE, MAX_IMAGES, MAX_INTERPOLATION_STEPS, MIN_TRUNCATION,
 };
 pub use session::GraphOptimization;
-pub use tensor_model::TensorModel;
 pub use signature::{
     detect as detect_signature, ElementType, ModelInfo, OutputLayout, Signature, TensorInfo,
 };
+pub use tensor_model::TensorModel;

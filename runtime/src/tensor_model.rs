@@ -79,7 +79,11 @@ impl TensorModel {
         };
         let input = one(
             "input",
-            session.inputs().iter().map(|i| i.name().to_string()).collect(),
+            session
+                .inputs()
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect(),
         )?;
         let output = one(
             "output",

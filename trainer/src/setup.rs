@@ -11,7 +11,9 @@ use gantry_models::{resolve_checkpoint, Checkpoint, Kernels, ModelConfig};
 use crate::data::{self, DataSpec, DatasetKind, Fit, Split};
 use crate::distributed::{agree, Collective, Solo};
 use crate::error::{Result, Setting, TrainError};
-use crate::eval::standard::{self, ExtractProgress, InceptionEvaluator, InceptionOptions, InceptionReport};
+use crate::eval::standard::{
+    self, ExtractProgress, InceptionEvaluator, InceptionOptions, InceptionReport,
+};
 use crate::eval::{self, classifier, EvalMetric, EvalReport, EvalSource};
 use crate::train::run::{
     existing_run_outputs, prepare_out_dir, run, RunLock, RunOutcome, RunPaths,
@@ -359,7 +361,8 @@ fn eval_target(request: &EvalRequest) -> Result<(Option<DataSpec>, PathBuf)> {
             let run_dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
             let out = run_dir.join("eval.json");
             let Some(kind) = request.dataset.or(trained.as_ref().map(|t| t.dataset)) else {
-                if request.metric == EvalMetric::Inception && request.inception.reference.is_some() {
+                if request.metric == EvalMetric::Inception && request.inception.reference.is_some()
+                {
                     return Ok((None, out));
                 }
                 return Err(TrainError::invalid(
@@ -386,7 +389,8 @@ fn eval_target(request: &EvalRequest) -> Result<(Option<DataSpec>, PathBuf)> {
         EvalSource::Images(images) => {
             let out = images.join("eval.json");
             let Some(kind) = request.dataset else {
-                if request.metric == EvalMetric::Inception && request.inception.reference.is_some() {
+                if request.metric == EvalMetric::Inception && request.inception.reference.is_some()
+                {
                     return Ok((None, out));
                 }
                 return Err(TrainError::invalid(
@@ -450,8 +454,7 @@ pub fn run_eval(
                 log,
                 progress,
             )?;
-            let report =
-                standard::evaluate_inception(&request.source, &evaluator, log, progress)?;
+            let report = standard::evaluate_inception(&request.source, &evaluator, log, progress)?;
             if let Some(stats) = &request.save_reference {
                 evaluator.reference().save(stats)?;
                 log(format!("reference statistics: {}", stats.display()));

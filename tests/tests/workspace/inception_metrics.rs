@@ -83,8 +83,12 @@ fn image(s: u64, i: u64, width: usize, height: usize, channels: usize) -> Image8
 fn network(filter: ResizeFilter) -> Inception {
     let weights = gantry_trainer::eval::inception::locate_weights(None)
         .expect("the Inception weights: run scripts/fetch-inception.sh");
-    Inception::load(&weights, filter, gantry_runtime::ProviderChoice::Only(gantry_runtime::Provider::Cpu))
-        .unwrap()
+    Inception::load(
+        &weights,
+        filter,
+        gantry_runtime::ProviderChoice::Only(gantry_runtime::Provider::Cpu),
+    )
+    .unwrap()
 }
 
 const FILTERS: [ResizeFilter; 2] = [ResizeFilter::NvBilinear, ResizeFilter::PilBicubic];

@@ -107,7 +107,11 @@ mod tests {
     use gantry_models::init::{normal_vec, rng_for};
 
     fn gaussian(mean: [f64; 2], cov: [[f64; 2]; 2]) -> GaussianStats {
-        GaussianStats::from_parts(mean.to_vec(), &[cov[0][0], cov[0][1], cov[1][0], cov[1][1]], 0)
+        GaussianStats::from_parts(
+            mean.to_vec(),
+            &[cov[0][0], cov[0][1], cov[1][0], cov[1][1]],
+            0,
+        )
     }
 
     #[test]

@@ -135,9 +135,8 @@ impl Gram {
         let radii = |g: &Mat<f64>, n: &[f64]| -> Vec<f64> {
             (0..n.len())
                 .map(|i| {
-                    let mut d: Vec<f64> = (0..n.len())
-                        .map(|j| dist2(n[i], n[j], g[(i, j)]))
-                        .collect();
+                    let mut d: Vec<f64> =
+                        (0..n.len()).map(|j| dist2(n[i], n[j], g[(i, j)])).collect();
                     d.select_nth_unstable_by(k, f64::total_cmp);
                     d[k]
                 })
@@ -226,6 +225,8 @@ mod tests {
         let pr = Gram::new(&real, &fake[..5], 1).precision_recall(1).unwrap();
         assert_eq!(pr.precision, 1.0);
         assert!((pr.recall - 0.6).abs() < 1e-12, "{pr:?}");
-        assert!(Gram::new(&real, &fake[..1], 1).precision_recall(1).is_none());
+        assert!(Gram::new(&real, &fake[..1], 1)
+            .precision_recall(1)
+            .is_none());
     }
 }

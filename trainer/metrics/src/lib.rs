@@ -56,9 +56,7 @@ impl std::str::FromStr for EvalMetric {
         match s {
             "classifier" => Ok(Self::Classifier),
             "inception" => Ok(Self::Inception),
-            other => Err(format!(
-                "unknown metric `{other}`: classifier or inception"
-            )),
+            other => Err(format!("unknown metric `{other}`: classifier or inception")),
         }
     }
 }

@@ -95,7 +95,10 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}`")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}`"))
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(Header {
         descr,
@@ -124,7 +127,9 @@ pub fn read_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
     let text = std::str::from_utf8(&bytes[start..body]).map_err(|_| "non-text .npy header")?;
     let header = parse_header(text)?;
     if header.fortran {
-        return Err("Fortran-ordered arrays are not supported (save it with np.ascontiguousarray)".into());
+        return Err(
+            "Fortran-ordered arrays are not supported (save it with np.ascontiguousarray)".into(),
+        );
     }
     let count = header
         .shape
@@ -243,7 +248,8 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Array>> {
         entry
             .read_to_end(&mut data)
             .map_err(|e| MetricsError::data(path, format!("{name}: {e}")))?;
-        let array = read_npy(&data).map_err(|e| MetricsError::data(path, format!("{name}: {e}")))?;
+        let array =
+            read_npy(&data).map_err(|e| MetricsError::data(path, format!("{name}: {e}")))?;
         arrays.insert(name.trim_end_matches(".npy").to_string(), array);
     }
     Ok(arrays)
@@ -284,7 +290,9 @@ mod tests {
 
     #[test]
     fn bad_arrays_are_refused_with_the_reason() {
-        assert!(read_npy(b"PK\x03\x04 not npy").unwrap_err().contains("magic"));
+        assert!(read_npy(b"PK\x03\x04 not npy")
+            .unwrap_err()
+            .contains("magic"));
         let mut bytes = write_npy(&Array::f64(vec![4], vec![0.0; 4]));
         bytes.truncate(bytes.len() - 1);
         assert!(read_npy(&bytes).unwrap_err().contains("truncated"));
@@ -307,7 +315,10 @@ mod tests {
         assert_eq!(read["sigma"], sigma);
         std::fs::write(&path, b"not a zip").unwrap();
         let err = read_npz(&path).unwrap_err().to_string();
-        assert!(err.contains("stats.npz") && err.contains("not a .npz"), "{err}");
+        assert!(
+            err.contains("stats.npz") && err.contains("not a .npz"),
+            "{err}"
+        );
     }
 
     /// Statistics files come from anywhere: any bytes, as an array or an archive, give an
@@ -315,7 +326,10 @@ mod tests {
     #[test]
     fn fuzz_npy_and_npz_reading() {
         let npy = write_npy(&Array::f64(vec![2, 2], vec![1.0, 0.5, 0.5, 2.0]));
-        let npz = npz_bytes(&[("mu", &Array::f64(vec![2], vec![1.0, 2.0])), ("sigma", &Array::f32(vec![1], &[3.0]))]);
+        let npz = npz_bytes(&[
+            ("mu", &Array::f64(vec![2], vec![1.0, 2.0])),
+            ("sigma", &Array::f32(vec![1], &[3.0])),
+        ]);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fuzz.npz");
         bolero::check!().for_each(|input: &[u8]| {

@@ -119,7 +119,12 @@ impl Reference {
                 ),
             ));
         }
-        if mu.values.iter().chain(&sigma.values).any(|v| !v.is_finite()) {
+        if mu
+            .values
+            .iter()
+            .chain(&sigma.values)
+            .any(|v| !v.is_finite())
+        {
             return Err(bad("`mu` or `sigma` holds NaN or infinite values".into()));
         }
         let key: Option<ReferenceKey> = match arrays.get("gantry_meta") {
@@ -503,7 +508,13 @@ impl InceptionEvaluator {
             ));
         }
         let features = extract(&self.net, images, variant, progress)?;
-        Ok(score(variant, &features, &self.reference, self.seed, started))
+        Ok(score(
+            variant,
+            &features,
+            &self.reference,
+            self.seed,
+            started,
+        ))
     }
 
     /// Scores `samples` images of `generator` in eval mode (quantised to 8 bits as their PNGs).
@@ -519,7 +530,13 @@ impl InceptionEvaluator {
         let values: Vec<f32> = images.flatten_all()?.to_vec1()?;
         let images = Image8::from_float_nchw(&values, [shape.0, shape.1, shape.2, shape.3]);
         let features = extract(&self.net, &images, variant, progress)?;
-        Ok(score(variant, &features, &self.reference, self.seed, started))
+        Ok(score(
+            variant,
+            &features,
+            &self.reference,
+            self.seed,
+            started,
+        ))
     }
 }
 
@@ -574,7 +591,11 @@ impl InceptionReport {
                 .key
                 .as_ref()
                 .map(|k| k.count)
-                .or(evaluator.reference.features.as_ref().map(|f| f.len() / FEATURE_DIM)),
+                .or(evaluator
+                    .reference
+                    .features
+                    .as_ref()
+                    .map(|f| f.len() / FEATURE_DIM)),
             resize: net.filter().name().into(),
             resize_reference_name: net.filter().reference_name(),
             weights_sha1: net.weights_sha1().into(),
@@ -607,7 +628,11 @@ pub fn evaluate_inception(
         crate::EvalSource::Images(dir) => {
             let mut images = load_folder(dir)?;
             images.truncate(evaluator.samples);
-            log(format!("scoring {} images from {}", images.len(), dir.display()));
+            log(format!(
+                "scoring {} images from {}",
+                images.len(),
+                dir.display()
+            ));
             results.push(evaluator.score_images(&images, "images", progress)?);
             (dir, None)
         }

@@ -93,8 +93,11 @@ impl RunEvaluator {
         trainer.recalibrate_ema()?;
         let mut metrics = match &self.scorer {
             Scorer::Classifier(evaluator) => {
-                let exported =
-                    evaluator.score_generator(trainer.sampling_generator(), false, "sampled/eval")?;
+                let exported = evaluator.score_generator(
+                    trainer.sampling_generator(),
+                    false,
+                    "sampled/eval",
+                )?;
                 let fid_raw = match &trainer.nets.generator_ema {
                     Some(_) => Some(evaluator.fid_of_generator(&trainer.nets.generator)?),
                     None => None,

@@ -216,7 +216,11 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
         ],
     ));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("step 2: Inception FID"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("step 2: Inception FID"),
+        "{}",
+        stderr(&o)
+    );
     let history = gantry_trainer::metrics::read(&out.join("metrics.jsonl")).unwrap();
     let evals: Vec<_> = history.iter().filter_map(|m| m.eval.clone()).collect();
     assert_eq!(evals.len(), 2);
@@ -224,7 +228,10 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
         assert_eq!(e.metric, gantry_trainer::eval::EvalMetric::Inception);
         assert_eq!(e.inception_fid, Some(e.fid));
         assert!(e.fid.is_finite() && e.fid > 0.0, "{e:?}");
-        assert!(e.inception_kid.is_some() && e.inception_precision.is_some(), "{e:?}");
+        assert!(
+            e.inception_kid.is_some() && e.inception_precision.is_some(),
+            "{e:?}"
+        );
         assert!(e.classes_covered.is_none() && e.swd.is_none(), "{e:?}");
     }
     let cache = data.join(".gantry/inception-test-16x1-crop-nv-bilinear.npz");
@@ -233,14 +240,32 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
     // The checkpoint through `trainer eval`: the EMA and raw generators in eval mode, the
     // reference from the cache.
     let o = trainer(&[
-        "eval", "--checkpoint", os, "--metric", "inception", "--n", "8",
+        "eval",
+        "--checkpoint",
+        os,
+        "--metric",
+        "inception",
+        "--n",
+        "8",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains(cache.to_str().unwrap()), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(cache.to_str().unwrap()),
+        "{}",
+        stderr(&o)
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
     for key in [
-        "fid", "kid", "kid_std", "precision", "recall", "metric", "resize", "n", "weights_sha1",
+        "fid",
+        "kid",
+        "kid_std",
+        "precision",
+        "recall",
+        "metric",
+        "resize",
+        "n",
+        "weights_sha1",
     ] {
         assert!(!report[key].is_null(), "eval.json lacks {key}: {report}");
     }
@@ -274,15 +299,34 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
     let stats = tmp.path().join("stats.npz");
     let first = tmp.path().join("first.json");
     let o = trainer(&[
-        "eval", "--images", real.to_str().unwrap(), "--metric", "inception", "--dataset",
-        "mnist", "--data-dir", ds, "--image-size", "16", "--save-reference",
-        stats.to_str().unwrap(), "--out", first.to_str().unwrap(),
+        "eval",
+        "--images",
+        real.to_str().unwrap(),
+        "--metric",
+        "inception",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        ds,
+        "--image-size",
+        "16",
+        "--save-reference",
+        stats.to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let second = tmp.path().join("second.json");
     let o = trainer(&[
-        "eval", "--images", real.to_str().unwrap(), "--metric", "inception", "--reference",
-        stats.to_str().unwrap(), "--out", second.to_str().unwrap(),
+        "eval",
+        "--images",
+        real.to_str().unwrap(),
+        "--metric",
+        "inception",
+        "--reference",
+        stats.to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let fid = |p: &Path| {
@@ -303,8 +347,14 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
     );
     let inception = ["eval", "--metric", "inception", "--images"];
     for (extra, needle) in [
-        (vec![r, "--reference", st, "--resize", "pil-bicubic"], "made with --resize nv-bilinear"),
-        (vec![r, "--reference", st, "--inception-weights", c], "not the standard FID Inception"),
+        (
+            vec![r, "--reference", st, "--resize", "pil-bicubic"],
+            "made with --resize nv-bilinear",
+        ),
+        (
+            vec![r, "--reference", st, "--inception-weights", c],
+            "not the standard FID Inception",
+        ),
         (vec![e, "--reference", st], "no PNG or JPEG images"),
         (vec![r, "--reference", c], "not a .npz archive"),
     ] {
@@ -314,7 +364,10 @@ fn inception_metrics_score_runs_checkpoints_and_folders_and_refuse_bad_input() {
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(err.contains(needle), "{args:?}: {err}");
         let last = err.trim().lines().last().unwrap_or_default();
-        assert!(last.starts_with("error: ") && last.contains(needle), "{args:?}: {err}");
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{args:?}: {err}"
+        );
         assert_eq!(err.matches("error").count(), 1, "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }

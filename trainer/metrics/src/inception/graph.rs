@@ -37,7 +37,11 @@ const OPSET: i64 = 17;
 enum Layer {
     /// `Conv2dLayer` at this path: convolution, folded batch norm, ReLU.
     Conv(String),
-    MaxPool { kernel: i64, stride: i64, pad: i64 },
+    MaxPool {
+        kernel: i64,
+        stride: i64,
+        pad: i64,
+    },
     /// Average pool; `include_pad` as PyTorch's `count_include_pad`.
     AvgPool {
         kernel: i64,
@@ -103,7 +107,10 @@ fn inception_c(p: &str) -> Layer {
 fn inception_d(p: &str) -> Layer {
     Layer::Concat(vec![
         convs(&format!("{p}.tower"), &["conv", "conv_1"]),
-        convs(&format!("{p}.tower_1"), &["conv", "conv_1", "conv_2", "conv_3"]),
+        convs(
+            &format!("{p}.tower_1"),
+            &["conv", "conv_1", "conv_2", "conv_3"],
+        ),
         MAX_3X3_S2,
     ])
 }
@@ -413,8 +420,9 @@ pub fn build(archive: &Archive, path: &Path) -> Result<ModelProto> {
         }],
         producer_name: "gantry-metrics".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: "FID Inception-v3 pool features (2015 TensorFlow weights, StyleGAN3's TorchScript)"
-            .into(),
+        doc_string:
+            "FID Inception-v3 pool features (2015 TensorFlow weights, StyleGAN3's TorchScript)"
+                .into(),
         graph: Some(graph),
         ..Default::default()
     })

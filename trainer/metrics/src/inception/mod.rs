@@ -79,7 +79,12 @@ pub fn locate_weights(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     let mut tried = vec![PathBuf::from(WEIGHTS_PATH)];
     if let Ok(exe) = std::env::current_exe() {
-        tried.extend(exe.ancestors().skip(1).take(5).map(|d| d.join(WEIGHTS_PATH)));
+        tried.extend(
+            exe.ancestors()
+                .skip(1)
+                .take(5)
+                .map(|d| d.join(WEIGHTS_PATH)),
+        );
     }
     tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
         MetricsError::data(
@@ -239,17 +244,29 @@ mod tests {
         let (path, mut archive) = archive();
         // 94 convolutions of 4 tensors each, with their stride and padding.
         assert_eq!(archive.tensors.len(), 94 * 4);
-        assert_eq!(archive.ints["net.layers.mixed_4.tower.conv_1.padding"], [0, 3]);
+        assert_eq!(
+            archive.ints["net.layers.mixed_4.tower.conv_1.padding"],
+            [0, 3]
+        );
         assert_eq!(archive.ints["net.layers.conv.stride"], [2]);
         let model = graph::build(&archive, &path).unwrap();
         let graph = model.graph.as_ref().unwrap();
-        assert_eq!(graph.node.iter().filter(|n| n.op_type == "Conv").count(), 94);
-        assert_eq!(graph.node.iter().filter(|n| n.op_type == "Concat").count(), 11 + 4);
+        assert_eq!(
+            graph.node.iter().filter(|n| n.op_type == "Conv").count(),
+            94
+        );
+        assert_eq!(
+            graph.node.iter().filter(|n| n.op_type == "Concat").count(),
+            11 + 4
+        );
 
         let missing = "net.layers.mixed_3.conv.beta";
         let beta = archive.tensors.remove(missing).unwrap();
         let err = graph::build(&archive, &path).unwrap_err().to_string();
-        assert!(err.contains(missing) && err.contains("not the FID Inception"), "{err}");
+        assert!(
+            err.contains(missing) && err.contains("not the FID Inception"),
+            "{err}"
+        );
         archive.tensors.insert(missing.into(), beta);
 
         archive.tensors.insert(
@@ -260,10 +277,15 @@ mod tests {
             },
         );
         let err = graph::build(&archive, &path).unwrap_err().to_string();
-        assert!(err.contains("does not use") && err.contains("net.fc.weight"), "{err}");
+        assert!(
+            err.contains("does not use") && err.contains("net.fc.weight"),
+            "{err}"
+        );
         archive.tensors.remove("net.fc.weight");
 
-        archive.ints.insert("net.layers.conv.stride".into(), vec![0]);
+        archive
+            .ints
+            .insert("net.layers.conv.stride".into(), vec![0]);
         let err = graph::build(&archive, &path).unwrap_err().to_string();
         assert!(err.contains("net.layers.conv.stride"), "{err}");
     }
@@ -279,15 +301,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("SHA-1"), "{err}");
-        let err = Inception::load(&dir.path().join("absent.pt"), ResizeFilter::NvBilinear, ProviderChoice::Auto)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("absent.pt") && err.contains("no such file"), "{err}");
+        let err = Inception::load(
+            &dir.path().join("absent.pt"),
+            ResizeFilter::NvBilinear,
+            ProviderChoice::Auto,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("absent.pt") && err.contains("no such file"),
+            "{err}"
+        );
     }
 
     #[test]
     fn generated_images_quantise_as_their_pngs() {
-        let images = Image8::from_float_nchw(&[-1.0, 0.0, 1.0, 2.0, -0.5, 0.5, 0.25, -2.0], [1, 2, 2, 2]);
+        let images =
+            Image8::from_float_nchw(&[-1.0, 0.0, 1.0, 2.0, -0.5, 0.5, 0.25, -2.0], [1, 2, 2, 2]);
         assert_eq!(images.len(), 1);
         let img = &images[0];
         assert_eq!((img.width, img.height, img.channels), (2, 2, 2));

@@ -273,7 +273,15 @@ mod tests {
     #[test]
     fn grayscale_is_replicated_and_scaled_like_tensorflow() {
         let mut out = Vec::new();
-        network_input(&[0, 128, 255, 64], 2, 2, 1, 2, ResizeFilter::NvBilinear, &mut out);
+        network_input(
+            &[0, 128, 255, 64],
+            2,
+            2,
+            1,
+            2,
+            ResizeFilter::NvBilinear,
+            &mut out,
+        );
         assert_eq!(out.len(), 12);
         assert_eq!(&out[..4], &out[4..8]);
         assert_eq!(&out[..4], &out[8..]);

@@ -42,7 +42,11 @@ pub fn read(path: &Path) -> Result<Archive> {
     let mut zip = zip::ZipArchive::new(BufReader::new(file))
         .map_err(|e| bad(format!("not a TorchScript archive (zip): {e}")))?;
     let pickle_name = (0..zip.len())
-        .filter_map(|i| zip.name_for_index(i).and_then(Result::ok).map(|n| n.into_owned()))
+        .filter_map(|i| {
+            zip.name_for_index(i)
+                .and_then(Result::ok)
+                .map(|n| n.into_owned())
+        })
         .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
         .ok_or_else(|| bad("not a TorchScript archive: no <name>/data.pkl".into()))?;
     let data_dir = pickle_name.trim_end_matches(".pkl").to_string();
@@ -138,7 +142,9 @@ fn walk(
                     }
                 }
             }
-            v @ Object::Build { .. } => walk(v, &format!("{name}."), data_dir, archive, pending, path)?,
+            v @ Object::Build { .. } => {
+                walk(v, &format!("{name}."), data_dir, archive, pending, path)?
+            }
             v @ Object::Reduce { .. } => {
                 let info = v
                     .into_tensor_info(Object::Unicode(name.clone()), Path::new(data_dir))
@@ -211,4 +217,3 @@ fn read_f32(
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect())
 }
-
