@@ -155,7 +155,7 @@ worker() {
 
 # The standard Inception FID, KID and precision/recall of every finished run, beside the classifier
 # scores (eval_inception*.json; resumable: a run that has them is skipped; INCEPTION_N samples per
-# generator, 2000 by default: about 2 minutes each on 2 cores). INCEPTION=off skips the pass.
+# generator, 2000 by default: about 2.5 minutes each on 2 cores). INCEPTION=off skips the pass.
 inception_pass() {
     local dir suite n=${INCEPTION_N:-2000}
     for dir in "$out"/*/*-s*; do

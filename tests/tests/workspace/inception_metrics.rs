@@ -8,7 +8,7 @@
 //!   batch norm, ONNX Runtime's summation order and the resize computed in float64 (PyTorch
 //!   computes grid_sample's coordinates in float32), measured 6.4e-6 (nv-bilinear) and 7.2e-7
 //!   (pil-bicubic) here.
-//! - FID: 0.1% (the bar); measured 2.3e-7 relative (nv-bilinear) and 1.6e-7
+//! - FID: 0.1% (the bar); measured 1.2e-6 relative (nv-bilinear) and 2.3e-6
 //!   (pil-bicubic), so a wrong resize, scaling or FID formula fails it by orders of magnitude.
 //! - KID with every image in its one subset has no randomness: it equals the numpy computation
 //!   to 1e-3 of its value (the features differ slightly). KID over random subsets is within the

@@ -11,9 +11,9 @@
 //! inside the generated manifold; k = 3 as in the paper.
 //!
 //! Both need only the dot products of the rows, so the three Gram matrices are computed once
-//! (faer, parallel) and shared.
+//! and shared.
 
-use faer::Mat;
+use nalgebra::DMatrix as Mat;
 use rand::seq::index::sample;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -47,7 +47,7 @@ pub struct PrecisionRecall {
 /// Rows of `dim` features as a float64 matrix.
 fn matrix(rows: &[f32], dim: usize) -> Mat<f64> {
     let n = rows.len() / dim;
-    Mat::from_fn(n, dim, |i, j| f64::from(rows[i * dim + j]))
+    Mat::from_row_iterator(n, dim, rows.iter().map(|&v| f64::from(v)))
 }
 
 /// The dot products of two sets of rows: `real·real`, `fake·fake`, `real·fake`.

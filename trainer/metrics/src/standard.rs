@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{MetricSetting, MetricsError, Result};
-use crate::fid::{frechet_distance, GaussianStats};
+use crate::fid::{frechet_distance_to_rows, GaussianStats};
 use crate::inception::{Image8, Inception, ResizeFilter, FEATURE_DIM};
 use crate::kid::{Gram, KID_SUBSETS, KID_SUBSET_SIZE, PR_NEIGHBOURS};
 use crate::npz::{self, Array};
@@ -71,7 +71,7 @@ impl Reference {
     /// Writes `mu`, `sigma`, the features (float32) and the key to `path` (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
         let d = self.stats.dim();
-        let mu = Array::f64(vec![d], self.stats.mean.clone());
+        let mu = Array::f64(vec![d], self.stats.mean_vec());
         let sigma = Array::f64(vec![d, d], self.stats.cov_rows());
         let mut entries: Vec<(&str, Array)> = vec![("mu", mu), ("sigma", sigma)];
         if let Some(f) = &self.features {
@@ -204,8 +204,7 @@ pub fn score(
     seed: u64,
     started: Instant,
 ) -> InceptionScores {
-    let stats = GaussianStats::from_rows(features, FEATURE_DIM);
-    let fid = frechet_distance(&reference.stats, &stats);
+    let fid = frechet_distance_to_rows(&reference.stats, features, FEATURE_DIM);
     let (kid, pr) = match &reference.features {
         Some(real) => {
             let gram = Gram::new(real, features, FEATURE_DIM);
