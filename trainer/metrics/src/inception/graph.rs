@@ -283,6 +283,28 @@ impl Builder<'_> {
         Ok((out, out_c))
     }
 
+    /// A square pooling node of `op` (`MaxPool`, `AveragePool`) with one more attribute if
+    /// given; returns its output's name.
+    fn pool(
+        &mut self,
+        op: &str,
+        input: &str,
+        kernel: i64,
+        stride: i64,
+        pad: i64,
+        extra: Option<Attr>,
+    ) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        let mut attrs = vec![
+            Attr::Ints("kernel_shape", vec![kernel, kernel]),
+            Attr::Ints("strides", vec![stride, stride]),
+            Attr::Ints("pads", vec![pad; 4]),
+        ];
+        attrs.extend(extra);
+        self.nodes.push(node(op, &out, &[input], &[&out], attrs));
+        out
+    }
+
     fn layer(&mut self, layer: &Layer, input: &str, channels: usize) -> Result<(String, usize)> {
         match layer {
             Layer::Conv(path) => self.conv(path, input, channels),
@@ -290,40 +312,18 @@ impl Builder<'_> {
                 kernel,
                 stride,
                 pad,
-            } => {
-                let out = self.fresh("maxpool");
-                self.nodes.push(node(
-                    "MaxPool",
-                    &out,
-                    &[input],
-                    &[&out],
-                    vec![
-                        Attr::Ints("kernel_shape", vec![*kernel, *kernel]),
-                        Attr::Ints("strides", vec![*stride, *stride]),
-                        Attr::Ints("pads", vec![*pad; 4]),
-                    ],
-                ));
-                Ok((out, channels))
-            }
+            } => Ok((
+                self.pool("MaxPool", input, *kernel, *stride, *pad, None),
+                channels,
+            )),
             Layer::AvgPool {
                 kernel,
                 stride,
                 pad,
                 include_pad,
             } => {
-                let out = self.fresh("avgpool");
-                self.nodes.push(node(
-                    "AveragePool",
-                    &out,
-                    &[input],
-                    &[&out],
-                    vec![
-                        Attr::Ints("kernel_shape", vec![*kernel, *kernel]),
-                        Attr::Ints("strides", vec![*stride, *stride]),
-                        Attr::Ints("pads", vec![*pad; 4]),
-                        Attr::Int("count_include_pad", i64::from(*include_pad)),
-                    ],
-                ));
+                let include = Attr::Int("count_include_pad", i64::from(*include_pad));
+                let out = self.pool("AveragePool", input, *kernel, *stride, *pad, Some(include));
                 Ok((out, channels))
             }
             Layer::Chain(layers) => {
