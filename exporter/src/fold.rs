@@ -1,4 +1,4 @@
-//! Folding inference-mode BatchNorm into the preceding transposed convolution.
+//! Folding inference-mode BatchNorm into the preceding convolution or transposed convolution.
 //!
 //! With `s_o = gamma_o / sqrt(var_o + eps)`: `W'[:, o] = W[:, o] * s_o` and
 //! `b'_o = beta_o - s_o * mean_o` (the convolution has no bias of its own). Computed in f64.
@@ -9,11 +9,20 @@ pub struct Folded {
     pub bias: Vec<f32>,
 }
 
-/// Folds BatchNorm (per output channel) into a transposed-convolution weight laid out
-/// `[in_channels, out_channels, kernel_area]`.
+/// How a convolution weight orders its channel axes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `[in_channels, out_channels, kernel_area]`: ConvTranspose.
+    InOut,
+    /// `[out_channels, in_channels, kernel_area]`: Conv.
+    OutIn,
+}
+
+/// Folds BatchNorm (per output channel) into a convolution weight of `layout`.
 #[allow(clippy::too_many_arguments)]
 pub fn fold_batchnorm(
     weight: &[f32],
+    layout: WeightLayout,
     in_channels: usize,
     out_channels: usize,
     kernel_area: usize,
@@ -29,7 +38,10 @@ pub fn fold_batchnorm(
     let mut folded = weight.to_vec();
     for i in 0..in_channels {
         for (o, s) in scale.iter().enumerate() {
-            let start = (i * out_channels + o) * kernel_area;
+            let start = match layout {
+                WeightLayout::InOut => (i * out_channels + o) * kernel_area,
+                WeightLayout::OutIn => (o * in_channels + i) * kernel_area,
+            };
             for w in &mut folded[start..start + kernel_area] {
                 *w = (*w as f64 * s) as f32;
             }
@@ -59,7 +71,18 @@ mod tests {
         let beta = [0.1f32, -0.2, 0.3];
         let mean = [0.05f32, -0.4, 0.9];
         let var = [2.0f32, 0.3, 1.1];
-        let f = fold_batchnorm(&w, ci, co, k, &gamma, &beta, &mean, &var, 1e-5);
+        let f = fold_batchnorm(
+            &w,
+            WeightLayout::InOut,
+            ci,
+            co,
+            k,
+            &gamma,
+            &beta,
+            &mean,
+            &var,
+            1e-5,
+        );
         for x in [[1.0f32, 0.0], [0.0, 1.0], [0.7, -1.3]] {
             for o in 0..co {
                 for t in 0..k {
@@ -88,7 +111,18 @@ mod tests {
             [0.2f32, -1.0],
             [4.0f32, 0.09],
         );
-        let f = fold_batchnorm(&w, 1, 2, 1, &gamma, &beta, &mean, &var, 1e-5);
+        let f = fold_batchnorm(
+            &w,
+            WeightLayout::InOut,
+            1,
+            2,
+            1,
+            &gamma,
+            &beta,
+            &mean,
+            &var,
+            1e-5,
+        );
         for x in [-3.0f32, 0.0, 0.7, 5.0] {
             for o in 0..2 {
                 let conv = w[o] * x;
@@ -96,6 +130,45 @@ mod tests {
                 let folded = f.weight[o] * x + f.bias[o];
                 assert!((bn - folded).abs() < 1e-5, "{bn} vs {folded}");
             }
+        }
+    }
+
+    /// The same check for a Conv weight `[out, in, taps]`: every output channel's weights are
+    /// one contiguous run, scaled by that channel's factor.
+    #[test]
+    fn folding_a_conv_weight_scales_each_output_channel_run() {
+        let (ci, co, k) = (3, 2, 2);
+        let w: Vec<f32> = (0..ci * co * k).map(|j| (j as f32 * 0.61).cos()).collect();
+        let gamma = [0.7f32, -1.2];
+        let beta = [0.3f32, 0.05];
+        let mean = [-0.2f32, 0.4];
+        let var = [0.5f32, 1.7];
+        let f = fold_batchnorm(
+            &w,
+            WeightLayout::OutIn,
+            ci,
+            co,
+            k,
+            &gamma,
+            &beta,
+            &mean,
+            &var,
+            1e-5,
+        );
+        let x = [0.4f32, -1.1, 0.9, 0.2, -0.5, 1.3]; // [in, taps]
+        for o in 0..co {
+            let at = |i: usize, t: usize| (o * ci + i) * k + t;
+            let conv: f32 = (0..ci)
+                .flat_map(|i| (0..k).map(move |t| (i, t)))
+                .map(|(i, t)| x[i * k + t] * w[at(i, t)])
+                .sum();
+            let bn = gamma[o] * (conv - mean[o]) / (var[o] + 1e-5).sqrt() + beta[o];
+            let folded: f32 = (0..ci)
+                .flat_map(|i| (0..k).map(move |t| (i, t)))
+                .map(|(i, t)| x[i * k + t] * f.weight[at(i, t)])
+                .sum::<f32>()
+                + f.bias[o];
+            assert!((bn - folded).abs() < 1e-5, "o {o}: {bn} vs {folded}");
         }
     }
 }

@@ -1,13 +1,15 @@
-//! The generator's ONNX graph, built by walking the same layer spec as the candle network.
+//! The generator's ONNX graph, built by walking the same stage spec as the candle network.
 
 use candle_onnx::onnx::{
     tensor_proto::DataType, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
-use gantry_models::spec::{Activation, ConvKind, ConvLayer, BN_EPS};
+use gantry_models::spec::{
+    Activation, ConvKind, ConvLayer, NormLayer, Resample, ResidualBlock, Stage, BN_EPS,
+};
 use gantry_models::{generator_spec, ModelConfig, NetworkSpec, TensorMap};
 
 use crate::error::{ExportError, Result};
-use crate::fold::fold_batchnorm;
+use crate::fold::{fold_batchnorm, WeightLayout};
 use crate::proto::{f16_tensor, f32_tensor, i64_tensor, node, value_info, Attr, Dim};
 
 /// Name of the latent input.
@@ -127,8 +129,8 @@ fn conv_attrs(layer: &ConvLayer) -> Vec<Attr> {
 }
 
 /// The generator graph of `cfg` with weights `tensors` (checkpoint names), built stage by
-/// stage: inputs and conditioning, the latent's way into the first layer, one block per layer
-/// of the spec, and the output conversion.
+/// stage: inputs and conditioning, the latent's way into the first layer, the nodes of each
+/// stage of the spec, and the output conversion.
 pub fn generator_graph(
     cfg: &ModelConfig,
     tensors: &TensorMap,
@@ -141,15 +143,25 @@ pub fn generator_graph(
         precision: opts.precision,
     };
     let (inputs, latent) = inputs_and_conditioning(&mut b, cfg, &spec, tensors)?;
-    let projects = spec.layers.first().is_some_and(is_projection);
+    let projects = matches!(spec.stages.first(), Some(Stage::Conv(l)) if is_projection(l));
     let mut cur = if projects {
         latent
     } else {
         latent_as_image(&mut b, cfg, &latent)
     };
-    for layer in &spec.layers {
-        let as_gemm = layer.index == 0 && projects;
-        cur = layer_block(&mut b, layer, tensors, opts, &cur, as_gemm)?;
+    for (i, stage) in spec.stages.iter().enumerate() {
+        cur = match stage {
+            Stage::Conv(layer) => {
+                layer_block(&mut b, layer, tensors, opts, &cur, i == 0 && projects)?
+            }
+            Stage::Residual(block) => residual_block(&mut b, block, tensors, opts, &cur)?,
+            Stage::Norm(norm) => norm_block(&mut b, norm, tensors, &cur)?,
+            Stage::SumPool(_) => {
+                return Err(ExportError::Weights(
+                    "a generator stage pools to one pixel: not a generator".into(),
+                ))
+            }
+        };
     }
     let output = output_conversion(&mut b, cfg, opts, &cur);
     Ok(GraphProto {
@@ -158,9 +170,106 @@ pub fn generator_graph(
         initializer: b.initializers,
         input: inputs,
         output: vec![output],
-        doc_string: "DCGAN generator exported by Gantry".into(),
+        doc_string: format!("{} generator exported by Gantry", cfg.arch.name()),
         ..Default::default()
     })
+}
+
+/// A residual block: the main path ([BatchNorm + ReLU or ReLU,] [Resize x2,] two convolution
+/// blocks, [AveragePool]) plus the shortcut (its 1x1 convolution at the lower resolution,
+/// resampled like the main path), joined by `Add`.
+fn residual_block(
+    b: &mut Builder,
+    block: &ResidualBlock,
+    tensors: &TensorMap,
+    opts: &GraphOptions,
+    input: &str,
+) -> Result<String> {
+    let name = &block.name;
+    let mut h = match &block.pre_norm {
+        Some(norm) => norm_block(b, norm, tensors, input)?,
+        None if block.pre_relu => b.add(
+            "Relu",
+            &format!("{name}.pre_relu"),
+            &[input],
+            &format!("{name}.pre_act"),
+            vec![],
+        ),
+        None => input.to_string(),
+    };
+    if block.resample == Resample::Up {
+        h = upsample_node(b, &format!("{name}.up"), &h);
+    }
+    h = layer_block(b, &block.conv1, tensors, opts, &h, false)?;
+    h = layer_block(b, &block.conv2, tensors, opts, &h, false)?;
+    if block.resample == Resample::Down {
+        h = pool_node(b, &format!("{name}.pool"), &h);
+    }
+    let mut s = match block.resample {
+        Resample::Down => pool_node(b, &format!("{name}.shortcut_pool"), input),
+        Resample::Up | Resample::None => input.to_string(),
+    };
+    if let Some(conv) = &block.shortcut {
+        s = layer_block(b, conv, tensors, opts, &s, false)?;
+    }
+    if block.resample == Resample::Up {
+        s = upsample_node(b, &format!("{name}.shortcut_up"), &s);
+    }
+    Ok(b.add(
+        "Add",
+        &format!("{name}.add"),
+        &[&h, &s],
+        &format!("{name}.out"),
+        vec![],
+    ))
+}
+
+/// Nearest-neighbour x2 upsampling (`Resize`, asymmetric coordinates, floor: output pixel
+/// `(y, x)` reads input `(y / 2, x / 2)`).
+fn upsample_node(b: &mut Builder, name: &str, x: &str) -> String {
+    let scales = format!("{name}.scales");
+    if !b.initializers.iter().any(|t| t.name == scales) {
+        b.initializers
+            .push(f32_tensor(&scales, &[4], &[1.0, 1.0, 2.0, 2.0]));
+    }
+    b.add(
+        "Resize",
+        name,
+        &[x, "", &scales],
+        &format!("{name}.out"),
+        vec![
+            Attr::Str("mode", "nearest"),
+            Attr::Str("coordinate_transformation_mode", "asymmetric"),
+            Attr::Str("nearest_mode", "floor"),
+        ],
+    )
+}
+
+/// 2x2 average pooling.
+fn pool_node(b: &mut Builder, name: &str, x: &str) -> String {
+    b.add(
+        "AveragePool",
+        name,
+        &[x],
+        &format!("{name}.out"),
+        vec![
+            Attr::Ints("kernel_shape", vec![2, 2]),
+            Attr::Ints("strides", vec![2, 2]),
+        ],
+    )
+}
+
+/// A lone BatchNorm (`BatchNormalization` with its four tensors) and its activation.
+fn norm_block(b: &mut Builder, norm: &NormLayer, tensors: &TensorMap, x: &str) -> Result<String> {
+    let y = batch_norm_node(
+        b,
+        &norm.name,
+        norm.channels,
+        tensors,
+        x,
+        &format!("{}.out", norm.name),
+    )?;
+    Ok(activation_node(b, &norm.name, norm.activation, &y))
 }
 
 /// The graph inputs (`z`, and `label` for conditional models) and the latent the first layer
@@ -234,7 +343,7 @@ fn latent_as_image(b: &mut Builder, cfg: &ModelConfig, latent: &str) -> String {
     )
 }
 
-/// One layer: its transposed convolution (as `Gemm` + `Reshape` when `as_gemm`), BatchNorm
+/// One layer: its convolution (as `Gemm` + `Reshape` when `as_gemm`) with its bias, BatchNorm
 /// folded into it or as its own node, then the activation. Returns the block's output.
 fn layer_block(
     b: &mut Builder,
@@ -244,15 +353,15 @@ fn layer_block(
     input: &str,
     as_gemm: bool,
 ) -> Result<String> {
-    if layer.kind != ConvKind::ConvTranspose {
-        return Err(ExportError::Weights(
-            "generator layers must be transposed convolutions".into(),
-        ));
+    let name = &layer.name;
+    if layer.bias && layer.batch_norm {
+        return Err(ExportError::Weights(format!(
+            "layer `{name}` has both a bias and a BatchNorm (the spec never makes one)"
+        )));
     }
-    let i = layer.index;
     let w = values(tensors, &layer.weight_name())?;
-    let out = format!("layers.{i}.out");
-    // The weight [Ci, Co, k, k] read as [Ci, Co * k * k] by a Gemm.
+    let out = format!("{name}.out");
+    // A projection's weight [Ci, Co, k, k] read as [Ci, Co * k * k] by a Gemm.
     let weight_dims = if as_gemm {
         vec![
             layer.in_channels,
@@ -261,9 +370,14 @@ fn layer_block(
     } else {
         layer.weight_shape()
     };
+    let layout = match layer.kind {
+        ConvKind::ConvTranspose => WeightLayout::InOut,
+        ConvKind::Conv => WeightLayout::OutIn,
+    };
     let normalised = if layer.batch_norm && opts.fold_batchnorm {
         let folded = fold_batchnorm(
             &w,
+            layout,
             layer.in_channels,
             layer.out_channels,
             layer.kernel * layer.kernel,
@@ -274,53 +388,71 @@ fn layer_block(
             BN_EPS,
         );
         let wn = b.weight(
-            &format!("layers.{i}.weight_folded"),
+            &format!("{name}.weight_folded"),
             &weight_dims,
             &folded.weight,
         );
-        let bias = if as_gemm {
-            // Gemm adds its bias per output value: one per channel and pixel.
-            let k2 = layer.kernel * layer.kernel;
-            let per_pixel: Vec<f32> = folded
-                .bias
-                .iter()
-                .flat_map(|&v| std::iter::repeat_n(v, k2))
-                .collect();
-            b.weight(
-                &format!("layers.{i}.bias_folded_per_pixel"),
-                &[per_pixel.len()],
-                &per_pixel,
-            )
-        } else {
-            b.weight(
-                &format!("layers.{i}.bias_folded"),
-                &[layer.out_channels],
-                &folded.bias,
-            )
-        };
-        conv_node(b, layer, as_gemm, input, &wn, Some(&bias), &out)
-    } else {
-        let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
-        let conv = conv_node(
+        let bias = bias_initializer(
             b,
             layer,
             as_gemm,
-            input,
-            &wn,
-            None,
-            &format!("layers.{i}.conv"),
+            &format!("{name}.bias_folded"),
+            &folded.bias,
         );
+        conv_node(b, layer, as_gemm, input, &wn, Some(&bias), &out)
+    } else {
+        let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
+        let bias = match layer.bias {
+            true => {
+                let v = values(tensors, &layer.bias_name())?;
+                Some(bias_initializer(b, layer, as_gemm, &layer.bias_name(), &v))
+            }
+            false => None,
+        };
+        let conv_out = if layer.batch_norm {
+            format!("{name}.conv")
+        } else {
+            out.clone()
+        };
+        let conv = conv_node(b, layer, as_gemm, input, &wn, bias.as_deref(), &conv_out);
         if layer.batch_norm {
-            batch_norm_node(b, layer, tensors, &conv, &out)?
+            batch_norm_node(
+                b,
+                &format!("{name}.bn"),
+                layer.out_channels,
+                tensors,
+                &conv,
+                &out,
+            )?
         } else {
             conv
         }
     };
-    Ok(activation_node(b, layer, &normalised))
+    Ok(activation_node(b, name, layer.activation, &normalised))
 }
 
-/// The transposed convolution itself: `ConvTranspose`, or `Gemm` + `Reshape` for the
-/// projection from the latent.
+/// A per-channel bias as the convolution node takes it: one value per channel, or for a `Gemm`
+/// (which adds its bias per output value) one per channel and pixel, `k * k` values each.
+fn bias_initializer(
+    b: &mut Builder,
+    layer: &ConvLayer,
+    as_gemm: bool,
+    name: &str,
+    per_channel: &[f32],
+) -> String {
+    if !as_gemm {
+        return b.weight(name, &[layer.out_channels], per_channel);
+    }
+    let k2 = layer.kernel * layer.kernel;
+    let per_pixel: Vec<f32> = per_channel
+        .iter()
+        .flat_map(|&v| std::iter::repeat_n(v, k2))
+        .collect();
+    b.weight(&format!("{name}_per_pixel"), &[per_pixel.len()], &per_pixel)
+}
+
+/// The convolution itself: `Conv`, `ConvTranspose`, or `Gemm` + `Reshape` for the projection
+/// from the latent.
 fn conv_node(
     b: &mut Builder,
     layer: &ConvLayer,
@@ -330,21 +462,19 @@ fn conv_node(
     bias: Option<&str>,
     y: &str,
 ) -> String {
-    let i = layer.index;
+    let name = &layer.name;
     let mut ins = vec![x, w];
     ins.extend(bias);
     if !as_gemm {
-        return b.add(
-            "ConvTranspose",
-            &format!("layers.{i}.conv_transpose"),
-            &ins,
-            y,
-            conv_attrs(layer),
-        );
+        let (op, node) = match layer.kind {
+            ConvKind::Conv => ("Conv", format!("{name}.conv")),
+            ConvKind::ConvTranspose => ("ConvTranspose", format!("{name}.conv_transpose")),
+        };
+        return b.add(op, &node, &ins, y, conv_attrs(layer));
     }
-    let flat = format!("layers.{i}.projection");
-    b.add("Gemm", &format!("layers.{i}.gemm"), &ins, &flat, vec![]);
-    let shape = format!("layers.{i}.shape");
+    let flat = format!("{name}.projection");
+    b.add("Gemm", &format!("{name}.gemm"), &ins, &flat, vec![]);
+    let shape = format!("{name}.shape");
     b.initializers.push(i64_tensor(
         &shape,
         &[4],
@@ -357,49 +487,51 @@ fn conv_node(
     ));
     b.add(
         "Reshape",
-        &format!("layers.{i}.reshape"),
+        &format!("{name}.reshape"),
         &[&flat, &shape],
         y,
         vec![],
     )
 }
 
-/// An unfolded `BatchNormalization` node with the layer's four statistics tensors.
+/// An unfolded `BatchNormalization` node with the four statistics tensors `{prefix}.weight` ...
 fn batch_norm_node(
     b: &mut Builder,
-    layer: &ConvLayer,
+    prefix: &str,
+    channels: usize,
     tensors: &TensorMap,
     x: &str,
     y: &str,
 ) -> Result<String> {
-    let c = [layer.out_channels];
     let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
         .iter()
-        .map(|t| Ok(b.weight(&layer.bn_name(t), &c, &values(tensors, &layer.bn_name(t))?)))
+        .map(|t| {
+            let name = format!("{prefix}.{t}");
+            Ok(b.weight(&name, &[channels], &values(tensors, &name)?))
+        })
         .collect::<Result<_>>()?;
     let refs: Vec<&str> = std::iter::once(x)
         .chain(names.iter().map(String::as_str))
         .collect();
     Ok(b.add(
         "BatchNormalization",
-        &format!("layers.{}.batch_norm", layer.index),
+        &format!("{prefix}.batch_norm"),
         &refs,
         y,
         vec![Attr::Float("epsilon", BN_EPS as f32)],
     ))
 }
 
-/// The layer's activation node (none for the identity).
-fn activation_node(b: &mut Builder, layer: &ConvLayer, x: &str) -> String {
-    let i = layer.index;
-    let y = format!("layers.{i}.act");
-    match layer.activation {
+/// The activation node of the layer or norm `name` (none for the identity).
+fn activation_node(b: &mut Builder, name: &str, activation: Activation, x: &str) -> String {
+    let y = format!("{name}.act");
+    match activation {
         Activation::Identity => x.to_string(),
-        Activation::Relu => b.add("Relu", &format!("layers.{i}.relu"), &[x], &y, vec![]),
-        Activation::Tanh => b.add("Tanh", &format!("layers.{i}.tanh"), &[x], &y, vec![]),
+        Activation::Relu => b.add("Relu", &format!("{name}.relu"), &[x], &y, vec![]),
+        Activation::Tanh => b.add("Tanh", &format!("{name}.tanh"), &[x], &y, vec![]),
         Activation::LeakyRelu(alpha) => b.add(
             "LeakyRelu",
-            &format!("layers.{i}.leaky_relu"),
+            &format!("{name}.leaky_relu"),
             &[x],
             &y,
             vec![Attr::Float("alpha", alpha as f32)],

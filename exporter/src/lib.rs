@@ -37,8 +37,9 @@ pub const DEFAULT_OPSET: i64 = 17;
 /// Version of the `gantry.*` metadata contract.
 pub const METADATA_FORMAT_VERSION: &str = "1";
 /// Metadata keys every exported model carries, in the order they are written.
-pub const METADATA_KEYS: [&str; 12] = [
+pub const METADATA_KEYS: [&str; 13] = [
     "gantry.format_version",
+    "gantry.arch",
     "gantry.latent_dim",
     "gantry.image_size",
     "gantry.channels",
@@ -121,6 +122,7 @@ pub fn metadata(
     };
     vec![
         ("gantry.format_version", METADATA_FORMAT_VERSION.to_string()),
+        ("gantry.arch", cfg.arch.name().to_string()),
         ("gantry.latent_dim", cfg.latent_dim.to_string()),
         ("gantry.image_size", cfg.image_size.to_string()),
         ("gantry.channels", cfg.channels.to_string()),
@@ -184,8 +186,12 @@ pub fn build_model(
         domain: "ai.gantry".into(),
         model_version: ckpt.step() as i64,
         doc_string: format!(
-            "Gantry DCGAN generator {}x{}x{}, latent {}",
-            cfg.image_size, cfg.image_size, cfg.channels, cfg.latent_dim
+            "Gantry {} generator {}x{}x{}, latent {}",
+            cfg.arch.name(),
+            cfg.image_size,
+            cfg.image_size,
+            cfg.channels,
+            cfg.latent_dim
         ),
         graph: Some(graph),
         metadata_props: metadata(cfg, ckpt, opts, used_ema)

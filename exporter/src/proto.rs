@@ -91,6 +91,7 @@ pub enum Attr {
     Int(&'static str, i64),
     Ints(&'static str, Vec<i64>),
     Float(&'static str, f32),
+    Str(&'static str, &'static str),
 }
 
 /// A node with the given attributes.
@@ -120,6 +121,11 @@ pub fn node(
                     p.name = n.into();
                     p.r#type = AttributeType::Float as i32;
                     p.f = v;
+                }
+                Attr::Str(n, v) => {
+                    p.name = n.into();
+                    p.r#type = AttributeType::String as i32;
+                    p.s = v.as_bytes().to_vec();
                 }
             }
             p

@@ -15,10 +15,53 @@ pub const MAX_DIM: usize = 65_536;
 /// that size.
 pub const DEFAULT_LABEL_EMBED_DIM: usize = 0;
 
-/// Hyper-parameters that fix the shapes of a DCGAN pair. The default is the DCGAN of the paper
+/// The family of networks a pair belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// DCGAN (Radford et al. 2015): transposed convolutions, 4x4 kernels.
+    #[default]
+    Dcgan,
+    /// The SNGAN CIFAR ResNet (Miyato et al. 2018): residual blocks of 3x3 convolutions.
+    Resnet,
+}
+
+impl Arch {
+    /// The name used in flags and files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dcgan => "dcgan",
+            Self::Resnet => "resnet",
+        }
+    }
+}
+
+impl std::str::FromStr for Arch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dcgan" => Ok(Self::Dcgan),
+            "resnet" => Ok(Self::Resnet),
+            other => Err(format!(
+                "unknown architecture `{other}` (expected dcgan or resnet)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Hyper-parameters that fix the shapes of a GAN pair. The default is the DCGAN of the paper
 /// (latent 100, widths 64) for 32x32 grey images (MNIST padded to 32, the trainer's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelConfig {
+    /// The architecture (checkpoints written before there was a choice are DCGAN).
+    #[serde(default)]
+    pub arch: Arch,
     /// Length of the latent vector `z`.
     pub latent_dim: usize,
     /// Side of the square images (a power of two, 16..=256).
@@ -50,6 +93,7 @@ fn default_label_embed_dim() -> usize {
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Dcgan,
             latent_dim: 100,
             image_size: 32,
             channels: 1,

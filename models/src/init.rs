@@ -1,14 +1,15 @@
-//! Seeded DCGAN weight initialisation: conv weights N(0, 0.02), BatchNorm gamma N(1, 0.02), beta 0,
-//! running mean 0, running variance 1, learned label embeddings N(0, 1), one-hot label tables the
-//! identity.
+//! Seeded weight initialisation, each tensor as its spec says (DCGAN: conv weights N(0, 0.02),
+//! BatchNorm gamma N(1, 0.02); ResNet: Xavier-uniform weights, gamma 1; both: beta 0, running
+//! mean 0, running variance 1, learned label embeddings N(0, 1), one-hot label tables the
+//! identity).
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+use rand_distr::{Distribution, Normal, Uniform};
 
 use crate::error::Result;
-use crate::spec::{NetworkSpec, TensorRole};
+use crate::spec::{Init, NetworkSpec};
 use crate::tensors::TensorMap;
 
 /// A reproducible random stream for `(seed, purpose)`: the same pair always yields the same numbers,
@@ -32,28 +33,27 @@ pub fn normal_vec(rng: &mut ChaCha8Rng, n: usize, mean: f32, std: f32) -> Vec<f3
     (0..n).map(|_| dist.sample(rng)).collect()
 }
 
-/// Fresh DCGAN weights for every tensor of `spec`, drawn from streams named `{prefix}.{tensor}`.
+/// Fresh weights for every tensor of `spec`, each drawn as its [`Init`] says from the stream
+/// named `{prefix}.{tensor}`.
 pub fn init_tensors(spec: &NetworkSpec, prefix: &str, seed: u64) -> Result<TensorMap> {
     let mut map = TensorMap::new();
     for t in spec.tensors() {
         let n: usize = t.shape.iter().product();
         let mut rng = rng_for(seed, &format!("{prefix}.{}", t.name));
-        let data = match (t.role, t.name.rsplit('.').next().unwrap_or("")) {
-            (TensorRole::Buffer, _) if t.name == "label_embedding.weight" => {
-                // A fixed one-hot code: the identity table.
+        let data = match t.init {
+            Init::Normal { mean, std } => normal_vec(&mut rng, n, mean, std),
+            Init::Uniform { bound } => {
+                let dist = Uniform::new_inclusive(-bound, bound).expect("bound is finite");
+                (0..n).map(|_| dist.sample(&mut rng)).collect()
+            }
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Identity => {
                 let k = t.shape[0];
                 (0..n)
                     .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
                     .collect()
             }
-            (TensorRole::Buffer, "running_var") => vec![1.0; n],
-            // Spectral normalisation's vector: a random direction (power iteration normalises).
-            (TensorRole::Buffer, "weight_u") => normal_vec(&mut rng, n, 0.0, 1.0),
-            (TensorRole::Buffer, _) => vec![0.0; n],
-            (_, "bias") => vec![0.0; n],
-            (_, "weight") if t.name.contains(".bn.") => normal_vec(&mut rng, n, 1.0, 0.02),
-            _ if t.name == "label_embedding.weight" => normal_vec(&mut rng, n, 0.0, 1.0),
-            _ => normal_vec(&mut rng, n, 0.0, 0.02),
         };
         map.insert(t.name, Tensor::from_vec(data, t.shape, &Device::Cpu)?);
     }

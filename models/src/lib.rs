@@ -1,4 +1,5 @@
-//! Gantry's models: the DCGAN generator and discriminator (Radford et al. 2015) in candle.
+//! Gantry's models: the DCGAN (Radford et al. 2015) and SNGAN ResNet (Miyato et al. 2018)
+//! generators and discriminators in candle.
 //!
 //! One [`spec`] describes the layers; the candle networks here and the ONNX graph in
 //! `gantry-exporter` are both built from it. Checkpoints ([`checkpoint`]) hold the weights,
@@ -25,7 +26,7 @@ pub use checkpoint::{
     resolve_checkpoint, resolve_run_checkpoint, Checkpoint, CheckpointMeta, RunCheckpoint,
     TrainerState,
 };
-pub use config::ModelConfig;
+pub use config::{Arch, ModelConfig};
 pub use error::{ConfigField, ModelError, Result};
 pub use gan::{cycling_labels, labels_tensor, Discriminator, Generator};
 pub use gantry_kernels::{profile, Backend, Kernels};

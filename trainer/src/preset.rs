@@ -4,13 +4,16 @@
 //! `gantry` (the default) is the recipe chosen by the quality benchmark (docs/quality.md):
 //! spectral normalisation of D, which lets both networks learn at twice the paper's rate
 //! (Adam lr 4e-4), and an exponential moving average of G (decay 0.999). `dcgan` is the DCGAN
-//! paper's recipe as the PyTorch example trains it: lr 2e-4, neither.
+//! paper's recipe as the PyTorch example trains it: lr 2e-4, neither. `sngan` is the recipe of
+//! Miyato et al. 2018 for their ResNets: hinge loss, spectral norm, five D updates per G
+//! update, Adam lr 2e-4 with betas (0, 0.9), plus Gantry's EMA.
 
 use std::fmt;
 use std::str::FromStr;
 
 use gantry_models::ModelConfig;
 
+use crate::loss::LossKind;
 use crate::TrainConfig;
 
 /// A named training recipe.
@@ -21,13 +24,16 @@ pub enum Preset {
     Gantry,
     /// The DCGAN paper's recipe (Radford et al. 2015): Adam lr 2e-4, no spectral norm, no EMA.
     Dcgan,
+    /// SNGAN's recipe (Miyato et al. 2018): hinge loss, spectral norm, 5 D steps per G step,
+    /// Adam lr 2e-4 and betas (0, 0.9); with an EMA of G (decay 0.999).
+    Sngan,
 }
 
 impl Preset {
     /// The EMA decay of G under this recipe (`None`: no average).
     pub fn ema(self) -> Option<f64> {
         match self {
-            Self::Gantry => Some(0.999),
+            Self::Gantry | Self::Sngan => Some(0.999),
             Self::Dcgan => None,
         }
     }
@@ -36,14 +42,38 @@ impl Preset {
     pub fn lr(self) -> f64 {
         match self {
             Self::Gantry => 4e-4,
-            Self::Dcgan => 2e-4,
+            Self::Dcgan | Self::Sngan => 2e-4,
+        }
+    }
+
+    /// Adam's (beta1, beta2) under this recipe.
+    pub fn betas(self) -> (f64, f64) {
+        match self {
+            Self::Gantry | Self::Dcgan => (0.5, 0.999),
+            Self::Sngan => (0.0, 0.9),
+        }
+    }
+
+    /// The adversarial loss under this recipe.
+    pub fn loss(self) -> LossKind {
+        match self {
+            Self::Gantry | Self::Dcgan => LossKind::default(),
+            Self::Sngan => LossKind::Hinge,
+        }
+    }
+
+    /// Discriminator updates per generator update under this recipe.
+    pub fn d_steps(self) -> usize {
+        match self {
+            Self::Gantry | Self::Dcgan => 1,
+            Self::Sngan => 5,
         }
     }
 
     /// Whether D's convolutions are spectrally normalised under this recipe.
     pub fn spectral_norm(self) -> bool {
         match self {
-            Self::Gantry => true,
+            Self::Gantry | Self::Sngan => true,
             Self::Dcgan => false,
         }
     }
@@ -55,8 +85,9 @@ impl FromStr for Preset {
         match s {
             "gantry" => Ok(Self::Gantry),
             "dcgan" => Ok(Self::Dcgan),
+            "sngan" => Ok(Self::Sngan),
             other => Err(format!(
-                "unknown preset `{other}` (expected gantry or dcgan)"
+                "unknown preset `{other}` (expected gantry, dcgan or sngan)"
             )),
         }
     }
@@ -67,6 +98,7 @@ impl fmt::Display for Preset {
         f.write_str(match self {
             Self::Gantry => "gantry",
             Self::Dcgan => "dcgan",
+            Self::Sngan => "sngan",
         })
     }
 }
@@ -78,10 +110,11 @@ pub fn describe_recipe(config: &TrainConfig, model: &ModelConfig) -> String {
         format!("{gamma} every {} steps", config.r1_every)
     });
     format!(
-        "loss {}, spectral norm {}, EMA {ema}, DiffAugment {}, R1 {r1}, Adam lr G {} D {} betas ({}, {})",
+        "loss {}, spectral norm {}, EMA {ema}, DiffAugment {}, R1 {r1}, D steps {}, Adam lr G {} D {} betas ({}, {})",
         config.loss,
         if model.spectral_norm { "on" } else { "off" },
         config.augment,
+        config.d_steps,
         config.adam.lr,
         config.adam_d().lr,
         config.adam.beta1,
@@ -95,7 +128,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_the_recipes_differ_where_documented() {
-        for preset in [Preset::Gantry, Preset::Dcgan] {
+        for preset in [Preset::Gantry, Preset::Dcgan, Preset::Sngan] {
             assert_eq!(preset.to_string().parse::<Preset>(), Ok(preset));
         }
         assert_eq!(Preset::default(), Preset::Gantry);
@@ -105,6 +138,16 @@ mod tests {
         assert_eq!(Preset::Dcgan.lr(), crate::TrainConfig::default().adam.lr);
         assert_eq!(Preset::Dcgan.ema(), None);
         assert!(!Preset::Dcgan.spectral_norm());
+        assert_eq!(Preset::Dcgan.betas(), (0.5, 0.999));
+        assert_eq!(
+            (
+                Preset::Sngan.loss(),
+                Preset::Sngan.d_steps(),
+                Preset::Sngan.betas()
+            ),
+            (LossKind::Hinge, 5, (0.0, 0.9))
+        );
+        assert!(Preset::Sngan.spectral_norm());
         let err = "wgan".parse::<Preset>().unwrap_err();
         assert!(err.contains("wgan"), "{err}");
     }

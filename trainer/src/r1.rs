@@ -90,7 +90,12 @@ mod tests {
         let value = p.to_scalar::<f64>().unwrap();
         assert!(value.is_finite() && value > 0.0, "{value}");
         let grads = p.backward().unwrap();
-        let weights: Vec<Var> = d.net.blocks.iter().map(|b| b.weight.clone()).collect();
+        let weights: Vec<Var> = d
+            .net
+            .conv_blocks()
+            .into_iter()
+            .map(|b| b.weight.clone())
+            .collect();
         for (layer, w) in weights.iter().enumerate() {
             let analytic = grads
                 .get(w.as_tensor())

@@ -225,6 +225,7 @@ pub fn zip_eq<A: IntoIterator, B: IntoIterator>(
 /// A small model configuration for fast tests.
 pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize>) -> ModelConfig {
     ModelConfig {
+        arch: gantry_models::Arch::Dcgan,
         latent_dim: 16,
         image_size,
         channels,
@@ -233,6 +234,20 @@ pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize
         num_classes,
         label_embed_dim: 4,
         spectral_norm: false,
+    }
+}
+
+/// A small ResNet configuration for fast tests (8-channel blocks).
+pub fn tiny_resnet_config(
+    image_size: usize,
+    channels: usize,
+    num_classes: Option<usize>,
+) -> ModelConfig {
+    ModelConfig {
+        arch: gantry_models::Arch::Resnet,
+        g_width: 2,
+        d_width: 4,
+        ..tiny_config(image_size, channels, num_classes)
     }
 }
 
@@ -249,7 +264,8 @@ pub fn trained_like_generator(cfg: &ModelConfig, seed: u64) -> TensorMap {
                 .iter()
                 .map(|x| 0.2 + x.abs())
                 .collect()
-        } else if name.ends_with("running_mean") || name.ends_with("bn.bias") {
+        } else if name.ends_with("running_mean") || (name.ends_with(".bias") && name.contains("bn"))
+        {
             normal_vec(&mut rng, n, 0.0, 0.3)
         } else {
             continue;

@@ -79,6 +79,7 @@ fn train_export_generate_gives_the_trained_generators_images() {
         ("gantry.precision", "fp32"),
         ("gantry.batchnorm_folded", "true"),
         ("gantry.weights", "ema"),
+        ("gantry.arch", "dcgan"),
     ] {
         assert_eq!(meta.get(key).map(String::as_str), Some(value), "{key}");
     }

@@ -8,5 +8,6 @@ mod export_parity;
 mod golden_step;
 mod inception_metrics;
 mod properties;
+mod resnet_reference;
 mod runtime_library;
 mod training;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
-use gantry_models::{Kernels, ModelConfig};
+use gantry_models::{Arch, Kernels, ModelConfig};
 use gantry_runtime::ProviderChoice;
 use gantry_trainer::augment::Augment;
 use gantry_trainer::data::{DatasetKind, Fit};
@@ -25,7 +25,11 @@ fn model_defaults() -> ModelConfig {
 }
 
 #[derive(Parser)]
-#[command(name = "trainer", version, about = "Train DCGAN generators for Gantry")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Train GAN generators (DCGAN, SNGAN ResNet) for Gantry"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,7 +37,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train (or resume training) a DCGAN on a data set.
+    /// Train (or resume training) a GAN (DCGAN or SNGAN ResNet) on a data set.
     Train(Box<TrainArgs>),
     /// Time training steps on synthetic data (img/s), optionally with a per-layer breakdown.
     Bench(BenchArgs),
@@ -103,12 +107,17 @@ pub struct RunArgs {
     /// D's Adam learning rate, for a two time-scale update (TTUR) [default: --lr].
     #[arg(long, value_name = "LR", allow_negative_numbers = true)]
     pub lr_d: Option<f64>,
-    /// Adam beta1.
-    #[arg(long, default_value_t = defaults().adam.beta1, allow_negative_numbers = true)]
-    pub beta1: f64,
-    /// Adam beta2.
-    #[arg(long, default_value_t = defaults().adam.beta2, allow_negative_numbers = true)]
-    pub beta2: f64,
+    /// Adam beta1 [default: the preset's: 0.5; sngan 0].
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta1: Option<f64>,
+    /// Adam beta2 [default: the preset's: 0.999; sngan 0.9].
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta2: Option<f64>,
+    /// Network architecture: dcgan (Radford et al.: transposed 4x4 convolutions) or resnet (the
+    /// SNGAN ResNet: residual blocks of 3x3 convolutions, 32 px and up; its blocks have
+    /// 4 * --g-width and 2 * --d-width channels).
+    #[arg(long, default_value_t = model_defaults().arch)]
+    pub arch: Arch,
     /// Latent size.
     #[arg(long, default_value_t = model_defaults().latent_dim)]
     pub latent_dim: usize,
@@ -118,12 +127,19 @@ pub struct RunArgs {
     /// Discriminator width (ndf).
     #[arg(long, default_value_t = model_defaults().d_width)]
     pub d_width: usize,
-    /// Adversarial loss: bce (non-saturating, on logits) or hinge.
-    #[arg(long, default_value_t = defaults().loss)]
-    pub loss: LossKind,
-    /// Training recipe whose defaults apply to --lr, --ema and --spectral-norm when they are not
-    /// given: gantry (spectral norm, lr 4e-4, EMA 0.999; chosen by measurement, docs/quality.md)
-    /// or dcgan (the DCGAN paper's recipe: lr 2e-4, no spectral norm, no EMA).
+    /// Adversarial loss: bce (non-saturating, on logits) or hinge [default: the preset's: bce;
+    /// sngan hinge].
+    #[arg(long)]
+    pub loss: Option<LossKind>,
+    /// Discriminator updates per generator update, each on its own batch [default: the
+    /// preset's: 1; sngan 5].
+    #[arg(long)]
+    pub d_steps: Option<usize>,
+    /// Training recipe whose defaults apply to --lr, --beta1, --beta2, --loss, --d-steps, --ema
+    /// and --spectral-norm when they are not given: gantry (spectral norm, lr 4e-4, EMA 0.999;
+    /// chosen by measurement, docs/quality.md), dcgan (the DCGAN paper's recipe: lr 2e-4, no
+    /// spectral norm, no EMA) or sngan (Miyato et al.: hinge, spectral norm, 5 D steps, lr 2e-4,
+    /// betas (0, 0.9); with EMA 0.999).
     #[arg(long, default_value_t = Preset::default())]
     pub preset: Preset,
     /// Exponential moving average of G with this decay (e.g. 0.999), used for samples and export,
@@ -275,9 +291,11 @@ impl TrainArgs {
         config.seed = run.seed;
         config.adam.lr = run.lr.unwrap_or(run.preset.lr());
         config.lr_d = run.lr_d;
-        config.adam.beta1 = run.beta1;
-        config.adam.beta2 = run.beta2;
-        config.loss = run.loss;
+        let (beta1, beta2) = run.preset.betas();
+        config.adam.beta1 = run.beta1.unwrap_or(beta1);
+        config.adam.beta2 = run.beta2.unwrap_or(beta2);
+        config.loss = run.loss.unwrap_or(run.preset.loss());
+        config.d_steps = run.d_steps.unwrap_or(run.preset.d_steps());
         config.ema = run.ema.map_or(run.preset.ema(), |ema| ema.0);
         config.conditional = run.conditional;
         config.augment = run.augment;
@@ -296,6 +314,7 @@ impl TrainArgs {
     /// The fresh run's model (the class count comes from the data for conditional runs).
     pub fn model_config(&self, dataset: DatasetKind) -> ModelConfig {
         ModelConfig {
+            arch: self.run.arch,
             latent_dim: self.run.latent_dim,
             image_size: self.run.image_size,
             channels: self.run.channels.unwrap_or(dataset.default_channels()),

@@ -19,6 +19,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::LearningRate => "--lr",
         Setting::DiscriminatorLearningRate => "--lr-d",
         Setting::Beta1 => "--beta1",
+        Setting::DSteps => "--d-steps",
         Setting::Beta2 => "--beta2",
         Setting::LatentDim => "--latent-dim",
         Setting::GeneratorWidth => "--g-width",

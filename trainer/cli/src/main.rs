@@ -182,13 +182,14 @@ fn train(args: &TrainArgs, matches: &ArgMatches) -> anyhow::Result<()> {
                 t.total_steps()
             ),
             None => eprintln!(
-                "training {}x{}x{} DCGAN on {} ({} images, {} steps/epoch) for {} steps into {out}",
+                "training {}x{}x{} {} on {} ({} images, {} steps/epoch) for {} steps into {out}",
                 t.model().image_size,
                 t.model().image_size,
                 t.model().channels,
+                t.model().arch,
                 t.data().name,
                 t.data().len(),
-                t.batches_per_epoch(),
+                t.batches_per_epoch().div_ceil(t.config().d_steps.max(1)),
                 t.total_steps()
             ),
         }

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use gantry_models::init::{normal_vec, rng_for};
 use gantry_models::network::Network;
 use gantry_models::spec::{
-    Activation, ConvKind, ConvLayer, NetworkSpec, TensorRole, TensorSpec, LEAKY_RELU_SLOPE,
+    Activation, ConvKind, ConvLayer, Init, NetworkSpec, TensorRole, TensorSpec, LEAKY_RELU_SLOPE,
 };
 use gantry_models::tensors::{read_safetensors_with_metadata, safetensors_bytes, TensorMap};
 use gantry_models::{Adam, AdamConfig};
@@ -52,7 +52,7 @@ fn conv_spec(image_size: usize, channels: usize) -> NetworkSpec {
     for i in 0..stages {
         let out = BASE_WIDTH << i;
         layers.push(ConvLayer {
-            index: i,
+            name: ConvLayer::numbered(i),
             kind: ConvKind::Conv,
             in_channels: c,
             out_channels: out,
@@ -64,18 +64,19 @@ fn conv_spec(image_size: usize, channels: usize) -> NetworkSpec {
             batch_norm: false,
             activation: Activation::LeakyRelu(LEAKY_RELU_SLOPE),
             spectral_norm: false,
+            bias: false,
+            // Drawn by this module's own He-normal `init`, not by the spec's.
+            init: Init::Zeros,
+            bn_gain_init: Init::Ones,
         });
         c = out;
         size /= 2;
     }
-    NetworkSpec {
-        layers,
-        conditioning: None,
-    }
+    NetworkSpec::sequential(layers, None)
 }
 
 fn head_shapes(spec: &NetworkSpec, classes: usize) -> [(String, Vec<usize>); 4] {
-    let flat = spec.layers.last().map_or(0, |l| l.out_channels * 16);
+    let flat = spec.conv_layers().last().map_or(0, |l| l.out_channels * 16);
     [
         ("fc1.weight".into(), vec![FEATURE_DIM, flat]),
         ("fc1.bias".into(), vec![FEATURE_DIM]),
@@ -139,9 +140,7 @@ impl Classifier {
 
     /// Features `[N, 128]` and logits `[N, classes]` of NCHW images in [-1, 1].
     pub fn forward(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self
-            .convs
-            .forward_blocks(images, &self.convs.blocks, true, false)?;
+        let h = self.convs.forward(images, true, false)?;
         let h = h.flatten_from(1)?;
         let features = h
             .matmul(&self.fc1.0.as_tensor().t()?)?

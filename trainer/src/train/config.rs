@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub lr_d: Option<f64>,
     #[serde(default)]
     pub loss: LossKind,
+    /// Discriminator updates per generator update, each on its own batch (SNGAN: 5). A step is
+    /// one generator update, so a step reads `d_steps` batches.
+    #[serde(default = "one")]
+    pub d_steps: usize,
     /// Decay of the generator's exponential moving average; `None` keeps no EMA.
     #[serde(default)]
     pub ema: Option<f64>,
@@ -69,6 +73,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub eval_metric: EvalMetric,
 }
+
+/// Most discriminator updates per generator update.
+pub const MAX_D_STEPS: usize = 100;
 
 fn r1_every() -> u64 {
     crate::r1::DEFAULT_EVERY
@@ -107,6 +114,7 @@ impl TrainConfig {
             seed: 0,
             adam: AdamConfig::default(),
             loss: LossKind::default(),
+            d_steps: 1,
             lr_d: None,
             ema: None,
             conditional: false,
@@ -155,6 +163,12 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return bad(Setting::Epochs, "must be at least 1, got 0".into());
+        }
+        if !(1..=MAX_D_STEPS).contains(&self.d_steps) {
+            return bad(
+                Setting::DSteps,
+                format!("must be between 1 and {MAX_D_STEPS}, got {}", self.d_steps),
+            );
         }
         if self.max_steps == Some(0) {
             return bad(Setting::MaxSteps, "must be at least 1, got 0".into());
@@ -214,9 +228,11 @@ impl TrainConfig {
         }
     }
 
-    /// Total steps of the run given the number of batches per epoch.
+    /// Total steps of the run given the number of batches per epoch: each step reads
+    /// `d_steps` batches, so `epochs` passes take `epochs * batches / d_steps` steps (rounded up).
     pub fn total_steps(&self, batches_per_epoch: usize) -> u64 {
-        let by_epochs = self.epochs.saturating_mul(batches_per_epoch as u64);
+        let batches = self.epochs.saturating_mul(batches_per_epoch as u64);
+        let by_epochs = batches.div_ceil(self.d_steps.max(1) as u64);
         self.max_steps.map_or(by_epochs, |m| m.min(by_epochs))
     }
 }
@@ -241,6 +257,8 @@ mod tests {
         let cases: Vec<(Change, Setting)> = vec![
             (|c| c.batch_size = 1, Setting::BatchSize),
             (|c| c.epochs = 0, Setting::Epochs),
+            (|c| c.d_steps = 0, Setting::DSteps),
+            (|c| c.d_steps = 101, Setting::DSteps),
             (|c| c.accumulate = 0, Setting::Accumulate),
             (|c| c.accumulate = 65, Setting::Accumulate),
             (|c| c.max_steps = Some(0), Setting::MaxSteps),

@@ -1,6 +1,7 @@
 //! The GAN training state machine: one [`Trainer::step`] ([`Networks::train_step`] on the next
-//! batch) is one discriminator update on a real and a detached fake batch, then one generator
-//! update through the freshly updated discriminator. Everything random comes from `(seed, purpose)` streams, so a run resumed from
+//! batch) is one discriminator update on a real and a detached fake batch (`--d-steps N`: N of
+//! them, each on its own batch), then one generator update through the freshly updated
+//! discriminator. Everything random comes from `(seed, purpose)` streams, so a run resumed from
 //! a checkpoint continues exactly as an uninterrupted one would.
 
 pub mod config;
@@ -292,22 +293,22 @@ impl Trainer {
         &self.device
     }
 
-    /// One training step on the next batch of the data order; returns its metrics. On a NaN or
-    /// infinite loss nothing is written and the error says at which step.
+    /// One training step on the next batch of the data order (`d_steps` batches: the extra D
+    /// updates' first); returns its metrics. On a NaN or infinite loss nothing is written and the
+    /// error says at which step.
     pub fn step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let step = self.state.step;
-        let indices = self
-            .order
-            .batch(&self.permutation, self.state.batch_in_epoch as usize)
-            .to_vec();
-        let z = latents(
-            self.config.seed,
-            &format!("latent/step-{step}"),
-            indices.len(),
-            self.model.latent_dim,
-            &self.device,
-        )?;
+        // `--d-steps N`: N - 1 extra D updates, each on the next batch and its own latents.
+        let mut extra_d = Vec::with_capacity(self.config.d_steps.saturating_sub(1));
+        let mut images = 0;
+        for round in 1..self.config.d_steps {
+            let (indices, z) = self.next_batch(&format!("latent/step-{step}/d-{round}"))?;
+            images += indices.len();
+            extra_d.push(self.shards(&indices, &z)?);
+        }
+        let (indices, z) = self.next_batch(&format!("latent/step-{step}"))?;
+        images += indices.len();
         let mut shards = self.shards(&indices, &z)?;
         let rank = self.collective.rank();
         if faults::injected(Fault::Nan, rank, step + 1) {
@@ -321,15 +322,19 @@ impl Trainer {
             augment: Some((self.config.augment, self.config.seed)),
             r1: self.config.r1.map(|gamma| (gamma, self.config.r1_every)),
         };
-        let losses =
-            self.nets
-                .train_step_sharded(&shards, options, step, self.collective.as_ref())?;
+        let losses = self.nets.train_step_with_extra_d(
+            &extra_d,
+            &shards,
+            options,
+            step,
+            self.collective.as_ref(),
+        )?;
         if faults::injected(Fault::Drift, rank, step + 1) {
             if let Some(first) = self.nets.opt_g.params().next() {
                 first.set(&(first.as_tensor() + 1e-3)?)?;
             }
         }
-        self.advance();
+        self.state.step += 1;
         let seconds = start.elapsed().as_secs_f64();
         self.state.elapsed_seconds += seconds;
         Ok(StepMetrics {
@@ -339,7 +344,7 @@ impl Trainer {
             loss_g: losses.loss_g,
             d_real: losses.d_real,
             d_fake: losses.d_fake,
-            img_per_sec: (indices.len() as f64 / seconds) as f32,
+            img_per_sec: (images as f64 / seconds) as f32,
             seconds: self.state.elapsed_seconds,
             lr_d: self.nets.opt_d.config.lr,
             lr_g: self.nets.opt_g.config.lr,
@@ -391,8 +396,26 @@ impl Trainer {
         Ok(shards)
     }
 
-    fn advance(&mut self) {
-        self.state.step += 1;
+    /// The global batch at the current data position with latents from the stream `purpose`;
+    /// the position moves on by one batch.
+    fn next_batch(&mut self, purpose: &str) -> Result<(Vec<usize>, Tensor)> {
+        let indices = self
+            .order
+            .batch(&self.permutation, self.state.batch_in_epoch as usize)
+            .to_vec();
+        let z = latents(
+            self.config.seed,
+            purpose,
+            indices.len(),
+            self.model.latent_dim,
+            &self.device,
+        )?;
+        self.advance_batch();
+        Ok((indices, z))
+    }
+
+    /// Moves the data position on by one batch (to the next epoch's order at the end of one).
+    fn advance_batch(&mut self) {
         self.state.batch_in_epoch += 1;
         if self.state.batch_in_epoch as usize >= self.batches_per_epoch() {
             self.state.epoch += 1;

@@ -259,6 +259,22 @@ impl Networks {
         step: u64,
         collective: &dyn Collective,
     ) -> Result<StepLosses> {
+        self.train_step_with_extra_d(&[], shards, options, step, collective)
+    }
+
+    /// [`Networks::train_step_sharded`] preceded by one more D update on each batch of
+    /// `extra_d` (`--d-steps N`: N - 1 extra updates, each on its own real batch and latents,
+    /// before the usual one on `shards`, whose fakes G's update then uses). The scalars are the
+    /// last D update's; R1 applies to the last D update of its steps; a non-finite gradient in
+    /// any of the updates fails the step.
+    pub fn train_step_with_extra_d(
+        &mut self,
+        extra_d: &[Vec<Shard>],
+        shards: &[Shard],
+        options: StepOptions,
+        step: u64,
+        collective: &dyn Collective,
+    ) -> Result<StepLosses> {
         // Lazy R1: on every `every`-th step, weighted by `every` (gamma / 2 * every * penalty).
         let r1_weight = match options.r1 {
             Some((gamma, every)) if step % every.max(1) == 0 => Some(gamma / 2.0 * every as f64),
@@ -269,9 +285,29 @@ impl Networks {
             None => Device::Cpu,
         };
         let mut sync = Duration::ZERO;
-        let d = self.discriminator_update(
-            shards, &options, step, r1_weight, collective, &device, &mut sync,
+        let mut extra_finite = true;
+        for (round, d_shards) in extra_d.iter().enumerate() {
+            let pass = self.discriminator_update(
+                d_shards,
+                &options,
+                (step, Some(round)),
+                None,
+                collective,
+                &device,
+                &mut sync,
+            )?;
+            extra_finite &= pass.grads_finite;
+        }
+        let mut d = self.discriminator_update(
+            shards,
+            &options,
+            (step, None),
+            r1_weight,
+            collective,
+            &device,
+            &mut sync,
         )?;
+        d.grads_finite &= extra_finite;
         let (losses_g, g_grads_finite) = self.generator_update(
             shards, &d.fakes, &options, step, collective, &device, &mut sync,
         )?;
@@ -296,19 +332,25 @@ impl Networks {
 
     /// D's update: per shard `G(z)`, D on the (augmented) real and detached fake images, the
     /// loss (plus the R1 penalty on its steps) scaled by the shard's share, backward; the
-    /// gradients summed over shards and ranks; one Adam step.
+    /// gradients summed over shards and ranks; one Adam step. `at` is the step and, for the
+    /// extra updates of `--d-steps`, which one (it names their augmentation draws).
     #[allow(clippy::too_many_arguments)]
     fn discriminator_update(
         &mut self,
         shards: &[Shard],
         options: &StepOptions,
-        step: u64,
+        at: (u64, Option<usize>),
         r1_weight: Option<f64>,
         collective: &dyn Collective,
         device: &Device,
         sync: &mut Duration,
     ) -> Result<DiscriminatorPass> {
         let (loss, augment) = (options.loss, options.augment);
+        let (step, round) = at;
+        let purpose = |what: &str| match round {
+            Some(r) => format!("d{r}-{what}"),
+            None => what.to_string(),
+        };
         phase(device, "0 D power iteration", || {
             self.discriminator.power_iteration()
         })?;
@@ -321,9 +363,9 @@ impl Networks {
                 self.generator.forward(&shard.z, labels, true)
             })?;
             let (real, d_real, d_fake, loss_d) = phase(device, "2 D forward (real, fake)", || {
-                let real = augmented(augment, step, &shard.real, shard, "real")?;
+                let real = augmented(augment, step, &shard.real, shard, &purpose("real"))?;
                 let d_real = self.discriminator.forward(&real, labels, true)?;
-                let fake = augmented(augment, step, &fake.detach(), shard, "fake")?;
+                let fake = augmented(augment, step, &fake.detach(), shard, &purpose("fake"))?;
                 let d_fake = self.discriminator.forward(&fake, labels, true)?;
                 let loss_d = loss.discriminator(&d_real, &d_fake)?;
                 Ok::<_, TrainError>((real, d_real, d_fake, loss_d))

@@ -450,3 +450,137 @@ fn r1_through_the_cli_is_logged_on_its_steps_and_changes_the_discriminator() {
         "--r1 did not change D's parameters: G trained as without it"
     );
 }
+
+/// `--arch resnet --preset sngan` trains the SNGAN ResNet with SNGAN's recipe (hinge, 5 D steps
+/// per G step, each on its own batch, betas (0, 0.9), lr 2e-4), stores both in config.json, and
+/// resumed halfway (past an epoch boundary inside a step) ends bit-identical to a straight run;
+/// settings the networks cannot take are refused by flag before any folder is made.
+#[test]
+fn resnet_with_the_sngan_preset_trains_resumes_bit_exactly_and_refuses_bad_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let args = |out: &Path, steps: &'static str, extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            ds,
+            "--fit",
+            "pad",
+            "--arch",
+            "resnet",
+            "--preset",
+            "sngan",
+            "--image-size",
+            "32",
+            "--g-width",
+            "2",
+            "--d-width",
+            "4",
+            "--latent-dim",
+            "16",
+            "--batch-size",
+            "8",
+            "--sample-every",
+            "0",
+            "--checkpoint-every",
+            "0",
+            "--max-steps",
+            steps,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.push("--out".into());
+        a.push(out.to_str().unwrap().into());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| trainer(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (straight, split) = (tmp.path().join("straight"), tmp.path().join("split"));
+    let o = run(args(&straight, "4", &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("loss hinge, spectral norm on, EMA 0.999"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("D steps 5"), "{}", stderr(&o));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("final/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model"]["arch"], "resnet");
+    let training = &config["training"];
+    assert_eq!(training["d_steps"], 5);
+    assert_eq!(training["loss"], "hinge");
+    assert_eq!(
+        (
+            training["adam"]["beta1"].as_f64(),
+            training["adam"]["beta2"].as_f64()
+        ),
+        (Some(0.0), Some(0.9))
+    );
+    // 64 images in batches of 8: 4 steps of 5 batches read 2 epochs and 4 batches.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(straight.join("final/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&state["step"], &state["epoch"], &state["batch_in_epoch"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(2),
+            &serde_json::json!(4)
+        ),
+        "{state}"
+    );
+    let o = run(args(&split, "2", &[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = trainer(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--max-steps",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for ((name, x), (_, y)) in zip_eq(
+        &weight_files(&straight.join("final")),
+        &weight_files(&split.join("final")),
+    ) {
+        assert!(x == y, "{name} differs after the resume");
+    }
+    let bad = tmp.path().join("bad");
+    let replaced = |from: &str, to: &str| {
+        let mut a = args(&bad, "1", &[]);
+        let at = a.iter().position(|x| x == from).unwrap();
+        a[at] = to.into();
+        a
+    };
+    for (a, named) in [
+        (args(&bad, "1", &["--d-steps", "0"]), "--d-steps"),
+        (replaced("resnet", "vgg"), "vgg"),
+        (replaced("32", "16"), "--image-size"),
+    ] {
+        let o = run(a);
+        assert!(!o.status.success(), "{named} was accepted");
+        let err = stderr(&o);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error:") && first.contains(named),
+            "{named}: {err}"
+        );
+        assert!(!bad.exists(), "{named} wrote {}", bad.display());
+    }
+    let o = trainer(&[
+        "train",
+        "--resume",
+        split.to_str().unwrap(),
+        "--arch",
+        "dcgan",
+    ]);
+    assert!(!o.status.success(), "a resume changed the architecture");
+    assert!(stderr(&o).contains("--arch"), "{}", stderr(&o));
+}

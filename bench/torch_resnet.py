@@ -1,0 +1,135 @@
+"""The PyTorch reference of Gantry's `--arch resnet`: SNGAN's CIFAR ResNet (Miyato et al. 2018, as
+pytorch-gan-collections writes it) with Gantry's widths and bias choices, written independently
+of Gantry's spec so that the two can be compared.
+
+G: linear z -> 4x4xC (a 4x4 ConvTranspose from 1x1, the same product), one up-block per doubling
+(BN, ReLU, nearest x2, conv3x3, BN, ReLU, conv3x3; shortcut nearest x2, conv1x1), BN, ReLU,
+conv3x3, tanh; C = 4 * g_width. D: one down-block per halving to 4x4 (the first without the
+leading ReLU and with its shortcut pooling first), ReLU, sum over pixels, linear; C = 2 * d_width;
+spectral norm on every D weight. Biases only where no BatchNorm follows. Xavier-uniform weights
+(gain sqrt(2) inside the residual paths, 1 elsewhere).
+
+State-dict keys are Gantry's checkpoint names (plus PyTorch's num_batches_tracked, and
+spectral norm's weight_orig/weight_v), see gantry_state / load_gantry_state.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def blocks(image_size):
+    """Residual blocks between 4x4 and the image size."""
+    return (image_size // 4).bit_length() - 1
+
+
+class Conv(nn.Conv2d):
+    """A convolution with an optional BatchNorm child named `bn` and an activation."""
+
+    def __init__(self, cin, cout, k, bias, bn=False, act=None, gain=1.0):
+        super().__init__(cin, cout, k, 1, k // 2, bias=bias)
+        self.bn = nn.BatchNorm2d(cout) if bn else None
+        self.act = act
+        nn.init.xavier_uniform_(self.weight, gain)
+        if bias:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x):
+        y = super().forward(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        return self.act(y) if self.act is not None else y
+
+
+class GBlock(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv1 = Conv(c, c, 3, bias=False, bn=True, act=F.relu, gain=math.sqrt(2))
+        self.conv2 = Conv(c, c, 3, bias=False, gain=math.sqrt(2))
+        self.shortcut = Conv(c, c, 1, bias=False)
+
+    def forward(self, x):
+        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest")
+        h = self.conv2(self.conv1(h))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Generator(nn.Module):
+    def __init__(self, image_size, channels, nz=128, g_width=64):
+        super().__init__()
+        c = 4 * g_width
+        self.nz = nz
+        self.linear = nn.ConvTranspose2d(nz, c, 4, 1, 0, bias=False)
+        # xavier as nn.Linear(nz, 16 C) would have it.
+        bound = math.sqrt(6.0 / (nz + 16 * c))
+        nn.init.uniform_(self.linear.weight, -bound, bound)
+        self.blocks = nn.Sequential(*[GBlock(c) for _ in range(blocks(image_size))])
+        self.bn = nn.BatchNorm2d(c)
+        self.output = Conv(c, channels, 3, bias=True)
+
+    def forward(self, z):
+        h = self.linear(z.view(z.shape[0], -1, 1, 1))
+        h = F.relu(self.bn(self.blocks(h)))
+        return torch.tanh(self.output(h))
+
+
+class DBlock(nn.Module):
+    def __init__(self, cin, cout, first, sn):
+        super().__init__()
+        wrap = nn.utils.spectral_norm if sn else (lambda m: m)
+        self.first = first
+        self.conv1 = wrap(Conv(cin, cout, 3, bias=True, gain=math.sqrt(2)))
+        self.conv2 = wrap(Conv(cout, cout, 3, bias=True, gain=math.sqrt(2)))
+        self.shortcut = wrap(Conv(cin, cout, 1, bias=True))
+
+    def forward(self, x):
+        h = x if self.first else F.relu(x)
+        h = F.avg_pool2d(self.conv2(F.relu(self.conv1(h))), 2)
+        if self.first:
+            return h + self.shortcut(F.avg_pool2d(x, 2))
+        return h + F.avg_pool2d(self.shortcut(x), 2)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, image_size, channels, d_width=64, sn=True):
+        super().__init__()
+        d = 2 * d_width
+        self.blocks = nn.Sequential(
+            *[DBlock(channels if i == 0 else d, d, i == 0, sn) for i in range(blocks(image_size))]
+        )
+        self.linear = Conv(d, 1, 1, bias=True)
+        if sn:
+            self.linear = nn.utils.spectral_norm(self.linear)
+
+    def forward(self, x):
+        h = F.relu(self.blocks(x)).sum(dim=(2, 3), keepdim=True)
+        return self.linear(h).flatten()
+
+
+def gantry_state(module):
+    """The module's tensors under Gantry's checkpoint names (spectral norm's `weight_orig` as
+    `weight`, `weight_v` and `num_batches_tracked` dropped)."""
+    out = {}
+    for name, t in module.state_dict().items():
+        if name.endswith("num_batches_tracked") or name.endswith("weight_v"):
+            continue
+        out[name.replace("weight_orig", "weight")] = t.detach().clone()
+    return out
+
+
+def load_gantry_state(module, tensors):
+    """Loads tensors named as Gantry names them; spectral norm's `v` is set to
+    normalize(W^T u), the vector Gantry derives from `u` before its first power iteration."""
+    state = module.state_dict()
+    with torch.no_grad():
+        for name in state:
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("weight_v"):
+                prefix = name[: -len("weight_v")]
+                w = tensors[prefix + "weight"].reshape(tensors[prefix + "weight"].shape[0], -1)
+                state[name].copy_(F.normalize(w.t() @ tensors[prefix + "weight_u"], dim=0, eps=1e-12))
+                continue
+            state[name].copy_(tensors[name.replace("weight_orig", "weight")])

@@ -1,0 +1,242 @@
+//! The SNGAN CIFAR ResNet (Miyato et al. 2018, the networks of their Chainer code and of
+//! pytorch-gan-collections): residual up-blocks from a linear projection of the latent, residual
+//! down-blocks to a global sum pooling and a linear logit; 3x3 convolutions, Xavier-uniform
+//! weights (gain sqrt(2) inside the blocks, 1 on shortcuts and the ends).
+//!
+//! Widths: every generator block has `4 * g_width` channels and every discriminator block
+//! `2 * d_width`, so the default widths (64) give SNGAN's 256 and 128. Biases are kept only where
+//! no BatchNorm follows (a bias before a BatchNorm is subtracted again by it).
+
+use super::{
+    discriminator_conditioning, generator_conditioning, Activation, ConvKind, ConvLayer, Init,
+    NetworkSpec, NormLayer, Resample, ResidualBlock, Stage,
+};
+use crate::config::ModelConfig;
+
+/// Smallest image side: three blocks from 4x4, as SNGAN's CIFAR networks.
+pub(super) const MIN_IMAGE_SIZE: usize = 32;
+
+/// Channels of every generator block for a `--g-width`.
+pub fn generator_channels(cfg: &ModelConfig) -> usize {
+    4 * cfg.g_width
+}
+
+/// Channels of every discriminator block for a `--d-width`.
+pub fn discriminator_channels(cfg: &ModelConfig) -> usize {
+    2 * cfg.d_width
+}
+
+/// A convolution of these channels and kernel (stride 1, "same" padding) on `size` maps.
+fn conv(
+    name: String,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    size: usize,
+) -> ConvLayer {
+    let area = kernel * kernel;
+    ConvLayer {
+        name,
+        kind: ConvKind::Conv,
+        in_channels,
+        out_channels,
+        kernel,
+        stride: 1,
+        padding: kernel / 2,
+        in_size: size,
+        out_size: size,
+        bias: true,
+        batch_norm: false,
+        activation: Activation::Identity,
+        spectral_norm: false,
+        init: Init::xavier(in_channels * area, out_channels * area, 1.0),
+        bn_gain_init: Init::Ones,
+    }
+}
+
+/// A convolution inside a residual path: Xavier gain sqrt(2) (ReLU networks).
+fn residual_conv(name: String, in_channels: usize, out_channels: usize, size: usize) -> ConvLayer {
+    ConvLayer {
+        init: Init::xavier(in_channels * 9, out_channels * 9, std::f64::consts::SQRT_2),
+        ..conv(name, in_channels, out_channels, 3, size)
+    }
+}
+
+/// The generator: linear `z -> 4x4xC`, one up-block per doubling (BN, ReLU, nearest x2,
+/// conv3x3, BN, ReLU, conv3x3, with an upsampled 1x1 shortcut), BN, ReLU, conv3x3, tanh.
+pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
+    let c = generator_channels(cfg);
+    let input = cfg.generator_input_dim();
+    let mut stages = vec![Stage::Conv(ConvLayer {
+        kind: ConvKind::ConvTranspose,
+        kernel: 4,
+        padding: 0,
+        in_size: 1,
+        out_size: 4,
+        bias: false,
+        // As `nn.Linear(input, 16 * C)`: the fans of the matrix it is.
+        init: Init::xavier(input, 16 * c, 1.0),
+        ..conv("linear".into(), input, c, 4, 1)
+    })];
+    let mut size = 4;
+    for i in 0..cfg.num_stages() {
+        let name = format!("blocks.{i}");
+        stages.push(Stage::Residual(Box::new(ResidualBlock {
+            pre_norm: Some(NormLayer {
+                name: format!("{name}.bn1"),
+                channels: c,
+                activation: Activation::Relu,
+                gain_init: Init::Ones,
+            }),
+            pre_relu: false,
+            resample: Resample::Up,
+            conv1: ConvLayer {
+                bias: false,
+                batch_norm: true,
+                activation: Activation::Relu,
+                ..residual_conv(format!("{name}.conv1"), c, c, size * 2)
+            },
+            conv2: ConvLayer {
+                bias: false,
+                ..residual_conv(format!("{name}.conv2"), c, c, size * 2)
+            },
+            // At the lower resolution, then upsampled (the same map).
+            shortcut: Some(ConvLayer {
+                bias: false,
+                ..conv(format!("{name}.shortcut"), c, c, 1, size)
+            }),
+            name,
+        })));
+        size *= 2;
+    }
+    stages.push(Stage::Norm(NormLayer {
+        name: "bn".into(),
+        channels: c,
+        activation: Activation::Relu,
+        gain_init: Init::Ones,
+    }));
+    stages.push(Stage::Conv(ConvLayer {
+        activation: Activation::Tanh,
+        ..conv("output".into(), c, cfg.channels, 3, size)
+    }));
+    NetworkSpec {
+        stages,
+        conditioning: generator_conditioning(cfg),
+    }
+}
+
+/// The discriminator: one down-block per halving to 4x4 (the first "optimised": no ReLU
+/// before it, on the image itself), ReLU, sum over pixels, linear.
+/// Every convolution is spectrally normalised when `cfg.spectral_norm`.
+pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
+    let d = discriminator_channels(cfg);
+    let sn = cfg.spectral_norm;
+    let mut channels = cfg.channels + cfg.num_classes.unwrap_or(0);
+    let mut size = cfg.image_size;
+    let mut stages = Vec::new();
+    for i in 0..cfg.num_stages() {
+        let name = format!("blocks.{i}");
+        let first = i == 0;
+        stages.push(Stage::Residual(Box::new(ResidualBlock {
+            pre_norm: None,
+            pre_relu: !first,
+            resample: Resample::Down,
+            conv1: ConvLayer {
+                activation: Activation::Relu,
+                spectral_norm: sn,
+                ..residual_conv(format!("{name}.conv1"), channels, d, size)
+            },
+            conv2: ConvLayer {
+                spectral_norm: sn,
+                ..residual_conv(format!("{name}.conv2"), d, d, size)
+            },
+            // On the pooled input (the same map as pooling after it).
+            shortcut: Some(ConvLayer {
+                spectral_norm: sn,
+                ..conv(format!("{name}.shortcut"), channels, d, 1, size / 2)
+            }),
+            name,
+        })));
+        channels = d;
+        size /= 2;
+    }
+    stages.push(Stage::SumPool(Activation::Relu));
+    stages.push(Stage::Conv(ConvLayer {
+        spectral_norm: sn,
+        ..conv("linear".into(), d, 1, 1, 1)
+    }));
+    NetworkSpec {
+        stages,
+        conditioning: discriminator_conditioning(cfg),
+    }
+}
+
+/// A bound on the generator's and the discriminator's parameter counts, in u128.
+pub(super) fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
+    let stages = cfg.num_stages() as u128;
+    let c = generator_channels(cfg) as u128;
+    let d = discriminator_channels(cfg) as u128;
+    let input = cfg.generator_input_dim() as u128;
+    let image = (cfg.channels + cfg.num_classes.unwrap_or(0)) as u128;
+    (
+        input * 16 * c + stages * 20 * c * c + 9 * c * cfg.channels as u128 + 4 * c,
+        stages * 20 * d * d + 10 * image * d + 2 * d,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Arch;
+    use crate::spec::{discriminator_spec, generator_spec};
+
+    fn cfg(image_size: usize, channels: usize) -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Resnet,
+            image_size,
+            channels,
+            latent_dim: 128,
+            ..Default::default()
+        }
+    }
+
+    /// Counts printed by PyTorch for bench/torch_resnet.py's networks (SNGAN's CIFAR ResNet
+    /// with Gantry's bias choices): `sum(p.numel() for p in G.parameters())`, likewise for D.
+    #[test]
+    fn parameter_counts_match_the_pytorch_reference() {
+        let c32 = cfg(32, 3);
+        assert_eq!(generator_spec(&c32).parameter_count(), PYTORCH_G_32);
+        assert_eq!(discriminator_spec(&c32).parameter_count(), PYTORCH_D_32);
+    }
+
+    const PYTORCH_G_32: usize = 4_270_339;
+    const PYTORCH_D_32: usize = 775_169;
+
+    #[test]
+    fn every_block_doubles_or_halves_the_size() {
+        for size in [32, 64, 128, 256] {
+            let g = generator_spec(&cfg(size, 3));
+            let blocks: Vec<_> = g
+                .stages
+                .iter()
+                .filter_map(|s| match s {
+                    Stage::Residual(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(blocks.len(), cfg(size, 3).num_stages());
+            assert_eq!(blocks.last().unwrap().conv2.out_size, size);
+            assert!(
+                matches!(g.stages.last(), Some(Stage::Conv(l)) if l.activation == Activation::Tanh && l.out_channels == 3)
+            );
+            let d = discriminator_spec(&cfg(size, 3));
+            let first = match &d.stages[0] {
+                Stage::Residual(b) => b,
+                other => panic!("{other:?}"),
+            };
+            assert!(!first.pre_relu);
+            assert_eq!(first.conv1.in_size, size);
+            assert!(matches!(d.stages.last(), Some(Stage::Conv(l)) if l.out_channels == 1));
+        }
+    }
+}
