@@ -133,3 +133,46 @@ def load_gantry_state(module, tensors):
                 state[name].copy_(F.normalize(w.t() @ tensors[prefix + "weight_u"], dim=0, eps=1e-12))
                 continue
             state[name].copy_(tensors[name.replace("weight_orig", "weight")])
+
+
+def train_step_bench(image_size, channels, batch, g_width, d_width, steps=4, warmup=1):
+    """Median time of one SNGAN step (one hinge D update on a real and a detached fake batch,
+    then one G update; Adam 2e-4 (0, 0.9)) on random data; prints a RESULT line with img/s."""
+    import os
+    import time
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    torch.manual_seed(0)
+    g = Generator(image_size, channels, nz=100, g_width=g_width)
+    d = Discriminator(image_size, channels, d_width=d_width)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.9))
+    real = torch.rand(batch, channels, image_size, image_size) * 2 - 1
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        fake = g(torch.randn(batch, 100))
+        loss_d = F.relu(1 - d(real)).mean() + F.relu(1 + d(fake.detach())).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = -d(fake).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        values = (loss_d.item(), loss_g.item())
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    print(f"RESULT torch-train resnet img{image_size}x{channels} b{batch}: {median * 1e3:.2f} ms/step "
+          f"{batch / median:.0f} img/s (losses {values[0]:.3f} {values[1]:.3f})", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["train"] or len(sys.argv) < 7:
+        sys.exit("usage: torch_resnet.py train SIZE CHANNELS BATCH G_WIDTH D_WIDTH [STEPS]")
+    size, channels, batch, gw, dw = map(int, sys.argv[2:7])
+    train_step_bench(size, channels, batch, gw, dw, steps=int(sys.argv[7]) if len(sys.argv) > 7 else 4)

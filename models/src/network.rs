@@ -277,9 +277,13 @@ impl ConvBlock {
     }
 }
 
-/// Nearest-neighbour x2 upsampling of the last two axes (`[A, B, H, W]` -> `[A, B, 2H, 2W]`),
-/// from broadcasts and reshapes, so autograd sums each 2x2 cell's gradient back.
+/// Nearest-neighbour x2 upsampling of the last two axes (`[A, B, H, W]` -> `[A, B, 2H, 2W]`):
+/// Gantry's kernel on the CPU; elsewhere broadcasts and reshapes, so that autograd sums each
+/// 2x2 cell's gradient back.
 pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return Ok(gantry_kernels::upsample_nearest2x(x)?);
+    }
     let (a, b, h, w) = x.dims4()?;
     Ok(x.reshape((a, b, h, 1, w, 1))?
         .broadcast_as((a, b, h, 2, w, 2))?
@@ -287,15 +291,13 @@ pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
         .reshape((a, b, 2 * h, 2 * w))?)
 }
 
-/// 2x2 average pooling of the last two axes (`[A, B, H, W]` -> `[A, B, H/2, W/2]`).
+/// 2x2 average pooling of the last two axes (`[A, B, H, W]` -> `[A, B, H/2, W/2]`): Gantry's
+/// kernel on the CPU, candle's `avg_pool2d` elsewhere.
 pub fn avg_pool2x(x: &Tensor) -> Result<Tensor> {
-    let (a, b, h, w) = x.dims4()?;
-    Ok((x
-        .reshape((a, b, h / 2, 2, w / 2, 2))?
-        .sum_keepdim(5)?
-        .sum_keepdim(3)?
-        .reshape((a, b, h / 2, w / 2))?
-        * 0.25)?)
+    if x.device().is_cpu() {
+        return Ok(gantry_kernels::avg_pool2x(x)?);
+    }
+    Ok(x.avg_pool2d(2)?)
 }
 
 /// A lone BatchNorm with its activation.
@@ -307,6 +309,26 @@ pub struct NormBlock {
 
 impl NormBlock {
     fn forward(&self, x: &Tensor, train: bool, frozen: bool, backend: Backend) -> Result<Tensor> {
+        let act = fused_activation(self.norm.activation);
+        if let (Backend::CpuGemm, true, Some(act)) = (backend, train, act) {
+            // BatchNorm and activation as one autograd node of the CPU kernels.
+            let bn = &self.bn;
+            let (y, mean, var) = gantry_kernels::bn_act_train(
+                x,
+                &param(&bn.gamma, frozen),
+                &param(&bn.beta, frozen),
+                BN_EPS,
+                act,
+            )?;
+            let c = mean.len();
+            let dev = y.device();
+            bn.update_running(
+                &Tensor::from_vec(mean, c, dev)?,
+                &Tensor::from_vec(var, c, dev)?,
+                y.elem_count() / c,
+            )?;
+            return Ok(y);
+        }
         let y = self.bn.forward(x, train, frozen, channel_axis(backend))?;
         candle_ops::activate(&y, self.norm.activation)
     }

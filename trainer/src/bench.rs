@@ -4,20 +4,27 @@
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use gantry_models::{profile, Kernels, ModelConfig};
+use gantry_models::{profile, Arch, Kernels, ModelConfig};
 use rand::RngCore;
 
 use crate::augment::Augment;
 use crate::data::{Dataset, DatasetKind};
 use crate::error::{Result, Setting, TrainError};
+use crate::loss::LossKind;
 use crate::train::{TrainConfig, Trainer};
 
-/// One benchmark configuration: the DCGAN step (what `bench/torch_dcgan.py` times) plus the
-/// recipe options that are on.
+/// One benchmark configuration: the training step of an architecture (what
+/// `bench/torch_dcgan.py` and `bench/torch_resnet.py` time) plus the recipe options that are on.
 #[derive(Debug, Clone)]
 pub struct BenchSpec {
+    pub arch: Arch,
     pub image_size: usize,
     pub channels: usize,
+    pub g_width: usize,
+    pub d_width: usize,
+    /// D updates per step, each on its own batch.
+    pub d_steps: usize,
+    pub loss: LossKind,
     pub batch_size: usize,
     pub steps: usize,
     pub warmup: usize,
@@ -46,7 +53,7 @@ pub struct BenchResult {
 }
 
 fn synthetic_data(spec: &BenchSpec) -> Dataset {
-    let n = spec.batch_size * 4;
+    let n = spec.batch_size * 4 * spec.d_steps.max(1);
     let mut pixels = vec![0u8; n * spec.channels * spec.image_size * spec.image_size];
     gantry_models::init::rng_for(0, "bench-data").fill_bytes(&mut pixels);
     Dataset {
@@ -59,8 +66,9 @@ fn synthetic_data(spec: &BenchSpec) -> Dataset {
     }
 }
 
-/// Runs `warmup + steps` training steps of the DCGAN with `spec`'s options on `device`; the
-/// median and the mean of the timed steps are reported. With `profile_spans`, also the
+/// Runs `warmup + steps` training steps of `spec`'s architecture and options on `device`; the
+/// median and the mean of the timed steps are reported (images per second count the real
+/// images D sees: `batch * d_steps` per step). With `profile_spans`, also the
 /// per-phase and per-kernel breakdown.
 pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
     if spec.steps == 0 {
@@ -70,8 +78,11 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
         ));
     }
     let model = ModelConfig {
+        arch: spec.arch,
         image_size: spec.image_size,
         channels: spec.channels,
+        g_width: spec.g_width,
+        d_width: spec.d_width,
         spectral_norm: spec.spectral_norm,
         ..ModelConfig::default()
     };
@@ -82,6 +93,8 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
         sample_every: 0,
         checkpoint_every: 0,
         ema: spec.ema,
+        d_steps: spec.d_steps,
+        loss: spec.loss,
         augment: spec.augment,
         r1: spec.r1,
         r1_every: spec.r1_every,
@@ -112,7 +125,7 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
     Ok(BenchResult {
         median,
         mean,
-        img_per_sec: spec.batch_size as f64 / median.as_secs_f64(),
+        img_per_sec: (spec.batch_size * spec.d_steps.max(1)) as f64 / median.as_secs_f64(),
         spans,
     })
 }

@@ -1,5 +1,6 @@
 //! A convolution with what follows it in a block — training-mode BatchNorm and its activation,
-//! or the activation alone — as one autograd node.
+//! or the activation alone — as one autograd node; and a lone training-mode BatchNorm with its
+//! activation (a residual block's pre-activation) as one node.
 //!
 //! candle's backward pass zero-fills and then adds every gradient it stores (`zeros_like` +
 //! `add` per node). With BatchNorm or the activation as nodes of their own, each layer's
@@ -140,6 +141,88 @@ pub fn gemm_conv_bn_act_train(
     let y = x
         .contiguous()?
         .apply_op3(&w.contiguous()?, &affine.contiguous()?, op)?;
+    let s = saved.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
+}
+
+/// `(x, [gamma; beta]) -> act(batchnorm(x))`: a BatchNorm that no convolution precedes.
+struct BnAct {
+    eps: f64,
+    act: Act,
+    saved: Arc<Mutex<Saved>>,
+}
+
+impl CustomOp2 for BnAct {
+    fn name(&self) -> &'static str {
+        "gantry-batchnorm-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "input")?;
+        let affine = f32_slice(s2, l2, "gamma and beta")?;
+        let c = l1.dims()[0];
+        if affine.len() != 2 * c {
+            candle_core::bail!(
+                "gantry batchnorm: {c} channels but {} affine values",
+                affine.len()
+            );
+        }
+        let (y, stats) = bn_act_forward(x, c, &affine[..c], &affine[c..], self.eps, self.act);
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Saved {
+            conv_out: x.to_vec(),
+            stats,
+        };
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        affine: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = y.dim(0)?;
+        let op = BnGrad {
+            act: self.act,
+            gamma: affine.narrow(0, 0, c)?.to_vec1()?,
+            saved: self.saved.clone(),
+        };
+        let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
+        let total = y.elem_count();
+        let dx = packed.narrow(0, 0, total)?.reshape(y.shape())?;
+        let d_affine = if affine.track_op() {
+            Some(packed.narrow(0, total, 2 * c)?)
+        } else {
+            None
+        };
+        Ok((Some(dx), d_affine))
+    }
+}
+
+/// `act(batchnorm(x))` in training mode on a channel-major `x` (`[C, ...]`), as one autograd
+/// node; also returns the batch (mean, biased variance) per channel for the running statistics.
+pub fn bn_act_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    act: Act,
+) -> candle_core::Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let saved = Arc::new(Mutex::new(Saved::default()));
+    let op = BnAct {
+        eps,
+        act,
+        saved: saved.clone(),
+    };
+    let affine = Tensor::cat(&[gamma, beta], 0)?;
+    let y = x.contiguous()?.apply_op2(&affine.contiguous()?, op)?;
     let s = saved.lock().unwrap_or_else(|e| e.into_inner());
     Ok((y, s.stats.mean.clone(), s.stats.var.clone()))
 }

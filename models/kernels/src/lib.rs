@@ -11,6 +11,9 @@
 //! - **NCHW convolutions as three primitives** ([`primitive_conv_nchw`]): cuDNN's forward,
 //!   backward-data and backward-filter on CUDA (feature `cudnn`), direct reference loops on the
 //!   CPU (which is what tests the mapping without a GPU).
+//! - **Resampling** of the last two axes with hand-written backward passes: nearest x2
+//!   ([`upsample_nearest2x`]) and 2x2 average pooling ([`avg_pool2x`]), and a lone training-mode
+//!   BatchNorm with its activation ([`bn_act_train`]), for residual blocks.
 //! - **Adam** applied in place ([`adam_update`]).
 //! - [`Backend::select`]: the one place that decides which of these a network runs on.
 //! - [`profile`]: named timing spans the kernels record when profiling is on.
@@ -31,6 +34,7 @@ mod im2col;
 mod matmul;
 mod nchw;
 pub mod profile;
+mod resample;
 mod storage;
 mod tiled;
 
@@ -38,9 +42,10 @@ pub use adam::{adam_update, AdamStep};
 pub use allocator::tune_allocator;
 pub use backend::{Backend, Kernels};
 pub use batch_norm::Act;
-pub use fused::{gemm_conv_act, gemm_conv_bn_act_train};
+pub use fused::{bn_act_train, gemm_conv_act, gemm_conv_bn_act_train};
 pub use gemm_conv::{gemm_conv, ConvKind, ConvParams};
 pub use nchw::primitive_conv_nchw;
+pub use resample::{avg_pool2x, upsample_nearest2x};
 
 #[cfg(test)]
 mod tests;

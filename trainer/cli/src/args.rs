@@ -375,6 +375,21 @@ pub struct SampleArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Image side.
+    /// Network architecture: dcgan or resnet.
+    #[arg(long, default_value_t = model_defaults().arch)]
+    pub arch: Arch,
+    /// Generator width (resnet: blocks of 4x this many channels).
+    #[arg(long, default_value_t = model_defaults().g_width)]
+    pub g_width: usize,
+    /// Discriminator width (resnet: blocks of 2x this many channels).
+    #[arg(long, default_value_t = model_defaults().d_width)]
+    pub d_width: usize,
+    /// Discriminator updates per step, each on its own batch.
+    #[arg(long, default_value_t = 1)]
+    pub d_steps: usize,
+    /// Adversarial loss: bce or hinge.
+    #[arg(long, default_value_t = defaults().loss)]
+    pub loss: LossKind,
     #[arg(long, default_value_t = model_defaults().image_size)]
     pub image_size: usize,
     /// Image channels.

@@ -37,8 +37,13 @@ fn tune_threads() {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let device = select_device(args.device)?;
     let spec = BenchSpec {
+        arch: args.arch,
         image_size: args.image_size,
         channels: args.channels,
+        g_width: args.g_width,
+        d_width: args.d_width,
+        d_steps: args.d_steps,
+        loss: args.loss,
         batch_size: args.batch_size,
         steps: args.steps,
         warmup: args.warmup,
