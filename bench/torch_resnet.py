@@ -6,7 +6,8 @@ G: linear z -> 4x4xC (a 4x4 ConvTranspose from 1x1, the same product), one up-bl
 (BN, ReLU, nearest x2, conv3x3, BN, ReLU, conv3x3; shortcut nearest x2, conv1x1), BN, ReLU,
 conv3x3, tanh; C = 4 * g_width. D: one down-block per halving to 4x4 (the first without the
 leading ReLU and with its shortcut pooling first), ReLU, sum over pixels, linear; C = 2 * d_width;
-spectral norm on every D weight. Biases only where no BatchNorm follows. Xavier-uniform weights
+spectral norm on every D weight. Biases only where no BatchNorm follows. Conditional: G's block
+BatchNorms class-conditional, D a projection discriminator. Xavier-uniform weights
 (gain sqrt(2) inside the residual paths, 1 elsewhere).
 
 State-dict keys are Gantry's checkpoint names (plus PyTorch's num_batches_tracked, and
@@ -24,40 +25,66 @@ def blocks(image_size):
     return (image_size // 4).bit_length() - 1
 
 
+class ClassBatchNorm(nn.Module):
+    """BatchNorm without its own affine map, then per-class gains and shifts picked by the
+    labels (`weight`, `bias`: [classes, C], initialised to 1 and 0)."""
+
+    def __init__(self, c, classes):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(classes, c))
+        self.bias = nn.Parameter(torch.zeros(classes, c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+
+    def forward(self, x, y):
+        h = F.batch_norm(x, self.running_mean, self.running_var, None, None, self.training, 0.1, 1e-5)
+        return h * self.weight[y][:, :, None, None] + self.bias[y][:, :, None, None]
+
+
+def batch_norm(c, classes):
+    return ClassBatchNorm(c, classes) if classes else nn.BatchNorm2d(c)
+
+
+def normalize(bn, x, y):
+    return bn(x, y) if isinstance(bn, ClassBatchNorm) else bn(x)
+
+
 class Conv(nn.Conv2d):
     """A convolution with an optional BatchNorm child named `bn` and an activation."""
 
-    def __init__(self, cin, cout, k, bias, bn=False, act=None, gain=1.0):
+    def __init__(self, cin, cout, k, bias, bn=False, act=None, gain=1.0, classes=None):
         super().__init__(cin, cout, k, 1, k // 2, bias=bias)
-        self.bn = nn.BatchNorm2d(cout) if bn else None
+        self.bn = batch_norm(cout, classes) if bn else None
         self.act = act
         nn.init.xavier_uniform_(self.weight, gain)
         if bias:
             nn.init.zeros_(self.bias)
 
-    def forward(self, x):
-        y = super().forward(x)
+    def forward(self, x, y=None):
+        h = super().forward(x)
         if self.bn is not None:
-            y = self.bn(y)
-        return self.act(y) if self.act is not None else y
+            h = normalize(self.bn, h, y)
+        return self.act(h) if self.act is not None else h
 
 
 class GBlock(nn.Module):
-    def __init__(self, c):
+    def __init__(self, c, classes=None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(c)
-        self.conv1 = Conv(c, c, 3, bias=False, bn=True, act=F.relu, gain=math.sqrt(2))
+        self.bn1 = batch_norm(c, classes)
+        self.conv1 = Conv(c, c, 3, bias=False, bn=True, act=F.relu, gain=math.sqrt(2), classes=classes)
         self.conv2 = Conv(c, c, 3, bias=False, gain=math.sqrt(2))
         self.shortcut = Conv(c, c, 1, bias=False)
 
-    def forward(self, x):
-        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest")
-        h = self.conv2(self.conv1(h))
+    def forward(self, x, y=None):
+        h = F.interpolate(F.relu(normalize(self.bn1, x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(self.conv1(h, y))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class Generator(nn.Module):
-    def __init__(self, image_size, channels, nz=128, g_width=64):
+    """`classes`: SNGAN's conditional generator, class-conditional BatchNorm in every block."""
+
+    def __init__(self, image_size, channels, nz=128, g_width=64, classes=None):
         super().__init__()
         c = 4 * g_width
         self.nz = nz
@@ -65,13 +92,15 @@ class Generator(nn.Module):
         # xavier as nn.Linear(nz, 16 C) would have it.
         bound = math.sqrt(6.0 / (nz + 16 * c))
         nn.init.uniform_(self.linear.weight, -bound, bound)
-        self.blocks = nn.Sequential(*[GBlock(c) for _ in range(blocks(image_size))])
+        self.blocks = nn.ModuleList([GBlock(c, classes) for _ in range(blocks(image_size))])
         self.bn = nn.BatchNorm2d(c)
         self.output = Conv(c, channels, 3, bias=True)
 
-    def forward(self, z):
+    def forward(self, z, y=None):
         h = self.linear(z.view(z.shape[0], -1, 1, 1))
-        h = F.relu(self.bn(self.blocks(h)))
+        for block in self.blocks:
+            h = block(h, y)
+        h = F.relu(self.bn(h))
         return torch.tanh(self.output(h))
 
 
@@ -93,7 +122,10 @@ class DBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, image_size, channels, d_width=64, sn=True):
+    """`classes`: a projection discriminator (Miyato & Koyama 2018): the logit gains
+    <projection[y], h> over the pooled features h."""
+
+    def __init__(self, image_size, channels, d_width=64, sn=True, classes=None):
         super().__init__()
         d = 2 * d_width
         self.blocks = nn.Sequential(
@@ -102,10 +134,16 @@ class Discriminator(nn.Module):
         self.linear = Conv(d, 1, 1, bias=True)
         if sn:
             self.linear = nn.utils.spectral_norm(self.linear)
+        self.projection = nn.Embedding(classes, d) if classes else None
+        if self.projection is not None:
+            nn.init.xavier_uniform_(self.projection.weight)
 
-    def forward(self, x):
+    def forward(self, x, y=None):
         h = F.relu(self.blocks(x)).sum(dim=(2, 3), keepdim=True)
-        return self.linear(h).flatten()
+        out = self.linear(h).flatten()
+        if self.projection is not None:
+            out = out + (self.projection(y) * h.flatten(1)).sum(1)
+        return out
 
 
 def gantry_state(module):

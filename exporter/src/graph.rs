@@ -4,7 +4,8 @@ use candle_onnx::onnx::{
     tensor_proto::DataType, GraphProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use gantry_models::spec::{
-    Activation, ConvKind, ConvLayer, NormLayer, Resample, ResidualBlock, Stage, BN_EPS,
+    Activation, Conditioning, ConvKind, ConvLayer, NormLayer, Resample, ResidualBlock, Stage,
+    BN_EPS,
 };
 use gantry_models::{generator_spec, ModelConfig, NetworkSpec, TensorMap};
 
@@ -259,17 +260,63 @@ fn pool_node(b: &mut Builder, name: &str, x: &str) -> String {
     )
 }
 
-/// A lone BatchNorm (`BatchNormalization` with its four tensors) and its activation.
+/// A lone BatchNorm (`BatchNormalization` with its four tensors; a class-conditional one with
+/// unit gains, then its per-image affine map) and its activation.
 fn norm_block(b: &mut Builder, norm: &NormLayer, tensors: &TensorMap, x: &str) -> Result<String> {
-    let y = batch_norm_node(
-        b,
-        &norm.name,
-        norm.channels,
-        tensors,
-        x,
-        &format!("{}.out", norm.name),
-    )?;
+    let out = format!("{}.out", norm.name);
+    let y = match norm.classes {
+        None => batch_norm_node(b, &norm.name, norm.channels, tensors, x, &out, false)?,
+        Some(_) => {
+            let normed = format!("{}.normalized", norm.name);
+            let y = batch_norm_node(b, &norm.name, norm.channels, tensors, x, &normed, true)?;
+            class_affine(b, &norm.name, norm.channels, tensors, &y)?
+        }
+    };
     Ok(activation_node(b, &norm.name, norm.activation, &y))
+}
+
+/// A class-conditional BatchNorm's affine map: `x * gain[label] + shift[label]`, the gains and
+/// shifts (`{prefix}.weight`, `{prefix}.bias`, `[classes, C]`) gathered per image and reshaped
+/// to `[N, C, 1, 1]`.
+fn class_affine(
+    b: &mut Builder,
+    prefix: &str,
+    channels: usize,
+    tensors: &TensorMap,
+    x: &str,
+) -> Result<String> {
+    let shape = format!("{prefix}.affine_shape");
+    b.initializers
+        .push(i64_tensor(&shape, &[4], &[-1, channels as i64, 1, 1]));
+    let mut cur = x.to_string();
+    for (tensor, op) in [("weight", "Mul"), ("bias", "Add")] {
+        let name = format!("{prefix}.{tensor}");
+        let table = values(tensors, &name)?;
+        let classes = table.len() / channels.max(1);
+        let table = b.weight(&name, &[classes, channels], &table);
+        let picked = b.add(
+            "Gather",
+            &format!("{name}.gather"),
+            &[&table, INPUT_LABEL],
+            &format!("{name}.per_image"),
+            vec![Attr::Int("axis", 0)],
+        );
+        let picked = b.add(
+            "Reshape",
+            &format!("{name}.reshape"),
+            &[&picked, &shape],
+            &format!("{name}.per_image_4d"),
+            vec![],
+        );
+        cur = b.add(
+            op,
+            &format!("{name}.apply"),
+            &[&cur, &picked],
+            &format!("{name}.applied"),
+            vec![],
+        );
+    }
+    Ok(cur)
 }
 
 /// The graph inputs (`z`, and `label` for conditional models) and the latent the first layer
@@ -301,6 +348,10 @@ fn inputs_and_conditioning(
             DataType::Int64,
             &[Dim::Named(BATCH_DIM)],
         ));
+        if let Conditioning::ClassNorm { .. } = cond {
+            // The labels pick the class-conditional BatchNorms' gains (`class_affine`).
+            return Ok((inputs, cur));
+        }
         let (Some(name), Some(shape)) = (cond.tensor_name(), cond.shape()) else {
             return Err(ExportError::Weights(
                 "the generator's conditioning has no embedding table".into(),
@@ -374,6 +425,20 @@ fn layer_block(
         ConvKind::ConvTranspose => WeightLayout::InOut,
         ConvKind::Conv => WeightLayout::OutIn,
     };
+    // A class-conditional BatchNorm folds (or runs) its normalisation with unit gains and
+    // applies the per-image gains and shifts after.
+    let conditional = layer.batch_norm && layer.bn_classes.is_some();
+    let c = layer.out_channels;
+    let (gamma, beta) = if conditional {
+        (vec![1.0; c], vec![0.0; c])
+    } else if layer.batch_norm {
+        (
+            values(tensors, &layer.bn_name("weight"))?,
+            values(tensors, &layer.bn_name("bias"))?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let normalised = if layer.batch_norm && opts.fold_batchnorm {
         let folded = fold_batchnorm(
             &w,
@@ -381,8 +446,8 @@ fn layer_block(
             layer.in_channels,
             layer.out_channels,
             layer.kernel * layer.kernel,
-            &values(tensors, &layer.bn_name("weight"))?,
-            &values(tensors, &layer.bn_name("bias"))?,
+            &gamma,
+            &beta,
             &values(tensors, &layer.bn_name("running_mean"))?,
             &values(tensors, &layer.bn_name("running_var"))?,
             BN_EPS,
@@ -416,17 +481,16 @@ fn layer_block(
         };
         let conv = conv_node(b, layer, as_gemm, input, &wn, bias.as_deref(), &conv_out);
         if layer.batch_norm {
-            batch_norm_node(
-                b,
-                &format!("{name}.bn"),
-                layer.out_channels,
-                tensors,
-                &conv,
-                &out,
-            )?
+            let prefix = format!("{name}.bn");
+            batch_norm_node(b, &prefix, c, tensors, &conv, &out, conditional)?
         } else {
             conv
         }
+    };
+    let normalised = if conditional {
+        class_affine(b, &format!("{name}.bn"), c, tensors, &normalised)?
+    } else {
+        normalised
     };
     Ok(activation_node(b, name, layer.activation, &normalised))
 }
@@ -494,7 +558,9 @@ fn conv_node(
     )
 }
 
-/// An unfolded `BatchNormalization` node with the four statistics tensors `{prefix}.weight` ...
+/// An unfolded `BatchNormalization` node with the statistics tensors `{prefix}.running_mean`
+/// and `.running_var` and the affine `{prefix}.weight` and `.bias`, or with unit gains and zero
+/// shifts when `unit` (a class-conditional BatchNorm applies its own afterwards).
 fn batch_norm_node(
     b: &mut Builder,
     prefix: &str,
@@ -502,14 +568,22 @@ fn batch_norm_node(
     tensors: &TensorMap,
     x: &str,
     y: &str,
+    unit: bool,
 ) -> Result<String> {
-    let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
-        .iter()
-        .map(|t| {
-            let name = format!("{prefix}.{t}");
-            Ok(b.weight(&name, &[channels], &values(tensors, &name)?))
-        })
-        .collect::<Result<_>>()?;
+    let mut names = Vec::with_capacity(4);
+    for t in ["weight", "bias", "running_mean", "running_var"] {
+        let name = format!("{prefix}.{t}");
+        let affine = t == "weight" || t == "bias";
+        let (stored, v) = match (unit && affine, t) {
+            (true, "weight") => (format!("{prefix}.unit_weight"), vec![1.0; channels]),
+            (true, _) => (format!("{prefix}.unit_bias"), vec![0.0; channels]),
+            _ => {
+                let v = values(tensors, &name)?;
+                (name, v)
+            }
+        };
+        names.push(b.weight(&stored, &[channels], &v));
+    }
     let refs: Vec<&str> = std::iter::once(x)
         .chain(names.iter().map(String::as_str))
         .collect();

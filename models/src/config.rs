@@ -160,10 +160,12 @@ impl ModelConfig {
         (self.image_size / 4).trailing_zeros() as usize
     }
 
-    /// Size of the label vector concatenated to `z` (0 for unconditional models).
+    /// Size of the label vector concatenated to `z` (0 for unconditional models, and for the
+    /// ResNet, whose labels enter through class-conditional BatchNorm instead).
     pub fn label_dim(&self) -> usize {
         match self.num_classes {
             None => 0,
+            Some(_) if self.arch == Arch::Resnet => 0,
             Some(k) if self.label_embed_dim == 0 => k,
             Some(_) => self.label_embed_dim,
         }

@@ -6,7 +6,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::init::init_tensors;
 use crate::network::Network;
-use crate::spec::{discriminator_spec, generator_spec};
+use crate::spec::{discriminator_spec, generator_spec, Conditioning};
 use crate::tensors::TensorMap;
 use gantry_kernels::Kernels;
 
@@ -74,12 +74,16 @@ impl Generator {
             )));
         }
         check_labels(&self.config, labels, n)?;
+        let concatenated = matches!(
+            self.net.spec.conditioning,
+            Some(Conditioning::ConcatEmbedding { .. })
+        );
         let mut h = match labels {
-            Some(l) => Tensor::cat(&[z, &self.net.embed(l)?], 1)?,
-            None => z.clone(),
+            Some(l) if concatenated => Tensor::cat(&[z, &self.net.embed(l)?], 1)?,
+            _ => z.clone(),
         };
         h = h.reshape((n, self.config.generator_input_dim(), 1, 1))?;
-        self.net.forward(&h, train, false)
+        self.net.forward(&h, labels, train, false)
     }
 }
 
@@ -191,6 +195,11 @@ impl Discriminator {
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
         check_labels(&self.config, labels, n)?;
+        if let (Some(Conditioning::Projection { .. }), Some(l)) =
+            (&self.net.spec.conditioning, labels)
+        {
+            return self.projected_logits(x, l, train, frozen);
+        }
         let input = match (labels, self.config.num_classes) {
             (Some(l), Some(k)) => {
                 let (_, _, h, w) = x.dims4()?;
@@ -200,8 +209,32 @@ impl Discriminator {
             }
             _ => x.clone(),
         };
-        let logits = self.net.forward(&input, train, frozen)?;
+        let logits = self.net.forward(&input, None, train, frozen)?;
         Ok(logits.reshape(n)?)
+    }
+
+    /// A projection discriminator's logits: `linear(h) + <embedding[label], h>` with `h` the
+    /// pooled features (the last stage's input).
+    fn projected_logits(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        train: bool,
+        frozen: bool,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let (logits, features) = self.net.forward_with_features(x, None, train, frozen)?;
+        let h = features.reshape((n, ()))?;
+        let table = self.net.embedding.as_ref().ok_or_else(|| {
+            ModelError::Input("a projection discriminator without its embedding".into())
+        })?;
+        let table = if frozen {
+            table.as_tensor().detach()
+        } else {
+            table.as_tensor().clone()
+        };
+        let projection = (table.embedding(labels)? * h)?.sum(1)?;
+        Ok((logits.reshape(n)? + projection)?)
     }
 }
 
@@ -514,5 +547,61 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("7 dims"));
+    }
+
+    /// A conditional ResNet takes its labels through class-conditional BatchNorm (G: no
+    /// concatenated code) and a projection (D: no label maps): other labels change the images
+    /// and the logits, and missing labels are an error, not a silent unconditional pass.
+    #[test]
+    fn conditional_resnet_uses_its_labels_in_both_networks() {
+        let dev = Device::Cpu;
+        let cfg = resnet_config(Some(3));
+        let g = Generator::new(&cfg, 5, &dev).unwrap();
+        let d = Discriminator::new(&cfg, 5, &dev).unwrap();
+        assert_eq!(g.net.conv_blocks()[0].layer.in_channels, cfg.latent_dim);
+        assert_eq!(d.net.conv_blocks()[0].layer.in_channels, cfg.channels);
+        let gains: Vec<String> = g
+            .net
+            .vars_with_roles()
+            .into_iter()
+            .filter(|(_, v, _)| v.as_tensor().dims() == [3, 8])
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(
+            gains.len(),
+            12,
+            "gain and shift of 6 conditional BatchNorms: {gains:?}"
+        );
+        // Per-class gains as a trained model has them (fresh ones are all 1).
+        for (name, v, _) in g.net.vars_with_roles() {
+            if name.ends_with(".weight") && v.as_tensor().rank() == 2 {
+                let n = v.as_tensor().elem_count();
+                let values = normal_vec(&mut crate::init::rng_for(1, &name), n, 1.0, 0.3);
+                v.set(&Tensor::from_vec(values, (3, 8), &dev).unwrap())
+                    .unwrap();
+            }
+        }
+        let z = Tensor::from_vec(
+            normal_vec(&mut crate::init::rng_for(0, "cz"), 2 * 12, 0.0, 1.0),
+            (2, 12),
+            &dev,
+        )
+        .unwrap();
+        let (a, b) = (
+            labels_tensor(&[0, 1], &dev).unwrap(),
+            labels_tensor(&[2, 2], &dev).unwrap(),
+        );
+        for train in [true, false] {
+            let ia = g.forward(&z, Some(&a), train).unwrap();
+            let ib = g.forward(&z, Some(&b), train).unwrap();
+            assert!(
+                max_diff(&ia, &ib) > 1e-3,
+                "train {train}: labels ignored by G"
+            );
+            let la = d.forward(&ia, Some(&a), false).unwrap();
+            let lb = d.forward(&ia, Some(&b), false).unwrap();
+            assert!(max_diff(&la, &lb) > 1e-6, "labels ignored by D");
+        }
+        assert!(g.forward(&z, None, false).is_err());
     }
 }

@@ -68,48 +68,146 @@ impl BatchNorm2d {
         Ok(())
     }
 
-    /// Normalises `x` (channels on `channel_axis`: 1 for NCHW, 0 for channel-major) with batch
-    /// statistics, updating the running ones, when `train`; with the running ones otherwise.
-    fn forward(
-        &self,
-        x: &Tensor,
-        train: bool,
-        frozen: bool,
-        channel_axis: usize,
-    ) -> Result<Tensor> {
-        if !train {
-            return self.forward_eval(x, frozen, channel_axis);
-        }
-        let nchw = if channel_axis == 1 {
-            x.clone()
-        } else {
-            x.transpose(0, 1)?
-        };
-        let (y, mean, var) = candle_ops::batch_norm_train(
-            &nchw,
-            &param(&self.gamma, frozen),
-            &param(&self.beta, frozen),
-            BN_EPS,
-        )?;
-        self.update_running(&mean, &var, y.elem_count() / mean.elem_count())?;
-        Ok(if channel_axis == 1 {
-            y
-        } else {
-            y.transpose(0, 1)?
-        })
+    /// Whether gains and shifts are per class (`[classes, C]`).
+    fn is_conditional(&self) -> bool {
+        self.gamma.as_tensor().rank() == 2
     }
 
-    /// Eval mode: normalise with the running statistics.
-    fn forward_eval(&self, x: &Tensor, frozen: bool, channel_axis: usize) -> Result<Tensor> {
-        candle_ops::batch_norm(
-            x,
-            self.running_mean.as_tensor(),
-            self.running_var.as_tensor(),
-            &param(&self.gamma, frozen),
-            &param(&self.beta, frozen),
-            BN_EPS,
-            channel_axis,
+    /// The affine parameters applied after normalisation: per channel (`[C]`), or for a
+    /// class-conditional BatchNorm the gains and shifts of each image's class (`[N, C]`).
+    fn affine(&self, pass: &Pass) -> Result<(Tensor, Tensor)> {
+        let (gamma, beta) = (
+            param(&self.gamma, pass.frozen),
+            param(&self.beta, pass.frozen),
+        );
+        if !self.is_conditional() {
+            return Ok((gamma, beta));
+        }
+        let labels = pass.labels.ok_or_else(|| {
+            ModelError::Input("a class-conditional BatchNorm needs labels".into())
+        })?;
+        Ok((gamma.embedding(labels)?, beta.embedding(labels)?))
+    }
+
+    /// Unit gains and zero shifts: the normalisation alone, before a per-image affine map.
+    fn unit_affine(&self) -> Result<(Tensor, Tensor)> {
+        let c = self.running_mean.as_tensor();
+        Ok((c.ones_like()?, c.zeros_like()?))
+    }
+
+    /// Normalises `x` (channels on `pass.channel_axis()`) with batch statistics, updating the
+    /// running ones, when `pass.train`; with the running ones otherwise; then the affine map.
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let axis = pass.channel_axis();
+        let conditional = self.is_conditional();
+        let (gamma, beta) = if conditional {
+            self.unit_affine()?
+        } else {
+            self.affine(pass)?
+        };
+        let y = if pass.train {
+            let nchw = if axis == 1 {
+                x.clone()
+            } else {
+                x.transpose(0, 1)?
+            };
+            let (y, mean, var) = candle_ops::batch_norm_train(&nchw, &gamma, &beta, BN_EPS)?;
+            self.update_running(&mean, &var, y.elem_count() / mean.elem_count())?;
+            if axis == 1 {
+                y
+            } else {
+                y.transpose(0, 1)?
+            }
+        } else {
+            candle_ops::batch_norm(
+                x,
+                self.running_mean.as_tensor(),
+                self.running_var.as_tensor(),
+                &gamma,
+                &beta,
+                BN_EPS,
+                axis,
+            )?
+        };
+        if conditional {
+            self.class_affine(&y, pass)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// `y * gain[label] + shift[label]` per image, channels on `pass.channel_axis()`.
+    fn class_affine(&self, y: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let (gain, shift) = self.affine(pass)?;
+        let (n, c) = gain.dims2()?;
+        let shape = |t: Tensor| -> Result<Tensor> {
+            Ok(match pass.channel_axis() {
+                1 => t.reshape((n, c, 1, 1))?,
+                _ => t.t()?.reshape((c, n, 1, 1))?,
+            })
+        };
+        Ok(y.broadcast_mul(&shape(gain)?)?
+            .broadcast_add(&shape(shift)?)?)
+    }
+
+    /// Training-mode BatchNorm and the fusable activation `act` (`activation` in the spec's
+    /// terms) on a channel-major `x` with Gantry's kernel (one autograd node; a
+    /// class-conditional one normalises there and applies its per-image affine map and the
+    /// activation after).
+    fn forward_fast_train(
+        &self,
+        x: &Tensor,
+        act: Act,
+        activation: Activation,
+        pass: &Pass,
+    ) -> Result<Tensor> {
+        let conditional = self.is_conditional();
+        let (gamma, beta, fused) = if conditional {
+            let (g, b) = self.unit_affine()?;
+            (g, b, Act::Identity)
+        } else {
+            let (g, b) = self.affine(pass)?;
+            (g, b, act)
+        };
+        let (y, mean, var) = gantry_kernels::bn_act_train(x, &gamma, &beta, BN_EPS, fused)?;
+        self.record_batch_stats(mean, var, &y)?;
+        if !conditional {
+            return Ok(y);
+        }
+        let y = self.class_affine(&y, pass)?;
+        candle_ops::activate(&y, activation)
+    }
+
+    /// Folds the kernels' batch statistics (per channel) into the running ones.
+    fn record_batch_stats(&self, mean: Vec<f32>, var: Vec<f32>, y: &Tensor) -> Result<()> {
+        let c = mean.len();
+        let dev = y.device();
+        self.update_running(
+            &Tensor::from_vec(mean, c, dev)?,
+            &Tensor::from_vec(var, c, dev)?,
+            y.elem_count() / c,
         )
+    }
+}
+
+/// What one forward pass runs with: the labels (for class-conditional BatchNorm), batch or
+/// running statistics, whether the parameters are constants to autograd, and the backend
+/// (which fixes the layout: NCHW, or channel-major for Gantry's CPU kernels).
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    pub labels: Option<&'a Tensor>,
+    pub train: bool,
+    pub frozen: bool,
+    pub backend: Backend,
+}
+
+impl Pass<'_> {
+    /// The axis that holds channels in this pass's layout.
+    fn channel_axis(&self) -> usize {
+        match self.backend {
+            Backend::CpuGemm => 0,
+            _ => 1,
+        }
     }
 }
 
@@ -197,68 +295,51 @@ impl ConvBlock {
         Ok(y.broadcast_add(&param(bias, frozen).reshape(shape.to_vec())?)?)
     }
 
-    /// The block on `x` with `backend`: NCHW for candle's ops and cuDNN, channel-major for
+    /// The block on `x` in `pass`'s layout: NCHW for candle's ops and cuDNN, channel-major for
     /// Gantry's CPU kernels.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        train: bool,
-        frozen: bool,
-        backend: Backend,
-    ) -> Result<Tensor> {
-        match backend {
-            Backend::CpuGemm => self.forward_channel_major(x, train, frozen),
-            backend => self.forward_nchw(x, train, frozen, backend),
+    pub fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        match pass.backend {
+            Backend::CpuGemm => self.forward_channel_major(x, pass),
+            _ => self.forward_nchw(x, pass),
         }
     }
 
     /// Convolution, bias and BatchNorm (if any), activation, with candle's ops on an NCHW `x`
-    /// (the convolution through cuDNN with [`Backend::Cudnn`]). `frozen` uses the parameters as
-    /// constants: gradients reach the input but not this block's parameters.
-    pub fn forward_nchw(
-        &self,
-        x: &Tensor,
-        train: bool,
-        frozen: bool,
-        backend: Backend,
-    ) -> Result<Tensor> {
-        let w = self.conv_weight(frozen)?;
-        let y = match backend {
+    /// (the convolution through cuDNN with [`Backend::Cudnn`]). `pass.frozen` uses the
+    /// parameters as constants: gradients reach the input but not this block's parameters.
+    fn forward_nchw(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let w = self.conv_weight(pass.frozen)?;
+        let y = match pass.backend {
             Backend::Cudnn => gantry_kernels::primitive_conv_nchw(x, &w, self.layer.conv_params())?,
             Backend::Candle | Backend::CpuGemm => candle_ops::conv(x, &w, &self.layer)?,
         };
-        let y = self.add_bias(y, frozen, 1)?;
+        let y = self.add_bias(y, pass.frozen, 1)?;
         let y = match &self.bn {
-            Some(bn) => bn.forward(&y, train, frozen, 1)?,
+            Some(bn) => bn.forward(&y, pass)?,
             None => y,
         };
         candle_ops::activate(&y, self.layer.activation)
     }
 
     /// The same block with Gantry's CPU kernels on a channel-major `x` (`[C, B, H, W]`).
-    pub fn forward_channel_major(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
-        let w = self.conv_weight(frozen)?;
+    fn forward_channel_major(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
+        let w = self.conv_weight(pass.frozen)?;
         let conv = self.layer.conv_params();
         let act = fused_activation(self.layer.activation);
-        if self.bias.is_none() {
-            if let (Some(bn), true, Some(act)) = (&self.bn, train, act) {
+        let conditional = self.bn.as_ref().is_some_and(BatchNorm2d::is_conditional);
+        if self.bias.is_none() && !conditional {
+            if let (Some(bn), true, Some(act)) = (&self.bn, pass.train, act) {
                 // Convolution, BatchNorm and activation as one autograd node.
                 let (y, mean, var) = gantry_kernels::gemm_conv_bn_act_train(
                     x,
                     &w,
-                    &param(&bn.gamma, frozen),
-                    &param(&bn.beta, frozen),
+                    &param(&bn.gamma, pass.frozen),
+                    &param(&bn.beta, pass.frozen),
                     conv,
                     BN_EPS,
                     act,
                 )?;
-                let c = mean.len();
-                let dev = y.device();
-                bn.update_running(
-                    &Tensor::from_vec(mean, c, dev)?,
-                    &Tensor::from_vec(var, c, dev)?,
-                    y.elem_count() / c,
-                )?;
+                bn.record_batch_stats(mean, var, &y)?;
                 return Ok(y);
             }
             if let (None, Some(act)) = (&self.bn, act) {
@@ -268,12 +349,14 @@ impl ConvBlock {
             }
         }
         let y = gantry_kernels::gemm_conv(x, &w, conv)?;
-        let y = self.add_bias(y, frozen, 0)?;
-        let y = match &self.bn {
-            Some(bn) => bn.forward(&y, train, frozen, 0)?,
-            None => y,
-        };
-        candle_ops::activate(&y, self.layer.activation)
+        let y = self.add_bias(y, pass.frozen, 0)?;
+        match (&self.bn, pass.train, act) {
+            (Some(bn), true, Some(act)) => {
+                bn.forward_fast_train(&y, act, self.layer.activation, pass)
+            }
+            (Some(bn), _, _) => candle_ops::activate(&bn.forward(&y, pass)?, self.layer.activation),
+            (None, _, _) => candle_ops::activate(&y, self.layer.activation),
+        }
     }
 }
 
@@ -308,37 +391,15 @@ pub struct NormBlock {
 }
 
 impl NormBlock {
-    fn forward(&self, x: &Tensor, train: bool, frozen: bool, backend: Backend) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         let act = fused_activation(self.norm.activation);
-        if let (Backend::CpuGemm, true, Some(act)) = (backend, train, act) {
-            // BatchNorm and activation as one autograd node of the CPU kernels.
-            let bn = &self.bn;
-            let (y, mean, var) = gantry_kernels::bn_act_train(
-                x,
-                &param(&bn.gamma, frozen),
-                &param(&bn.beta, frozen),
-                BN_EPS,
-                act,
-            )?;
-            let c = mean.len();
-            let dev = y.device();
-            bn.update_running(
-                &Tensor::from_vec(mean, c, dev)?,
-                &Tensor::from_vec(var, c, dev)?,
-                y.elem_count() / c,
-            )?;
-            return Ok(y);
+        if let (Backend::CpuGemm, true, Some(act)) = (pass.backend, pass.train, act) {
+            return self
+                .bn
+                .forward_fast_train(x, act, self.norm.activation, pass);
         }
-        let y = self.bn.forward(x, train, frozen, channel_axis(backend))?;
+        let y = self.bn.forward(x, pass)?;
         candle_ops::activate(&y, self.norm.activation)
-    }
-}
-
-/// The axis that holds channels in the layout `backend` computes in.
-fn channel_axis(backend: Backend) -> usize {
-    match backend {
-        Backend::CpuGemm => 0,
-        _ => 1,
     }
 }
 
@@ -353,18 +414,18 @@ pub struct ResidualModule {
 }
 
 impl ResidualModule {
-    fn forward(&self, x: &Tensor, train: bool, frozen: bool, backend: Backend) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         let b = &self.block;
         let mut h = match &self.pre_norm {
-            Some(norm) => norm.forward(x, train, frozen, backend)?,
+            Some(norm) => norm.forward(x, pass)?,
             None if b.pre_relu => x.relu()?,
             None => x.clone(),
         };
         if b.resample == Resample::Up {
             h = upsample_nearest2x(&h)?;
         }
-        h = self.conv1.forward(&h, train, frozen, backend)?;
-        h = self.conv2.forward(&h, train, frozen, backend)?;
+        h = self.conv1.forward(&h, pass)?;
+        h = self.conv2.forward(&h, pass)?;
         if b.resample == Resample::Down {
             h = avg_pool2x(&h)?;
         }
@@ -374,7 +435,7 @@ impl ResidualModule {
             Resample::Up | Resample::None => x.clone(),
         };
         if let Some(conv) = &self.shortcut {
-            s = conv.forward(&s, train, frozen, backend)?;
+            s = conv.forward(&s, pass)?;
         }
         if b.resample == Resample::Up {
             s = upsample_nearest2x(&s)?;
@@ -397,11 +458,11 @@ pub enum StageModule {
 }
 
 impl StageModule {
-    fn forward(&self, x: &Tensor, train: bool, frozen: bool, backend: Backend) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, pass: &Pass) -> Result<Tensor> {
         match self {
-            Self::Conv(block) => block.forward(x, train, frozen, backend),
-            Self::Residual(block) => block.forward(x, train, frozen, backend),
-            Self::Norm(block) => block.forward(x, train, frozen, backend),
+            Self::Conv(block) => block.forward(x, pass),
+            Self::Residual(block) => block.forward(x, pass),
+            Self::Norm(block) => block.forward(x, pass),
             Self::SumPool(act) => {
                 let (a, b, _, _) = x.dims4()?;
                 let y = candle_ops::activate(x, *act)?;
@@ -556,20 +617,65 @@ impl Network {
         out
     }
 
-    /// Runs every stage on an NCHW `x`, returning NCHW.
-    pub fn forward(&self, x: &Tensor, train: bool, frozen: bool) -> Result<Tensor> {
+    /// Runs every stage on an NCHW `x` (with `labels` for class-conditional BatchNorms),
+    /// returning NCHW.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+        frozen: bool,
+    ) -> Result<Tensor> {
+        Ok(self.run(x, labels, train, frozen, false)?.0)
+    }
+
+    /// [`Network::forward`], also returning the input of the last stage (NCHW): the features a
+    /// projection discriminator projects the label onto.
+    pub fn forward_with_features(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+        frozen: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (out, features) = self.run(x, labels, train, frozen, true)?;
+        let features =
+            features.ok_or_else(|| ModelError::Input("a network without stages".into()))?;
+        Ok((out, features))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        labels: Option<&Tensor>,
+        train: bool,
+        frozen: bool,
+        keep_features: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let backend = Backend::select(self.kernels, x.device());
-        let mut h = match backend {
-            Backend::CpuGemm => x.transpose(0, 1)?.contiguous()?,
-            _ => x.clone(),
+        let pass = Pass {
+            labels,
+            train,
+            frozen,
+            backend,
         };
-        for stage in &self.stages {
-            h = stage.forward(&h, train, frozen, backend)?;
+        // The CPU kernels' channel-major layout is NCHW with the first two axes swapped.
+        let to_layout = |t: &Tensor| -> Result<Tensor> {
+            Ok(match backend {
+                Backend::CpuGemm => t.transpose(0, 1)?.contiguous()?,
+                _ => t.clone(),
+            })
+        };
+        let mut h = to_layout(x)?;
+        let last = self.stages.len().saturating_sub(1);
+        let mut features = None;
+        for (i, stage) in self.stages.iter().enumerate() {
+            if keep_features && i == last {
+                features = Some(to_layout(&h)?);
+            }
+            h = stage.forward(&h, &pass)?;
         }
-        Ok(match backend {
-            Backend::CpuGemm => h.transpose(0, 1)?.contiguous()?,
-            _ => h,
-        })
+        Ok((to_layout(&h)?, features))
     }
 
     /// One power iteration of every spectrally normalised block (once per training step).

@@ -30,6 +30,7 @@ const DCGAN_INIT: ConvLayer = ConvLayer {
         mean: 1.0,
         std: 0.02,
     },
+    bn_classes: None,
 };
 
 /// A bound on the generator's and the discriminator's parameter counts, in u128: the widest

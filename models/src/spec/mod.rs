@@ -86,6 +86,9 @@ pub struct ConvLayer {
     pub init: Init,
     /// How the BatchNorm gain is initialised (when there is one).
     pub bn_gain_init: Init,
+    /// A class-conditional BatchNorm: gains and shifts per class (`[classes, C]`), picked by
+    /// each image's label (Dumoulin et al. 2017; SNGAN's conditional generator).
+    pub bn_classes: Option<usize>,
 }
 
 impl ConvLayer {
@@ -173,6 +176,7 @@ impl ConvLayer {
             batch_norm_tensors(
                 &format!("{}.bn", self.name),
                 self.out_channels,
+                self.bn_classes,
                 self.bn_gain_init,
                 out,
             );
@@ -180,17 +184,28 @@ impl ConvLayer {
     }
 }
 
-/// The four tensors of a BatchNorm named `{prefix}.weight` etc.
-fn batch_norm_tensors(prefix: &str, channels: usize, gain: Init, out: &mut Vec<TensorSpec>) {
+/// The four tensors of a BatchNorm named `{prefix}.weight` etc.; a class-conditional one has
+/// its gain and shift per class (`[classes, channels]`).
+fn batch_norm_tensors(
+    prefix: &str,
+    channels: usize,
+    classes: Option<usize>,
+    gain: Init,
+    out: &mut Vec<TensorSpec>,
+) {
     let c = vec![channels];
+    let affine = match classes {
+        Some(k) => vec![k, channels],
+        None => c.clone(),
+    };
     out.push(TensorSpec::parameter(
         format!("{prefix}.weight"),
-        c.clone(),
+        affine.clone(),
         gain,
     ));
     out.push(TensorSpec::parameter(
         format!("{prefix}.bias"),
-        c.clone(),
+        affine,
         Init::Zeros,
     ));
     for (buffer, init) in [("running_mean", Init::Zeros), ("running_var", Init::Ones)] {
@@ -211,12 +226,18 @@ pub struct NormLayer {
     pub channels: usize,
     pub activation: Activation,
     pub gain_init: Init,
+    /// Class-conditional gains and shifts (`[classes, channels]`), as [`ConvLayer::bn_classes`].
+    pub classes: Option<usize>,
 }
 
 impl NormLayer {
     /// Checkpoint name of one of its tensors: `weight`, `bias`, `running_mean`, `running_var`.
     pub fn tensor_name(&self, tensor: &str) -> String {
         format!("{}.{tensor}", self.name)
+    }
+
+    fn tensors(&self, out: &mut Vec<TensorSpec>) {
+        batch_norm_tensors(&self.name, self.channels, self.classes, self.gain_init, out);
     }
 }
 
@@ -279,6 +300,12 @@ pub enum Conditioning {
     /// Discriminator: one-hot label maps (`num_classes` constant planes) are concatenated to the
     /// image, so the first convolution sees the class everywhere (the classic conditional DCGAN).
     LabelMaps { num_classes: usize },
+    /// Generator: the labels pick the gains and shifts of its class-conditional BatchNorms
+    /// ([`ConvLayer::bn_classes`], [`NormLayer::classes`]); `z` enters alone.
+    ClassNorm { num_classes: usize },
+    /// Discriminator: a projection (Miyato & Koyama 2018): the logit gains
+    /// `<embedding[label], features>` over the pooled features of `channels` values.
+    Projection { num_classes: usize, channels: usize },
 }
 
 impl Conditioning {
@@ -286,7 +313,8 @@ impl Conditioning {
     pub fn tensor_name(&self) -> Option<&'static str> {
         match self {
             Self::ConcatEmbedding { .. } => Some("label_embedding.weight"),
-            Self::LabelMaps { .. } => None,
+            Self::Projection { .. } => Some("projection.weight"),
+            Self::LabelMaps { .. } | Self::ClassNorm { .. } => None,
         }
     }
 
@@ -298,7 +326,11 @@ impl Conditioning {
                 embed_dim,
                 ..
             } => Some(vec![num_classes, embed_dim]),
-            Self::LabelMaps { .. } => None,
+            Self::Projection {
+                num_classes,
+                channels,
+            } => Some(vec![num_classes, channels]),
+            Self::LabelMaps { .. } | Self::ClassNorm { .. } => None,
         }
     }
 
@@ -309,16 +341,33 @@ impl Conditioning {
             Self::ConcatEmbedding {
                 trainable: true,
                 ..
-            }
+            } | Self::Projection { .. }
         )
+    }
+
+    /// How the embedding table is initialised: the identity for a fixed one-hot code, N(0, 1)
+    /// for a learned input embedding, Xavier-uniform for a projection (as SNGAN's code).
+    fn init(&self) -> Init {
+        match *self {
+            Self::Projection {
+                num_classes,
+                channels,
+            } => Init::xavier(num_classes, channels, 1.0),
+            _ if self.trainable() => Init::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            _ => Init::Identity,
+        }
     }
 
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         match *self {
-            Self::ConcatEmbedding { num_classes, .. } | Self::LabelMaps { num_classes } => {
-                num_classes
-            }
+            Self::ConcatEmbedding { num_classes, .. }
+            | Self::LabelMaps { num_classes }
+            | Self::ClassNorm { num_classes }
+            | Self::Projection { num_classes, .. } => num_classes,
         }
     }
 }
@@ -389,20 +438,16 @@ impl NetworkSpec {
         let mut out = Vec::new();
         if let Some(c) = &self.conditioning {
             if let (Some(name), Some(shape)) = (c.tensor_name(), c.shape()) {
-                let (role, init) = if c.trainable() {
-                    let init = Init::Normal {
-                        mean: 0.0,
-                        std: 1.0,
-                    };
-                    (TensorRole::Parameter, init)
+                let role = if c.trainable() {
+                    TensorRole::Parameter
                 } else {
-                    (TensorRole::Buffer, Init::Identity)
+                    TensorRole::Buffer
                 };
                 out.push(TensorSpec {
                     name: name.to_string(),
                     shape,
                     role,
-                    init,
+                    init: c.init(),
                 });
             }
         }
@@ -411,7 +456,7 @@ impl NetworkSpec {
                 Stage::Conv(layer) => layer.tensors(&mut out),
                 Stage::Residual(block) => {
                     if let Some(norm) = &block.pre_norm {
-                        batch_norm_tensors(&norm.name, norm.channels, norm.gain_init, &mut out);
+                        norm.tensors(&mut out);
                     }
                     block.conv1.tensors(&mut out);
                     block.conv2.tensors(&mut out);
@@ -419,9 +464,7 @@ impl NetworkSpec {
                         shortcut.tensors(&mut out);
                     }
                 }
-                Stage::Norm(norm) => {
-                    batch_norm_tensors(&norm.name, norm.channels, norm.gain_init, &mut out)
-                }
+                Stage::Norm(norm) => norm.tensors(&mut out),
                 Stage::SumPool(_) => {}
             }
         }

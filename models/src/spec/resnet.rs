@@ -8,8 +8,8 @@
 //! no BatchNorm follows (a bias before a BatchNorm is subtracted again by it).
 
 use super::{
-    discriminator_conditioning, generator_conditioning, Activation, ConvKind, ConvLayer, Init,
-    NetworkSpec, NormLayer, Resample, ResidualBlock, Stage,
+    Activation, Conditioning, ConvKind, ConvLayer, Init, NetworkSpec, NormLayer, Resample,
+    ResidualBlock, Stage,
 };
 use crate::config::ModelConfig;
 
@@ -51,6 +51,7 @@ fn conv(
         spectral_norm: false,
         init: Init::xavier(in_channels * area, out_channels * area, 1.0),
         bn_gain_init: Init::Ones,
+        bn_classes: None,
     }
 }
 
@@ -63,9 +64,11 @@ fn residual_conv(name: String, in_channels: usize, out_channels: usize, size: us
 }
 
 /// The generator: linear `z -> 4x4xC`, one up-block per doubling (BN, ReLU, nearest x2,
-/// conv3x3, BN, ReLU, conv3x3, with an upsampled 1x1 shortcut), BN, ReLU, conv3x3, tanh.
+/// conv3x3, BN, ReLU, conv3x3, with an upsampled 1x1 shortcut), BN, ReLU, conv3x3, tanh. A
+/// conditional generator's block BatchNorms are class-conditional (SNGAN's cGAN).
 pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
     let c = generator_channels(cfg);
+    let classes = cfg.num_classes;
     let input = cfg.generator_input_dim();
     let mut stages = vec![Stage::Conv(ConvLayer {
         kind: ConvKind::ConvTranspose,
@@ -87,12 +90,14 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
                 channels: c,
                 activation: Activation::Relu,
                 gain_init: Init::Ones,
+                classes,
             }),
             pre_relu: false,
             resample: Resample::Up,
             conv1: ConvLayer {
                 bias: false,
                 batch_norm: true,
+                bn_classes: classes,
                 activation: Activation::Relu,
                 ..residual_conv(format!("{name}.conv1"), c, c, size * 2)
             },
@@ -114,6 +119,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
         channels: c,
         activation: Activation::Relu,
         gain_init: Init::Ones,
+        classes: None,
     }));
     stages.push(Stage::Conv(ConvLayer {
         activation: Activation::Tanh,
@@ -121,17 +127,18 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
     }));
     NetworkSpec {
         stages,
-        conditioning: generator_conditioning(cfg),
+        conditioning: classes.map(|num_classes| Conditioning::ClassNorm { num_classes }),
     }
 }
 
 /// The discriminator: one down-block per halving to 4x4 (the first "optimised": no ReLU
 /// before it, on the image itself), ReLU, sum over pixels, linear.
-/// Every convolution is spectrally normalised when `cfg.spectral_norm`.
+/// Every convolution is spectrally normalised when `cfg.spectral_norm`. A conditional
+/// discriminator adds a projection of the label onto the pooled features.
 pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
     let d = discriminator_channels(cfg);
     let sn = cfg.spectral_norm;
-    let mut channels = cfg.channels + cfg.num_classes.unwrap_or(0);
+    let mut channels = cfg.channels;
     let mut size = cfg.image_size;
     let mut stages = Vec::new();
     for i in 0..cfg.num_stages() {
@@ -167,7 +174,10 @@ pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
     }));
     NetworkSpec {
         stages,
-        conditioning: discriminator_conditioning(cfg),
+        conditioning: cfg.num_classes.map(|num_classes| Conditioning::Projection {
+            num_classes,
+            channels: d,
+        }),
     }
 }
 
@@ -177,10 +187,11 @@ pub(super) fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
     let c = generator_channels(cfg) as u128;
     let d = discriminator_channels(cfg) as u128;
     let input = cfg.generator_input_dim() as u128;
-    let image = (cfg.channels + cfg.num_classes.unwrap_or(0)) as u128;
+    let image = cfg.channels as u128;
+    let classes = cfg.num_classes.unwrap_or(1) as u128;
     (
-        input * 16 * c + stages * 20 * c * c + 9 * c * cfg.channels as u128 + 4 * c,
-        stages * 20 * d * d + 10 * image * d + 2 * d,
+        input * 16 * c + stages * 20 * c * c + 9 * c * cfg.channels as u128 + 8 * classes * c,
+        stages * 20 * d * d + 10 * image * d + 2 * d + classes * d,
     )
 }
 

@@ -551,10 +551,18 @@ fn resnet_generator_exports_and_matches_candle() {
             .collect();
         let count = |op: &str| ops.iter().filter(|o| *o == op).count();
         // Three blocks: two Resize each (main path, shortcut), one Add; no BatchNorm left
-        // after a convolution (the lone ones before ReLU stay).
+        // after a convolution (the lone ones before ReLU stay). A conditional generator's six
+        // block BatchNorms each gather a gain and a shift per image (Gather, Mul, Add).
+        let cbn = if classes.is_some() { 6 } else { 0 };
         assert_eq!(
-            (count("Resize"), count("Add"), count("Gemm")),
-            (6, 3, 1),
+            (
+                count("Resize"),
+                count("Add"),
+                count("Gemm"),
+                count("Gather"),
+                count("Mul")
+            ),
+            (6, 3 + cbn, 1, 2 * cbn, cbn),
             "{ops:?}"
         );
         assert_eq!(count("BatchNormalization"), 4, "{ops:?}");

@@ -68,6 +68,7 @@ fn conv_spec(image_size: usize, channels: usize) -> NetworkSpec {
             // Drawn by this module's own He-normal `init`, not by the spec's.
             init: Init::Zeros,
             bn_gain_init: Init::Ones,
+            bn_classes: None,
         });
         c = out;
         size /= 2;
@@ -140,7 +141,7 @@ impl Classifier {
 
     /// Features `[N, 128]` and logits `[N, classes]` of NCHW images in [-1, 1].
     pub fn forward(&self, images: &Tensor) -> Result<(Tensor, Tensor)> {
-        let h = self.convs.forward(images, true, false)?;
+        let h = self.convs.forward(images, None, true, false)?;
         let h = h.flatten_from(1)?;
         let features = h
             .matmul(&self.fc1.0.as_tensor().t()?)?
