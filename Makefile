@@ -9,7 +9,7 @@ DEMO_BATCH ?= 64
 DEMO_RUN ?= runs/demo
 BENCH_PYTHON ?= .tools/venv-bench/bin/python
 
-.PHONY: demo test tools ort inception data lint fuzz fuzz-api mutants bench bench-metrics bench-generate bench-serve bench-distributed bench-quality bench-recipe bench-tools
+.PHONY: demo test tools ort inception data lint fuzz fuzz-api mutants bench bench-metrics bench-generate bench-serve bench-distributed bench-quality bench-quality-resnet bench-recipe bench-tools
 
 tools:
 	scripts/setup-tools.sh
@@ -74,6 +74,11 @@ bench-recipe:
 # cats and dogs (docs/quality.md; about 6.5 hours on 2 cores, resumable).
 bench-quality: bench-tools ort
 	scripts/quality-bench.sh
+
+# The SNGAN ResNet against its PyTorch reference at equal steps, 3 seeds, Fashion-MNIST and the
+# cats and dogs at 32x32, Inception FID/KID (docs/quality.md; about 7 hours on 2 cores, resumable).
+bench-quality-resnet: bench-tools ort
+	scripts/quality-resnet.sh
 
 # The PyTorch reference's virtualenv (.tools/venv-bench: torch, numpy, onnxruntime), for benchmarks only.
 bench-tools:
