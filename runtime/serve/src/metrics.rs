@@ -12,6 +12,7 @@ pub struct ModelMetrics {
     request_failure: AtomicU64,
     inference_count: AtomicU64,
     exec_count: AtomicU64,
+    max_batch: AtomicU64,
     queue_duration_us: AtomicU64,
     compute_infer_duration_us: AtomicU64,
     pending: AtomicU64,
@@ -31,6 +32,7 @@ impl ModelMetrics {
     /// One ONNX Runtime execution of `images` images that took `compute`.
     pub fn record_execution(&self, images: usize, compute: Duration) {
         self.exec_count.fetch_add(1, Ordering::Relaxed);
+        self.max_batch.fetch_max(images as u64, Ordering::Relaxed);
         self.inference_count
             .fetch_add(images as u64, Ordering::Relaxed);
         self.compute_infer_duration_us
@@ -77,6 +79,11 @@ impl ModelMetrics {
     pub fn exec_count(&self) -> u64 {
         self.exec_count.load(Ordering::Relaxed)
     }
+
+    /// The most images one execution has run so far (never above the model's max batch).
+    pub fn max_batch(&self) -> u64 {
+        self.max_batch.load(Ordering::Relaxed)
+    }
 }
 
 /// One model version's identity and counters, as the exposition lists them.
@@ -90,7 +97,7 @@ pub struct Labelled<'a> {
 /// The whole `/metrics` page.
 pub fn render(models: &[Labelled<'_>]) -> String {
     type Read = fn(&ModelMetrics) -> u64;
-    let families: [(&str, &str, &str, Read); 7] = [
+    let families: [(&str, &str, &str, Read); 8] = [
         (
             "gantry_inference_request_success",
             "counter",
@@ -114,6 +121,12 @@ pub fn render(models: &[Labelled<'_>]) -> String {
             "counter",
             "ONNX Runtime executions (inference_count / exec_count is the average batch)",
             |m| m.exec_count(),
+        ),
+        (
+            "gantry_inference_max_batch_size",
+            "gauge",
+            "The most images one ONNX Runtime execution has run (at most the model's max batch)",
+            |m| m.max_batch(),
         ),
         (
             "gantry_inference_queue_duration_us",

@@ -221,6 +221,10 @@ def metric(family, model):
 
 
 count, execs = metric("gantry_inference_count", conc["model"]), metric("gantry_inference_exec_count", conc["model"])
+# The 20-image requests ran in executions of at most the max batch, and some of exactly it.
+largest = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+           if line.startswith(f'gantry_inference_max_batch_size{{model="{conc["model"]}",')]
+check(largest and max(largest) == 8, f"no execution ran more than the max batch of 8: {largest}")
 check(count and execs and count / execs > 1.5, f"requests were merged: {count:.0f} images in {execs:.0f} executions")
 check(metric("gantry_inference_request_failure", name) >= 3, "failures are counted")
 check('gantry_execution_provider{model="' in metrics and 'provider="CPUExecutionProvider"} 1' in metrics, "the provider is exported")
