@@ -635,4 +635,105 @@ mod tests {
         assert_eq!(own.len(), live.len());
         assert!(own.iter().zip(&live).all(|(a, b)| a != b), "recalibrated");
     }
+
+    /// Rank 1 of a scripted two-rank job: `all_gather_u64` answers with `rank0`'s values
+    /// before this rank's own (what MPI would gather); any other collective call means the
+    /// start-up agreement let a mismatch through, and fails the test.
+    struct SecondRank {
+        rank0: Vec<u64>,
+        /// What this rank contributed, readable after the trainer took the collective.
+        recorded: std::rc::Rc<std::cell::RefCell<Vec<u64>>>,
+    }
+
+    impl Collective for SecondRank {
+        fn rank(&self) -> usize {
+            1
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> distributed::Result<()> {
+            panic!("reduced after a failed agreement")
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
+            Ok(())
+        }
+        fn all_gather_f32(&self, _: &[f32]) -> distributed::Result<Vec<f32>> {
+            panic!("gathered after a failed agreement")
+        }
+        fn all_gather_u64(&self, local: &[u64]) -> distributed::Result<Vec<u64>> {
+            *self.recorded.borrow_mut() = local.to_vec();
+            let mut all = self.rank0.clone();
+            if all.is_empty() {
+                all = local.to_vec(); // no script: rank 0 agrees
+            }
+            all.extend_from_slice(local);
+            Ok(all)
+        }
+        fn describe(&self) -> String {
+            "scripted (2 ranks)".into()
+        }
+        fn abort(&self, code: i32) -> ! {
+            panic!("abort({code})")
+        }
+    }
+
+    /// Joining a job checks the data and the run position as well as the settings: a rank
+    /// started on other images, or from another step, is refused with the ranks and what differs
+    /// named (a seed mismatch alone is what the MPI test covers).
+    #[test]
+    fn joining_refuses_other_data_and_another_run_position() {
+        let dev = Device::Cpu;
+        let data = |shift: usize| Dataset {
+            name: "fixture".into(),
+            image_size: 16,
+            channels: 1,
+            pixels: (0..8 * 256)
+                .map(|i| ((i + shift) * 31 % 256) as u8)
+                .collect(),
+            labels: vec![0; 8],
+            class_names: vec!["a".into()],
+        };
+        let model = ModelConfig {
+            image_size: 16,
+            g_width: 4,
+            d_width: 4,
+            latent_dim: 8,
+            ..ModelConfig::default()
+        };
+        let config = TrainConfig {
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let trainer =
+            |shift| Trainer::new(config.clone(), model.clone(), data(shift), &dev).unwrap();
+        // Rank 0's fingerprints, as a rank that agrees with itself records them.
+        let rank0 = {
+            let recorded = std::rc::Rc::default();
+            let mut t = trainer(0);
+            t.join(Box::new(SecondRank {
+                rank0: Vec::new(),
+                recorded: std::rc::Rc::clone(&recorded),
+            }))
+            .unwrap();
+            let values = recorded.borrow().clone();
+            assert_eq!(values.len(), 3, "settings, data, run position");
+            values
+        };
+        let join = |mut t: Trainer| {
+            t.join(Box::new(SecondRank {
+                rank0: rank0.clone(),
+                recorded: Default::default(),
+            }))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        join(trainer(0)).unwrap();
+        let err = join(trainer(1)).unwrap_err();
+        assert!(err.contains("rank 1 has different data"), "{err}");
+        let mut moved = trainer(0);
+        moved.step().unwrap();
+        let err = join(moved).unwrap_err();
+        assert!(err.contains("rank 1 has different run positions"), "{err}");
+    }
 }
