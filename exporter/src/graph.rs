@@ -229,10 +229,8 @@ fn residual_block(
 /// `(y, x)` reads input `(y / 2, x / 2)`).
 fn upsample_node(b: &mut Builder, name: &str, x: &str) -> String {
     let scales = format!("{name}.scales");
-    if !b.initializers.iter().any(|t| t.name == scales) {
-        b.initializers
-            .push(f32_tensor(&scales, &[4], &[1.0, 1.0, 2.0, 2.0]));
-    }
+    b.initializers
+        .push(f32_tensor(&scales, &[4], &[1.0, 1.0, 2.0, 2.0]));
     b.add(
         "Resize",
         name,

@@ -76,23 +76,37 @@ impl CustomOp3 for ConvBnAct {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = y.dim(0)?;
-        let op = BnGrad {
-            act: self.act,
-            gamma: affine.narrow(0, 0, c)?.to_vec1()?,
-            saved: self.saved.clone(),
-        };
-        let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
-        let total = y.elem_count();
-        let d_conv_out = packed.narrow(0, 0, total)?.reshape(y.shape())?;
+        let (d_conv_out, d_affine) = bn_act_grads(self.act, &self.saved, affine, y, dy)?;
         let (dx, dw) = gemm_conv::grads(self.conv, x, w, &d_conv_out)?;
-        let d_affine = if affine.track_op() {
-            Some(packed.narrow(0, total, 2 * c)?)
-        } else {
-            None
-        };
         Ok((dx, dw, d_affine))
     }
+}
+
+/// The backward pass through a training-mode BatchNorm and its activation, from the output
+/// `y`, its gradient `dy` and what the forward pass `saved`: the gradient of BatchNorm's input
+/// and, when autograd tracks them, of `[gamma; beta]`.
+fn bn_act_grads(
+    act: Act,
+    saved: &Arc<Mutex<Saved>>,
+    affine: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let c = y.dim(0)?;
+    let op = BnGrad {
+        act,
+        gamma: affine.narrow(0, 0, c)?.to_vec1()?,
+        saved: saved.clone(),
+    };
+    let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
+    let total = y.elem_count();
+    let d_input = packed.narrow(0, 0, total)?.reshape(y.shape())?;
+    let d_affine = if affine.track_op() {
+        Some(packed.narrow(0, total, 2 * c)?)
+    } else {
+        None
+    };
+    Ok((d_input, d_affine))
 }
 
 impl CustomOp2 for BnGrad {
@@ -188,20 +202,7 @@ impl CustomOp2 for BnAct {
         y: &Tensor,
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let c = y.dim(0)?;
-        let op = BnGrad {
-            act: self.act,
-            gamma: affine.narrow(0, 0, c)?.to_vec1()?,
-            saved: self.saved.clone(),
-        };
-        let packed = y.contiguous()?.apply_op2_no_bwd(&dy.contiguous()?, &op)?;
-        let total = y.elem_count();
-        let dx = packed.narrow(0, 0, total)?.reshape(y.shape())?;
-        let d_affine = if affine.track_op() {
-            Some(packed.narrow(0, total, 2 * c)?)
-        } else {
-            None
-        };
+        let (dx, d_affine) = bn_act_grads(self.act, &self.saved, affine, y, dy)?;
         Ok((Some(dx), d_affine))
     }
 }

@@ -160,6 +160,17 @@ mod tests {
             .unwrap()
     }
 
+    /// The gradient of `sum(y * weights)` with respect to `x`.
+    fn gradient(x: &Var, y: Tensor, weights: &Tensor) -> Tensor {
+        let grads = (y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(x).unwrap().clone()
+    }
+
     /// Values and gradients equal candle's own ops: `upsample_nearest2d` and `avg_pool2d`
     /// (whose backward passes candle implements independently), for a non-square plane.
     #[test]
@@ -169,40 +180,16 @@ mod tests {
         let ours = upsample_nearest2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().upsample_nearest2d(8, 12).unwrap();
         assert_eq!(max_diff(&ours, &theirs), 0.0);
-        let g_ours = (ours * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_theirs = (theirs * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (a, b) = (g_ours.get(&x).unwrap(), g_theirs.get(&x).unwrap());
-        assert!(max_diff(a, b) < 1e-5, "upsample gradient");
+        let (a, b) = (gradient(&x, ours, &weights), gradient(&x, theirs, &weights));
+        assert!(max_diff(&a, &b) < 1e-5, "upsample gradient");
 
         let x = Var::from_tensor(&sample((2, 3, 8, 12))).unwrap();
         let weights = sample((2, 3, 4, 6)).affine(0.1, -0.2).unwrap();
         let ours = avg_pool2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().avg_pool2d(2).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
-        let g_ours = (ours * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_theirs = (theirs * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let (a, b) = (g_ours.get(&x).unwrap(), g_theirs.get(&x).unwrap());
-        assert!(max_diff(a, b) < 1e-6, "pooling gradient");
+        let (a, b) = (gradient(&x, ours, &weights), gradient(&x, theirs, &weights));
+        assert!(max_diff(&a, &b) < 1e-6, "pooling gradient");
         assert!(avg_pool2x(&sample((1, 1, 3, 4))).is_err());
     }
 }
