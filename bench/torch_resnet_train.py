@@ -11,7 +11,9 @@ that `trainer eval --images --metric inception` scores.
 Data: a folder of MNIST-format IDX files (28x28 grey, padded to 32 with black as Gantry's
 `--fit pad`), or a folder of 32x32 PNGs with one subfolder per class (the cats and dogs).
 Writes DIR/samples/*.png (conditional: image k of class k % classes), DIR/grid.png and
-DIR/run.json (steps, seconds, losses).
+DIR/run.json (steps, seconds, losses). Every 100 steps the whole state (networks, EMA, optimisers,
+data order, RNG) goes to DIR/checkpoint.pt, and a rerun with the same arguments resumes from it:
+the benchmark spans sessions that end mid-run.
 """
 import argparse
 import copy
@@ -122,8 +124,26 @@ def main():
         at += a.batch
         return x[idx], (y[idx] if classes else None)
 
-    start = time.perf_counter()
-    for step in range(a.max_steps):
+    ckpt = os.path.join(a.out, "checkpoint.pt")
+    first, spent = 0, 0.0
+    if os.path.exists(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        for name, obj in (("g", g), ("d", d), ("avg", avg), ("opt_g", opt_g), ("opt_d", opt_d)):
+            obj.load_state_dict(st[name])
+        order, at, first, spent = st["order"], st["at"], st["step"], st["seconds"]
+        torch.set_rng_state(st["rng"])
+        print(f"resumed from {ckpt} at step {first}", flush=True)
+
+    def save(step, seconds):
+        os.makedirs(a.out, exist_ok=True)
+        st = {"g": g.state_dict(), "d": d.state_dict(), "avg": avg.state_dict(),
+              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "order": order, "at": at,
+              "step": step, "seconds": seconds, "rng": torch.get_rng_state()}
+        torch.save(st, ckpt + ".tmp")
+        os.replace(ckpt + ".tmp", ckpt)
+
+    start = time.perf_counter() - spent
+    for step in range(first, a.max_steps):
         for _ in range(a.d_steps):
             real, labels = next_batch()
             fake = g(torch.randn(a.batch, a.latent_dim), labels)
@@ -138,6 +158,7 @@ def main():
         ema_update(avg, g, a.ema, step)
         if (step + 1) % 100 == 0:
             print(f"step {step + 1} loss_d {loss_d.item():.3f} loss_g {loss_g.item():.3f}", flush=True)
+            save(step + 1, time.perf_counter() - start)
     seconds = time.perf_counter() - start
     avg.load_state_dict({**avg.state_dict(), **{k: v for k, v in g.state_dict().items() if "running" in k}})
     recalibrate(avg, a.latent_dim, classes)
@@ -158,8 +179,7 @@ def main():
         r, c = divmod(k, 8)
         grid[r * 34 + 1:r * 34 + 33, c * 34 + 1:c * 34 + 33] = im
     Image.fromarray(grid[:, :, 0] if channels == 1 else grid, mode).save(os.path.join(a.out, "grid.png"))
-    summary = {"steps": a.max_steps, "seconds": round(seconds, 1), "loss_d": loss_d.item(),
-               "loss_g": loss_g.item(), "batch": a.batch, "d_steps": a.d_steps, "samples": a.n_samples}
+    summary = {"steps": a.max_steps, "seconds": round(seconds, 1), "batch": a.batch, "d_steps": a.d_steps, "samples": a.n_samples}
     tmp = os.path.join(a.out, "run.json.tmp")
     json.dump(summary, open(tmp, "w"), indent=1)
     os.replace(tmp, os.path.join(a.out, "run.json"))

@@ -15,7 +15,7 @@
 # CONDITIONAL=on (the default), Fashion-MNIST also trains the class-conditional pair (conditional BatchNorm,
 # projection D) and reports how often Gantry's classifier gives each sample its own class.
 # JOBS single-threaded runs in parallel (default: the number of cores). Rerunning skips finished
-# runs (a `done` marker) and resumes interrupted Gantry runs from their checkpoints.
+# runs (a `done` marker) and resumes interrupted runs, Gantry's and PyTorch's, from their checkpoints.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality-resnet}")"
