@@ -16,6 +16,12 @@ pub enum ExportSetting {
     TritonName,
     /// Triton's `max_batch_size`.
     MaxBatchSize,
+    /// The precision and the options that go with it.
+    Precision,
+    /// A saved int8 calibration (to read or to write).
+    Calibration,
+    /// The number of int8 calibration batches.
+    CalibrationBatches,
 }
 
 impl std::fmt::Display for ExportSetting {
@@ -26,6 +32,9 @@ impl std::fmt::Display for ExportSetting {
             Self::Weights => "weights",
             Self::TritonName => "Triton model name",
             Self::MaxBatchSize => "Triton max batch size",
+            Self::Precision => "precision",
+            Self::Calibration => "calibration file",
+            Self::CalibrationBatches => "calibration batches",
         })
     }
 }

@@ -9,10 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod calibration;
 pub mod error;
 pub mod fold;
 pub mod graph;
 pub mod proto;
+pub mod quant;
 pub mod triton;
 pub mod verify;
 
@@ -20,14 +22,16 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use candle_onnx::onnx::{
-    tensor_proto::DataType, ModelProto, OperatorSetIdProto, StringStringEntryProto,
+    tensor_proto::DataType, type_proto, GraphProto, ModelProto, OperatorSetIdProto,
+    StringStringEntryProto, TypeProto, ValueInfoProto,
 };
 use gantry_models::{resolve_run_checkpoint, Checkpoint, ModelConfig, RunCheckpoint};
 use prost::Message;
 
+pub use calibration::{Calibration, CalibrationOptions};
 pub use error::{ExportError, ExportSetting, Result};
 pub use graph::{
-    GraphOptions, OutputFormat, Precision, BATCH_DIM, INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE,
+    GraphOptions, Lowering, OutputFormat, Precision, BATCH_DIM, INPUT_LABEL, INPUT_Z, OUTPUT_IMAGE,
 };
 
 /// Opsets the exporter can target (every op it uses has the same semantics across them).
@@ -37,7 +41,7 @@ pub const DEFAULT_OPSET: i64 = 17;
 /// Version of the `gantry.*` metadata contract.
 pub const METADATA_FORMAT_VERSION: &str = "1";
 /// Metadata keys every exported model carries, in the order they are written.
-pub const METADATA_KEYS: [&str; 13] = [
+pub const METADATA_KEYS: [&str; 14] = [
     "gantry.format_version",
     "gantry.arch",
     "gantry.latent_dim",
@@ -49,6 +53,7 @@ pub const METADATA_KEYS: [&str; 13] = [
     "gantry.dataset",
     "gantry.normalization",
     "gantry.precision",
+    "gantry.calibration",
     "gantry.batchnorm_folded",
     "gantry.weights",
 ];
@@ -86,6 +91,9 @@ pub struct ExportOptions {
     pub graph: GraphOptions,
     pub weights: WeightsChoice,
     pub triton: Option<TritonOptions>,
+    /// How an int8 export is calibrated (ignored by the other precisions, which refuse a
+    /// calibration file to read or write).
+    pub calibration: CalibrationOptions,
 }
 
 /// What an export produced.
@@ -97,6 +105,8 @@ pub struct ExportReport {
     pub used_ema: bool,
     pub nodes: usize,
     pub triton_dir: Option<PathBuf>,
+    /// The calibration of an int8 export.
+    pub calibration: Option<Calibration>,
 }
 
 /// The IR version matching an opset (ONNX's versioning table).
@@ -110,16 +120,15 @@ pub fn ir_version(opset: i64) -> i64 {
 }
 
 /// The `gantry.*` metadata of an export, as (key, value) pairs (keys: [`METADATA_KEYS`]).
+/// `calibration` is the int8 calibration (`gantry.calibration` says how it was made, "none"
+/// for the other precisions).
 pub fn metadata(
     cfg: &ModelConfig,
     ckpt: &Checkpoint,
     opts: &GraphOptions,
     used_ema: bool,
+    calibration: Option<&Calibration>,
 ) -> Vec<(&'static str, String)> {
-    let precision = match opts.precision {
-        Precision::Fp32 => "fp32",
-        Precision::Fp16 => "fp16",
-    };
     vec![
         ("gantry.format_version", METADATA_FORMAT_VERSION.to_string()),
         ("gantry.arch", cfg.arch.name().to_string()),
@@ -137,7 +146,11 @@ pub fn metadata(
             ckpt.meta.dataset.clone().unwrap_or_default(),
         ),
         ("gantry.normalization", "tanh [-1,1]".to_string()),
-        ("gantry.precision", precision.to_string()),
+        ("gantry.precision", opts.precision.name().to_string()),
+        (
+            "gantry.calibration",
+            calibration.map_or("none".into(), Calibration::describe),
+        ),
         ("gantry.batchnorm_folded", opts.fold_batchnorm.to_string()),
         (
             "gantry.weights",
@@ -146,13 +159,81 @@ pub fn metadata(
     ]
 }
 
-/// The ONNX model of a loaded checkpoint's generator; returns it and whether EMA weights were used.
+/// What [`build_model`] built.
+pub struct BuiltModel {
+    pub model: ModelProto,
+    pub used_ema: bool,
+    /// The calibration of an int8 model.
+    pub calibration: Option<Calibration>,
+}
+
+/// A model proto of `graph` with the exporter's opset, IR version and producer.
+fn model_proto(graph: GraphProto, opset: i64) -> ModelProto {
+    ModelProto {
+        ir_version: ir_version(opset),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        producer_name: "gantry-exporter".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: "ai.gantry".into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// The calibration of an int8 export of `cfg` with weights `tensors`: read from
+/// `opts.load` (and refused unless measured on this very graph) or measured.
+fn calibrate(
+    cfg: &ModelConfig,
+    tensors: &gantry_models::TensorMap,
+    opset: i64,
+    opts: &CalibrationOptions,
+) -> Result<Calibration> {
+    let fp32 = GraphOptions {
+        precision: Precision::Fp32,
+        fold_batchnorm: true,
+        output: OutputFormat::Float,
+    };
+    let mut graph = graph::generator_graph(cfg, tensors, &fp32, Lowering::Calibrating)?;
+    let fingerprint = calibration::fingerprint(&graph.encode_to_vec());
+    if let Some(path) = &opts.load {
+        let c = Calibration::read(path)?;
+        c.check_model(path, &fingerprint)?;
+        return Ok(c);
+    }
+    // Every tensor a node makes becomes an output (all are float32 in this graph).
+    let float = TypeProto {
+        denotation: String::new(),
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: DataType::Float as i32,
+            shape: None,
+        })),
+    };
+    graph.output = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter())
+        .map(|name| ValueInfoProto {
+            name: name.clone(),
+            r#type: Some(float.clone()),
+            doc_string: String::new(),
+        })
+        .collect();
+    let bytes = model_proto(graph, opset).encode_to_vec();
+    Calibration::measure(&bytes, fingerprint, cfg, opts)
+}
+
+/// The ONNX model of a loaded checkpoint's generator (int8 models calibrated as `calibration`
+/// says).
 pub fn build_model(
     ckpt: &Checkpoint,
     opset: i64,
     opts: &GraphOptions,
     weights: WeightsChoice,
-) -> Result<(ModelProto, bool)> {
+    calibration: &CalibrationOptions,
+) -> Result<BuiltModel> {
     if !SUPPORTED_OPSETS.contains(&opset) {
         return Err(ExportError::invalid(
             ExportSetting::Opset,
@@ -174,16 +255,14 @@ pub fn build_model(
         }
     };
     let cfg = &ckpt.meta.model;
-    let graph = graph::generator_graph(cfg, tensors, opts)?;
+    let (lowering, calibration) = if opts.precision == Precision::Int8 {
+        let c = calibrate(cfg, tensors, opset, calibration)?;
+        (Lowering::Int8(c.clone()), Some(c))
+    } else {
+        (Lowering::Plain, None)
+    };
+    let graph = graph::generator_graph(cfg, tensors, opts, lowering)?;
     let model = ModelProto {
-        ir_version: ir_version(opset),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        producer_name: "gantry-exporter".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        domain: "ai.gantry".into(),
         model_version: ckpt.step() as i64,
         doc_string: format!(
             "Gantry {} generator {}x{}x{}, latent {}",
@@ -193,17 +272,20 @@ pub fn build_model(
             cfg.channels,
             cfg.latent_dim
         ),
-        graph: Some(graph),
-        metadata_props: metadata(cfg, ckpt, opts, used_ema)
+        metadata_props: metadata(cfg, ckpt, opts, used_ema, calibration.as_ref())
             .into_iter()
             .map(|(key, value)| StringStringEntryProto {
                 key: key.to_string(),
                 value,
             })
             .collect(),
-        ..Default::default()
+        ..model_proto(graph, opset)
     };
-    Ok((model, used_ema))
+    Ok(BuiltModel {
+        model,
+        used_ema,
+        calibration,
+    })
 }
 
 /// The interface an exported model of `cfg` must have.
@@ -311,9 +393,20 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     if let Some(t) = &opts.triton {
         triton::check_name(&t.name)?;
     }
+    check_precision_options(opts)?;
     let dir = resolve_run_checkpoint(&opts.checkpoint, opts.which)?;
     let ckpt = Checkpoint::load_generator(&dir)?;
-    let (model, used_ema) = build_model(&ckpt, opts.opset, &opts.graph, opts.weights)?;
+    let BuiltModel {
+        model,
+        used_ema,
+        calibration,
+    } = build_model(
+        &ckpt,
+        opts.opset,
+        &opts.graph,
+        opts.weights,
+        &opts.calibration,
+    )?;
     let bytes = model.encode_to_vec();
     let want = expectation(&ckpt.meta.model, opts.opset, opts.graph.output);
     if let Some(out) = &opts.out {
@@ -339,6 +432,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         }
         None => None,
     };
+    if let (Some(path), Some(c)) = (&opts.calibration.save, &calibration) {
+        c.write(path)?;
+    }
     Ok(ExportReport {
         checkpoint: dir,
         out: opts.out.clone(),
@@ -346,7 +442,51 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         used_ema,
         nodes: model.graph.as_ref().map_or(0, |g| g.node.len()),
         triton_dir,
+        calibration,
     })
+}
+
+/// Refuses precision options that do not go together, before anything is read or written:
+/// calibration files with a precision that is not calibrated, int8 with BatchNorm unfolded, a
+/// calibration file to write over something that is not one.
+fn check_precision_options(opts: &ExportOptions) -> Result<()> {
+    let cal = &opts.calibration;
+    if opts.graph.precision != Precision::Int8 {
+        if cal.load.is_some() || cal.save.is_some() {
+            return Err(ExportError::invalid(
+                ExportSetting::Calibration,
+                format!(
+                    "only int8 exports are calibrated, not {}",
+                    opts.graph.precision.name()
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    if !opts.graph.fold_batchnorm {
+        return Err(ExportError::invalid(
+            ExportSetting::Precision,
+            "int8 needs BatchNorm folded into the convolutions",
+        ));
+    }
+    calibration::check_batches(cal.batches)?;
+    if let Some(save) = &cal.save {
+        let replaceable = !save.exists()
+            || std::fs::read(save)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Calibration>(&b).ok())
+                .is_some();
+        if save.is_dir() || !replaceable {
+            return Err(ExportError::invalid(
+                ExportSetting::Calibration,
+                format!(
+                    "{} exists and is not a calibration file; refusing to replace it",
+                    save.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -371,7 +511,7 @@ mod tests {
             fold_batchnorm: true,
             output: OutputFormat::Uint8,
         };
-        let pairs = metadata(&cfg, &ckpt, &opts, true);
+        let pairs = metadata(&cfg, &ckpt, &opts, true, None);
         let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
         assert_eq!(keys, METADATA_KEYS);
         let value = |k: &str| {
@@ -381,6 +521,7 @@ mod tests {
                 .map(|(_, v)| v.as_str())
         };
         assert_eq!(value("gantry.precision"), Some("fp16"));
+        assert_eq!(value("gantry.calibration"), Some("none"));
         assert_eq!(value("gantry.output"), Some("uint8"));
         assert_eq!(value("gantry.weights"), Some("ema"));
         assert_eq!(value("gantry.dataset"), Some("mnist"));

@@ -55,6 +55,42 @@ pub fn f16_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
     tensor(name, dims, DataType::Float16, raw)
 }
 
+/// A bfloat16 initializer converted from f32 values (round to nearest even).
+pub fn bf16_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    let raw = values
+        .iter()
+        .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    tensor(name, dims, DataType::Bfloat16, raw)
+}
+
+/// An int8 initializer.
+pub fn i8_tensor(name: &str, dims: &[usize], values: &[i8]) -> TensorProto {
+    let raw = values.iter().map(|v| *v as u8).collect();
+    tensor(name, dims, DataType::Int8, raw)
+}
+
+/// An int32 initializer.
+pub fn i32_tensor(name: &str, dims: &[usize], values: &[i32]) -> TensorProto {
+    tensor(
+        name,
+        dims,
+        DataType::Int32,
+        values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    )
+}
+
+/// A one-byte-per-element initializer of type `dt` (uint8 or int8) and shape `[len]`, or a
+/// scalar when `bytes` has one element.
+pub fn scalar_tensor(name: &str, dt: DataType, bytes: Vec<u8>) -> TensorProto {
+    let dims: Vec<usize> = if bytes.len() == 1 {
+        vec![]
+    } else {
+        vec![bytes.len()]
+    };
+    tensor(name, &dims, dt, bytes)
+}
+
 /// An int64 initializer.
 pub fn i64_tensor(name: &str, dims: &[usize], values: &[i64]) -> TensorProto {
     tensor(
@@ -79,7 +115,9 @@ fn tensor(name: &str, dims: &[usize], dt: DataType, raw_data: Vec<u8>) -> Tensor
 pub fn elem_size(data_type: i32) -> usize {
     match DataType::try_from(data_type) {
         Ok(DataType::Float) => 4,
-        Ok(DataType::Float16) => 2,
+        Ok(DataType::Float16 | DataType::Bfloat16) => 2,
+        Ok(DataType::Int32) => 4,
+        Ok(DataType::Int8) => 1,
         Ok(DataType::Int64) => 8,
         Ok(DataType::Uint8) => 1,
         _ => 0,

@@ -51,4 +51,4 @@ pub use session::GraphOptimization;
 pub use signature::{
     detect as detect_signature, ElementType, ModelInfo, OutputLayout, Signature, TensorInfo,
 };
-pub use tensor_model::TensorModel;
+pub use tensor_model::{Feed, Fetched, TensorModel};

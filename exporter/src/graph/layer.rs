@@ -1,10 +1,11 @@
 //! One convolution layer of the spec: `Conv`, `ConvTranspose` or the latent's `Gemm`, its bias,
 //! BatchNorm folded or as a node, and its activation.
 
-use gantry_models::spec::{ConvKind, ConvLayer, BN_EPS};
+use gantry_models::spec::{Activation, ConvKind, ConvLayer, BN_EPS};
 use gantry_models::TensorMap;
 
-use super::builder::{values, Builder};
+use super::builder::{values, Builder, Lowering};
+use super::reduced::{has_reduced_form, reduced_conv};
 use super::{activation_node, class_affine, GraphOptions};
 use crate::error::{ExportError, Result};
 use crate::fold::{fold_batchnorm, WeightLayout};
@@ -81,6 +82,18 @@ pub(crate) fn layer_block(
     } else {
         (Vec::new(), Vec::new())
     };
+    // Int8 and calibration graphs write the convolution in its reduced form; a ReLU after it is
+    // part of an int8 output's range unless a class-conditional affine map comes between.
+    let reduced = b.reduced() && !as_gemm && has_reduced_form(layer);
+    let absorb_relu = reduced
+        && matches!(b.lowering, Lowering::Int8(_))
+        && layer.activation == Activation::Relu
+        && !conditional;
+    if reduced && layer.batch_norm && !opts.fold_batchnorm {
+        return Err(ExportError::Weights(format!(
+            "layer `{name}`: int8 convolutions need their BatchNorm folded"
+        )));
+    }
     let normalised = if layer.batch_norm && opts.fold_batchnorm {
         let folded = fold_batchnorm(
             &w,
@@ -94,6 +107,17 @@ pub(crate) fn layer_block(
             &values(tensors, &layer.bn_name("running_var"))?,
             BN_EPS,
         );
+        if reduced {
+            let out = reduced_conv(
+                b,
+                layer,
+                input,
+                &folded.weight,
+                Some(&folded.bias),
+                absorb_relu,
+            )?;
+            return finish(b, layer, tensors, out, conditional, absorb_relu);
+        }
         let wn = b.weight(
             &format!("{name}.weight_folded"),
             &weight_dims,
@@ -107,6 +131,13 @@ pub(crate) fn layer_block(
             &folded.bias,
         );
         conv_node(b, layer, as_gemm, input, &wn, Some(&bias), &out)
+    } else if reduced {
+        let bias = match layer.bias {
+            true => Some(values(tensors, &layer.bias_name())?),
+            false => None,
+        };
+        let out = reduced_conv(b, layer, input, &w, bias.as_deref(), absorb_relu)?;
+        return finish(b, layer, tensors, out, conditional, absorb_relu);
     } else {
         let wn = b.weight(&layer.weight_name(), &weight_dims, &w);
         let bias = match layer.bias {
@@ -129,12 +160,34 @@ pub(crate) fn layer_block(
             conv
         }
     };
+    finish(b, layer, tensors, normalised, conditional, false)
+}
+
+/// The end of a layer after its (normalised) convolution output: a class-conditional BatchNorm's
+/// affine map, then the activation unless the int8 output range already applied it.
+fn finish(
+    b: &mut Builder,
+    layer: &ConvLayer,
+    tensors: &TensorMap,
+    normalised: String,
+    conditional: bool,
+    activation_applied: bool,
+) -> Result<String> {
     let normalised = if conditional {
-        class_affine(b, &format!("{name}.bn"), c, tensors, &normalised)?
+        let prefix = format!("{}.bn", layer.name);
+        class_affine(b, &prefix, layer.out_channels, tensors, &normalised)?
     } else {
         normalised
     };
-    Ok(activation_node(b, name, layer.activation, &normalised))
+    if activation_applied {
+        return Ok(normalised);
+    }
+    Ok(activation_node(
+        b,
+        &layer.name,
+        layer.activation,
+        &normalised,
+    ))
 }
 
 /// A per-channel bias as the convolution node takes it: one value per channel, or for a `Gemm`

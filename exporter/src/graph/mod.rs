@@ -9,7 +9,9 @@ use crate::proto::{f32_tensor, i64_tensor, value_info, Attr, Dim};
 
 mod builder;
 mod layer;
+mod reduced;
 
+pub use builder::Lowering;
 use builder::{values, Builder};
 pub use layer::is_projection;
 use layer::{batch_norm_node, layer_block};
@@ -30,6 +32,25 @@ pub enum Precision {
     Fp32,
     /// float16 weights and compute, float32 input and output (Casts at the edges).
     Fp16,
+    /// bfloat16 weights cast to float32 where they are read (ONNX Runtime's CPU provider has no
+    /// bf16 kernel for any of the generator's compute ops): half the file, fp32 compute.
+    Bf16,
+    /// int8 convolutions (QDQ; uint8 activations per tensor, int8 weights per channel),
+    /// calibrated on the generator's own activations; the latent projection and everything that
+    /// is not a convolution in float32.
+    Int8,
+}
+
+impl Precision {
+    /// The name recorded in metadata (`gantry.precision`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
 }
 
 /// What the graph outputs.
@@ -62,17 +83,29 @@ pub struct GraphOptions {
 /// The generator graph of `cfg` with weights `tensors` (checkpoint names), built stage by
 /// stage: inputs and conditioning, the latent's way into the first layer, the nodes of each
 /// stage of the spec, and the output conversion.
+///
+/// `lowering` says how convolutions are written: [`Lowering::Int8`] needs `opts.precision` int8
+/// and [`Lowering::Calibrating`] fp32 (the graph an int8 export is calibrated on).
 pub fn generator_graph(
     cfg: &ModelConfig,
     tensors: &TensorMap,
     opts: &GraphOptions,
+    lowering: Lowering,
 ) -> Result<GraphProto> {
-    let spec = generator_spec(cfg);
-    let mut b = Builder {
-        nodes: Vec::new(),
-        initializers: Vec::new(),
-        precision: opts.precision,
+    let consistent = match &lowering {
+        Lowering::Plain => opts.precision != Precision::Int8,
+        Lowering::Calibrating => opts.precision == Precision::Fp32,
+        Lowering::Int8(_) => opts.precision == Precision::Int8,
     };
+    if !consistent {
+        return Err(ExportError::Weights(format!(
+            "a {} graph cannot be lowered as {}",
+            opts.precision.name(),
+            lowering.name()
+        )));
+    }
+    let spec = generator_spec(cfg);
+    let mut b = Builder::new(opts.precision, lowering);
     let (inputs, latent) = inputs_and_conditioning(&mut b, cfg, &spec, tensors)?;
     let projects = matches!(spec.stages.first(), Some(Stage::Conv(l)) if is_projection(l));
     let mut cur = if projects {

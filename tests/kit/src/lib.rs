@@ -360,6 +360,7 @@ pub fn export_tiny(
         },
         weights: WeightsChoice::Auto,
         triton,
+        calibration: Default::default(),
     })
     .unwrap();
 }

@@ -55,6 +55,7 @@ fn train_export_generate_gives_the_trained_generators_images() {
         },
         weights: WeightsChoice::Auto,
         triton: None,
+        calibration: Default::default(),
     })
     .unwrap();
     assert!(report.used_ema, "a run with an EMA exports it");

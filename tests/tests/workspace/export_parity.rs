@@ -32,6 +32,7 @@ fn options(
         },
         weights: WeightsChoice::Auto,
         triton: None,
+        calibration: Default::default(),
     }
 }
 

@@ -172,6 +172,7 @@ fn pytorch_and_gantry_exports_of_the_resnet_give_pytorchs_images() {
             },
             weights: WeightsChoice::Auto,
             triton: None,
+            calibration: Default::default(),
         })
         .unwrap();
         files.push((ours, f));

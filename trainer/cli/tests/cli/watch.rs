@@ -160,6 +160,7 @@ fn exported_steps(run: &Path, which: RunCheckpoint, out: &Path) -> String {
         },
         weights: gantry_exporter::WeightsChoice::Auto,
         triton: None,
+        calibration: Default::default(),
     })
     .unwrap();
     candle_onnx::read_file(out)
