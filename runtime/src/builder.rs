@@ -77,7 +77,7 @@ impl GeneratorBuilder {
 
     /// Loads the library and the model, registers providers and checks the model's signature.
     pub fn build(self) -> Result<Generator> {
-        let path = self.model.ok_or_else(|| RuntimeError::Model {
+        let path = self.model.clone().ok_or_else(|| RuntimeError::Model {
             path: PathBuf::new(),
             message: "no model file given".into(),
             source: None,
@@ -106,6 +106,14 @@ impl GeneratorBuilder {
             .collect();
         let signature = signature::detect(&path, &inputs, &outputs)?;
         let (metadata, producer) = read_metadata(&session);
+        // TensorRT runs the QDQ nodes of an int8 model only with its int8 mode on: open again.
+        let int8 = metadata.get("gantry.precision").map(String::as_str) == Some("int8");
+        if report.active == Provider::TensorRt && int8 && !self.provider_options.trt_int8 {
+            drop(session);
+            let mut again = self;
+            again.provider_options.trt_int8 = true;
+            return again.build();
+        }
         let info = ModelInfo::new(&path, signature, inputs, outputs, metadata, producer);
         let lanes = if report.active == Provider::Cpu {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -93,6 +93,9 @@ pub struct ProviderOptions {
     pub trt_cache: Option<PathBuf>,
     /// Let TensorRT use fp16 kernels.
     pub trt_fp16: bool,
+    /// Let TensorRT use int8 kernels (needed for the QDQ nodes of an int8 model; the generator
+    /// turns it on by itself for a model whose `gantry.precision` is int8).
+    pub trt_int8: bool,
     /// cuDNN convolution algorithm search: exhaustive benchmarking when true, heuristics otherwise.
     pub cudnn_exhaustive: bool,
     /// Allow TF32 tensor-core math in CUDA convolutions.
@@ -105,6 +108,7 @@ impl Default for ProviderOptions {
             device_id: 0,
             trt_cache: None,
             trt_fp16: true,
+            trt_int8: false,
             cudnn_exhaustive: true,
             tf32: true,
         }
@@ -152,7 +156,8 @@ fn try_register(
         Provider::TensorRt => {
             let mut trt = ep::TensorRT::default()
                 .with_device_id(opts.device_id)
-                .with_fp16(opts.trt_fp16);
+                .with_fp16(opts.trt_fp16)
+                .with_int8(opts.trt_int8);
             if let Some(dir) = &opts.trt_cache {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("engine cache {}: {e}", dir.display()))?;

@@ -72,12 +72,16 @@ impl Builder {
         }
     }
 
-    /// Adds a weight initialiser in the graph's precision (bf16 weights are stored as bf16 and
-    /// cast to float32 where they are read: ONNX Runtime's CPU provider computes nothing in bf16).
+    /// Adds a weight initialiser in the graph's precision. bf16 graphs store matrices and
+    /// kernels (rank >= 2: nearly all the bytes) as bf16, cast to float32 where they are read
+    /// (ONNX Runtime's CPU provider computes nothing in bf16), and keep vectors (biases,
+    /// BatchNorm statistics) in float32: a running mean rounded to 8 bits, divided by a small
+    /// standard deviation, would move whole channels.
     pub fn weight(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
         let t = match self.precision {
             Precision::Fp32 | Precision::Int8 => f32_tensor(name, dims, values),
             Precision::Fp16 => f16_tensor(name, dims, values),
+            Precision::Bf16 if dims.len() < 2 => f32_tensor(name, dims, values),
             Precision::Bf16 => {
                 let stored = format!("{name}.bf16");
                 self.initializers.push(bf16_tensor(&stored, dims, values));

@@ -160,6 +160,12 @@ pub fn info_lines(generator: &Generator) -> Vec<String> {
     let info = generator.info();
     let mut lines = vec![format!("model: {}", info.path.display())];
     lines.extend(info.producer.iter().map(|p| format!("producer: {p}")));
+    // Third-party exports carry no `gantry.precision`: their weights' type says it.
+    let precision = info
+        .metadata
+        .get("gantry.precision")
+        .map_or("unknown (not a Gantry export)", String::as_str);
+    lines.push(format!("precision: {precision}"));
     lines.extend(info.inputs.iter().map(|i| format!("input  {i}")));
     lines.extend(info.outputs.iter().map(|o| format!("output {o}")));
     lines.extend(

@@ -306,6 +306,17 @@ fn exported_files_pass_the_onnx_checker() {
     };
     let cond = dir.path().join("cond");
     write_generator_checkpoint(&cond, &cond_cfg, trained_like_generator(&cond_cfg, 6), 1);
+    let resnet_cfg = ModelConfig {
+        g_width: 4,
+        ..gantry_testkit::tiny_resnet_config(32, 3, Some(2))
+    };
+    let resnet = dir.path().join("resnet");
+    write_generator_checkpoint(
+        &resnet,
+        &resnet_cfg,
+        trained_like_generator(&resnet_cfg, 6),
+        1,
+    );
     let mut files = Vec::new();
     for (i, (src, precision, fold, output, opset)) in [
         (&ckpt, Precision::Fp32, true, OutputFormat::Float, 17),
@@ -316,6 +327,11 @@ fn exported_files_pass_the_onnx_checker() {
         (&ckpt, Precision::Fp32, true, OutputFormat::Uint8, 21),
         (&cond, Precision::Fp32, true, OutputFormat::Float, 17),
         (&cond, Precision::Fp16, false, OutputFormat::Uint8, 17),
+        (&ckpt, Precision::Int8, true, OutputFormat::Float, 13),
+        (&cond, Precision::Int8, true, OutputFormat::Uint8, 21),
+        (&resnet, Precision::Int8, true, OutputFormat::Float, 17),
+        (&ckpt, Precision::Bf16, true, OutputFormat::Uint8, 17),
+        (&resnet, Precision::Bf16, true, OutputFormat::Float, 21),
     ]
     .into_iter()
     .enumerate()

@@ -8,6 +8,7 @@ mod export_parity;
 mod golden_step;
 mod inception_metrics;
 mod properties;
+mod reduced_precision;
 mod resnet_reference;
 mod runtime_library;
 mod training;
