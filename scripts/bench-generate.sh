@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Generation speed side by side: Gantry's runtime (library, via `runtime bench`, and the CLI end
-# to end), Python onnxruntime on the same ONNX file, and PyTorch eager on the same weights.
+# to end), Python onnxruntime on the same ONNX file, and PyTorch eager on the same weights; then
+# per precision (fp32, int8, bf16 exports of the same weights; PyTorch eager fp32 and PyTorch's
+# own static int8 quantization) at batch 1 and 64.
 #   scripts/bench-generate.sh [PYTHON_WITH_TORCH_AND_ONNXRUNTIME]
+# The raw weights are exported (--no-ema), the ones PyTorch loads.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="${1:-$root/.tools/venv-bench/bin/python}"
@@ -16,8 +19,11 @@ mkdir -p $work
 [ -f $work/g32/final/config.json ] || $T train --dataset mnist --image-size 32 --max-steps 2 --batch-size 16 --out $work/g32 --log-every 1000 >&2
 [ -f $work/g64/final/config.json ] || $T train --dataset folder --data-dir data/catsdogs --image-size 64 --max-steps 2 --batch-size 16 --out $work/g64 --log-every 1000 >&2
 for g in g32 g64; do
-    $E --checkpoint $work/$g --out $work/$g.onnx >&2
-    $E --checkpoint $work/$g --out $work/$g-u8.onnx --output uint8 >&2
+    $E --checkpoint $work/$g --no-ema --out $work/$g.onnx >&2
+    $E --checkpoint $work/$g --no-ema --out $work/$g-u8.onnx --output uint8 >&2
+    for p in int8 bf16; do
+        $E --checkpoint $work/$g --no-ema --out $work/$g-$p.onnx --precision $p >&2
+    done
 done
 # Rounds alternate the engines so that a slow spell of this (shared, noisy) machine hits all of
 # them alike; the summary keeps each engine's best round.
@@ -30,6 +36,16 @@ for round in $(seq $rounds); do
             $R bench --model $work/$g.onnx --batch-size $b --iterations $iters 2>/dev/null
             $R bench --model $work/$g-u8.onnx --batch-size $b --iterations $iters 2>/dev/null | sed 's/RESULT runtime/RESULT runtime-uint8/'
             "$py" scripts/bench_generate.py $work/$g/final $work/$g.onnx $b $iters
+        done
+    done
+    for g in g32 g64; do
+        for b in 1 64; do
+            echo "== $g batch $b round $round precision"
+            for p in fp32 int8 bf16; do
+                f=$work/$g-$p.onnx; [ $p = fp32 ] && f=$work/$g.onnx
+                $R bench --model $f --batch-size $b --iterations 30 2>/dev/null | sed "s/RESULT runtime/RESULT runtime-$p/"
+            done
+            "$py" scripts/bench_precision.py $work/$g/final $b 30 fp32=$work/$g.onnx int8=$work/$g-int8.onnx bf16=$work/$g-bf16.onnx
         done
     done
 done | tee $work/results.txt

@@ -62,6 +62,12 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    /// The quality gate refused the reduced-precision model (nothing was written).
+    #[error("quality check refused the {precision} model (nothing written): {summary}")]
+    QualityRefused { precision: String, summary: String },
+    /// The quality gate could not run.
+    #[error("quality check failed to run: {0}")]
+    QualityCheck(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The written file failed the structural check (a bug in the exporter).
     #[error("{}: exported graph failed verification: {message}", path.display())]
     Verify { path: PathBuf, message: String },

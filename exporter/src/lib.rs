@@ -96,6 +96,27 @@ pub struct ExportOptions {
     pub calibration: CalibrationOptions,
 }
 
+/// What a quality gate concluded about a reduced-precision model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateVerdict {
+    /// Whether the model may be written.
+    pub passed: bool,
+    /// One line with the measurements (and the reason for a refusal).
+    pub summary: String,
+}
+
+/// A check a reduced-precision export must pass before it is written: it gets the fp32 export
+/// of the same weights and the reduced one, both as ONNX files (`gantry-metrics`'
+/// `PrecisionGate` compares their images on the same latents and their Inception FID).
+pub trait QualityGate {
+    /// Compares `candidate` with `reference`.
+    fn check(
+        &self,
+        reference: &Path,
+        candidate: &Path,
+    ) -> std::result::Result<GateVerdict, Box<dyn std::error::Error + Send + Sync>>;
+}
+
 /// What an export produced.
 #[derive(Debug, Clone)]
 pub struct ExportReport {
@@ -107,6 +128,8 @@ pub struct ExportReport {
     pub triton_dir: Option<PathBuf>,
     /// The calibration of an int8 export.
     pub calibration: Option<Calibration>,
+    /// The quality gate's summary, when one ran.
+    pub quality: Option<String>,
 }
 
 /// The IR version matching an opset (ONNX's versioning table).
@@ -381,6 +404,52 @@ fn check_out_path(out: &Path) -> Result<()> {
 /// Exports the generator of `opts.checkpoint` as described by `opts`. Every setting and the
 /// output path are checked before anything is written.
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
+    export_with_gate(opts, None)
+}
+
+/// Runs `gate` on the fp32 and the reduced model (written to a temporary folder, removed after).
+fn run_gate(
+    gate: &dyn QualityGate,
+    ckpt: &Checkpoint,
+    opts: &ExportOptions,
+    reduced: &[u8],
+) -> Result<String> {
+    let fp32 = GraphOptions {
+        precision: Precision::Fp32,
+        ..opts.graph
+    };
+    let reference = build_model(ckpt, opts.opset, &fp32, opts.weights, &opts.calibration)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("gantry-gate-{}-{stamp}", std::process::id()));
+    let io = |path: &Path, e: std::io::Error| ExportError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let (a, b) = (dir.join("fp32.onnx"), dir.join("reduced.onnx"));
+    let verdict = std::fs::write(&a, reference.model.encode_to_vec())
+        .and_then(|_| std::fs::write(&b, reduced))
+        .map_err(|e| io(&dir, e))
+        .and_then(|_| gate.check(&a, &b).map_err(ExportError::QualityCheck));
+    let _ = std::fs::remove_dir_all(&dir);
+    let verdict = verdict?;
+    if !verdict.passed {
+        return Err(ExportError::QualityRefused {
+            precision: opts.graph.precision.name().into(),
+            summary: verdict.summary,
+        });
+    }
+    Ok(verdict.summary)
+}
+
+/// [`export`], with a reduced-precision model written only if `gate` passes it (an fp32 export
+/// skips the gate: it is the reference).
+pub fn export_with_gate(
+    opts: &ExportOptions,
+    gate: Option<&dyn QualityGate>,
+) -> Result<ExportReport> {
     if opts.out.is_none() && opts.triton.is_none() {
         return Err(ExportError::invalid(
             ExportSetting::Out,
@@ -408,6 +477,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         &opts.calibration,
     )?;
     let bytes = model.encode_to_vec();
+    let quality = match gate {
+        Some(g) if opts.graph.precision != Precision::Fp32 => {
+            Some(run_gate(g, &ckpt, opts, &bytes)?)
+        }
+        _ => None,
+    };
     let want = expectation(&ckpt.meta.model, opts.opset, opts.graph.output);
     if let Some(out) = &opts.out {
         write_verified(out, &bytes, &want)?;
@@ -443,6 +518,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         nodes: model.graph.as_ref().map_or(0, |g| g.node.len()),
         triton_dir,
         calibration,
+        quality,
     })
 }
 

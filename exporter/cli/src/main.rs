@@ -2,16 +2,19 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use gantry_exporter::calibration::DEFAULT_CALIBRATION_BATCHES;
 use gantry_exporter::{
-    export, CalibrationOptions, ExportError, ExportOptions, ExportSetting, GraphOptions,
+    export_with_gate, CalibrationOptions, ExportError, ExportOptions, ExportSetting, GraphOptions,
     OutputFormat, Precision, TritonOptions, WeightsChoice, DEFAULT_OPSET,
 };
-use gantry_models::RunCheckpoint;
+use gantry_metrics::precision_gate::{checkpoint_data, PrecisionGate};
+use gantry_metrics::standard::{ExtractProgress, InceptionEvaluator, InceptionOptions};
+use gantry_models::{resolve_run_checkpoint, Checkpoint, RunCheckpoint};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum PrecisionArg {
@@ -69,6 +72,25 @@ struct Cli {
     /// int8: save the calibration used (JSON) to this file.
     #[arg(long)]
     save_calibration: Option<PathBuf>,
+    /// int8/bf16/fp16: before writing, generate --quality-samples images with the fp32 and the
+    /// reduced model from the same latents; report PSNR and the Inception FID/KID of each against
+    /// the training data; refuse to write the model if its FID is more than --max-fid-rise above.
+    #[arg(long)]
+    check_quality: bool,
+    /// Images per model for --check-quality.
+    #[arg(long, default_value_t = 2000, requires = "check_quality")]
+    quality_samples: usize,
+    /// Largest FID rise (percent of the fp32 model's FID) --check-quality lets through.
+    #[arg(long, default_value_t = 3.0, requires = "check_quality")]
+    max_fid_rise: f64,
+    /// Lowest PSNR (dB, 8-bit pixels) against the fp32 model's images --check-quality lets
+    /// through: FID alone can fall for images far from fp32's when fp32 is far from the data.
+    #[arg(long, default_value_t = 30.0, requires = "check_quality")]
+    min_psnr: f64,
+    /// What --check-quality scores against: an image folder or an `.npz` statistics file
+    /// [default: the test split of the checkpoint's training data].
+    #[arg(long, requires = "check_quality")]
+    quality_reference: Option<PathBuf>,
     /// Keep BatchNormalization nodes instead of folding them into the convolutions.
     #[arg(long)]
     no_fold_batchnorm: bool,
@@ -126,15 +148,89 @@ fn render(e: &ExportError) -> String {
     }
 }
 
+/// Feature extraction as a bar on a terminal (nothing otherwise).
+struct Extraction(Option<indicatif::ProgressBar>);
+
+impl ExtractProgress for Extraction {
+    fn begin(&mut self, what: &str, total: usize) {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30.cyan/blue} {pos}/{len} images (ETA {eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(format!("Inception features of {what}"));
+            self.0 = Some(bar);
+        }
+    }
+    fn advance(&mut self, done: usize) {
+        if let Some(b) = &self.0 {
+            b.set_position(done as u64);
+        }
+    }
+    fn end(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// The quality gate of `--check-quality`: the Inception evaluator on the checkpoint's own data.
+fn quality_gate(cli: &Cli, which: RunCheckpoint) -> Result<PrecisionGate, String> {
+    if matches!(cli.precision, PrecisionArg::Fp32) {
+        return Err("--check-quality compares a reduced precision with fp32: choose --precision int8, bf16 or fp16".into());
+    }
+    let dir = resolve_run_checkpoint(&cli.checkpoint, which).map_err(|e| e.to_string())?;
+    let meta = Checkpoint::read_meta(&dir).map_err(|e| e.to_string())?;
+    // A reference given on the command line needs no training data.
+    let spec = match &cli.quality_reference {
+        Some(_) => None,
+        None => Some(checkpoint_data(&meta, &dir).map_err(|e| e.to_string())?),
+    };
+    let mut progress = Extraction(None);
+    let inception = InceptionOptions {
+        reference: cli.quality_reference.clone(),
+        ..InceptionOptions::default()
+    };
+    let evaluator = InceptionEvaluator::new(
+        spec.as_ref(),
+        &inception,
+        cli.quality_samples,
+        0,
+        &candle_core::Device::Cpu,
+        &mut |line| eprintln!("{line}"),
+        &mut progress,
+    )
+    .map_err(|e| format!("--check-quality: {e}"))?;
+    PrecisionGate::new(
+        evaluator,
+        cli.max_fid_rise / 100.0,
+        cli.min_psnr,
+        Box::new(progress),
+    )
+    .map_err(|e| format!("--max-fid-rise/--min-psnr: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let which = match cli.which {
+        WhichArg::Latest => RunCheckpoint::Latest,
+        WhichArg::Best => RunCheckpoint::Best,
+        WhichArg::Final => RunCheckpoint::Final,
+    };
+    let gate = match cli.check_quality.then(|| quality_gate(&cli, which)) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        Some(Ok(g)) => Some(g),
+        None => None,
+    };
     let opts = ExportOptions {
         checkpoint: cli.checkpoint,
-        which: match cli.which {
-            WhichArg::Latest => RunCheckpoint::Latest,
-            WhichArg::Best => RunCheckpoint::Best,
-            WhichArg::Final => RunCheckpoint::Final,
-        },
+        which,
         out: cli.out,
         opset: cli.opset,
         graph: GraphOptions {
@@ -169,7 +265,10 @@ fn main() -> ExitCode {
             save: cli.save_calibration,
         },
     };
-    match export(&opts) {
+    let gate = gate
+        .as_ref()
+        .map(|g| g as &dyn gantry_exporter::QualityGate);
+    match export_with_gate(&opts, gate) {
         Ok(r) => {
             let weights = if r.used_ema { "EMA" } else { "raw" };
             if let Some(out) = &r.out {
@@ -180,6 +279,9 @@ fn main() -> ExitCode {
                     r.nodes,
                     r.checkpoint.display()
                 );
+            }
+            if let Some(q) = &r.quality {
+                println!("quality: {q}");
             }
             if let Some(c) = &r.calibration {
                 println!("int8 calibration: {}", c.describe());

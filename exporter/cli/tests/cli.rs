@@ -385,3 +385,97 @@ fn a_killed_export_leaves_the_old_file_or_the_new_one() {
         );
     }
 }
+
+/// `--check-quality` (Inception on both models' images from the same latents, against the
+/// checkpoint's training data): an int8 model with its measured ranges is written, with the PSNR
+/// and both FIDs printed; the same weights with every range shrunk a hundredfold (clipping
+/// nearly every activation: PSNR 9 dB, while its FID against this data happened to fall) are
+/// refused and nothing is written; fp32 has nothing to compare with.
+#[test]
+fn the_quality_check_writes_a_good_int8_model_and_refuses_a_clipped_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("digits");
+    gantry_testkit::write_mnist_fixture(&data, 24);
+    let cfg = tiny_config(32, 1, None);
+    let ckpt = tmp.path().join("ckpt");
+    // Images that use the whole range (these synthetic weights alone give outputs near 0).
+    let mut weights = trained_like_generator(&cfg, 31);
+    let last = gantry_models::generator_spec(&cfg)
+        .conv_layers()
+        .last()
+        .unwrap()
+        .weight_name();
+    let w = weights.get_mut(&last).unwrap();
+    *w = (&*w * 60.0).unwrap();
+    write_generator_checkpoint(&ckpt, &cfg, weights, 5);
+    // The checkpoint records its training data as the trainer does.
+    let config = ckpt.join("config.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    meta["training"] = serde_json::json!({"dataset": "mnist", "data_dir": data, "fit": "pad"});
+    std::fs::write(&config, meta.to_string()).unwrap();
+    let path = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--precision",
+            "int8",
+        ];
+        args.extend_from_slice(extra);
+        exporter(&args)
+    };
+    let (good, cal) = (path("good.onnx"), path("cal.json"));
+    let o = export(&[
+        "--out",
+        &good,
+        "--save-calibration",
+        &cal,
+        "--check-quality",
+        "--quality-samples",
+        "24",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains("quality: PSNR vs fp32") && said.contains("reduced: Inception FID"),
+        "{said}"
+    );
+    assert!(Path::new(&good).is_file());
+    let mut clipped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cal).unwrap()).unwrap();
+    for range in clipped["ranges"].as_object_mut().unwrap().values_mut() {
+        let r: Vec<f64> = serde_json::from_value(range.clone()).unwrap();
+        *range = serde_json::json!([r[0] / 100.0, r[1] / 100.0]);
+    }
+    let clipped_file = path("clipped.json");
+    std::fs::write(&clipped_file, clipped.to_string()).unwrap();
+    let bad = path("bad.onnx");
+    let o = export(&[
+        "--out",
+        &bad,
+        "--calibration",
+        &clipped_file,
+        "--check-quality",
+        "--quality-samples",
+        "24",
+    ]);
+    assert_fails_with(
+        &o,
+        &[
+            "quality check refused the int8 model",
+            "PSNR vs fp32",
+            "limit 30.0",
+        ],
+    );
+    assert!(!Path::new(&bad).exists(), "a refused model was written");
+    let o = exporter(&[
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        &path("f.onnx"),
+        "--check-quality",
+    ]);
+    assert_fails_with(&o, &["--check-quality", "fp32"]);
+    assert!(!tmp.path().join("f.onnx").exists());
+}

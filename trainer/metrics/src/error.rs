@@ -14,6 +14,10 @@ pub enum MetricSetting {
     Images,
     /// Reference statistics (a `.npz` file) that do not fit the evaluation.
     Reference,
+    /// The largest relative FID rise a reduced-precision export may have.
+    MaxFidRise,
+    /// The lowest PSNR against fp32 a reduced-precision export may have.
+    MinPsnr,
 }
 
 /// What can go wrong scoring samples.

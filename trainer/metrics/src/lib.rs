@@ -11,6 +11,7 @@ pub mod fid;
 pub mod inception;
 pub mod kid;
 pub mod npz;
+pub mod precision_gate;
 pub mod standard;
 pub mod swd;
 
