@@ -11,7 +11,7 @@
 #                                .gpu-ort/part2: cuDNN parity tests, data-parallel training on
 #                                NCCL (when the machine has libnccl), a step profile, training
 #                                speed vs PyTorch; then a generator trained 2 steps on the GPU,
-#                                exported fp32/fp16/uint8 and timed on ONNX Runtime's CUDA
+#                                exported fp32/fp16/uint8/int8/bf16 and timed on ONNX Runtime's CUDA
 #                                provider vs PyTorch eager fp32/fp16. Everything also goes to $OUT.
 #
 # GPU_CHECK_DEVICE=cpu runs `run` here as a dry run of the script's logic (CPU builds, CPU
@@ -213,7 +213,7 @@ run() {
         echo "== generation skipped: ONNX Runtime's GPU build is not staged (run 'ort1' with .gpu-ort/part1 first)"
         return
     fi
-    echo "== a 64x64x3 generator: 2 training steps on $device, exported four ways"
+    echo "== a 64x64x3 generator: 2 training steps on $device, exported six ways"
     make_pngs "$work/pngs" 32
     rm -rf "$work/g64"
     "$bin/trainer" train --device "$device" --dataset folder --data-dir "$work/pngs" --image-size 64 \
@@ -222,13 +222,17 @@ run() {
     "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-u8.onnx" --output uint8 >/dev/null
     "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-fp16.onnx" --precision fp16 >/dev/null
     "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-fp16-u8.onnx" --precision fp16 --output uint8 >/dev/null
+    # int8 calibrates on ONNX Runtime's CPU provider (in the GPU library too); TensorRT builds an
+    # int8 engine from its QDQ nodes (the runtime turns TensorRT's int8 mode on for it).
+    ORT_DYLIB_PATH="$lib" "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-int8.onnx" --precision int8 >/dev/null
+    "$bin/exporter" --checkpoint "$work/g64" --out "$work/g64-bf16.onnx" --precision bf16 >/dev/null
     local R=("$bin/runtime" --ort-lib "$lib" --ep "$ep")
     "${R[@]}" info --model "$work/g64.onnx" 2>&1 | grep -i provider | tee "$out/providers.txt"
     echo "== generation speed: runtime ($ep provider) vs PyTorch eager"
     {
         for b in 1 64 1024; do
             iters=50; [ "$device" = cpu ] && iters=5
-            for m in g64 g64-u8 g64-fp16 g64-fp16-u8; do
+            for m in g64 g64-u8 g64-fp16 g64-fp16-u8 g64-int8 g64-bf16; do
                 "${R[@]}" bench --model "$work/$m.onnx" --batch-size $b --iterations $iters 2>/dev/null |
                     sed "s|RESULT runtime [^ ]*|RESULT runtime $m|"
             done

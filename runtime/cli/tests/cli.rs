@@ -106,6 +106,42 @@ fn npy_output_streams_every_image() {
     );
 }
 
+/// Every precision runs through the CLI unchanged; `info` says which it is.
+#[test]
+fn int8_and_bf16_models_generate_and_info_names_their_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    for (precision, name) in [
+        (gantry_exporter::Precision::Int8, "int8"),
+        (gantry_exporter::Precision::Bf16, "bf16"),
+    ] {
+        let m = gantry_testkit::export_tiny_model_in(
+            dir.path(),
+            Some(3),
+            OutputFormat::Uint8,
+            precision,
+        );
+        let o = runtime(&["info", "--model", m.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("precision: {name}")),
+            "{}",
+            stdout(&o)
+        );
+        let out = dir.path().join(format!("out-{name}"));
+        let o = runtime(&[
+            "generate",
+            "-n",
+            "5",
+            "--model",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(out.join("000004.png").is_file() && out.join("grid.png").is_file());
+    }
+}
+
 #[test]
 fn info_and_bench_name_the_provider() {
     let dir = tempfile::tempdir().unwrap();

@@ -334,6 +334,39 @@ pub fn export_tiny_model(dir: &Path, num_classes: Option<usize>, output: OutputF
     out
 }
 
+/// [`export_tiny_model`] in another precision (`int8` calibrated on 2 batches).
+pub fn export_tiny_model_in(
+    dir: &Path,
+    num_classes: Option<usize>,
+    output: OutputFormat,
+    precision: Precision,
+) -> PathBuf {
+    let tag = format!("{num_classes:?}-{output:?}-{}", precision.name());
+    let out = dir.join(format!("g-{tag}.onnx"));
+    let cfg = tiny_config(32, 1, num_classes);
+    let ckpt = dir.join(format!("ckpt-{tag}"));
+    write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, 1), 5);
+    export(&ExportOptions {
+        checkpoint: ckpt,
+        which: Default::default(),
+        out: Some(out.clone()),
+        opset: 17,
+        graph: GraphOptions {
+            precision,
+            fold_batchnorm: true,
+            output,
+        },
+        weights: WeightsChoice::Auto,
+        triton: None,
+        calibration: gantry_exporter::CalibrationOptions {
+            batches: 2,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    out
+}
+
 /// Writes a small generator checkpoint (weights from `seed`) as `dir/ckpt-<tag>` and exports
 /// it to `out` and/or as an entry of a Triton model repository.
 pub fn export_tiny(
