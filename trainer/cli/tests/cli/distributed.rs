@@ -230,6 +230,75 @@ fn two_ranks_train_what_one_process_accumulating_two_trains_and_resume_across_wo
     assert!(diff.0 <= TOLERANCE, "1 process then 2 ranks: {diff:?}");
 }
 
+/// The ResNet with the SNGAN recipe (hinge, spectral norm, 2 D steps per G step here, EMA) and
+/// class-conditional (conditional BatchNorm, projection D): two ranks train what one process
+/// accumulating 2 trains, as the DCGAN does above.
+#[test]
+fn the_conditional_resnet_trains_the_same_on_two_ranks_as_accumulating_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let args = |out: &Path, extra: &[&'static str]| -> Vec<String> {
+        let mut a: Vec<String> = tiny_train_args(ds, out.to_str().unwrap(), &no_outputs())
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let resnet = [
+            "--image-size",
+            "32",
+            "--g-width",
+            "2",
+            "--d-width",
+            "4",
+            "--arch",
+            "resnet",
+            "--preset",
+            "sngan",
+            "--d-steps",
+            "2",
+            "--max-steps",
+            "6",
+        ];
+        for pair in resnet.chunks(2).chain(extra.chunks(2)) {
+            match a.iter().position(|x| x == pair[0]) {
+                Some(i) => a[i + 1] = pair[1].to_string(),
+                None => a.extend(pair.iter().map(|s| s.to_string())),
+            }
+        }
+        a.push("--conditional".into());
+        a
+    };
+    let one = tmp.path().join("accumulate2");
+    let a = args(&one, &["--accumulate", "2"]);
+    let o = trainer_1thread(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let two = tmp.path().join("two-ranks");
+    let a = args(&two, &[]);
+    let o = mpirun(2, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(o.status.success(), "mpirun: {}", all_text(&o));
+    let (x, y) = (
+        trained_state(&one.join("final")),
+        trained_state(&two.join("final")),
+    );
+    assert!(
+        x.iter().any(|(name, _)| name.contains("projection")),
+        "not the conditional ResNet"
+    );
+    let diff = max_relative_difference(&y, &x);
+    assert!(
+        diff.0 <= TOLERANCE,
+        "ResNet, 2 ranks vs --accumulate 2: {diff:?}"
+    );
+    // The whole batch in one pass (BatchNorm over 8 images, not 4) trains other weights: the
+    // comparison can fail.
+    let whole = tmp.path().join("whole-batch");
+    let a = args(&whole, &[]);
+    let o = trainer_1thread(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let diff = max_relative_difference(&trained_state(&whole.join("final")), &x);
+    assert!(diff.0 > 1e-3, "one pass should differ: {diff:?}");
+}
+
 /// The PID of the trainer process of `rank` writing into `out` (from /proc: its command line
 /// names `out`, its environment its MPI rank).
 fn pid_of_rank(out: &Path, rank: usize) -> Option<u32> {
