@@ -491,6 +491,54 @@ pub fn pytorch_style_model(path: &Path) {
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
 
+/// A generator-shaped model (latent `input` `[N, 8, 1, 1]`, output `[N, 3, 4, 4]`) whose every
+/// output value is NaN: `sqrt(-|conv(z)| - 1)`, as a model with broken weights gives.
+pub fn nan_model(path: &Path) {
+    let w: Vec<f32> = (0..8 * 3 * 16).map(|i| (i % 5) as f32 * 0.1).collect();
+    let init = vec![
+        f32_tensor("w", &[8, 3, 4, 4], &w),
+        f32_tensor("one", &[], &[1.0]),
+    ];
+    let nodes = vec![
+        node(
+            "ConvTranspose",
+            "up",
+            &["input", "w"],
+            &["x"],
+            vec![Attr::Ints("kernel_shape", vec![4, 4])],
+        ),
+        node("Abs", "abs", &["x"], &["a"], vec![]),
+        node("Neg", "neg", &["a"], &["n"], vec![]),
+        node("Sub", "sub", &["n", "one"], &["m"], vec![]),
+        node("Sqrt", "sqrt", &["m"], &["output"], vec![]),
+    ];
+    let model = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            node: nodes,
+            name: "nan".into(),
+            initializer: init,
+            input: vec![value_info(
+                "input",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(8), Dim::Fixed(1), Dim::Fixed(1)],
+            )],
+            output: vec![value_info(
+                "output",
+                DataType::Float,
+                &[Dim::Named("n"), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
 /// A Triton `config.pbtxt` parsed by Triton's own schema (`model_config_pb2` of the
 /// `tritonclient` package, installed by `scripts/setup-tools.sh`), as JSON: a file Triton would
 /// refuse fails here.

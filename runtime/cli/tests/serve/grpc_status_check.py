@@ -14,7 +14,7 @@ address, model, expected = sys.argv[1:4]
 client = grpcclient.InferenceServerClient(address)
 meta = client.get_model_metadata(model)
 latent = meta.inputs[0]
-z = np.zeros((1, latent.shape[1]), np.float32)
+z = np.zeros([1] + [int(d) for d in latent.shape[1:]], np.float32)  # 2-D or [N, nz, 1, 1] latents
 inp = grpcclient.InferInput(latent.name, list(z.shape), "FP32")
 inp.set_data_from_numpy(z)
 try:

@@ -519,6 +519,49 @@ fn serve_refuses_bad_setups_with_a_named_error() {
     }
 }
 
+/// A model whose output is NaN (broken weights): every request gets 500 with the reason over
+/// HTTP (JSON and the images endpoint) and INTERNAL over gRPC, is counted as a failure, and the
+/// server keeps serving.
+#[test]
+fn a_nan_output_is_a_500_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("nan.onnx");
+    gantry_testkit::nan_model(&model);
+    let server = Server::start(&["--model", model.to_str().unwrap(), "--name", "bad"]);
+    let z = json_list(&[0.5f32; 8]);
+    let body = format!(
+        r#"{{"inputs":[{{"name":"input","shape":[1,8,1,1],"datatype":"FP32","data":{z}}}]}}"#
+    );
+    for _ in 0..2 {
+        let (status, _, reply) = http_request(
+            &server.http,
+            "POST",
+            "/v2/models/bad/infer",
+            body.as_bytes(),
+        );
+        let text = String::from_utf8_lossy(&reply);
+        assert_eq!(status, 500, "{text}");
+        assert!(
+            text.contains("\"error\"") && text.contains("finite"),
+            "{text}"
+        );
+    }
+    let (status, reply) = http_get(&server.http, "/v2/models/bad/generate?n=2");
+    assert_eq!(status, 500, "{}", String::from_utf8_lossy(&reply));
+    let report = run_python("grpc_status_check.py", &[&server.grpc, "bad", "INTERNAL"]);
+    assert!(report.contains("finite"), "{report}");
+    let (_, metrics) = http_get(&server.http, "/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("gantry_inference_request_failure{model=\"bad\",version=\"1\"} 4"),
+        "{metrics}"
+    );
+    let (status, _) = http_get(&server.http, "/v2/health/ready");
+    assert_eq!(status, 200, "still serving");
+    let (status, _) = http_get(&server.http, "/v2/models/bad/ready");
+    assert_eq!(status, 200, "the model is still loaded");
+}
+
 #[test]
 fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
     let dir = tempfile::tempdir().unwrap();
