@@ -184,3 +184,175 @@ fn execute(generator: &Generator, jobs: &[Job]) -> Result<Images, ServeError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use gantry_runtime::{Provider, ProviderChoice};
+
+    use super::*;
+
+    /// A tiny real generator (32x32x1, latent 16) on one CPU thread.
+    fn generator(dir: &std::path::Path) -> Arc<Generator> {
+        let model =
+            gantry_testkit::export_tiny_model(dir, None, gantry_exporter::OutputFormat::Float);
+        Arc::new(
+            Generator::builder()
+                .model(&model)
+                .providers(ProviderChoice::Only(Provider::Cpu))
+                .intra_threads(1)
+                .batch_lanes(1)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    fn latents(rows: usize, seed: usize) -> Array2<f32> {
+        Array2::from_shape_fn((rows, 16), |(r, c)| {
+            ((r * 31 + c * 7 + seed * 13) % 17) as f32 / 8.0 - 1.0
+        })
+    }
+
+    type Reply = oneshot::Receiver<Result<Images, ServeError>>;
+
+    /// Queues pieces of `rows` images (all before the worker starts, so what it merges is
+    /// deterministic), runs the worker until the queue is empty, and returns the replies
+    /// (`None` for pieces whose requester gave up before) and the metrics.
+    fn serve(
+        g: &Arc<Generator>,
+        policy: BatchPolicy,
+        pieces: &[(usize, bool)],
+    ) -> (Vec<Option<Reply>>, Arc<ModelMetrics>) {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Arc::new(ModelMetrics::default());
+        let mut replies = Vec::new();
+        for (i, &(rows, abandoned)) in pieces.iter().enumerate() {
+            let (reply, answer) = oneshot::channel();
+            assert!(metrics.try_enqueue(1, policy.max_queue_size));
+            tx.send(Job {
+                z: latents(rows, i),
+                labels: None,
+                enqueued: Instant::now(),
+                reply,
+            })
+            .unwrap();
+            replies.push((!abandoned).then_some(answer));
+        }
+        drop(tx);
+        run_worker(g.clone(), rx, policy, metrics.clone());
+        (replies, metrics)
+    }
+
+    /// The generator's own images for piece `i` of `rows` images.
+    fn alone(g: &Generator, rows: usize, i: usize) -> Vec<f32> {
+        g.raw_output(&latents(rows, i), None)
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    fn floats(images: &Images) -> Vec<f32> {
+        images
+            .bytes
+            .chunks(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    /// Equal up to the summation order of another batch size (1e-5).
+    fn close(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-5)
+    }
+
+    fn answer(reply: Option<Reply>) -> Images {
+        reply.unwrap().blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn queued_pieces_merge_up_to_the_max_batch_and_each_gets_its_own_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generator(dir.path());
+        let policy = BatchPolicy::dynamic(8, Duration::from_secs(5));
+        // 3 + 2 + 3 fill one batch of 8; 5 does not fit beside them and is carried into the
+        // next, which 2 joins; the last 4 would make 11: a third execution.
+        let pieces = [
+            (3, false),
+            (2, false),
+            (3, false),
+            (5, false),
+            (2, false),
+            (4, false),
+        ];
+        let started = Instant::now();
+        let (replies, metrics) = serve(&g, policy, &pieces);
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "waited for the delay with a full batch or a closed queue"
+        );
+        assert_eq!(metrics.exec_count(), 3);
+        assert_eq!(metrics.inference_count(), 19);
+        assert_eq!(metrics.max_batch(), 8);
+        for (i, (reply, &(rows, _))) in replies.into_iter().zip(&pieces).enumerate() {
+            let images = answer(reply);
+            assert_eq!(
+                (images.count, images.shape.clone()),
+                (rows, vec![1, 32, 32])
+            );
+            assert!(
+                close(&floats(&images), &alone(&g, rows, i)),
+                "piece {i} got other rows"
+            );
+        }
+    }
+
+    #[test]
+    fn pieces_whose_requester_gave_up_are_not_computed() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generator(dir.path());
+        let policy = BatchPolicy::dynamic(8, Duration::from_millis(1));
+        let pieces = [(2, false), (4, true), (3, false)];
+        let (replies, metrics) = serve(&g, policy, &pieces);
+        // [2, 4 given up] then [3] (2 + 4 + 3 > 8): two executions, 5 images computed.
+        assert_eq!(
+            metrics.inference_count(),
+            5,
+            "the abandoned 4 images were computed"
+        );
+        assert_eq!((metrics.exec_count(), metrics.max_batch()), (2, 3));
+        let mut replies = replies.into_iter();
+        assert!(close(
+            &floats(&answer(replies.next().unwrap())),
+            &alone(&g, 2, 0)
+        ));
+        assert!(replies.next().unwrap().is_none());
+        assert!(close(
+            &floats(&answer(replies.next().unwrap())),
+            &alone(&g, 3, 2)
+        ));
+        // Every piece left the queue's count, the abandoned one included.
+        assert!(
+            metrics.try_enqueue(1, 1),
+            "the queue count was not released"
+        );
+    }
+
+    #[test]
+    fn without_dynamic_batching_every_piece_runs_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = generator(dir.path());
+        let policy = BatchPolicy {
+            dynamic: false,
+            ..BatchPolicy::dynamic(8, Duration::from_secs(5))
+        };
+        let (replies, metrics) = serve(&g, policy, &[(1, false), (2, false), (3, false)]);
+        assert_eq!((metrics.exec_count(), metrics.max_batch()), (3, 3));
+        for (i, reply) in replies.into_iter().enumerate() {
+            assert!(close(&floats(&answer(reply)), &alone(&g, i + 1, i)));
+        }
+        // Triton's max_batch_size 0: a request is one piece, whatever its size.
+        assert_eq!(BatchPolicy::dynamic(0, Duration::ZERO).piece_size(40), 40);
+        assert_eq!(BatchPolicy::dynamic(8, Duration::ZERO).piece_size(40), 8);
+    }
+}
