@@ -411,3 +411,49 @@ fn each_augmentation_spectral_norm_and_r1_change_what_is_trained() {
         );
     }
 }
+
+/// DiffAugment reaches G's step (D sees G's fakes augmented there too, as the paper requires):
+/// with D effectively frozen (lr_d 1e-30: its Adam steps are below float resolution, so D's
+/// update changes nothing and D's augmentation draws, named streams, change no other draw), one
+/// step with `translation,cutout` trains other G weights than one without. Were G's step not
+/// augmented, both would see the same D on the same latents and give the same G.
+#[test]
+fn diffaugment_reaches_the_generator_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_config(16, 1, None);
+    let data = dataset(&dir.path().join("data"), &model);
+    let trained_g = |augment: &str| {
+        let mut cfg = config(&dir.path().join("data"));
+        cfg.augment = augment.parse().unwrap();
+        cfg.lr_d = Some(1e-30);
+        let mut t = Trainer::new(cfg, model.clone(), data.clone(), &Device::Cpu).unwrap();
+        let before = values(t.checkpoint().unwrap().discriminator.as_ref().unwrap());
+        t.step().unwrap();
+        let ckpt = t.checkpoint().unwrap();
+        let after = values(ckpt.discriminator.as_ref().unwrap());
+        // D's parameters moved by no more than the learning rate (a shift of 1e-30 where a
+        // value was 0; its BatchNorm running statistics may move).
+        for ((name, a), (_, b)) in before.iter().zip(&after) {
+            let moved = a
+                .iter()
+                .zip(b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                name.contains("running") || moved <= 1e-20,
+                "{name} moved {moved}"
+            );
+        }
+        values(&ckpt.generator)
+    };
+    let (plain, augmented) = (trained_g("off"), trained_g("translation,cutout"));
+    let largest = plain
+        .iter()
+        .zip(&augmented)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    assert!(
+        largest > 1e-6,
+        "G's step ignores the augmentation: {largest}"
+    );
+}
