@@ -346,10 +346,29 @@ pub fn export_tiny_model_in(
     let cfg = tiny_config(32, 1, num_classes);
     let ckpt = dir.join(format!("ckpt-{tag}"));
     write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, 1), 5);
-    export(&ExportOptions {
-        checkpoint: ckpt,
+    export(&tiny_export_options(
+        ckpt,
+        Some(out.clone()),
+        output,
+        precision,
+        None,
+    ))
+    .unwrap();
+    out
+}
+
+/// Options of the tiny exports: opset 17, BatchNorm folded, int8 calibrated on 2 batches.
+fn tiny_export_options(
+    checkpoint: PathBuf,
+    out: Option<PathBuf>,
+    output: OutputFormat,
+    precision: Precision,
+    triton: Option<gantry_exporter::TritonOptions>,
+) -> ExportOptions {
+    ExportOptions {
+        checkpoint,
         which: Default::default(),
-        out: Some(out.clone()),
+        out,
         opset: 17,
         graph: GraphOptions {
             precision,
@@ -357,14 +376,12 @@ pub fn export_tiny_model_in(
             output,
         },
         weights: WeightsChoice::Auto,
-        triton: None,
+        triton,
         calibration: gantry_exporter::CalibrationOptions {
             batches: 2,
             ..Default::default()
         },
-    })
-    .unwrap();
-    out
+    }
 }
 
 /// Writes a small generator checkpoint (weights from `seed`) as `dir/ckpt-<tag>` and exports
@@ -381,20 +398,13 @@ pub fn export_tiny(
     let cfg = tiny_config(32, 1, num_classes);
     let ckpt = dir.join(format!("ckpt-{tag}"));
     write_generator_checkpoint(&ckpt, &cfg, trained_like_generator(&cfg, seed), 5);
-    export(&ExportOptions {
-        checkpoint: ckpt,
-        which: Default::default(),
+    export(&tiny_export_options(
+        ckpt,
         out,
-        opset: 17,
-        graph: GraphOptions {
-            precision: Precision::Fp32,
-            fold_batchnorm: true,
-            output,
-        },
-        weights: WeightsChoice::Auto,
+        output,
+        Precision::Fp32,
         triton,
-        calibration: Default::default(),
-    })
+    ))
     .unwrap();
 }
 

@@ -13,7 +13,8 @@ use gantry_runtime::{Generator as OrtGenerator, ProviderChoice};
 use gantry_testkit::{onnx_check, trained_like_generator, write_generator_checkpoint};
 use ndarray::{Array1, Array2};
 
-fn options(
+/// Export options for one variant (also used by `reduced_precision.rs`).
+pub(crate) fn options(
     ckpt: &Path,
     out: &Path,
     precision: Precision,
@@ -36,7 +37,8 @@ fn options(
     }
 }
 
-fn ort(path: &Path) -> OrtGenerator {
+/// The exported model on ONNX Runtime's CPU provider.
+pub(crate) fn ort(path: &Path) -> OrtGenerator {
     OrtGenerator::builder()
         .model(path)
         .providers(ProviderChoice::Only(gantry_runtime::Provider::Cpu))

@@ -5,41 +5,19 @@
 use std::path::Path;
 
 use gantry_exporter::graph::generator_graph;
-use gantry_exporter::{
-    export, ExportOptions, GraphOptions, Lowering, OutputFormat, Precision, WeightsChoice,
-};
+use gantry_exporter::{export, ExportOptions, GraphOptions, Lowering, OutputFormat, Precision};
 use gantry_models::init::{normal_vec, rng_for};
 use gantry_models::ModelConfig;
-use gantry_runtime::{
-    Feed, Generator as OrtGenerator, Provider, ProviderChoice, ProviderOptions, TensorModel,
-};
+use gantry_runtime::{Feed, Provider, ProviderChoice, ProviderOptions, TensorModel};
+
+use crate::export_parity::ort;
 use gantry_testkit::{trained_like_generator, write_generator_checkpoint};
 use ndarray::{Array1, Array2};
 use prost::Message;
 
+/// An export of `precision` with BatchNorm folded and float output.
 fn options(ckpt: &Path, out: &Path, precision: Precision) -> ExportOptions {
-    ExportOptions {
-        checkpoint: ckpt.to_path_buf(),
-        which: Default::default(),
-        out: Some(out.to_path_buf()),
-        opset: 17,
-        graph: GraphOptions {
-            precision,
-            fold_batchnorm: true,
-            output: OutputFormat::Float,
-        },
-        weights: WeightsChoice::Auto,
-        triton: None,
-        calibration: Default::default(),
-    }
-}
-
-fn ort(path: &Path) -> OrtGenerator {
-    OrtGenerator::builder()
-        .model(path)
-        .providers(ProviderChoice::Only(Provider::Cpu))
-        .build()
-        .unwrap()
+    crate::export_parity::options(ckpt, out, precision, true, OutputFormat::Float)
 }
 
 fn latents(n: usize, dim: usize, seed: &str) -> Array2<f32> {
