@@ -364,8 +364,12 @@ fn killing_one_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
     };
     assert!(!o.status.success(), "the job must fail: {}", all_text(&o));
     let text = all_text(&o);
+    // mpirun names the dead rank; Gantry's surviving rank says which step the launcher's
+    // SIGTERM interrupted and that the last checkpoint is intact.
+    assert!(text.contains("process rank 1"), "{text}");
     assert!(
-        text.contains("rank 1") || text.contains("process rank 1"),
+        text.contains("rank 0: interrupt during step")
+            && text.contains("the last checkpoint is intact"),
         "{text}"
     );
     let ckpt = Checkpoint::load(&gantry_models::resolve_checkpoint(&out).unwrap()).unwrap();
@@ -440,4 +444,214 @@ fn a_rank_that_diverges_drifts_disagrees_or_cannot_read_its_data_stops_the_job_n
         text.contains("rank 1 failed at start-up") && text.contains("nowhere"),
         "{text}"
     );
+}
+
+/// `args` with each `--flag value` pair of `extra` replacing the flag's value, or appended.
+fn with_flags<'a>(mut args: Vec<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
+    for pair in extra.chunks(2) {
+        match args.iter().position(|a| *a == pair[0]) {
+            Some(i) => args[i + 1] = pair[1],
+            None => args.extend_from_slice(pair),
+        }
+    }
+    args
+}
+
+/// The BatchNorm running means of G and D in a checkpoint.
+fn running_means(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let c = Checkpoint::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut all: Vec<_> = [
+        ("G.", &c.generator),
+        ("D.", c.discriminator.as_ref().unwrap()),
+    ]
+    .into_iter()
+    .flat_map(|(prefix, map)| {
+        map.iter()
+            .filter(|(name, _)| name.ends_with("running_mean"))
+            .map(move |(name, t)| {
+                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (format!("{prefix}{name}"), values)
+            })
+    })
+    .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// Each rank measures BatchNorm's running statistics on its own half of the batch; rank 0's
+/// checkpoint must hold their mean over the ranks. The independent computation: with a learning
+/// rate too small to move any weight (1e-30: each Adam step is below a float's resolution at
+/// the weights' size), one process on the whole batch applies the same networks to the same
+/// latents. G's first BatchNorm sees the latents' linear image (nothing batch-dependent before
+/// it); the mean of a batch is the mean of its two halves' means and the momentum update is
+/// linear, so its running mean in one process on the whole batch equals the average of the two
+/// ranks' (up to summation order, within the 1e-5 tolerance). Later layers see activations
+/// normalised with each half's own statistics, so they have no such identity. Rank 0's own
+/// running mean (averaging left out) differs by as much as the tensor's largest value: checked
+/// by mutation.
+#[test]
+fn batchnorm_running_means_are_averaged_over_the_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    let frozen = [
+        "--max-steps",
+        "6",
+        "--lr",
+        "1e-30",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+    ];
+    let one = tmp.path().join("one");
+    let o = trainer_1thread(&tiny_train_args(ds, one.to_str().unwrap(), &frozen));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let two = tmp.path().join("two");
+    let o = mpirun(2, &tiny_train_args(ds, two.to_str().unwrap(), &frozen), &[]);
+    assert!(o.status.success(), "mpirun: {}", all_text(&o));
+    let first_bn = |dir: &Path| {
+        let all = running_means(&dir.join("final"));
+        assert!(all.len() >= 2, "no BatchNorm in the tiny model: {all:?}");
+        all.into_iter()
+            .filter(|(name, _)| name == "G.layers.0.bn.running_mean")
+            .collect::<Vec<_>>()
+    };
+    let (whole, averaged) = (first_bn(&one), first_bn(&two));
+    assert_eq!(whole.len(), 1, "G's first BatchNorm");
+    // The running mean moved away from its initial zeros: the comparison means something.
+    let moved = whole[0].1.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(moved > 1e-3, "running mean still ~0: {whole:?}");
+    let diff = max_relative_difference(&averaged, &whole);
+    assert!(
+        diff.0 <= TOLERANCE,
+        "2 ranks' averaged running mean vs the whole batch's: {diff:?}"
+    );
+}
+
+/// A data-parallel run resumes on a world size it never had: 2 ranks for 10 steps, then 3
+/// ranks (8 images cut 2/3/3) for 10 more, equal to one process accumulating 2 then 3.
+#[test]
+fn a_checkpoint_of_two_ranks_resumes_on_three() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let ds = data.to_str().unwrap();
+    fn first<'a>(ds: &'a str, out: &'a Path) -> Vec<&'a str> {
+        let args = tiny_train_args(ds, out.to_str().unwrap(), &no_outputs());
+        with_flags(args, &["--max-steps", "10"])
+    }
+    let resume = |out: &Path, accumulate: &'static str| -> Vec<String> {
+        [
+            "train",
+            "--resume",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "20",
+            "--accumulate",
+            accumulate,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let reference = tmp.path().join("accumulate");
+    let o = trainer_1thread(&with_flags(first(ds, &reference), &["--accumulate", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a = resume(&reference, "3");
+    let o = trainer_1thread(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let ranks = tmp.path().join("ranks");
+    let o = mpirun(2, &first(ds, &ranks), &[]);
+    assert!(o.status.success(), "{}", all_text(&o));
+    let a = resume(&ranks, "1");
+    let o = mpirun(3, &a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let text = all_text(&o);
+    assert!(
+        o.status.success() && text.contains("MPI (3 ranks)"),
+        "{text}"
+    );
+    let (x, y) = (
+        trained_state(&ranks.join("final")),
+        trained_state(&reference.join("final")),
+    );
+    let diff = max_relative_difference(&x, &y);
+    assert!(
+        diff.0 <= TOLERANCE,
+        "2 then 3 ranks vs accumulating 2 then 3: {diff:?}"
+    );
+    // Accumulating 2 throughout is another run: the comparison can fail.
+    let two = tmp.path().join("accumulate-2-only");
+    let o = trainer_1thread(&with_flags(
+        first(ds, &two),
+        &["--max-steps", "20", "--accumulate", "2"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let diff = max_relative_difference(&trained_state(&two.join("final")), &y);
+    assert!(
+        diff.0 > 1e-3,
+        "3 parts should train other weights than 2: {diff:?}"
+    );
+}
+
+/// Stopping is agreed between the ranks: SIGTERM to rank 1 alone (as a scheduler may deliver
+/// it) stops both at the same step, rank 0 writes the checkpoint of that step, the job exits
+/// cleanly, and the checkpoint resumes. A rank stopping alone would leave the other waiting in
+/// a collective (the test would time out) or fail the job.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture(tmp.path());
+    let out = tmp.path().join("run");
+    let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let endless = [
+        "--max-steps",
+        "1000000",
+        "--epochs",
+        "1000000",
+        "--checkpoint-every",
+        "0",
+        "--sample-every",
+        "0",
+    ];
+    let mut job = mpirun_command(2, &tiny_train_args(ds, os, &endless), &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("metrics.jsonl");
+    wait_until("ten steps", Duration::from_secs(120), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 10)
+    });
+    let victim = pid_of_rank(&out, 1).expect("rank 1's process");
+    let status = Command::new("kill")
+        .args(["-TERM", &victim.to_string()])
+        .status();
+    assert!(status.unwrap().success());
+    let signalled = Instant::now();
+    let o = loop {
+        if job.try_wait().unwrap().is_some() {
+            break job.wait_with_output().unwrap();
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            job.kill().unwrap();
+            panic!("the job still runs 60 s after rank 1 was told to stop");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("rank 1: interrupt during step"), "{text}");
+    let ckpt = Checkpoint::load(&out.join("checkpoint")).unwrap();
+    let step = ckpt.step();
+    assert!(
+        text.contains(&format!("stopped at step {step};")),
+        "the checkpoint is of step {step}: {text}"
+    );
+    // Rank 0 logged every step up to that one and no further.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(logged.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"].as_u64(), Some(step), "{logged}");
+    let end = (step + 2).to_string();
+    let o = trainer(&["train", "--resume", os, "--max-steps", &end]);
+    assert!(o.status.success(), "resume after the stop: {}", stderr(&o));
 }
