@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::session::Session;
 
-use crate::error::{Result, RuntimeError};
+use crate::error::{Result, RuntimeError, SourceError};
 use crate::library;
 
 /// How much ONNX Runtime rewrites the graph before running it.
@@ -70,13 +70,7 @@ impl SessionSpec {
 
     /// Loads the model into a session made by [`SessionSpec::builder`].
     pub(crate) fn open(&self, mut builder: SessionBuilder) -> Result<Session> {
-        builder
-            .commit_from_file(&self.path)
-            .map_err(|e| RuntimeError::Model {
-                path: self.path.clone(),
-                message: "not a loadable ONNX model".into(),
-                source: Some(e.into()),
-            })
+        commit_guarded(&self.path, || builder.commit_from_file(&self.path))
     }
 
     fn error(&self, e: ort::Error) -> RuntimeError {
@@ -84,6 +78,37 @@ impl SessionSpec {
             path: self.path.clone(),
             message: "cannot configure an ONNX Runtime session".into(),
             source: Some(e.into()),
+        }
+    }
+}
+
+/// Runs `commit` (ONNX Runtime loading the model at `path`) with a model that is not loadable
+/// as an error naming the file. The `ort` bindings panic ("infallible") when ONNX Runtime
+/// refuses to describe an input or output it loaded (a dimension below -1, found by fuzzing):
+/// that panic is caught and becomes the same error, so a hostile file cannot bring down the
+/// application that opens it.
+pub(crate) fn commit_guarded(
+    path: &Path,
+    commit: impl FnOnce() -> ort::Result<Session>,
+) -> Result<Session> {
+    let not_loadable = |source: Option<SourceError>, detail: String| RuntimeError::Model {
+        path: path.to_path_buf(),
+        message: format!("not a loadable ONNX model{detail}"),
+        source,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(commit)) {
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err(e)) => Err(not_loadable(Some(e.into()), String::new())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the ONNX Runtime bindings failed");
+            Err(not_loadable(
+                None,
+                format!(" (its inputs or outputs: {why})"),
+            ))
         }
     }
 }

@@ -13,7 +13,7 @@ use ort::value::TensorRef;
 
 use crate::error::{Result, RuntimeError};
 use crate::providers::{self, ProviderChoice, ProviderOptions, ProviderReport};
-use crate::session::GraphOptimization;
+use crate::session::{commit_guarded, GraphOptimization};
 use crate::{library, Provider};
 
 /// A loaded model whose outputs are float32: one float input and one output for [`run`]
@@ -102,13 +102,7 @@ impl TensorModel {
                 .map_err(|e| configure(e.into()))?;
         }
         let report = providers::register(&mut builder, choice, options)?;
-        let session = builder
-            .commit_from_memory(bytes)
-            .map_err(|e| RuntimeError::Model {
-                path: name.to_path_buf(),
-                message: "not a loadable ONNX model".into(),
-                source: Some(e.into()),
-            })?;
+        let session = commit_guarded(name, || builder.commit_from_memory(bytes))?;
         let inputs = session
             .inputs()
             .iter()

@@ -163,7 +163,13 @@ fn decode_latents(sig: &Signature, input: InputTensor) -> Result<Array2<f32>> {
         )))
         }
     } as usize;
-    let values = f32_values(&input, n * sig.latent_dim)?;
+    let count = n.checked_mul(sig.latent_dim).ok_or_else(|| {
+        ServeError::bad(format!(
+            "input `{}`: {n} latents of {nz} values are more than can be addressed",
+            input.name
+        ))
+    })?;
+    let values = f32_values(&input, count)?;
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         return Err(ServeError::bad(format!(
             "input `{}`: value {bad} is not a finite number",
@@ -238,10 +244,11 @@ fn check_count(name: &str, got: usize, want: usize) -> Result<()> {
 }
 
 fn check_byte_count(name: &str, got: usize, want: usize, t: DataType) -> Result<()> {
-    if got != want * t.size() {
+    let bytes = want.checked_mul(t.size());
+    if bytes != Some(got) {
+        let needs = bytes.map_or("more bytes than can be addressed".into(), |b| b.to_string());
         return Err(ServeError::bad(format!(
-            "input `{name}` has {got} bytes of data, its shape needs {} ({want} {} values)",
-            want * t.size(),
+            "input `{name}` has {got} bytes of data, its shape needs {needs} ({want} {} values)",
             t.name()
         )));
     }
