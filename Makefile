@@ -43,10 +43,12 @@ demo: tools ort data
 test: tools ort inception
 	$(CARGO) test --workspace --no-fail-fast --features gantry-trainer-cli/mpi
 
-# The fuzz targets (bolero) for longer than `make test` runs them: FUZZ_SECONDS each (default 60).
+# The fuzz targets (bolero through tests/fuzz: a time limit per input, failures saved into the
+# target's __fuzz__/<target>/crashes, replayed by every later run: commit them with the fix) for
+# longer than `make test` runs them (1 s each): FUZZ_SECONDS each (default 60).
 FUZZ_SECONDS ?= 60
 fuzz: tools ort
-	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib fuzz_ -- --test-threads 1 --nocapture
+	BOLERO_RANDOM_TEST_TIME_MS=$$(( $(FUZZ_SECONDS) * 1000 )) $(CARGO) test --workspace --lib --test workspace fuzz_ -- --test-threads 1 --nocapture
 
 # The REST API fuzzed from its OpenAPI document for longer than `make test` does: schemathesis
 # against a real `runtime serve`, FUZZ_API_EXAMPLES generated requests per operation (default 500).

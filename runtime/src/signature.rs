@@ -322,7 +322,7 @@ mod tests {
     /// signature found is one the runtime can feed.
     #[test]
     fn fuzz_signature_detection() {
-        bolero::check!().for_each(|bytes: &[u8]| {
+        gantry_fuzz::target!(|bytes| {
             let (ins, outs) = tensors_from(bytes);
             match detect(Path::new("fuzz.onnx"), &ins, &outs) {
                 Ok(sig) => {

@@ -116,49 +116,15 @@ impl InferenceService {
             .models
             .get(&r.model_name, Some(&r.model_version))?
             .clone();
-        if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(ServeError::bad(format!(
-                "{} raw_input_contents for {} inputs",
-                r.raw_input_contents.len(),
-                r.inputs.len()
-            )));
-        }
         let output_name = &model.generator().info().signature.output;
-        if let Some(o) = r.outputs.iter().find(|o| &o.name != output_name) {
-            return Err(ServeError::bad(format!(
-                "unknown output `{}`: the model's output is `{output_name}`",
-                o.name
-            )));
-        }
-        let mut raw = r.raw_input_contents.into_iter();
-        let mut inputs = Vec::with_capacity(r.inputs.len());
-        for input in r.inputs {
-            let data = match raw.next() {
-                Some(bytes) => TensorData::Raw(bytes),
-                None => {
-                    let c = input.contents.unwrap_or_default();
-                    let numbers: Vec<f64> = if !c.fp32_contents.is_empty() {
-                        c.fp32_contents.iter().map(|&v| v as f64).collect()
-                    } else {
-                        c.int64_contents.iter().map(|&v| v as f64).collect()
-                    };
-                    TensorData::Numbers(numbers)
-                }
-            };
-            inputs.push(InputTensor {
-                name: input.name,
-                datatype: input.datatype,
-                shape: input.shape,
-                data,
-            });
-        }
+        let (id, inputs) = decode_request(r, output_name)?;
         let images = model
             .infer_tensors(inputs, self.state.options.request_timeout)
             .await?;
         Ok(ModelInferResponse {
             model_name: model.name().into(),
             model_version: model.version().into(),
-            id: r.id,
+            id,
             parameters: Default::default(),
             outputs: vec![InferOutputTensor {
                 name: output_name.clone(),
@@ -170,4 +136,48 @@ impl InferenceService {
             raw_output_contents: vec![images.bytes],
         })
     }
+}
+
+/// A request's id and inputs, for a model whose output is `output_name`. Every error is the
+/// client's (INVALID_ARGUMENT).
+pub(crate) fn decode_request(
+    r: ModelInferRequest,
+    output_name: &str,
+) -> Result<(String, Vec<InputTensor>), ServeError> {
+    if !r.raw_input_contents.is_empty() && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(ServeError::bad(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    if let Some(o) = r.outputs.iter().find(|o| o.name != output_name) {
+        return Err(ServeError::bad(format!(
+            "unknown output `{}`: the model's output is `{output_name}`",
+            o.name
+        )));
+    }
+    let mut raw = r.raw_input_contents.into_iter();
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for input in r.inputs {
+        let data = match raw.next() {
+            Some(bytes) => TensorData::Raw(bytes),
+            None => {
+                let c = input.contents.unwrap_or_default();
+                let numbers: Vec<f64> = if !c.fp32_contents.is_empty() {
+                    c.fp32_contents.iter().map(|&v| v as f64).collect()
+                } else {
+                    c.int64_contents.iter().map(|&v| v as f64).collect()
+                };
+                TensorData::Numbers(numbers)
+            }
+        };
+        inputs.push(InputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            data,
+        });
+    }
+    Ok((r.id, inputs))
 }

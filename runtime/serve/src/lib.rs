@@ -23,6 +23,8 @@
 
 mod batcher;
 mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod grpc;
 pub mod http;
 mod metrics;

@@ -244,4 +244,27 @@ parameters { key: "gantry.latent_dim" value { string_value: "100" } }
             );
         }
     }
+
+    /// Any text, valid or an edit of a Triton-style configuration, is read or refused naming
+    /// the file, never a panic or a hang; and what is read, written back with [`to_text`], reads
+    /// back the same (so what the exporter writes is what the server reads).
+    #[test]
+    fn fuzz_config_text() {
+        let path = Path::new("fuzz/config.pbtxt");
+        let first = parse(TRITON_STYLE, path).unwrap();
+        assert_eq!(parse(&to_text(&first), path).unwrap(), first);
+        gantry_fuzz::target!(|input| {
+            let text = gantry_fuzz::fuzzed_file(TRITON_STYLE.as_bytes(), input);
+            let Ok(text) = std::str::from_utf8(&text) else {
+                return;
+            };
+            match parse(text, path) {
+                Ok(config) => {
+                    let again = parse(&to_text(&config), path);
+                    assert_eq!(again.as_ref().ok(), Some(&config), "{text:?} -> {again:?}");
+                }
+                Err(e) => assert!(e.to_string().starts_with("fuzz/config.pbtxt"), "{e}"),
+            }
+        });
+    }
 }

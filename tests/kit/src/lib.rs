@@ -28,32 +28,6 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A file for a fuzz target from the fuzzer's `input`: with an even first byte, the rest of
-/// `input` is the file itself (what a coverage-guided fuzzer explores from nothing); with an
-/// odd one, it edits `base`, a valid file, so that random inputs reach past the first check:
-/// (position, value) byte pairs overwrite bytes, and a last odd-length byte truncates.
-pub fn fuzzed_file(base: &[u8], input: &[u8]) -> Vec<u8> {
-    let Some((&mode, edits)) = input.split_first() else {
-        return Vec::new();
-    };
-    if mode % 2 == 0 {
-        return edits.to_vec();
-    }
-    let mut file = base.to_vec();
-    let mut pairs = edits.chunks_exact(2);
-    for pair in pairs.by_ref() {
-        if !file.is_empty() {
-            let at = (pair[0] as usize * 7919 + mode as usize) % file.len();
-            file[at] = pair[1];
-        }
-    }
-    if let [cut] = pairs.remainder() {
-        let keep = file.len() * *cut as usize / 256;
-        file.truncate(keep);
-    }
-    file
-}
-
 /// Flags of a tiny model (16x16, widths 8, latent 16, batch 8) that trains in a fraction of a second.
 pub const TINY_MODEL_FLAGS: [&str; 10] = [
     "--image-size",

@@ -5,6 +5,7 @@
 mod architecture;
 mod end_to_end;
 mod export_parity;
+mod fuzz;
 mod golden_step;
 mod inception_metrics;
 mod properties;

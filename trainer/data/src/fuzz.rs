@@ -3,29 +3,32 @@
 //! error, never panic or hang, whatever the bytes.
 //!
 //! They run under `cargo test` (bolero's random engine, about a second each; `make fuzz` runs
-//! them for longer with `BOLERO_RANDOM_TEST_TIME_MS`), and `cargo bolero test` can drive the
-//! same targets with libFuzzer or AFL. Each input replaces or edits a valid file (see
-//! `gantry_testkit::fuzzed_file`); inputs kept in `__fuzz__/<target>/corpus` (and any crash
-//! found, in `crashes`) are replayed on every run.
+//! them for longer with `BOLERO_RANDOM_TEST_TIME_MS`) through the `gantry-fuzz` harness: each
+//! input has a time limit, so a hang fails. Each input replaces or edits a valid file (see
+//! `gantry_fuzz::fuzzed_file`); inputs kept in `__fuzz__/<target>/corpus` (and any crash or
+//! hang found, saved in `crashes`) are replayed on every run.
 
 use std::path::Path;
 
+use gantry_fuzz::fuzzed_file;
 use gantry_models::checkpoint::{
-    Checkpoint, CheckpointMeta, TrainerState, CONFIG_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE,
-    OPTIMIZER_D_FILE, OPTIMIZER_G_FILE, TRAINER_STATE_FILE,
+    Checkpoint, CheckpointMeta, TrainerState, CONFIG_FILE, DISCRIMINATOR_FILE, GENERATOR_EMA_FILE,
+    GENERATOR_FILE, OPTIMIZER_D_FILE, OPTIMIZER_G_FILE, TRAINER_STATE_FILE,
 };
 use gantry_models::init::init_tensors;
 use gantry_models::{discriminator_spec, generator_spec, Adam, AdamConfig, Generator, ModelConfig};
-use gantry_testkit::{encode_idx, fuzzed_file, write_mnist_fixture};
+use gantry_testkit::{encode_idx, write_mnist_fixture};
 
 use crate::{self as data, cifar, folder, idx, DataSpec, DatasetKind, Fit, Split};
 
-/// Runs the target `|dir, input| ...` on fuzzer inputs with a scratch folder. A macro, not a
-/// function: bolero names a target (and its corpus folder) after where `check!` is written.
+/// Runs the target `|dir, input| ...` on fuzzer inputs with a scratch folder, each input under
+/// gantry-fuzz's time limit (a failing input is kept in the target's `crashes` folder). A
+/// macro, not a function: bolero names a target (and its corpus folder) after where it is
+/// written.
 macro_rules! fuzz {
     (|$dir:ident, $input:ident| $body:expr) => {{
         let scratch = tempfile::tempdir().unwrap();
-        bolero::check!().for_each(|$input: &[u8]| {
+        gantry_fuzz::target!(|$input| {
             let $dir: &Path = scratch.path();
             $body
         });
@@ -97,13 +100,15 @@ fn fuzz_image_files() {
     });
 }
 
-/// A complete tiny checkpoint: every file a resume reads.
+/// A complete tiny checkpoint of the default recipe: every file a resume reads, including the
+/// EMA generator and D's spectral-norm `u` vectors.
 fn checkpoint_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     let cfg = ModelConfig {
         image_size: 16,
         g_width: 4,
         d_width: 4,
         latent_dim: 8,
+        spectral_norm: true,
         ..ModelConfig::default()
     };
     let g = init_tensors(&generator_spec(&cfg), "generator", 1).unwrap();
@@ -115,8 +120,8 @@ fn checkpoint_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     let dopt = Adam::new(dgen.net.parameters(), AdamConfig::default()).unwrap();
     Checkpoint {
         meta: CheckpointMeta::new(cfg, Some("mnist".into()), serde_json::json!({})),
+        generator_ema: Some(g.clone()),
         generator: g,
-        generator_ema: None,
         discriminator: Some(d),
         optimizer_g: Some(opt.state().unwrap()),
         optimizer_d: Some(dopt.state().unwrap()),
@@ -134,6 +139,7 @@ fn checkpoint_files(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         CONFIG_FILE,
         TRAINER_STATE_FILE,
         GENERATOR_FILE,
+        GENERATOR_EMA_FILE,
         DISCRIMINATOR_FILE,
         OPTIMIZER_G_FILE,
         OPTIMIZER_D_FILE,
@@ -163,7 +169,17 @@ fn fuzz_checkpoint_folders() {
             std::fs::write(ckpt.join(name), content).unwrap();
         }
         let _ = gantry_models::resolve_checkpoint(dir);
-        let _ = Checkpoint::load(&ckpt);
+        // What a resume builds from the files: the networks (u vectors included) and the EMA.
+        if let Ok(c) = Checkpoint::load(&ckpt) {
+            let device = candle_core::Device::Cpu;
+            let _ = Generator::from_tensors(&c.meta.model, &c.generator, &device);
+            if let Some(ema) = &c.generator_ema {
+                let _ = Generator::from_tensors(&c.meta.model, ema, &device);
+            }
+            if let Some(d) = &c.discriminator {
+                let _ = gantry_models::Discriminator::from_tensors(&c.meta.model, d, &device);
+            }
+        }
         let _ = Checkpoint::load_generator(&ckpt);
     });
 }

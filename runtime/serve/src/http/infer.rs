@@ -95,7 +95,38 @@ pub(super) async fn infer(
         _ => ServeError::bad(format!("the request body: {e}")),
     })?;
     let model = model_of(&state, &path)?.clone();
-    let (json, mut binary) = split_body(&headers, &body)?;
+    let output_name = &model.generator().info().signature.output;
+    let request = decode_request(&headers, &body, output_name)?;
+    let images = model
+        .infer_tensors(request.inputs, state.options.request_timeout)
+        .await?;
+    Ok(respond(
+        &model,
+        request.id,
+        output_name,
+        images,
+        request.binary_output,
+    ))
+}
+
+/// A request's inputs and how the output is wanted, decoded from its body.
+#[derive(Debug)]
+pub(crate) struct DecodedRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<InputTensor>,
+    /// The output goes back as binary data (after the JSON header).
+    pub binary_output: bool,
+}
+
+/// Decodes an infer request's body (JSON, or a JSON header and binary tensor data when
+/// `headers` say so) for a model whose output is `output_name`. Every error is the client's
+/// (400).
+pub(crate) fn decode_request(
+    headers: &HeaderMap,
+    body: &[u8],
+    output_name: &str,
+) -> Result<DecodedRequest> {
+    let (json, mut binary) = split_body(headers, body)?;
     let request = parse_request(json)?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
@@ -137,12 +168,11 @@ pub(super) async fn infer(
             binary.len()
         )));
     }
-    let output_name = &model.generator().info().signature.output;
     let binary_output = match &request.outputs {
         Some(outputs) if !outputs.is_empty() => {
             let mut binary = false;
             for o in outputs {
-                if &o.name != output_name {
+                if o.name != output_name {
                     return Err(ServeError::bad(format!(
                         "unknown output `{}`: the model's output is `{output_name}`",
                         o.name
@@ -154,16 +184,11 @@ pub(super) async fn infer(
         }
         _ => flag(&request.parameters, "binary_data_output")?,
     };
-    let images = model
-        .infer_tensors(inputs, state.options.request_timeout)
-        .await?;
-    Ok(respond(
-        &model,
-        request.id,
-        output_name,
-        images,
+    Ok(DecodedRequest {
+        id: request.id,
+        inputs,
         binary_output,
-    ))
+    })
 }
 
 /// The request's JSON, whose objects must be objects: serde would also read a struct from an

@@ -2,7 +2,7 @@
 //! `/metrics`, PNG endpoints and the web page. [`router`] can be mounted in any axum service.
 
 mod images;
-mod infer;
+pub(crate) mod infer;
 mod openapi;
 mod page;
 
