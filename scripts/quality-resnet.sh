@@ -84,6 +84,8 @@ run_one() {
             if [ -f "$dir/checkpoint/config.json" ]; then
                 $T train --resume "$dir" --max-steps "$steps" --log-every 100
             else
+                # A run stopped before its first checkpoint left only logs: start it again.
+                rm -rf "$dir"
                 # shellcheck disable=SC2086
                 $T train $flags --arch resnet --preset sngan --image-size 32 --batch-size "$batch" \
                     --g-width "$gw" --d-width "$dw" --d-steps "$d_steps" --epochs 100000 \
