@@ -1,39 +1,127 @@
 #!/usr/bin/env bash
-# Mutation testing (cargo-mutants) of the modules where a silent bug would cost users most:
-# the Adam and EMA updates, the losses, BatchNorm folding, the atomic writer, latent sampling and
-# truncation, image and output conversion, IDX parsing, FID. Each mutant is tested with its own
-# package's tests. Not part of `make test` (hours on 2 cores); run it after changing these
-# modules and compare with the counts in docs/testing.md. Results: mutants.out*/ (git-ignored).
-#   scripts/mutants.sh [extra cargo-mutants flags, e.g. --shard 1/4]
+# Mutation testing (cargo-mutants) of every library crate, in parts of a few hours each on 2
+# cores, resumable: a part that finished leaves mutants.out/<part>/done and is skipped next time,
+# so the whole run (tens of hours) accumulates across sessions. Not part of `make test`.
+#
+#   scripts/mutants.sh                 every part not done yet, in order
+#   scripts/mutants.sh serve-1of3 ...  these parts (done or not)
+#   scripts/mutants.sh --list          the parts, their mutant counts and which are done
+#
+# The mutants are built and tested in a worktree of the current commit (.mutants/tree, its own
+# target folder .mutants/target; .tools, .ort and data linked from here), mutated in place one
+# at a time: the checkout you work in is never touched, and each mutant is an incremental
+# build. Each part mutates one package's files (one shard of them when the package is large) and
+# runs the tests that check that package: its own, plus the test packages named below where the
+# behaviour is checked end to end (the atomic writer through the trainer's crash tests, the
+# server through the real clients). A part fails the script (non-zero exit) if cargo-mutants
+# cannot run it (a failing baseline, a build error, bad flags); surviving mutants are results,
+# not failures: `scripts/mutants_table.py` turns every part's outcomes into the per-module table
+# of docs/testing.md (goal: >= 90% of viable mutants caught in every module).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
+command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked --version 27.1.0
 scripts/setup-tools.sh
 scripts/fetch-ort.sh >/dev/null
-files=(
-    exporter/src/fold.rs
-    trainer/src/loss.rs
-    runtime/src/latent.rs
-    runtime/src/image_batch.rs
-    runtime/src/output.rs
-    models/kernels/src/adam.rs
-    trainer/data/src/idx.rs
-    trainer/metrics/src/fid.rs
+scripts/fetch-inception.sh >/dev/null
+
+# part name | package | shards | test packages (besides the package) | more cargo-mutants flags
+# Code compiled only with a GPU feature (cuDNN, NCCL) is excluded: no test here can run it, and
+# mutating code the build leaves out cannot be caught.
+parts=(
+    "kernels|gantry-kernels|8||-e models/kernels/src/cudnn.rs -E cudnn"
+    "models|gantry-models|4||"
+    "trainer|gantry-trainer|5||"
+    "data|gantry-data|2||"
+    "metrics|gantry-metrics|8||"
+    "distributed|gantry-distributed|1|gantry-trainer-cli|--features gantry-trainer-cli/mpi -e trainer/distributed/src/nccl.rs"
+    "tensorboard|gantry-tensorboard|1||"
+    "exporter|gantry-exporter|3||"
+    "runtime|gantry-runtime|3|gantry-tests|"
+    "files|gantry-files|1|gantry-trainer-cli|"
+    "triton|gantry-triton|1||"
+    "serve|gantry-serve|3|gantry-runtime-cli|"
 )
-args=()
-for f in "${files[@]}"; do args+=(-f "$f"); done
-cargo mutants --no-shuffle --copy-target=true -o mutants.out "${args[@]}" "$@" || true
-# The atomic writer's crash behaviour is tested through the trainer (kill -9 and injected
-# crashes), so its mutants run the trainer's tests too.
-cargo mutants --no-shuffle --copy-target=true -o mutants.out-atomic -f runtime/files/src/atomic.rs \
-    --test-package gantry-files --test-package gantry-trainer-cli "$@" || true
-# The EMA has a module of its own in the training step.
-cargo mutants --no-shuffle --copy-target=true -o mutants.out-ema -f trainer/src/train/ema.rs \
-    "$@" || true
-for d in mutants.out mutants.out-atomic mutants.out-ema; do
-    echo "== $d"
-    for kind in caught missed timeout unviable; do
-        printf '%-9s %s\n' "$kind" "$(wc -l < "$d/mutants.out/$kind.txt" 2>/dev/null || echo 0)"
+
+# part_names: every part, shards expanded (`kernels-1of8` ...).
+part_names() {
+    local line name pkg shards k
+    for line in "${parts[@]}"; do
+        IFS='|' read -r name pkg shards _ _ <<<"$line"
+        for ((k = 1; k <= shards; k++)); do
+            if [ "$shards" = 1 ]; then echo "$name"; else echo "$name-${k}of$shards"; fi
+        done
     done
+}
+
+# flags_of PART: the cargo-mutants arguments of one part (sharded parts: --shard k/n, 0-based).
+flags_of() {
+    local want=$1 line name pkg shards tests extra k t
+    for line in "${parts[@]}"; do
+        IFS='|' read -r name pkg shards tests extra <<<"$line"
+        for ((k = 1; k <= shards; k++)); do
+            local part=$name
+            [ "$shards" = 1 ] || part="$name-${k}of$shards"
+            [ "$part" = "$want" ] || continue
+            echo -n "-p $pkg --test-package $pkg"
+            for t in $tests; do echo -n " --test-package $t"; done
+            [ "$shards" = 1 ] || echo -n " --shard $((k - 1))/$shards"
+            echo " $extra"
+            return 0
+        done
+    done
+    echo "unknown part: $want (scripts/mutants.sh --list shows the parts)" >&2
+    return 1
+}
+
+if [ "${1:-}" = "--list" ]; then
+    for part in $(part_names); do
+        # shellcheck disable=SC2046
+        count=$(cargo mutants --list $(flags_of "$part") 2>/dev/null | wc -l)
+        state=todo
+        [ -f "mutants.out/$part/done" ] && state=done
+        printf '%-22s %5s mutants  %s\n' "$part" "$count" "$state"
+    done
+    exit 0
+fi
+
+# The worktree at this commit, reset (an interrupted run may have left a mutant in it).
+tree="$root/.mutants/tree"
+if [ ! -e "$tree/.git" ]; then
+    git worktree prune
+    git worktree add --detach "$tree" HEAD >/dev/null
+fi
+git -C "$tree" checkout -q --detach "$(git rev-parse HEAD)"
+git -C "$tree" reset -q --hard
+for link in .tools .ort data; do
+    [ -e "$root/$link" ] && ln -sfn "$root/$link" "$tree/$link"
 done
+export CARGO_TARGET_DIR="$root/.mutants/target" CARGO_INCREMENTAL=0
+commit=$(git rev-parse --short HEAD)
+
+if [ $# -gt 0 ]; then todo=("$@"); else mapfile -t todo < <(part_names); fi
+for part in "${todo[@]}"; do
+    flags=$(flags_of "$part")
+    if [ $# -eq 0 ] && [ -f "mutants.out/$part/done" ]; then
+        echo "== $part: done ($(cat "mutants.out/$part/done"))"
+        continue
+    fi
+    echo "== $part: cargo mutants $flags"
+    out="$root/mutants.out/$part"
+    rm -rf "$out"
+    mkdir -p "$out"
+    status=0
+    # shellcheck disable=SC2086
+    (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
+        --minimum-test-timeout 60 -o "$out" $flags) || status=$?
+    # cargo-mutants: 0 every mutant caught, 2 some missed, 3 some timed out; anything else
+    # (1 bad arguments, 4 the unmutated tree fails its tests) means the part did not run.
+    case $status in
+        0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
+        *)
+            echo "mutants.sh: part $part failed (cargo-mutants exit $status): see mutants.out/$part/mutants.out/debug.log" >&2
+            exit "$status"
+            ;;
+    esac
+done
+python3 scripts/mutants_table.py mutants.out

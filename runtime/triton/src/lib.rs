@@ -210,6 +210,31 @@ parameters { key: "gantry.latent_dim" value { string_value: "100" } }
     }
 
     #[test]
+    fn written_text_ends_with_one_newline_and_files_read_as_their_text() {
+        let c = parse(TRITON_STYLE, Path::new("config.pbtxt")).unwrap();
+        let text = to_text(&c);
+        assert!(text.ends_with('\n') && !text.ends_with("\n\n"), "{text:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.pbtxt");
+        std::fs::write(&path, TRITON_STYLE).unwrap();
+        assert_eq!(read(&path).unwrap(), c);
+        let missing = read(&dir.path().join("none.pbtxt")).unwrap_err();
+        assert!(missing.to_string().contains("none.pbtxt"), "{missing}");
+    }
+
+    /// A list without `:` gets one only outside strings and comments: a `[` in a string with an
+    /// escaped quote stays as written, and a comment whose quote and backslash would otherwise
+    /// swallow the next line leaves that line's list alone.
+    #[test]
+    fn list_colons_skip_strings_and_comments() {
+        let text = "name: \"a\\\" [b\"\n# it's C:\\\ninput [ { name: \"z\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n";
+        let c = parse(text, Path::new("config.pbtxt")).unwrap();
+        assert_eq!(c.name, "a\" [b");
+        assert_eq!(c.input.len(), 1);
+        assert_eq!(c.input[0].dims, vec![4]);
+    }
+
+    #[test]
     fn misspelt_repeated_and_mistyped_fields_are_refused_with_file_and_line() {
         for (text, line, want) in [
             ("name: \"m\"\nmax_bach_size: 8\n", 2, "max_bach_size"),

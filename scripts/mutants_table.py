@@ -1,0 +1,80 @@
+"""The per-module table of a mutation run: every part under mutants.out/ (scripts/mutants.sh).
+
+For each source file: viable mutants (built), caught (a test failed or timed out), missed, and
+the share caught; modules under the goal (90%) are marked, and the survivors listed under the
+table for explaining or killing. Parts not finished are named, so a partial run says so.
+
+    python3 scripts/mutants_table.py [mutants.out] [--missed]
+"""
+import collections
+import json
+import os
+import sys
+
+GOAL = 0.90
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    root = args[0] if args else "mutants.out"
+    show_missed = "--missed" in sys.argv
+    per_file = collections.defaultdict(collections.Counter)
+    missed = collections.defaultdict(list)
+    parts_done, parts_open = [], []
+    for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        outcomes = os.path.join(root, part, "mutants.out", "outcomes.json")
+        done = os.path.join(root, part, "done")
+        if not os.path.exists(done):
+            parts_open.append(part)
+        else:
+            with open(done) as f:
+                parts_done.append(f"{part} ({f.read().split()[0]})")
+        if not os.path.exists(outcomes):
+            continue
+        with open(outcomes) as f:
+            data = json.load(f)
+        for o in data["outcomes"]:
+            mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
+            if mutant is None:
+                continue
+            summary = o["summary"]
+            counts = per_file[mutant["file"]]
+            counts[summary] += 1
+            if summary == "MissedMutant":
+                missed[mutant["file"]].append(mutant["name"])
+    if not per_file:
+        print(f"no outcomes under {root}/")
+        return
+    print("| module | viable | caught | timeout | missed | caught % |")
+    print("|---|---:|---:|---:|---:|---:|")
+    totals = collections.Counter()
+    below = []
+    for path in sorted(per_file):
+        c = per_file[path]
+        caught, timeout, miss = c["CaughtMutant"], c["Timeout"], c["MissedMutant"]
+        viable = caught + timeout + miss
+        totals.update(c)
+        share = (caught + timeout) / viable if viable else 1.0
+        mark = "" if share >= GOAL else " **below 90%**"
+        if share < GOAL:
+            below.append(path)
+        print(f"| `{path}` | {viable} | {caught} | {timeout} | {miss} | {share:.0%}{mark} |")
+    viable = totals["CaughtMutant"] + totals["Timeout"] + totals["MissedMutant"]
+    share = (totals["CaughtMutant"] + totals["Timeout"]) / viable if viable else 1.0
+    print(f"| **all** | **{viable}** | **{totals['CaughtMutant']}** | **{totals['Timeout']}** | "
+          f"**{totals['MissedMutant']}** | **{share:.0%}** |")
+    print()
+    print(f"parts finished: {', '.join(parts_done) or 'none'}")
+    if parts_open:
+        print(f"parts started but not finished: {', '.join(parts_open)}")
+    print(f"unviable (did not build, not counted): {totals['Unviable']}")
+    if below:
+        print(f"modules below the goal: {', '.join(below)}")
+    if show_missed:
+        for path in sorted(missed):
+            print(f"\n{path}:")
+            for name in missed[path]:
+                print(f"  {name}")
+
+
+main()
