@@ -227,9 +227,9 @@ parameters { key: "gantry.latent_dim" value { string_value: "100" } }
     /// swallow the next line leaves that line's list alone.
     #[test]
     fn list_colons_skip_strings_and_comments() {
-        let text = "name: \"a\\\" [b\"\n# it's C:\\\ninput [ { name: \"z\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n";
+        let text = "name: \"xy [z\\\" [w\"\n# it's C:\\\ninput [ { name: \"z\" data_type: TYPE_FP32 dims: [ 4 ] } ]\n";
         let c = parse(text, Path::new("config.pbtxt")).unwrap();
-        assert_eq!(c.name, "a\" [b");
+        assert_eq!(c.name, "xy [z\" [w");
         assert_eq!(c.input.len(), 1);
         assert_eq!(c.input[0].dims, vec![4]);
     }
