@@ -85,6 +85,11 @@ if [ "${1:-}" = "--list" ]; then
     exit 0
 fi
 
+# One run at a time: they share the worktree.
+mkdir -p "$root/.mutants"
+exec 9>"$root/.mutants/lock"
+flock -n 9 || { echo "mutants.sh: another run holds $root/.mutants/lock" >&2; exit 1; }
+
 # The worktree at this commit, reset (an interrupted run may have left a mutant in it).
 tree="$root/.mutants/tree"
 if [ ! -e "$tree/.git" ]; then

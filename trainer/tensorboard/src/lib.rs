@@ -260,4 +260,79 @@ mod tests {
         let decoded = image::load_from_memory(&image.encoded_image_string).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (6, 4));
     }
+
+    #[test]
+    fn rgba_images_say_so_and_events_carry_the_time_they_were_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = wall_time();
+        let mut w = EventWriter::open(dir.path(), 0).unwrap();
+        w.image(1, "rgba", &DynamicImage::new_rgba8(2, 2)).unwrap();
+        w.image(2, "rgb", &DynamicImage::new_rgb8(2, 2)).unwrap();
+        let events = read_events(w.path()).unwrap();
+        let colorspace = |i: usize| {
+            events[i].summary.as_ref().unwrap().value[0]
+                .image
+                .as_ref()
+                .unwrap()
+                .colorspace
+        };
+        assert_eq!((colorspace(1), colorspace(2)), (4, 3));
+        let after = wall_time();
+        assert!(before > 1.7e9, "seconds since 1970: {before}");
+        for e in &events {
+            assert!(
+                (before..=after).contains(&e.wall_time),
+                "{} not in [{before}, {after}]",
+                e.wall_time
+            );
+        }
+    }
+
+    #[test]
+    fn event_files_are_the_named_files_and_a_missing_folder_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(event_files(&dir.path().join("absent")).unwrap().is_empty());
+        let not_a_folder = dir.path().join("file");
+        std::fs::write(&not_a_folder, b"x").unwrap();
+        let err = event_files(&not_a_folder).unwrap_err().to_string();
+        assert!(err.contains("file"), "{err}");
+        std::fs::create_dir(dir.path().join(format!("{NAME_PREFIX}1.dir"))).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        std::fs::write(dir.path().join(format!("{NAME_PREFIX}2.host")), b"").unwrap();
+        std::fs::write(dir.path().join(format!("{NAME_PREFIX}1.host")), b"").unwrap();
+        let names: Vec<String> = event_files(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [format!("{NAME_PREFIX}1.host"), format!("{NAME_PREFIX}2.host")]
+        );
+    }
+
+    /// Resuming at or after every logged step leaves an intact file as it is (not rewritten:
+    /// same inode); a torn tail alone is cut off even when no event is dropped.
+    #[test]
+    fn files_with_nothing_to_drop_are_left_alone_and_torn_tails_are_cut() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::open(dir.path(), 0).unwrap();
+        w.scalars(1, &[("loss".into(), 1.0)]).unwrap();
+        let path = w.path().to_path_buf();
+        drop(w);
+        let (inode, len) = {
+            let m = std::fs::metadata(&path).unwrap();
+            (m.ino(), m.len())
+        };
+        drop(EventWriter::open(dir.path(), 1).unwrap());
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.ino(), m.len()), (inode, len), "rewritten for nothing");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[9, 0, 0]).unwrap();
+        drop(f);
+        drop(EventWriter::open(dir.path(), 5).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "torn tail kept");
+        assert_eq!(read_events(&path).unwrap().len(), 2);
+    }
 }
