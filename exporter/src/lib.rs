@@ -278,6 +278,15 @@ pub fn build_model(
         }
     };
     let cfg = &ckpt.meta.model;
+    // A spectrally normalised generator is written with each weight already divided by its
+    // sigma (candle's own computation, so the graph equals what training sampled with).
+    let normalized;
+    let tensors = if cfg.g_spectral_norm {
+        normalized = gantry_models::Generator::inference_tensors_of(cfg, tensors)?;
+        &normalized
+    } else {
+        tensors
+    };
     let (lowering, calibration) = if opts.precision == Precision::Int8 {
         let c = calibrate(cfg, tensors, opset, calibration)?;
         (Lowering::Int8(c.clone()), Some(c))

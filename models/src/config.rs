@@ -81,9 +81,14 @@ pub struct ModelConfig {
     pub label_embed_dim: usize,
     /// Spectral normalisation of every discriminator convolution (Miyato et al. 2018): the
     /// weight divided by its largest singular value, estimated by one power iteration per step
-    /// with its vector kept as a buffer. D only, so exported generators are unchanged.
+    /// with its vector kept as a buffer.
     #[serde(default)]
     pub spectral_norm: bool,
+    /// Spectral normalisation of the generator's convolutions too (as BigGAN); the exporter
+    /// writes each weight already divided by its estimated largest singular value, so the
+    /// ONNX graph is the plain one.
+    #[serde(default)]
+    pub g_spectral_norm: bool,
 }
 
 fn default_label_embed_dim() -> usize {
@@ -102,6 +107,7 @@ impl Default for ModelConfig {
             num_classes: None,
             label_embed_dim: DEFAULT_LABEL_EMBED_DIM,
             spectral_norm: false,
+            g_spectral_norm: false,
         }
     }
 }

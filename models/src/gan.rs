@@ -63,6 +63,23 @@ impl Generator {
         self.net.kernels = kernels;
     }
 
+    /// One power iteration of the spectral normalisation of every layer (a no-op without
+    /// `g_spectral_norm`); the trainer calls it once per step, before G's first forward pass.
+    pub fn power_iteration(&self) -> Result<()> {
+        self.net.power_iteration()
+    }
+
+    /// The tensors as inference uses them (what the exporter writes): spectrally normalised
+    /// weights divided by their sigma, their `u` vectors left out; the others as they are.
+    pub fn inference_tensors(&self) -> Result<TensorMap> {
+        self.net.inference_tensors()
+    }
+
+    /// [`Generator::inference_tensors`] of the generator held in `tensors`, computed on the CPU.
+    pub fn inference_tensors_of(config: &ModelConfig, tensors: &TensorMap) -> Result<TensorMap> {
+        Self::from_tensors(config, tensors, &Device::Cpu)?.inference_tensors()
+    }
+
     /// Generates images. `train` selects batch statistics (and updates the running ones);
     /// eval mode (`false`) uses the running statistics, as the exported model does.
     pub fn forward(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Result<Tensor> {
@@ -264,6 +281,7 @@ mod tests {
     use super::*;
     use crate::candle_ops;
     use crate::init::normal_vec;
+    use crate::Arch;
 
     fn config(num_classes: Option<usize>) -> ModelConfig {
         ModelConfig {
@@ -276,6 +294,7 @@ mod tests {
             num_classes,
             label_embed_dim: 5,
             spectral_norm: false,
+            g_spectral_norm: false,
         }
     }
 
@@ -342,6 +361,56 @@ mod tests {
                 "layer {}: {sigma}",
                 block.layer.name
             );
+        }
+    }
+
+    /// `--g-spectral-norm` for both architectures: G keeps a `u` per layer (the ResNet's linear
+    /// projection included), its weights as used reach singular value 1 after enough power
+    /// iterations, and [`Generator::inference_tensors`] holds exactly those weights, no `u`
+    /// (what the exporter writes), the rest unchanged.
+    #[test]
+    fn generator_spectral_norm_normalises_every_layer_and_exports_the_normalised_weights() {
+        let dev = Device::Cpu;
+        for arch in [Arch::Dcgan, Arch::Resnet] {
+            let cfg = ModelConfig {
+                arch,
+                image_size: 32,
+                g_spectral_norm: true,
+                ..config(None)
+            };
+            let g = Generator::new(&cfg, 4, &dev).unwrap();
+            let first = match arch {
+                Arch::Dcgan => "layers.0.weight_u",
+                Arch::Resnet => "linear.weight_u",
+            };
+            let tensors = g.net.to_tensors().unwrap();
+            assert!(
+                tensors.contains_key(first),
+                "{arch:?}: {:?}",
+                tensors.keys()
+            );
+            // Close top singular values converge slowly: the ResNet's 3x3 layers need hundreds.
+            for _ in 0..400 {
+                g.power_iteration().unwrap();
+            }
+            let inference = g.inference_tensors().unwrap();
+            let blocks = g.net.conv_blocks();
+            assert!(blocks.iter().all(|b| b.spectral_norm.is_some()), "{arch:?}");
+            for block in blocks {
+                let name = block.layer.weight_name();
+                let sigma = largest_singular_value(&inference[&name]);
+                assert!((sigma - 1.0).abs() < 1e-3, "{arch:?} {name}: sigma {sigma}");
+                let raw = largest_singular_value(&tensors[&name]);
+                assert!((raw - 1.0).abs() > 0.05, "{arch:?} {name}: raw sigma {raw}");
+                assert!(!inference.contains_key(&block.layer.sn_u_name()));
+            }
+            let sn_tensors = g.net.conv_blocks().len();
+            assert_eq!(inference.len(), tensors.len() - sn_tensors, "{arch:?}");
+            for (name, t) in &inference {
+                if !name.ends_with(".weight") || !tensors.contains_key(&format!("{name}_u")) {
+                    assert_eq!(max_diff(t, &tensors[name]), 0.0, "{arch:?} {name}");
+                }
+            }
         }
     }
 

@@ -112,7 +112,12 @@ pub fn describe_recipe(config: &TrainConfig, model: &ModelConfig) -> String {
     format!(
         "loss {}, spectral norm {}, EMA {ema}, DiffAugment {}, R1 {r1}, D steps {}, Adam lr G {} D {} betas ({}, {})",
         config.loss,
-        if model.spectral_norm { "on" } else { "off" },
+        match (model.spectral_norm, model.g_spectral_norm) {
+            (true, false) => "on",
+            (true, true) => "on (G too)",
+            (false, true) => "G only",
+            (false, false) => "off",
+        },
         config.augment,
         config.d_steps,
         config.adam.lr,

@@ -354,6 +354,20 @@ impl Network {
             .collect()
     }
 
+    /// [`Network::to_tensors`] with each spectrally normalised weight replaced by the weight
+    /// the layer computes with (`W / sigma`, sigma from the stored `u`) and its `u` left out.
+    pub fn inference_tensors(&self) -> Result<TensorMap> {
+        let mut out = self.to_tensors()?;
+        for block in self.conv_blocks() {
+            if block.spectral_norm.is_some() {
+                let w = block.conv_weight(true)?.to_device(&Device::Cpu)?.copy()?;
+                out.insert(block.layer.weight_name(), w);
+                out.remove(&block.layer.sn_u_name());
+            }
+        }
+        Ok(out)
+    }
+
     /// Overwrites every variable with the values in `tensors` (same names and shapes).
     pub fn load_tensors(&self, tensors: &TensorMap) -> Result<()> {
         for (name, var) in self.all_vars() {

@@ -61,7 +61,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
         out_size: 4,
         batch_norm: true,
         activation: Activation::Relu,
-        spectral_norm: false,
+        spectral_norm: cfg.g_spectral_norm,
         ..DCGAN_INIT
     });
     let mut size = 4;
@@ -84,7 +84,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
             } else {
                 Activation::Relu
             },
-            spectral_norm: false,
+            spectral_norm: cfg.g_spectral_norm,
             ..DCGAN_INIT
         });
         channels = out_channels;

@@ -70,6 +70,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
     let c = generator_channels(cfg);
     let classes = cfg.num_classes;
     let input = cfg.generator_input_dim();
+    let sn = cfg.g_spectral_norm;
     let mut stages = vec![Stage::Conv(ConvLayer {
         kind: ConvKind::ConvTranspose,
         kernel: 4,
@@ -79,6 +80,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
         bias: false,
         // As `nn.Linear(input, 16 * C)`: the fans of the matrix it is.
         init: Init::xavier(input, 16 * c, 1.0),
+        spectral_norm: sn,
         ..conv("linear".into(), input, c, 4, 1)
     })];
     let mut size = 4;
@@ -99,15 +101,18 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
                 batch_norm: true,
                 bn_classes: classes,
                 activation: Activation::Relu,
+                spectral_norm: sn,
                 ..residual_conv(format!("{name}.conv1"), c, c, size * 2)
             },
             conv2: ConvLayer {
                 bias: false,
+                spectral_norm: sn,
                 ..residual_conv(format!("{name}.conv2"), c, c, size * 2)
             },
             // At the lower resolution, then upsampled (the same map).
             shortcut: Some(ConvLayer {
                 bias: false,
+                spectral_norm: sn,
                 ..conv(format!("{name}.shortcut"), c, c, 1, size)
             }),
             name,
@@ -123,6 +128,7 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
     }));
     stages.push(Stage::Conv(ConvLayer {
         activation: Activation::Tanh,
+        spectral_norm: sn,
         ..conv("output".into(), c, cfg.channels, 3, size)
     }));
     NetworkSpec {

@@ -208,6 +208,7 @@ pub fn tiny_config(image_size: usize, channels: usize, num_classes: Option<usize
         num_classes,
         label_embed_dim: 4,
         spectral_norm: false,
+        g_spectral_norm: false,
     }
 }
 

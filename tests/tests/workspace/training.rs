@@ -49,7 +49,7 @@ pub fn values(map: &gantry_models::TensorMap) -> Vec<(String, Vec<f32>)> {
 /// step on: the DiffAugment policies, spectral normalisation (its vectors are checkpointed), the
 /// lazy R1 penalty (steps 0, 2, 4, 6 apply it) and gradient accumulation; and the ResNet (a
 /// class-conditional one: conditional BatchNorm, projection D) with the SNGAN recipe's hinge
-/// loss, spectral norm and 2 D steps per G step, accumulating 2.
+/// loss, spectral norm in both networks and 2 D steps per G step, accumulating 2.
 #[test]
 fn resume_equals_uninterrupted() {
     let dir = tempfile::tempdir().unwrap();
@@ -69,6 +69,7 @@ fn resume_equals_uninterrupted() {
     let resnet_dir = dir.path().join("data32");
     let resnet = ModelConfig {
         spectral_norm: true,
+        g_spectral_norm: true,
         ..gantry_testkit::tiny_resnet_config(32, 1, Some(10))
     };
     let resnet_data = dataset(&resnet_dir, &resnet);
@@ -456,4 +457,62 @@ fn diffaugment_reaches_the_generator_step() {
         largest > 1e-6,
         "G's step ignores the augmentation: {largest}"
     );
+}
+
+/// `--g-spectral-norm`: each step starts with one power iteration of G's spectral norm, from the
+/// weights before the step's update: G's `u` after step 1 is `normalize(W v)` with `v =
+/// normalize(W^T u)` of the initial `W` and `u`, computed here in f64.
+#[test]
+fn generator_spectral_norm_iterates_once_per_step_before_the_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = ModelConfig {
+        g_spectral_norm: true,
+        ..tiny_config(16, 1, None)
+    };
+    let data = dataset(&dir.path().join("data"), &model);
+    let mut trainer =
+        Trainer::new(config(&dir.path().join("data")), model, data, &Device::Cpu).unwrap();
+    let before = trainer.checkpoint().unwrap().generator;
+    trainer.step().unwrap();
+    let after = trainer.checkpoint().unwrap().generator;
+    let f64s = |t: &candle_core::Tensor| -> Vec<f64> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f64::from).collect()
+    };
+    let normalize = |x: Vec<f64>| {
+        let n = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        x.into_iter().map(|v| v / n).collect::<Vec<f64>>()
+    };
+    let layers: Vec<String> = before
+        .keys()
+        .filter_map(|k| k.strip_suffix(".weight_u").map(String::from))
+        .collect();
+    assert_eq!(layers.len(), 3, "every G layer keeps a u: {layers:?}");
+    for layer in layers {
+        let w = f64s(&before[&format!("{layer}.weight")]);
+        let u0 = f64s(&before[&format!("{layer}.weight_u")]);
+        let (rows, cols) = (u0.len(), w.len() / u0.len());
+        let v = normalize(
+            (0..cols)
+                .map(|c| (0..rows).map(|r| w[r * cols + c] * u0[r]).sum())
+                .collect(),
+        );
+        let want = normalize(
+            (0..rows)
+                .map(|r| (0..cols).map(|c| w[r * cols + c] * v[c]).sum())
+                .collect(),
+        );
+        let got = f64s(&after[&format!("{layer}.weight_u")]);
+        let diff = zip_eq(&got, &want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            diff < 1e-5,
+            "{layer}: u after one step is {diff} from one iteration"
+        );
+        let moved = zip_eq(&got, &u0)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(moved > 1e-3, "{layer}: u did not move ({moved})");
+    }
 }

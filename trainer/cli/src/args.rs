@@ -149,11 +149,15 @@ pub struct RunArgs {
     /// Train a class-conditional pair on the data set's labels.
     #[arg(long)]
     pub conditional: bool,
-    /// Spectral normalisation of D's weights, on or off (one power iteration per step; D only,
-    /// the exported generator does not change) [default: the preset's; alone: on].
+    /// Spectral normalisation of D's weights, on or off (one power iteration per step)
+    /// [default: the preset's; alone: on].
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
           value_parser = parse_on_off)]
     pub spectral_norm: Option<bool>,
+    /// Spectral normalisation of G's weights too, as BigGAN (one power iteration per step; the
+    /// exported generator holds the normalised weights, so nothing changes when serving it).
+    #[arg(long)]
+    pub g_spectral_norm: bool,
     /// R1 gradient penalty on real images with this gamma (e.g. 10), lazily every --r1-every steps.
     #[arg(long, value_name = "GAMMA", allow_negative_numbers = true)]
     pub r1: Option<f64>,
@@ -324,6 +328,7 @@ impl TrainArgs {
                 .run
                 .spectral_norm
                 .unwrap_or(self.run.preset.spectral_norm()),
+            g_spectral_norm: self.run.g_spectral_norm,
             ..ModelConfig::default()
         }
     }

@@ -285,6 +285,11 @@ impl Networks {
             None => Device::Cpu,
         };
         let mut sync = Duration::ZERO;
+        // G's spectral norm (`g_spectral_norm`): one power iteration per step, before the
+        // forward passes that make this step's fakes (D's updates and G's own use them).
+        phase(&device, "0 G power iteration", || {
+            self.generator.power_iteration()
+        })?;
         let mut extra_finite = true;
         for (round, d_shards) in extra_d.iter().enumerate() {
             let pass = self.discriminator_update(

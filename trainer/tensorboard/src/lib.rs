@@ -307,7 +307,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [format!("{NAME_PREFIX}1.host"), format!("{NAME_PREFIX}2.host")]
+            [
+                format!("{NAME_PREFIX}1.host"),
+                format!("{NAME_PREFIX}2.host")
+            ]
         );
     }
 
@@ -332,7 +335,11 @@ mod tests {
         f.write_all(&[9, 0, 0]).unwrap();
         drop(f);
         drop(EventWriter::open(dir.path(), 5).unwrap());
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "torn tail kept");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "torn tail kept"
+        );
         assert_eq!(read_events(&path).unwrap().len(), 2);
     }
 }

@@ -489,6 +489,7 @@ fn resnet_with_the_sngan_preset_trains_resumes_bit_exactly_and_refuses_bad_setti
             "0",
             "--max-steps",
             steps,
+            "--g-spectral-norm",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -503,7 +504,7 @@ fn resnet_with_the_sngan_preset_trains_resumes_bit_exactly_and_refuses_bad_setti
     let o = run(args(&straight, "4", &[]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("loss hinge, spectral norm on, EMA 0.999"),
+        stderr(&o).contains("loss hinge, spectral norm on (G too), EMA 0.999"),
         "{}",
         stderr(&o)
     );
@@ -512,6 +513,7 @@ fn resnet_with_the_sngan_preset_trains_resumes_bit_exactly_and_refuses_bad_setti
         serde_json::from_str(&std::fs::read_to_string(straight.join("final/config.json")).unwrap())
             .unwrap();
     assert_eq!(config["model"]["arch"], "resnet");
+    assert_eq!(config["model"]["g_spectral_norm"], true);
     let training = &config["training"];
     assert_eq!(training["d_steps"], 5);
     assert_eq!(training["loss"], "hinge");

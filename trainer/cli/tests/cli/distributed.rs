@@ -230,9 +230,9 @@ fn two_ranks_train_what_one_process_accumulating_two_trains_and_resume_across_wo
     assert!(diff.0 <= TOLERANCE, "1 process then 2 ranks: {diff:?}");
 }
 
-/// The ResNet with the SNGAN recipe (hinge, spectral norm, 2 D steps per G step here, EMA) and
-/// class-conditional (conditional BatchNorm, projection D): two ranks train what one process
-/// accumulating 2 trains, as the DCGAN does above.
+/// The ResNet with the SNGAN recipe (hinge, spectral norm in D and G, 2 D steps per G step
+/// here, EMA) and class-conditional (conditional BatchNorm, projection D): two ranks train what
+/// one process accumulating 2 trains, as the DCGAN does above.
 #[test]
 fn the_conditional_resnet_trains_the_same_on_two_ranks_as_accumulating_two() {
     let tmp = tempfile::tempdir().unwrap();
@@ -266,6 +266,7 @@ fn the_conditional_resnet_trains_the_same_on_two_ranks_as_accumulating_two() {
             }
         }
         a.push("--conditional".into());
+        a.push("--g-spectral-norm".into());
         a
     };
     let one = tmp.path().join("accumulate2");
