@@ -260,3 +260,196 @@ pub fn dataset_name(spec: &DataSpec) -> String {
 pub const FASHION_CLASSES: [&str; 10] = [
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_testkit::{encode_idx, write_mnist_fixture};
+
+    #[test]
+    fn kinds_have_their_names_and_channels() {
+        for (kind, name, channels) in [
+            (DatasetKind::Mnist, "mnist", 1),
+            (DatasetKind::FashionMnist, "fashion-mnist", 1),
+            (DatasetKind::Cifar10, "cifar10", 3),
+            (DatasetKind::Folder, "folder", 3),
+        ] {
+            assert_eq!(kind.name(), name);
+            assert_eq!(name.parse::<DatasetKind>(), Ok(kind));
+            assert_eq!(kind.default_channels(), channels, "{name}");
+        }
+        let err = "svhn".parse::<DatasetKind>().unwrap_err();
+        assert!(err.contains("svhn"), "{err}");
+    }
+
+    /// Two 3x2x2 images with distinct bytes: a batch picks them in the order asked, as floats
+    /// `b / 127.5 - 1` in `[B, C, H, W]`, with their labels.
+    #[test]
+    fn batches_hold_the_chosen_images_scaled_to_minus_one_one() {
+        let data = Dataset {
+            name: "t".into(),
+            image_size: 2,
+            channels: 3,
+            pixels: (0..24).map(|i| (i * 10) as u8).collect(),
+            labels: vec![4, 7],
+            class_names: vec![],
+        };
+        assert_eq!(
+            (data.len(), data.is_empty(), data.image_bytes()),
+            (2, false, 12)
+        );
+        let (images, labels) = data.batch(&[1, 0, 1], &Device::Cpu).unwrap();
+        assert_eq!(images.dims(), [3, 3, 2, 2]);
+        let values: Vec<f32> = images.flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f32> = [12..24, 0..12, 12..24]
+            .into_iter()
+            .flatten()
+            .map(|i| (i * 10) as f32 / 127.5 - 1.0)
+            .collect();
+        assert_eq!(values, want);
+        assert_eq!(labels.to_vec1::<u32>().unwrap(), [7, 4, 7]);
+        let empty = Dataset {
+            pixels: vec![],
+            labels: vec![],
+            ..data
+        };
+        assert!(empty.is_empty() && empty.len() == 0);
+    }
+
+    /// The train split reads `train-*`, the test split `t10k-*` (here of another size); a
+    /// folder that is not there is refused by name.
+    #[test]
+    fn splits_read_their_own_files_and_a_missing_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_mnist_fixture(dir.path(), 6);
+        std::fs::write(
+            dir.path().join("t10k-images-idx3-ubyte"),
+            encode_idx(&[3, 28, 28], &[128; 3 * 784]),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[3], &[1, 2, 9]),
+        )
+        .unwrap();
+        let spec = DataSpec {
+            kind: DatasetKind::Mnist,
+            dir: dir.path().to_path_buf(),
+            image_size: 16,
+            channels: 1,
+            fit: Fit::Pad,
+        };
+        let train = load(&spec, Split::Train).unwrap();
+        let test = load(&spec, Split::Test).unwrap();
+        assert_eq!((train.len(), test.len()), (6, 3));
+        assert_eq!(test.labels, [1, 2, 9]);
+        assert_eq!(train.image_bytes(), 256);
+        assert_eq!(train.name, "mnist");
+        assert_eq!(train.class_names[3], "3");
+        let fashion = DataSpec {
+            kind: DatasetKind::FashionMnist,
+            ..spec.clone()
+        };
+        let f = load(&fashion, Split::Train).unwrap();
+        assert_eq!(
+            (f.name.as_str(), f.class_names[9].as_str()),
+            ("fashion-mnist", "boot")
+        );
+        // A label past 9 is refused, naming the labels file.
+        std::fs::write(
+            dir.path().join("t10k-labels-idx1-ubyte"),
+            encode_idx(&[3], &[1, 10, 2]),
+        )
+        .unwrap();
+        let err = load(&spec, Split::Test).unwrap_err().to_string();
+        assert!(
+            err.contains("t10k-labels") && err.contains("label 10"),
+            "{err}"
+        );
+        let missing = DataSpec {
+            dir: dir.path().join("nowhere"),
+            ..spec
+        };
+        let err = load(&missing, Split::Train).unwrap_err().to_string();
+        assert!(
+            err.contains("nowhere") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
+
+    /// CIFAR-10's train split is its `data_batch_*.bin` files, the test split `test_batch.bin`.
+    #[test]
+    fn cifar_splits_read_their_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |label: u8| {
+            let mut r = vec![label];
+            r.extend((0..3072).map(|i| (i % 251) as u8));
+            r
+        };
+        std::fs::write(
+            dir.path().join("data_batch_1.bin"),
+            [record(3), record(5)].concat(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("test_batch.bin"), record(8)).unwrap();
+        let spec = DataSpec {
+            kind: DatasetKind::Cifar10,
+            dir: dir.path().to_path_buf(),
+            image_size: 32,
+            channels: 3,
+            fit: Fit::Crop,
+        };
+        let train = load(&spec, Split::Train).unwrap();
+        let test = load(&spec, Split::Test).unwrap();
+        assert_eq!(
+            (train.labels.clone(), test.labels.clone()),
+            (vec![3, 5], vec![8])
+        );
+        assert_eq!(
+            (train.name.as_str(), train.class_names[3].as_str()),
+            ("cifar10", "cat")
+        );
+    }
+
+    /// A folder with `train/` and `test/` reads each split from its own; a folder without them
+    /// is both splits; the name is `folder:<folder name>`.
+    #[test]
+    fn folder_splits_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = |path: std::path::PathBuf| {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            image::RgbImage::from_pixel(4, 4, image::Rgb([9, 99, 199]))
+                .save(path)
+                .unwrap();
+        };
+        let split = dir.path().join("pets");
+        png(split.join("train/cat/a.png"));
+        png(split.join("train/dog/b.png"));
+        png(split.join("test/cat/c.png"));
+        let plain = dir.path().join("plain");
+        png(plain.join("x.png"));
+        png(plain.join("y.png"));
+        png(plain.join("z.png"));
+        let spec = |d: &Path| DataSpec {
+            kind: DatasetKind::Folder,
+            dir: d.to_path_buf(),
+            image_size: 16,
+            channels: 3,
+            fit: Fit::Crop,
+        };
+        let count = |d: &Path, s| load(&spec(d), s).unwrap().len();
+        assert_eq!(
+            (count(&split, Split::Train), count(&split, Split::Test)),
+            (2, 1)
+        );
+        assert_eq!(
+            (count(&plain, Split::Train), count(&plain, Split::Test)),
+            (3, 3)
+        );
+        assert_eq!(
+            load(&spec(&split), Split::Train).unwrap().name,
+            "folder:pets"
+        );
+        assert_eq!(dataset_name(&spec(&plain)), "folder:plain");
+    }
+}
