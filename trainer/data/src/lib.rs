@@ -313,7 +313,7 @@ mod tests {
             labels: vec![],
             ..data
         };
-        assert!(empty.is_empty() && empty.len() == 0);
+        assert_eq!((empty.is_empty(), empty.len()), (true, 0));
     }
 
     /// The train split reads `train-*`, the test split `t10k-*` (here of another size); a
