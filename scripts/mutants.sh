@@ -98,6 +98,8 @@ if [ ! -e "$tree/.git" ]; then
 fi
 git -C "$tree" checkout -q --detach "$(git rev-parse HEAD)"
 git -C "$tree" reset -q --hard
+# Inputs a mutant made a fuzz target save (as crashes of the mutant, not of the code).
+git -C "$tree" clean -fdq
 for link in .tools .ort data; do
     [ -e "$root/$link" ] && ln -sfn "$root/$link" "$tree/$link"
 done
