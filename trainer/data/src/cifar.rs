@@ -111,4 +111,27 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Pixel (x, y) of a plane is byte `y * 32 + x` of it (rows first), and only
+    /// `data_batch_*.bin` files are train batches.
+    #[test]
+    fn pixels_are_row_major_and_train_batches_are_named_data_batch_bin() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = vec![1u8];
+        for plane in 0..3u32 {
+            rec.extend((0..1024u32).map(|p| ((p * 7 + plane * 50) % 256) as u8));
+        }
+        let p = dir.path().join("data_batch_2.bin");
+        std::fs::write(&p, &rec).unwrap();
+        let (img, _) = &read_batch(&p).unwrap()[0];
+        for (x, y) in [(3u32, 1u32), (31, 0), (0, 31), (17, 9)] {
+            let at = y * 32 + x;
+            let want = [0u32, 1, 2].map(|c| ((at * 7 + c * 50) % 256) as u8);
+            assert_eq!(img.get_pixel(x, y).0, want, "({x}, {y})");
+        }
+        for other in ["data_batch_3.txt", "batches.meta.bin", "readme.html"] {
+            std::fs::write(dir.path().join(other), b"x").unwrap();
+        }
+        assert_eq!(batch_files(dir.path(), true).unwrap(), vec![p]);
+    }
 }
