@@ -29,7 +29,7 @@ scripts/fetch-inception.sh >/dev/null
 # Code compiled only with a GPU feature (cuDNN, NCCL) is excluded: no test here can run it, and
 # mutating code the build leaves out cannot be caught.
 parts=(
-    "kernels|gantry-kernels|8||-e models/kernels/src/cudnn.rs -E cudnn"
+    "kernels|gantry-kernels|8||-e models/kernels/src/cudnn.rs -E cudnn -E cuda_fwd"
     "models|gantry-models|4||"
     "trainer|gantry-trainer|5||"
     "data|gantry-data|2||"
