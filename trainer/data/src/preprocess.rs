@@ -110,4 +110,30 @@ mod tests {
         let rgb = to_chw_bytes(&DynamicImage::ImageLuma8(g), 16, 3, Fit::Crop);
         assert_eq!((rgb[0], rgb[256], rgb[512]), (77, 77, 77));
     }
+
+    #[test]
+    fn fits_parse_and_print_their_names() {
+        for (fit, name) in [(Fit::Crop, "crop"), (Fit::Pad, "pad")] {
+            assert_eq!(name.parse::<Fit>(), Ok(fit));
+            assert_eq!(fit.to_string(), name);
+        }
+        let err = "stretch".parse::<Fit>().unwrap_err();
+        assert!(err.contains("stretch"), "{err}");
+    }
+
+    /// `Pad` pads only an image that fits on both sides; one wider than the size is cropped
+    /// (a 40x20 image at 32: resized to 64x32, centre 32x32), and `Crop` scales a small image
+    /// up instead of padding it (a constant image stays constant: no black border).
+    #[test]
+    fn pad_needs_both_sides_to_fit_and_crop_never_pads() {
+        let wide = GrayImage::from_fn(40, 20, |x, _| image::Luma([if x < 20 { 0 } else { 255 }]));
+        let out = to_chw_bytes(&DynamicImage::ImageLuma8(wide), 32, 1, Fit::Pad);
+        assert_eq!(out.len(), 32 * 32);
+        // The crop straddles the black/white edge in the middle, rows alike: no padded rows.
+        assert!(out[0] < 10 && out[31] > 245, "{:?}", &out[..32]);
+        assert_eq!(&out[..32], &out[31 * 32..]);
+        let small = GrayImage::from_pixel(20, 20, image::Luma([77]));
+        let out = to_chw_bytes(&DynamicImage::ImageLuma8(small), 32, 1, Fit::Crop);
+        assert!(out.iter().all(|&v| v == 77), "padded: {:?}", &out[..8]);
+    }
 }
