@@ -136,4 +136,29 @@ mod tests {
         let out = to_chw_bytes(&DynamicImage::ImageLuma8(small), 32, 1, Fit::Crop);
         assert!(out.iter().all(|&v| v == 77), "padded: {:?}", &out[..8]);
     }
+
+    /// Crop resizes the shorter side to the size and cuts the centre: for each shape, the
+    /// resized size and the crop corner written out by hand (40x20 at 32: 64x32 from x 16;
+    /// 20x40: 32x64 from y 16; 33x50 at 16: 16x24 from y 4; 40x32 at 32: no resize, x from 4),
+    /// on an image with no symmetry, so any other size or corner shows.
+    #[test]
+    fn crop_sizes_and_corners_are_torchvision_s() {
+        for ((w, h), size, (nw, nh), (x, y)) in [
+            ((40, 20), 32, (64, 32), (16, 0)),
+            ((20, 40), 32, (32, 64), (0, 16)),
+            ((33, 50), 16, (16, 24), (0, 4)),
+            ((40, 32), 32, (40, 32), (4, 0)),
+        ] {
+            let img = DynamicImage::ImageLuma8(GrayImage::from_fn(w, h, |i, j| {
+                image::Luma([((i * 7 + j * 13) % 256) as u8])
+            }));
+            let want = img
+                .resize_exact(nw, nh, FilterType::Triangle)
+                .crop_imm(x, y, size, size)
+                .to_luma8()
+                .into_raw();
+            let got = to_chw_bytes(&img, size, 1, Fit::Crop);
+            assert_eq!(got, want, "{w}x{h} at {size}");
+        }
+    }
 }
