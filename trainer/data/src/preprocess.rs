@@ -139,7 +139,8 @@ mod tests {
 
     /// Crop resizes the shorter side to the size and cuts the centre: for each shape, the
     /// resized size and the crop corner written out by hand (40x20 at 32: 64x32 from x 16;
-    /// 20x40: 32x64 from y 16; 33x50 at 16: 16x24 from y 4; 40x32 at 32: no resize, x from 4),
+    /// 20x40: 32x64 from y 16; 33x50 at 16: 16x24 from y 4; 40x32 and 32x40 at 32: no resize,
+    /// x or y from 4),
     /// on an image with no symmetry, so any other size or corner shows.
     #[test]
     fn crop_sizes_and_corners_are_torchvision_s() {
@@ -148,6 +149,7 @@ mod tests {
             ((20, 40), 32, (32, 64), (0, 16)),
             ((33, 50), 16, (16, 24), (0, 4)),
             ((40, 32), 32, (40, 32), (4, 0)),
+            ((32, 40), 32, (32, 40), (0, 4)),
         ] {
             let img = DynamicImage::ImageLuma8(GrayImage::from_fn(w, h, |i, j| {
                 image::Luma([((i * 7 + j * 13) % 256) as u8])
