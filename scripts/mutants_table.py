@@ -7,11 +7,17 @@ table for explaining or killing. Parts not finished are named, so a partial run 
     python3 scripts/mutants_table.py [mutants.out] [--missed]
 """
 import collections
+import math
 import json
 import os
 import sys
 
 GOAL = 0.90
+
+
+def percent(share):
+    """A share as a percentage rounded down (99.6% is not shown as 100%)."""
+    return f"{math.floor(share * 1000) / 10:.1f}%"
 
 
 def main():
@@ -58,11 +64,11 @@ def main():
         mark = "" if share >= GOAL else " **below 90%**"
         if share < GOAL:
             below.append(path)
-        print(f"| `{path}` | {viable} | {caught} | {timeout} | {miss} | {share:.0%}{mark} |")
+        print(f"| `{path}` | {viable} | {caught} | {timeout} | {miss} | {percent(share)}{mark} |")
     viable = totals["CaughtMutant"] + totals["Timeout"] + totals["MissedMutant"]
     share = (totals["CaughtMutant"] + totals["Timeout"]) / viable if viable else 1.0
     print(f"| **all** | **{viable}** | **{totals['CaughtMutant']}** | **{totals['Timeout']}** | "
-          f"**{totals['MissedMutant']}** | **{share:.0%}** |")
+          f"**{totals['MissedMutant']}** | **{percent(share)}** |")
     print()
     print(f"parts finished: {', '.join(parts_done) or 'none'}")
     if parts_open:
