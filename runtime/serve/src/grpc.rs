@@ -13,7 +13,7 @@ use crate::proto::model_infer_response::InferOutputTensor;
 use crate::proto::model_metadata_response::TensorMetadata;
 use crate::proto::*;
 use crate::state::ServerState;
-use crate::tensor::{DataType, InputTensor, TensorData};
+use crate::tensor::{check_output, DataType, InputTensor, TensorData};
 
 /// The gRPC service over `state`, with message limits from its options.
 pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceService> {
@@ -151,11 +151,8 @@ pub(crate) fn decode_request(
             r.inputs.len()
         )));
     }
-    if let Some(o) = r.outputs.iter().find(|o| o.name != output_name) {
-        return Err(ServeError::bad(format!(
-            "unknown output `{}`: the model's output is `{output_name}`",
-            o.name
-        )));
+    for o in &r.outputs {
+        check_output(&o.name, output_name)?;
     }
     let mut raw = r.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(r.inputs.len());

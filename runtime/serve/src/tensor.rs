@@ -132,6 +132,16 @@ pub fn decode_inputs(sig: &Signature, inputs: Vec<InputTensor>) -> Result<ModelI
     Ok(ModelInputs { z, labels })
 }
 
+/// Refuses a requested output other than the model's one, `output`.
+pub(crate) fn check_output(requested: &str, output: &str) -> Result<()> {
+    if requested != output {
+        return Err(ServeError::bad(format!(
+            "unknown output `{requested}`: the model's output is `{output}`"
+        )));
+    }
+    Ok(())
+}
+
 fn check_datatype(input: &InputTensor, want: DataType) -> Result<()> {
     if input.datatype != want.name() {
         return Err(ServeError::bad(format!(

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
-use candle_onnx::onnx::{tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto};
+use candle_onnx::onnx::{
+    tensor_proto::DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+};
 use gantry_exporter::proto::{f32_tensor, node, value_info, Attr, Dim};
 use gantry_exporter::{
     export, ExportOptions, GraphOptions, OutputFormat, Precision, WeightsChoice,
@@ -448,16 +450,29 @@ pub fn pytorch_style_model(path: &Path) {
             vec![],
         ),
     ];
+    write_latent_model(path, "pytorch", "main_graph", nodes, init, 8);
+}
+
+/// Writes an opset-17 model of `nodes` and `init` with a latent `input` `[N, 8, 1, 1]` and an
+/// `output` `[N, 3, side, side]`, as a generator exported by PyTorch has.
+fn write_latent_model(
+    path: &Path,
+    producer: &str,
+    graph: &str,
+    nodes: Vec<NodeProto>,
+    init: Vec<TensorProto>,
+    side: usize,
+) {
     let model = ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
             domain: String::new(),
             version: 17,
         }],
-        producer_name: "pytorch".into(),
+        producer_name: producer.into(),
         graph: Some(GraphProto {
             node: nodes,
-            name: "main_graph".into(),
+            name: graph.into(),
             initializer: init,
             input: vec![value_info(
                 "input",
@@ -467,7 +482,12 @@ pub fn pytorch_style_model(path: &Path) {
             output: vec![value_info(
                 "output",
                 DataType::Float,
-                &[Dim::Named("n"), Dim::Fixed(3), Dim::Fixed(8), Dim::Fixed(8)],
+                &[
+                    Dim::Named("n"),
+                    Dim::Fixed(3),
+                    Dim::Fixed(side),
+                    Dim::Fixed(side),
+                ],
             )],
             ..Default::default()
         }),
@@ -497,31 +517,7 @@ pub fn nan_model(path: &Path) {
         node("Sub", "sub", &["n", "one"], &["m"], vec![]),
         node("Sqrt", "sqrt", &["m"], &["output"], vec![]),
     ];
-    let model = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(GraphProto {
-            node: nodes,
-            name: "nan".into(),
-            initializer: init,
-            input: vec![value_info(
-                "input",
-                DataType::Float,
-                &[Dim::Named("n"), Dim::Fixed(8), Dim::Fixed(1), Dim::Fixed(1)],
-            )],
-            output: vec![value_info(
-                "output",
-                DataType::Float,
-                &[Dim::Named("n"), Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    std::fs::write(path, model.encode_to_vec()).unwrap();
+    write_latent_model(path, "", "nan", nodes, init, 4);
 }
 
 /// A Triton `config.pbtxt` parsed by Triton's own schema (`model_config_pb2` of the

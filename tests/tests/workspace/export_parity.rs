@@ -74,6 +74,11 @@ fn candle_reference(
         .unwrap()
 }
 
+/// The generator's raw output for `z` (and `labels`), flattened.
+fn raw_values(g: &OrtGenerator, z: &Array2<f32>, labels: Option<&Array1<i64>>) -> Vec<f32> {
+    g.raw_output(z, labels).unwrap().iter().copied().collect()
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -110,7 +115,7 @@ fn onnx_runtime_matches_candle_fp32_and_fp16() {
             for n in [1, 7] {
                 let z = latents(n, cfg.latent_dim, &format!("{size}-{n}"));
                 let want = candle_reference(&cfg, &tensors, &z, None);
-                let got: Vec<f32> = g.raw_output(&z, None).unwrap().iter().copied().collect();
+                let got = raw_values(&g, &z, None);
                 let diff = max_abs_diff(&got, &want);
                 assert!(
                     diff <= tol,
@@ -152,18 +157,8 @@ fn folded_and_unfolded_exports_agree() {
     .unwrap();
     let spec_layers = gantry_models::generator_spec(&cfg).conv_layers().len();
     let z = latents(7, 100, "fold");
-    let a: Vec<f32> = ort(&folded)
-        .raw_output(&z, None)
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let b: Vec<f32> = ort(&unfolded)
-        .raw_output(&z, None)
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let a = raw_values(&ort(&folded), &z, None);
+    let b = raw_values(&ort(&unfolded), &z, None);
     let diff = max_abs_diff(&a, &b);
     assert!(diff <= 1e-5, "folded vs unfolded: {diff}");
     // The unfolded graph really has BatchNormalization nodes and the folded one none.
@@ -272,21 +267,11 @@ fn conditional_generator_takes_labels_and_matches_candle() {
     let labels = [0u32, 1, 2, 3, 2, 1];
     let want = candle_reference(&cfg, &tensors, &z, Some(&labels));
     let l = Array1::from_iter(labels.iter().map(|&x| x as i64));
-    let got: Vec<f32> = g
-        .raw_output(&z, Some(&l))
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let got = raw_values(&g, &z, Some(&l));
     assert!(max_abs_diff(&got, &want) <= 1e-4);
     // Different labels give different images for the same latent.
     let other = Array1::from_elem(6, 3i64);
-    let got2: Vec<f32> = g
-        .raw_output(&z, Some(&other))
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let got2 = raw_values(&g, &z, Some(&other));
     assert!(max_abs_diff(&got, &got2) > 1e-3);
 }
 
@@ -441,18 +426,8 @@ fn tuned_generation_matches_untuned() {
         .build()
         .unwrap();
     let z = latents(9, 100, "tuned");
-    let a: Vec<f32> = tuned
-        .raw_output(&z, None)
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let b: Vec<f32> = plain
-        .raw_output(&z, None)
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let a = raw_values(&tuned, &z, None);
+    let b = raw_values(&plain, &z, None);
     let diff = max_abs_diff(&a, &b);
     assert!(diff <= 1e-5, "tuned vs untuned: {diff}");
 }
@@ -475,12 +450,7 @@ fn fp16_error_is_measured_against_a_one_percent_bias_error() {
         write_generator_checkpoint(&ckpt, &cfg, tensors, 1);
         let out = dir.path().join(format!("{name}.onnx"));
         export(&options(&ckpt, &out, precision, true, OutputFormat::Float)).unwrap();
-        let got: Vec<f32> = ort(&out)
-            .raw_output(&z, None)
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
+        let got = raw_values(&ort(&out), &z, None);
         max_abs_diff(&got, &want)
     };
     let fp16 = exported("fp16", tensors.clone(), Precision::Fp16);
@@ -547,12 +517,7 @@ fn resnet_generator_exports_and_matches_candle() {
                 .path()
                 .join(format!("r-{classes:?}-{precision:?}-{fold}.onnx"));
             export(&options(&ckpt, &out, precision, fold, OutputFormat::Float)).unwrap();
-            let got: Vec<f32> = ort(&out)
-                .raw_output(&z, l.as_ref())
-                .unwrap()
-                .iter()
-                .copied()
-                .collect();
+            let got = raw_values(&ort(&out), &z, l.as_ref());
             let diff = max_abs_diff(&got, &want);
             assert!(
                 diff <= tol,
@@ -637,12 +602,7 @@ fn spectrally_normalised_generators_export_their_normalised_weights() {
             OutputFormat::Float,
         ))
         .unwrap();
-        let got: Vec<f32> = ort(&out)
-            .raw_output(&z, l.as_ref())
-            .unwrap()
-            .iter()
-            .copied()
-            .collect();
+        let got = raw_values(&ort(&out), &z, l.as_ref());
         let diff = max_abs_diff(&got, &want);
         assert!(diff <= 1e-5, "{arch:?}: max abs diff {diff}");
         let graph = candle_onnx::read_file(&out).unwrap().graph.unwrap();

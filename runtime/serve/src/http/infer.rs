@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::{model_of, ModelPath};
 use crate::error::{Result, ServeError};
 use crate::state::ServerState;
-use crate::tensor::{DataType, Images, InputTensor, TensorData};
+use crate::tensor::{check_output, DataType, Images, InputTensor, TensorData};
 
 /// The header that splits a binary request or response into its JSON and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -172,12 +172,7 @@ pub(crate) fn decode_request(
         Some(outputs) if !outputs.is_empty() => {
             let mut binary = false;
             for o in outputs {
-                if o.name != output_name {
-                    return Err(ServeError::bad(format!(
-                        "unknown output `{}`: the model's output is `{output_name}`",
-                        o.name
-                    )));
-                }
+                check_output(&o.name, output_name)?;
                 binary = flag(&o.parameters, "binary_data")?;
             }
             binary

@@ -74,27 +74,42 @@ fn all_text(o: &Output) -> String {
     )
 }
 
+/// The tensors of `maps` (each with its name prefix) whose names `keep` accepts, flattened and
+/// sorted by prefixed name.
+fn flat_tensors(
+    maps: &[(&str, &TensorMap)],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, Vec<f32>)> {
+    let mut all: Vec<_> = maps
+        .iter()
+        .flat_map(|(prefix, map)| {
+            map.iter()
+                .filter(|(name, _)| keep(name))
+                .map(move |(name, t)| {
+                    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    (format!("{prefix}{name}"), values)
+                })
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+fn load(dir: &Path) -> Checkpoint {
+    Checkpoint::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
 /// Parameters of G and D and both optimisers' moments of a checkpoint (BatchNorm running
 /// statistics are buffers each rank measures on its own slice: not compared).
 fn trained_state(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let c = Checkpoint::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let flat = |prefix: &str, map: &TensorMap| -> Vec<(String, Vec<f32>)> {
-        let mut v: Vec<_> = map
-            .iter()
-            .filter(|(name, _)| !name.contains("running"))
-            .map(|(name, t)| {
-                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                (format!("{prefix}{name}"), values)
-            })
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let mut all = flat("G.", &c.generator);
-    all.extend(flat("D.", c.discriminator.as_ref().unwrap()));
-    all.extend(flat("optG.", &c.optimizer_g.as_ref().unwrap().0));
-    all.extend(flat("optD.", &c.optimizer_d.as_ref().unwrap().0));
-    all
+    let c = load(dir);
+    let maps = [
+        ("G.", &c.generator),
+        ("D.", c.discriminator.as_ref().unwrap()),
+        ("optG.", &c.optimizer_g.as_ref().unwrap().0),
+        ("optD.", &c.optimizer_d.as_ref().unwrap().0),
+    ];
+    flat_tensors(&maps, |name| !name.contains("running"))
 }
 
 /// The largest relative difference between two states: per tensor, the largest absolute
@@ -321,26 +336,47 @@ fn pid_of_rank(out: &Path, rank: usize) -> Option<u32> {
     })
 }
 
-#[test]
-fn killing_one_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = fixture(tmp.path());
-    let out = tmp.path().join("run");
+/// A 2-rank job on the fixture that would train for ever (with `extra` flags), writing into
+/// `tmp/run`, its output captured.
+fn endless_job(tmp: &Path, extra: &[&str]) -> (PathBuf, std::process::Child) {
+    let data = fixture(tmp);
+    let out = tmp.join("run");
     let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let endless = [
-        "--max-steps",
-        "1000000",
-        "--epochs",
-        "1000000",
-        "--checkpoint-every",
-        "5",
-    ];
-    let args = tiny_train_args(ds, os, &endless);
-    let mut job = mpirun_command(2, &args, &[])
+    let mut flags = vec!["--max-steps", "1000000", "--epochs", "1000000"];
+    flags.extend_from_slice(extra);
+    let job = mpirun_command(2, &tiny_train_args(ds, os, &flags), &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    (out, job)
+}
+
+/// The output of `job` once it exits; a failure (after killing it) if it still runs `limit`
+/// after `since`, when `what` happened.
+fn exited_within(
+    mut job: std::process::Child,
+    since: Instant,
+    limit: Duration,
+    what: &str,
+) -> Output {
+    loop {
+        if job.try_wait().unwrap().is_some() {
+            return job.wait_with_output().unwrap();
+        }
+        if since.elapsed() > limit {
+            job.kill().unwrap();
+            panic!("the job still runs {limit:?} after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killing_one_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, job) = endless_job(tmp.path(), &["--checkpoint-every", "5"]);
+    let os = out.to_str().unwrap();
     wait_until("a checkpoint", Duration::from_secs(120), || {
         gantry_models::resolve_checkpoint(&out)
             .ok()
@@ -353,16 +389,7 @@ fn killing_one_rank_ends_the_job_quickly_and_the_checkpoint_resumes() {
         .args(["-9", &victim.to_string()])
         .status();
     assert!(status.unwrap().success());
-    let o = loop {
-        if job.try_wait().unwrap().is_some() {
-            break job.wait_with_output().unwrap();
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the job is still running 30 s after rank 1 was killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let o = exited_within(job, killed, Duration::from_secs(30), "rank 1 was killed");
     assert!(!o.status.success(), "the job must fail: {}", all_text(&o));
     let text = all_text(&o);
     // mpirun names the dead rank; Gantry's surviving rank says which step the launcher's
@@ -460,23 +487,12 @@ fn with_flags<'a>(mut args: Vec<&'a str>, extra: &[&'a str]) -> Vec<&'a str> {
 
 /// The BatchNorm running means of G and D in a checkpoint.
 fn running_means(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let c = Checkpoint::load(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    let mut all: Vec<_> = [
+    let c = load(dir);
+    let maps = [
         ("G.", &c.generator),
         ("D.", c.discriminator.as_ref().unwrap()),
-    ]
-    .into_iter()
-    .flat_map(|(prefix, map)| {
-        map.iter()
-            .filter(|(name, _)| name.ends_with("running_mean"))
-            .map(move |(name, t)| {
-                let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                (format!("{prefix}{name}"), values)
-            })
-    })
-    .collect();
-    all.sort_by(|a, b| a.0.cmp(&b.0));
-    all
+    ];
+    flat_tensors(&maps, |name| name.ends_with("running_mean"))
 }
 
 /// Each rank measures BatchNorm's running statistics on its own half of the batch; rank 0's
@@ -601,24 +617,11 @@ fn a_checkpoint_of_two_ranks_resumes_on_three() {
 #[test]
 fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = fixture(tmp.path());
-    let out = tmp.path().join("run");
-    let (ds, os) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let endless = [
-        "--max-steps",
-        "1000000",
-        "--epochs",
-        "1000000",
-        "--checkpoint-every",
-        "0",
-        "--sample-every",
-        "0",
-    ];
-    let mut job = mpirun_command(2, &tiny_train_args(ds, os, &endless), &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (out, job) = endless_job(
+        tmp.path(),
+        &["--checkpoint-every", "0", "--sample-every", "0"],
+    );
+    let os = out.to_str().unwrap();
     let log = out.join("metrics.jsonl");
     wait_until("ten steps", Duration::from_secs(120), || {
         std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 10)
@@ -629,16 +632,12 @@ fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
         .status();
     assert!(status.unwrap().success());
     let signalled = Instant::now();
-    let o = loop {
-        if job.try_wait().unwrap().is_some() {
-            break job.wait_with_output().unwrap();
-        }
-        if signalled.elapsed() > Duration::from_secs(60) {
-            job.kill().unwrap();
-            panic!("the job still runs 60 s after rank 1 was told to stop");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let o = exited_within(
+        job,
+        signalled,
+        Duration::from_secs(60),
+        "rank 1 was told to stop",
+    );
     let text = all_text(&o);
     assert!(o.status.success(), "{text}");
     assert!(text.contains("rank 1: interrupt during step"), "{text}");
