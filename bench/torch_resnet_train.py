@@ -10,7 +10,8 @@ that `trainer eval --images --metric inception` scores.
 
 Data: a folder of MNIST-format IDX files (28x28 grey, padded to 32 with black as Gantry's
 `--fit pad`), or a folder of 32x32 PNGs with one subfolder per class (the cats and dogs).
-Writes DIR/samples/*.png (conditional: image k of class k % classes), DIR/grid.png and
+Writes DIR/samples/*.png (conditional: DIR/samples/<class>/*.png, image k of class k % classes),
+DIR/grid.png and
 DIR/run.json (steps, seconds, losses). Every 100 steps the whole state (networks, EMA, optimisers,
 data order, RNG) goes to DIR/checkpoint.pt, and a rerun with the same arguments resumes from it:
 the benchmark spans sessions that end mid-run.
@@ -173,7 +174,11 @@ def main():
     os.makedirs(folder, exist_ok=True)
     mode = "L" if channels == 1 else "RGB"
     for k, im in enumerate(pixels):
-        Image.fromarray(im[:, :, 0] if channels == 1 else im, mode).save(os.path.join(folder, f"{k:05d}.png"))
+        # Conditional samples go to one subfolder per class asked for, which `trainer eval
+        # --images` reads as the classes to measure agreement with.
+        sub = os.path.join(folder, str(k % classes)) if classes else folder
+        os.makedirs(sub, exist_ok=True)
+        Image.fromarray(im[:, :, 0] if channels == 1 else im, mode).save(os.path.join(sub, f"{k:05d}.png"))
     grid = np.zeros((8 * 34, 8 * 34, pixels.shape[3]), np.uint8)
     for k, im in enumerate(pixels[:64]):
         r, c = divmod(k, 8)

@@ -5,7 +5,7 @@
 # optimiser, EMA), SEEDS seeds each, scored with the standard Inception FID/KID
 # (`trainer eval --metric inception`, INCEPTION_N samples of the EMA generator in eval mode).
 #
-#   scripts/quality-resnet.sh [OUT]       (default OUT: runs/quality-resnet; ~7 hours on 2 cores, resumable)
+#   scripts/quality-resnet.sh [OUT]       (default OUT: runs/quality-resnet; ~13 hours on 2 cores, resumable)
 #
 # Suites (SUITES, default "fashion-mnist catsdogs"): Fashion-MNIST padded to 32x32 (also scored
 # with Gantry's classifier FID) and the 2000 CIFAR-10 cats and dogs at 32x32. STEPS G steps
@@ -13,7 +13,10 @@
 # D_STEPS D updates each (default 5), batch BATCH (64), widths G_WIDTH/D_WIDTH
 # (16/16: blocks of 64 and 32 channels, what fits this machine; the same for both). With
 # CONDITIONAL=on (the default), Fashion-MNIST also trains the class-conditional pair (conditional BatchNorm,
-# projection D) and reports how often Gantry's classifier gives each sample its own class.
+# projection D) on both sides and reports how often Gantry's classifier gives each sample its own
+# class (PyTorch's samples sit in one subfolder per class). With DCGAN=on (the default), Gantry's
+# default (DCGAN, `gantry` recipe) also trains on each suite for the wall-clock time of a ResNet
+# run (see dcgan_steps), the comparison that decides the default architecture.
 # JOBS single-threaded runs in parallel (default: the number of cores). Rerunning skips finished
 # runs (a `done` marker) and resumes interrupted runs, Gantry's and PyTorch's, from their checkpoints.
 set -euo pipefail
@@ -65,11 +68,35 @@ for suite in $suites; do
         --out "$probe/$suite.json" >/dev/null
 done
 
+# Equal wall-clock time: Gantry's default (DCGAN, the `gantry` recipe, batch 128) trains as many
+# steps as fit in the time of STEPS ResNet steps, from the two step times measured side by side
+# here once per suite (`trainer bench`, single-threaded, median of 5 steps) and kept in
+# $out/SUITE/dcgan-steps, so that every seed and a resumed run train the same count.
+dcgan_steps() {
+    local suite=$1 file="$out/$1/dcgan-steps" channels=1 resnet dcgan
+    [ "$suite" = catsdogs ] && channels=3
+    if [ ! -s "$file" ]; then
+        resnet=$($T bench --arch resnet --g-width "$gw" --d-width "$dw" --d-steps "$d_steps" --loss hinge \
+            --spectral-norm --ema 0.999 --batch-size "$batch" --image-size 32 --channels $channels \
+            --steps 5 --warmup 1 | awk '/^RESULT/ { print $(NF-3) }')
+        dcgan=$($T bench --spectral-norm --ema 0.999 --batch-size 128 --image-size 32 --channels $channels \
+            --steps 5 --warmup 1 | awk '/^RESULT/ { print $(NF-3) }')
+        mkdir -p "$out/$suite"
+        python3 -c "print(round($steps * $resnet / $dcgan))" >"$file.tmp" && mv "$file.tmp" "$file"
+        echo "$suite: ResNet step $resnet ms, DCGAN step $dcgan ms: DCGAN trains $(cat "$file") steps" >&2
+    fi
+    cat "$file"
+}
+[ "${DCGAN:-on}" = on ] && for suite in $suites; do dcgan_steps "$suite" >/dev/null; done
+
 runs=()
 for seed in $seeds; do
     for suite in $suites; do
         runs+=("gantry $suite resnet $seed" "pytorch $suite resnet $seed")
-        [ "${CONDITIONAL:-on}" = on ] && [ "$suite" = fashion-mnist ] && runs+=("gantry $suite resnet-conditional $seed")
+        if [ "${CONDITIONAL:-on}" = on ] && [ "$suite" = fashion-mnist ]; then
+            runs+=("gantry $suite resnet-conditional $seed" "pytorch $suite resnet-conditional $seed")
+        fi
+        [ "${DCGAN:-on}" = on ] && runs+=("gantry $suite dcgan $seed")
     done
 done
 
@@ -79,30 +106,35 @@ run_one() {
     flags=$(data_flags "$suite")
     case $kind in
         gantry)
-            local cond=()
-            [ "$variant" = resnet-conditional ] && cond=(--conditional)
+            local model=(--arch resnet --preset sngan --batch-size "$batch" --g-width "$gw"
+                --d-width "$dw" --d-steps "$d_steps") total=$steps
+            [ "$variant" = resnet-conditional ] && model+=(--conditional)
+            if [ "$variant" = dcgan ]; then
+                model=()  # the defaults: DCGAN, the gantry recipe, batch 128
+                total=$(dcgan_steps "$suite")
+            fi
             if [ -f "$dir/checkpoint/config.json" ]; then
-                $T train --resume "$dir" --max-steps "$steps" --log-every 100
+                $T train --resume "$dir" --max-steps "$total" --log-every 100
             else
                 # A run stopped before its first checkpoint left only logs: start it again.
                 rm -rf "$dir"
                 # shellcheck disable=SC2086
-                $T train $flags --arch resnet --preset sngan --image-size 32 --batch-size "$batch" \
-                    --g-width "$gw" --d-width "$dw" --d-steps "$d_steps" --epochs 100000 \
-                    --max-steps "$steps" --seed "$seed" "${cond[@]}" --sample-every 500 \
-                    --checkpoint-every 100 --tensorboard off --log-every 100 --out "$dir"
+                $T train $flags "${model[@]}" --image-size 32 --epochs 100000 --max-steps "$total" \
+                    --seed "$seed" --sample-every 500 --checkpoint-every 100 --tensorboard off \
+                    --log-every 100 --out "$dir"
             fi
-            grep -q "\"step\": $steps," "$dir/final/trainer_state.json"
+            grep -q "\"step\": $total," "$dir/final/trainer_state.json"
             $T eval --metric inception --checkpoint "$dir" --n "$n" --out "$dir/eval_inception.json"
             if [ "$suite" = fashion-mnist ]; then
                 $T eval --checkpoint "$dir" --n "$n" --out "$dir/eval.json"
             fi
             ;;
         pytorch)
-            local src=data/$suite
+            local src=data/$suite cond=()
+            [ "$variant" = resnet-conditional ] && cond=(--conditional)
             [ -f "$dir/run.json" ] || "$py" bench/torch_resnet_train.py --data "$src" --out "$dir" \
                 --max-steps "$steps" --g-width "$gw" --d-width "$dw" --batch "$batch" \
-                --d-steps "$d_steps" --n-samples "$n" --seed "$seed" --threads 1
+                --d-steps "$d_steps" --n-samples "$n" --seed "$seed" --threads 1 "${cond[@]}"
             # shellcheck disable=SC2086
             $T eval --metric inception --images "$dir/samples" $flags --image-size 32 --n "$n" \
                 --out "$dir/eval_inception.json"
@@ -158,7 +190,7 @@ for suite in sorted(os.listdir(out)):
         first = (json.load(open(c))["results"][0] if os.path.exists(c) else {})
         agreement = first.get("coverage", {}).get("class_agreement")
         rows.setdefault((suite, name), []).append((e["fid"], e["kid"], first.get("fid"), agreement))
-print("| suite | run | seeds | Inception FID | KID x 1000 | classifier FID | class agreement |")
+print("| suite | run | seeds | Inception FID | KID x 1000 | classifier FID | class agreement % |")
 print("|---|---|---|---|---|---|---|")
 def ms(v):
     v = [x for x in v if x is not None]
@@ -167,7 +199,7 @@ def ms(v):
     return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
 for (suite, name), r in sorted(rows.items()):
     print(f"| {suite} | {name} | {len(r)} | {ms([x[0] for x in r])} | {ms([x[1] * 1000 for x in r])} | "
-          f"{ms([x[2] for x in r])} | {ms([x[3] for x in r])} |")
+          f"{ms([x[2] for x in r])} | {ms([None if x[3] is None else x[3] * 100 for x in r])} |")
 PY
 [ ! -e "$out/.failed" ] || { echo "some runs failed" >&2; exit 1; }
 echo "done: $out"

@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod coverage;
 mod error;
 pub mod fid;
+pub mod image_folder;
 pub mod inception;
 pub mod kid;
 pub mod npz;
@@ -17,7 +18,7 @@ pub mod swd;
 
 pub use error::{MetricSetting, MetricsError, Result};
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use gantry_models::{Checkpoint, Generator, ModelConfig};
@@ -27,7 +28,7 @@ use crate::error::MetricSetting as Setting;
 use classifier::{Classifier, ClassifierInfo};
 use coverage::Coverage;
 use fid::{frechet_distance, GaussianStats};
-use gantry_data::{self as data, preprocess, DataSpec, Split};
+use gantry_data::{self as data, DataSpec, Split};
 use gantry_models::init::latents;
 use swd::{PatchReference, Swd};
 
@@ -129,25 +130,6 @@ pub(crate) fn sample(
         .map(|k| (0..n).map(|i| (i % k) as u32).collect());
     let z = latents(seed, "eval", n, cfg.latent_dim, device)?;
     Ok((generator.generate_batched(&z, 128, train_mode)?, labels))
-}
-
-fn load_images(dir: &Path, spec: &DataSpec, device: &Device) -> Result<Tensor> {
-    let (_, files) = data::folder::scan(dir)?;
-    let s = spec.image_size;
-    let mut pixels = Vec::with_capacity(files.len() * spec.channels * s * s);
-    for (path, _) in &files {
-        let img = data::folder::decode(path)?;
-        pixels.extend(
-            preprocess::to_chw_bytes(&img, s as u32, spec.channels, spec.fit)
-                .iter()
-                .map(|&b| b as f32 / 127.5 - 1.0),
-        );
-    }
-    Ok(Tensor::from_vec(
-        pixels,
-        (files.len(), spec.channels, s, s),
-        device,
-    )?)
 }
 
 /// What scoring needs once per data set: the classifier and the test split's feature
@@ -273,13 +255,18 @@ pub fn evaluate(
     let mut steps = None;
     match source {
         EvalSource::Images(dir) => {
-            let images = load_images(dir, data_spec, device)?;
+            let (images, asked) = image_folder::load(dir, data_spec, &train.class_names, device)?;
             log(format!(
-                "scoring {} images from {}",
+                "scoring {} images from {}{}",
                 images.dim(0)?,
-                dir.display()
+                dir.display(),
+                if asked.is_some() {
+                    " (class subfolders: the classes asked for)"
+                } else {
+                    ""
+                }
             ));
-            results.push(evaluator.score_images(&images, None, "images")?);
+            results.push(evaluator.score_images(&images, asked.as_deref(), "images")?);
         }
         EvalSource::Checkpoint(path) => {
             let dir = gantry_models::resolve_checkpoint(path)?;

@@ -103,6 +103,56 @@ fn real_images_score_far_below_noise_and_checkpoints_get_every_variant() {
         vec![12; 10],
         "each class 12 of 120"
     );
+    assert_eq!(
+        real.results[0].coverage.class_agreement, None,
+        "a flat folder"
+    );
+    // Sorted into class subfolders, the images are scored as generated for that class: their
+    // own class agrees every time, the next class never. Classes 5 to 9 only: a folder's class
+    // is the one it names, not its place among the folders.
+    for (shift, agreement) in [(0, 1.0), (1, 0.0)] {
+        let sorted = tmp.path().join(format!("sorted-{shift}"));
+        for k in 5..10u32 {
+            write_pngs(
+                &sorted.join(((k + shift) % 10).to_string()),
+                (0..3).map(|i| {
+                    image::GrayImage::from_raw(28, 28, learnable_digit(k as usize, 3000 + i))
+                        .unwrap()
+                }),
+            );
+        }
+        let report = evaluate(
+            &EvalSource::Images(sorted),
+            &spec,
+            15,
+            0,
+            &candle_core::Device::Cpu,
+            &mut log,
+        )
+        .unwrap();
+        let coverage = &report.results[0].coverage;
+        assert_eq!(coverage.histogram, [[0; 5], [3; 5]].concat());
+        assert_eq!(coverage.class_agreement, Some(agreement), "shift {shift}");
+    }
+    // A subfolder that is no class of the data set is refused, naming it.
+    write_pngs(
+        &tmp.path().join("odd/seven"),
+        std::iter::once(image::GrayImage::new(28, 28)),
+    );
+    let e = evaluate(
+        &EvalSource::Images(tmp.path().join("odd")),
+        &spec,
+        30,
+        0,
+        &candle_core::Device::Cpu,
+        &mut log,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("odd/seven") && e.contains("'seven' is neither"),
+        "{e}"
+    );
 
     // A checkpoint trained with EMA is scored as ema/raw x eval/train, via the CLI.
     let out = tmp.path().join("run");
