@@ -69,21 +69,35 @@ for suite in $suites; do
 done
 
 # Equal wall-clock time: Gantry's default (DCGAN, the `gantry` recipe, batch 128) trains as many
-# steps as fit in the time of STEPS ResNet steps, from the two step times measured side by side
-# here once per suite (`trainer bench`, single-threaded, median of 5 steps) and kept in
-# $out/SUITE/dcgan-steps, so that every seed and a resumed run train the same count.
+# steps as fit in the time of STEPS ResNet steps, from the two step times measured here once per
+# suite (`trainer bench`, single-threaded) and kept in $out/SUITE/dcgan-steps, so that every seed
+# and a resumed run train the same count. The step times are CPU time, not wall time: the runs
+# share the cores with each other (and whatever else runs), which inflates wall time unevenly;
+# a single-threaded step's CPU time is its wall time on an idle core.
+cpu_seconds() {
+    local record
+    record=$(mktemp)
+    /usr/bin/time -f "%U %S" -o "$record" "$T" bench "$@" >/dev/null 2>&1
+    awk '{ print $1 + $2 }' "$record"
+    rm -f "$record"
+}
+# step_ms BENCH-FLAGS: CPU milliseconds of one step (6 timed steps less 1, so start-up cancels).
+step_ms() {
+    local one six
+    one=$(cpu_seconds "$@" --steps 1 --warmup 1)
+    six=$(cpu_seconds "$@" --steps 6 --warmup 1)
+    python3 -c "print(round(($six - $one) * 1000 / 5, 1))"
+}
 dcgan_steps() {
     local suite=$1 file="$out/$1/dcgan-steps" channels=1 resnet dcgan
     [ "$suite" = catsdogs ] && channels=3
     if [ ! -s "$file" ]; then
-        resnet=$($T bench --arch resnet --g-width "$gw" --d-width "$dw" --d-steps "$d_steps" --loss hinge \
-            --spectral-norm --ema 0.999 --batch-size "$batch" --image-size 32 --channels $channels \
-            --steps 5 --warmup 1 | awk '/^RESULT/ { print $(NF-3) }')
-        dcgan=$($T bench --spectral-norm --ema 0.999 --batch-size 128 --image-size 32 --channels $channels \
-            --steps 5 --warmup 1 | awk '/^RESULT/ { print $(NF-3) }')
+        resnet=$(step_ms --arch resnet --g-width "$gw" --d-width "$dw" --d-steps "$d_steps" --loss hinge \
+            --spectral-norm --ema 0.999 --batch-size "$batch" --image-size 32 --channels $channels)
+        dcgan=$(step_ms --spectral-norm --ema 0.999 --batch-size 128 --image-size 32 --channels $channels)
         mkdir -p "$out/$suite"
         python3 -c "print(round($steps * $resnet / $dcgan))" >"$file.tmp" && mv "$file.tmp" "$file"
-        echo "$suite: ResNet step $resnet ms, DCGAN step $dcgan ms: DCGAN trains $(cat "$file") steps" >&2
+        echo "$suite: ResNet step $resnet ms, DCGAN step $dcgan ms (CPU): DCGAN trains $(cat "$file") steps" >&2
     fi
     cat "$file"
 }
