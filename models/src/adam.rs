@@ -254,4 +254,49 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("opt.safetensors"), "{err}");
     }
+
+    /// `params` and `moments` list every variable in parameter order (what data-parallel
+    /// training averages and a checkpoint's replica check compares), and a state with a tensor
+    /// too many is refused.
+    #[test]
+    fn params_and_moments_are_listed_in_order() {
+        let dev = Device::Cpu;
+        let values: [&[f32]; 3] = [&[1.0, -2.0], &[0.5, 3.0, -1.5], &[4.0]];
+        let vars: Vec<(String, Var)> = ["a", "b", "c"]
+            .iter()
+            .zip(values)
+            .map(|(name, v)| (name.to_string(), Var::from_slice(v, v.len(), &dev).unwrap()))
+            .collect();
+        let mut opt = Adam::new(vars.clone(), AdamConfig::default()).unwrap();
+        let loss = vars
+            .iter()
+            .map(|(_, v)| v.as_tensor().sqr().unwrap().sum_all().unwrap())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+        let listed: Vec<Vec<f32>> = opt.params().map(|v| v.to_vec1().unwrap()).collect();
+        let expected: Vec<Vec<f32>> = vars.iter().map(|(_, v)| v.to_vec1().unwrap()).collect();
+        assert_eq!(listed, expected);
+        let (state, meta) = opt.state().unwrap();
+        let moments: Vec<Vec<f32>> = opt.moments().map(|v| v.to_vec1().unwrap()).collect();
+        let in_order: Vec<Vec<f32>> = ["exp_avg", "exp_avg_sq"]
+            .iter()
+            .flat_map(|m| ["a", "b", "c"].map(|p| state[&format!("{p}.{m}")].to_vec1().unwrap()))
+            .collect();
+        assert_eq!(moments, in_order);
+        assert!(
+            moments.iter().flatten().all(|&m| m != 0.0),
+            "moments after a step"
+        );
+
+        let mut extra = state.clone();
+        extra.insert("d.exp_avg".into(), state["c.exp_avg"].clone());
+        let err = opt
+            .load_state(&extra, &meta, Path::new("opt.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has 7 tensors, expected 6"), "{err}");
+        opt.load_state(&state, &meta, Path::new("opt.safetensors"))
+            .unwrap();
+    }
 }

@@ -68,3 +68,56 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
         Activation::Tanh => x.tanh()?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Inference BatchNorm against the formula in f64, channels on either axis.
+    #[test]
+    fn batch_norm_with_given_statistics_matches_the_formula() {
+        let dev = Device::Cpu;
+        let (mean, var, gamma, beta) = (
+            [0.5f32, -1.0],
+            [4.0f32, 0.25],
+            [2.0f32, -0.5],
+            [0.1f32, 3.0],
+        );
+        let eps = 1e-3;
+        let x: Vec<f32> = (0..2 * 2 * 3).map(|i| i as f32 * 0.37 - 2.0).collect();
+        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev).unwrap();
+        for channel_axis in [1, 0] {
+            // NCHW [2, 2, 3, 1] or channel-major [2, 2, 3, 1] read with channels first.
+            let xs = Tensor::from_slice(&x, (2, 2, 3, 1), &dev).unwrap();
+            let y = batch_norm(
+                &xs,
+                &t(&mean),
+                &t(&var),
+                &t(&gamma),
+                &t(&beta),
+                eps,
+                channel_axis,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+                let c = if channel_axis == 1 {
+                    (i / 3) % 2
+                } else {
+                    i / 6
+                };
+                let expected = (xi as f64 - mean[c] as f64) / (var[c] as f64 + eps).sqrt()
+                    * gamma[c] as f64
+                    + beta[c] as f64;
+                assert!(
+                    (yi as f64 - expected).abs() < 1e-5,
+                    "axis {channel_axis}, {i}: {yi} vs {expected}"
+                );
+            }
+        }
+    }
+}
