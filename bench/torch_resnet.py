@@ -123,7 +123,7 @@ class DBlock(nn.Module):
 
 class Discriminator(nn.Module):
     """`classes`: a projection discriminator (Miyato & Koyama 2018): the logit gains
-    <projection[y], h> over the pooled features h."""
+    <projection[y], h> over the pooled features h (the embedding spectrally normalised too)."""
 
     def __init__(self, image_size, channels, d_width=64, sn=True, classes=None):
         super().__init__()
@@ -137,6 +137,8 @@ class Discriminator(nn.Module):
         self.projection = nn.Embedding(classes, d) if classes else None
         if self.projection is not None:
             nn.init.xavier_uniform_(self.projection.weight)
+            if sn:  # as SNGAN's and BigGAN's SNEmbedding
+                self.projection = nn.utils.spectral_norm(self.projection)
 
     def forward(self, x, y=None):
         h = F.relu(self.blocks(x)).sum(dim=(2, 3), keepdim=True)

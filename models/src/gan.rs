@@ -242,14 +242,9 @@ impl Discriminator {
         let n = x.dim(0)?;
         let (logits, features) = self.net.forward_with_features(x, None, train, frozen)?;
         let h = features.reshape((n, ()))?;
-        let table = self.net.embedding.as_ref().ok_or_else(|| {
+        let table = self.net.embedding_table(frozen)?.ok_or_else(|| {
             ModelError::Input("a projection discriminator without its embedding".into())
         })?;
-        let table = if frozen {
-            table.as_tensor().detach()
-        } else {
-            table.as_tensor().clone()
-        };
         let projection = (table.embedding(labels)? * h)?.sum(1)?;
         Ok((logits.reshape(n)? + projection)?)
     }
@@ -328,39 +323,56 @@ mod tests {
     }
 
     /// After enough power iterations every spectrally normalised weight, as the convolutions
-    /// use it, has largest singular value 1 (without it, DCGAN's N(0, 0.02) weights do not).
+    /// use it, has largest singular value 1 (without it, DCGAN's N(0, 0.02) weights do not), and
+    /// so has a projection discriminator's embedding table.
     #[test]
     fn spectral_norm_makes_the_largest_singular_value_one() {
         let dev = Device::Cpu;
-        let cfg = ModelConfig {
-            spectral_norm: true,
-            ..config(None)
+        let projection = ModelConfig {
+            arch: Arch::Resnet,
+            image_size: 32,
+            ..config(Some(3))
         };
-        let d = Discriminator::new(&cfg, 4, &dev).unwrap();
-        let names: Vec<String> = d.net.vars_with_roles().into_iter().map(|t| t.0).collect();
-        assert!(
-            names.contains(&"layers.0.weight_u".to_string()),
-            "{names:?}"
-        );
-        for _ in 0..50 {
-            d.power_iteration().unwrap();
-        }
-        for block in d.net.conv_blocks() {
-            let sigma = largest_singular_value(&block.conv_weight(false).unwrap());
-            assert!(
-                (sigma - 1.0).abs() < 1e-3,
-                "layer {}: sigma {sigma}",
-                block.layer.name
-            );
-        }
-        let plain = Discriminator::new(&config(None), 4, &dev).unwrap();
-        for block in plain.net.conv_blocks() {
-            let sigma = largest_singular_value(&block.conv_weight(false).unwrap());
-            assert!(
-                (sigma - 1.0).abs() > 0.05,
-                "layer {}: {sigma}",
-                block.layer.name
-            );
+        for (cfg, u) in [
+            (config(None), "layers.0.weight_u"),
+            (projection, "projection.weight_u"),
+        ] {
+            let sn = ModelConfig {
+                spectral_norm: true,
+                ..cfg.clone()
+            };
+            let d = Discriminator::new(&sn, 4, &dev).unwrap();
+            let names: Vec<String> = d.net.vars_with_roles().into_iter().map(|t| t.0).collect();
+            assert!(names.contains(&u.to_string()), "{names:?}");
+            for _ in 0..50 {
+                d.power_iteration().unwrap();
+            }
+            let plain = Discriminator::new(&cfg, 4, &dev).unwrap();
+            for (net, normalised) in [(&d.net, true), (&plain.net, false)] {
+                let mut weights: Vec<(String, Tensor)> = net
+                    .conv_blocks()
+                    .iter()
+                    .map(|b| (b.layer.name.clone(), b.conv_weight(false).unwrap()))
+                    .collect();
+                weights.extend(
+                    net.embedding_table(false)
+                        .unwrap()
+                        .map(|t| ("table".into(), t)),
+                );
+                assert_eq!(
+                    weights.len(),
+                    d.net.conv_blocks().len() + cfg.num_classes.map_or(0, |_| 1)
+                );
+                for (name, w) in weights {
+                    let sigma = largest_singular_value(&w);
+                    assert_eq!(
+                        (sigma - 1.0).abs() < 1e-3,
+                        normalised,
+                        "{name}: sigma {sigma}"
+                    );
+                    assert!(normalised || (sigma - 1.0).abs() > 0.05, "{name}: {sigma}");
+                }
+            }
         }
     }
 

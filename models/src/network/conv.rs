@@ -30,7 +30,7 @@ fn normalized(x: &Tensor) -> Result<Tensor> {
 
 impl SpectralNorm {
     /// `v = normalize(W^T u)`, then `u = normalize(W v)`, for the matrix `w` (`[out, cols]`).
-    fn iterate(&self, w: &Tensor) -> Result<()> {
+    pub(super) fn iterate(&self, w: &Tensor) -> Result<()> {
         let u = self.u.as_tensor().unsqueeze(1)?;
         let v = normalized(&w.t()?.matmul(&u)?)?;
         let u = normalized(&w.matmul(&v)?)?;
@@ -40,7 +40,7 @@ impl SpectralNorm {
     }
 
     /// `sigma = u^T W v` for the matrix `w`, differentiable in `w` (`u`, `v` are constants).
-    fn sigma(&self, w: &Tensor) -> Result<Tensor> {
+    pub(super) fn sigma(&self, w: &Tensor) -> Result<Tensor> {
         let u = self.u.as_tensor().detach().unsqueeze(0)?;
         let v = match self.v.lock().expect("not poisoned").clone() {
             Some(v) => v,

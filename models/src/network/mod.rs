@@ -79,6 +79,8 @@ pub struct Network {
     pub stages: Vec<StageModule>,
     /// The label embedding table (`[num_classes, dim]`) of a conditional network.
     pub embedding: Option<Var>,
+    /// The table's spectral normalisation (a projection discriminator with spectral norm).
+    pub embedding_sn: Option<SpectralNorm>,
     pub kernels: Kernels,
     device: Device,
 }
@@ -166,10 +168,18 @@ impl Network {
             Some(name) => Some(source.var(name)?),
             None => None,
         };
+        let embedding_sn = match spec.conditioning.as_ref().and_then(|c| c.sn_u_name()) {
+            Some(name) => Some(SpectralNorm {
+                u: source.var(name)?,
+                v: std::sync::Mutex::new(None),
+            }),
+            None => None,
+        };
         Ok(Self {
             spec,
             stages,
             embedding,
+            embedding_sn,
             kernels: Kernels::default(),
             device: device.clone(),
         })
@@ -278,11 +288,29 @@ impl Network {
         Ok((to_layout(&h)?, features))
     }
 
-    /// One power iteration of every spectrally normalised block (once per training step).
+    /// One power iteration of every spectrally normalised block and embedding table (once per
+    /// training step).
     pub fn power_iteration(&self) -> Result<()> {
         self.conv_blocks()
             .into_iter()
-            .try_for_each(ConvBlock::power_iteration)
+            .try_for_each(ConvBlock::power_iteration)?;
+        if let (Some(table), Some(sn)) = (&self.embedding, &self.embedding_sn) {
+            sn.iterate(&table.as_tensor().detach())?;
+        }
+        Ok(())
+    }
+
+    /// The label embedding table as the network uses it: `E`, or `E / sigma(E)` when it is
+    /// spectrally normalised; a constant to autograd when `frozen`.
+    pub fn embedding_table(&self, frozen: bool) -> Result<Option<Tensor>> {
+        let Some(table) = &self.embedding else {
+            return Ok(None);
+        };
+        let e = param(table, frozen);
+        Ok(Some(match &self.embedding_sn {
+            Some(sn) => e.broadcast_div(&sn.sigma(&e)?)?,
+            None => e,
+        }))
     }
 
     /// Sets the running-statistics momentum of every BatchNorm (1/(i+1) for batch i gives the
@@ -305,6 +333,12 @@ impl Network {
             &self.embedding,
         ) {
             by_name.insert(name.to_string(), e.clone());
+        }
+        if let (Some(name), Some(sn)) = (
+            self.spec.conditioning.as_ref().and_then(|c| c.sn_u_name()),
+            &self.embedding_sn,
+        ) {
+            by_name.insert(name.to_string(), sn.u.clone());
         }
         for b in self.conv_blocks() {
             by_name.insert(b.layer.weight_name(), b.weight.clone());
@@ -354,8 +388,9 @@ impl Network {
             .collect()
     }
 
-    /// [`Network::to_tensors`] with each spectrally normalised weight replaced by the weight
-    /// the layer computes with (`W / sigma`, sigma from the stored `u`) and its `u` left out.
+    /// [`Network::to_tensors`] with each spectrally normalised weight (and embedding table)
+    /// replaced by the one the network computes with (`W / sigma`, sigma from the stored `u`)
+    /// and its `u` left out.
     pub fn inference_tensors(&self) -> Result<TensorMap> {
         let mut out = self.to_tensors()?;
         for block in self.conv_blocks() {
@@ -363,6 +398,14 @@ impl Network {
                 let w = block.conv_weight(true)?.to_device(&Device::Cpu)?.copy()?;
                 out.insert(block.layer.weight_name(), w);
                 out.remove(&block.layer.sn_u_name());
+            }
+        }
+        if let (Some(c), Some(_)) = (&self.spec.conditioning, &self.embedding_sn) {
+            if let (Some(name), Some(u), Some(table)) =
+                (c.tensor_name(), c.sn_u_name(), self.embedding_table(true)?)
+            {
+                out.insert(name.to_string(), table.to_device(&Device::Cpu)?.copy()?);
+                out.remove(u);
             }
         }
         Ok(out)

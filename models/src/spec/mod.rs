@@ -304,8 +304,14 @@ pub enum Conditioning {
     /// ([`ConvLayer::bn_classes`], [`NormLayer::classes`]); `z` enters alone.
     ClassNorm { num_classes: usize },
     /// Discriminator: a projection (Miyato & Koyama 2018): the logit gains
-    /// `<embedding[label], features>` over the pooled features of `channels` values.
-    Projection { num_classes: usize, channels: usize },
+    /// `<embedding[label], features>` over the pooled features of `channels` values. With
+    /// `spectral_norm` the table is spectrally normalised as D's convolutions are (SNGAN's and
+    /// BigGAN's `SNEmbedding`: the `[num_classes, channels]` matrix, `u` of `num_classes`).
+    Projection {
+        num_classes: usize,
+        channels: usize,
+        spectral_norm: bool,
+    },
 }
 
 impl Conditioning {
@@ -315,6 +321,17 @@ impl Conditioning {
             Self::ConcatEmbedding { .. } => Some("label_embedding.weight"),
             Self::Projection { .. } => Some("projection.weight"),
             Self::LabelMaps { .. } | Self::ClassNorm { .. } => None,
+        }
+    }
+
+    /// Checkpoint name of the embedding table's spectral-norm `u`, where it is normalised.
+    pub fn sn_u_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Projection {
+                spectral_norm: true,
+                ..
+            } => Some("projection.weight_u"),
+            _ => None,
         }
     }
 
@@ -329,6 +346,7 @@ impl Conditioning {
             Self::Projection {
                 num_classes,
                 channels,
+                ..
             } => Some(vec![num_classes, channels]),
             Self::LabelMaps { .. } | Self::ClassNorm { .. } => None,
         }
@@ -352,6 +370,7 @@ impl Conditioning {
             Self::Projection {
                 num_classes,
                 channels,
+                ..
             } => Init::xavier(num_classes, channels, 1.0),
             _ if self.trainable() => Init::Normal {
                 mean: 0.0,
@@ -445,10 +464,22 @@ impl NetworkSpec {
                 };
                 out.push(TensorSpec {
                     name: name.to_string(),
-                    shape,
+                    shape: shape.clone(),
                     role,
                     init: c.init(),
                 });
+                if let Some(u) = c.sn_u_name() {
+                    out.push(TensorSpec {
+                        name: u.to_string(),
+                        shape: vec![shape[0]],
+                        role: TensorRole::Buffer,
+                        // A random direction, as a convolution's (see ConvLayer::tensors).
+                        init: Init::Normal {
+                            mean: 0.0,
+                            std: 1.0,
+                        },
+                    });
+                }
             }
         }
         for stage in &self.stages {

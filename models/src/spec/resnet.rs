@@ -140,7 +140,8 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
 /// The discriminator: one down-block per halving to 4x4 (the first "optimised": no ReLU
 /// before it, on the image itself), ReLU, sum over pixels, linear.
 /// Every convolution is spectrally normalised when `cfg.spectral_norm`. A conditional
-/// discriminator adds a projection of the label onto the pooled features.
+/// discriminator adds a projection of the label onto the pooled features (its embedding
+/// spectrally normalised too).
 pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
     let d = discriminator_channels(cfg);
     let sn = cfg.spectral_norm;
@@ -183,6 +184,7 @@ pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
         conditioning: cfg.num_classes.map(|num_classes| Conditioning::Projection {
             num_classes,
             channels: d,
+            spectral_norm: sn,
         }),
     }
 }
