@@ -609,4 +609,50 @@ mod tests {
         let err = resolve_checkpoint(&root.path().join("checkpoint/config.json/x"));
         assert!(err.is_err());
     }
+
+    /// `--which best|final` picks that folder of a run (and says why it cannot: no best kept,
+    /// not finished, a single checkpoint given); `latest` is the most recent one.
+    #[test]
+    fn a_run_checkpoint_is_picked_by_name() {
+        let root = tempfile::tempdir().unwrap();
+        let run = root.path();
+        let mut ckpt = sample_checkpoint(&small());
+        ckpt.save(&run.join("checkpoint")).unwrap();
+        let not_finished = resolve_run_checkpoint(run, RunCheckpoint::Final).unwrap_err();
+        assert!(not_finished
+            .to_string()
+            .contains("has no final/ checkpoint: the run has not finished"));
+        ckpt.trainer_state.as_mut().unwrap().step = 20;
+        ckpt.save(&run.join("final")).unwrap();
+        ckpt.trainer_state.as_mut().unwrap().step = 15;
+        ckpt.save(&run.join("best")).unwrap();
+        for (which, folder, step) in [
+            (RunCheckpoint::Latest, "final", 20),
+            (RunCheckpoint::Final, "final", 20),
+            (RunCheckpoint::Best, "best", 15),
+        ] {
+            let dir = resolve_run_checkpoint(run, which).unwrap();
+            assert_eq!(dir, run.join(folder), "{}", which.name());
+            assert_eq!(Checkpoint::load(&dir).unwrap().step(), step);
+        }
+        let names = [
+            RunCheckpoint::Latest,
+            RunCheckpoint::Best,
+            RunCheckpoint::Final,
+        ]
+        .map(RunCheckpoint::name);
+        assert_eq!(names, ["latest", "best", "final"]);
+        let single = resolve_run_checkpoint(&run.join("final"), RunCheckpoint::Best).unwrap_err();
+        assert!(single
+            .to_string()
+            .contains("is a single checkpoint, not a run folder with a best/"));
+        std::fs::remove_dir_all(run.join("best")).unwrap();
+        let no_best = resolve_run_checkpoint(run, RunCheckpoint::Best).unwrap_err();
+        assert!(
+            no_best
+                .to_string()
+                .contains("the run kept no best checkpoint"),
+            "{no_best}"
+        );
+    }
 }
