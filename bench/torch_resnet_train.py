@@ -1,6 +1,7 @@
 """The PyTorch reference of the ResNet quality benchmark (issue 29, scripts/quality-bench.sh):
 bench/torch_resnet.py's SNGAN ResNet trained with Gantry's `--preset sngan` recipe (hinge loss,
-spectral norm in D, N D updates per G update each on its own batch, Adam 2e-4 with betas (0, 0.9),
+spectral norm in D with one power iteration per D update (real and fake batches through D in one
+forward, none at G's update), N D updates per G update each on its own batch, Adam 2e-4 with betas (0, 0.9),
 an EMA of G with Gantry's warm-up min(decay, (1 + t) / (10 + t)) and its BatchNorm statistics
 recomputed for the averaged weights), then N samples of the EMA generator in eval mode as PNGs
 that `trainer eval --images --metric inception` scores.
@@ -148,11 +149,17 @@ def main():
         for _ in range(a.d_steps):
             real, labels = next_batch()
             fake = g(torch.randn(a.batch, a.latent_dim), labels)
-            loss_d = F.relu(1 - d(real, labels)).mean() + F.relu(1 + d(fake.detach(), labels)).mean()
+            # Real and fake through D in one forward: spectral norm's power iteration runs once
+            # per D update, as Gantry's (D has no BatchNorm, so nothing else mixes the halves).
+            both = torch.cat([labels, labels]) if classes else None
+            d_real, d_fake = d(torch.cat([real, fake.detach()]), both).split(a.batch)
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
+        d.eval()  # no power iteration at G's update either (Gantry iterates at D's updates only)
         loss_g = -d(fake, labels).mean()
+        d.train()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
