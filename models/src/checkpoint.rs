@@ -655,4 +655,28 @@ mod tests {
             "{no_best}"
         );
     }
+
+    /// The cheap intactness check reads a safetensors header and its data's extent: whole files
+    /// pass (a file of no tensors too: its header fills it), short, long and lying ones do not.
+    #[test]
+    fn safetensors_files_fit_their_header_exactly() {
+        let root = tempfile::tempdir().unwrap();
+        let file = |name: &str, header: &str, data: usize, claimed: Option<u64>| {
+            let path = root.path().join(name);
+            let len = claimed.unwrap_or(header.len() as u64);
+            let mut bytes = len.to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend(std::iter::repeat_n(0u8, data));
+            std::fs::write(&path, bytes).unwrap();
+            safetensors_header_fits(&path)
+        };
+        let one = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        assert!(file("whole", one, 8, None));
+        assert!(file("no-tensors", r#"{"__metadata__":{}}"#, 0, None));
+        assert!(!file("short", one, 7, None));
+        assert!(!file("long", one, 9, None));
+        assert!(!file("lying", one, 8, Some(1 << 40)));
+        assert!(!file("not-json", "{\"w\":", 8, None));
+        assert!(!file("empty", "", 0, None));
+    }
 }
