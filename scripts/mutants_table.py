@@ -2,7 +2,11 @@
 
 For each source file: viable mutants (built), caught (a test failed or timed out), missed, and
 the share caught; modules under the goal (90%) are marked, and the survivors listed under the
-table for explaining or killing. Parts not finished are named, so a partial run says so.
+table for explaining or killing. Parts not finished are named, so a partial run says so. A part
+rechecked after tests were added (`scripts/mutants.sh --recheck PART`) counts its first run's
+caught mutants (the recheck's previously_caught.txt) and the recheck's outcomes for the rest
+(a caught mutant whose line moved before the recheck is counted twice: rare, as tests are added
+below the code they check).
 
     python3 scripts/mutants_table.py [mutants.out] [--missed]
 """
@@ -28,13 +32,23 @@ def main():
     missed = collections.defaultdict(list)
     parts_done, parts_open = [], []
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        outcomes = os.path.join(root, part, "mutants.out", "outcomes.json")
-        done = os.path.join(root, part, "done")
+        base = os.path.join(root, part)
+        rechecked = os.path.exists(os.path.join(base, "recheck", "done"))
+        if rechecked:
+            base = os.path.join(base, "recheck")
+            previously = os.path.join(base, "mutants.out", "previously_caught.txt")
+            with open(previously) if os.path.exists(previously) else open(os.devnull) as f:
+                for line in f:
+                    if line.strip():
+                        per_file[line.split(":", 1)[0]]["CaughtMutant"] += 1
+        outcomes = os.path.join(base, "mutants.out", "outcomes.json")
+        done = os.path.join(base, "done")
         if not os.path.exists(done):
             parts_open.append(part)
         else:
             with open(done) as f:
-                parts_done.append(f"{part} ({f.read().split()[0]})")
+                commit = f.read().split()[0]
+                parts_done.append(f"{part} ({commit}{', rechecked' if rechecked else ''})")
         if not os.path.exists(outcomes):
             continue
         with open(outcomes) as f:

@@ -187,6 +187,21 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
+    /// Flags and files name the architectures `dcgan` and `resnet`, both ways; nothing else parses.
+    #[test]
+    fn architectures_are_named_both_ways() {
+        for arch in [Arch::Dcgan, Arch::Resnet] {
+            assert_eq!(arch.name().parse::<Arch>(), Ok(arch));
+            assert_eq!(arch.to_string(), arch.name());
+        }
+        assert_eq!(
+            [Arch::Dcgan.name(), Arch::Resnet.name()],
+            ["dcgan", "resnet"]
+        );
+        let err = "vgg".parse::<Arch>().unwrap_err();
+        assert_eq!(err, "unknown architecture `vgg` (expected dcgan or resnet)");
+    }
+
     #[test]
     fn rejects_bad_sizes_and_channels() {
         for size in [0, 8, 24, 48, 512] {
