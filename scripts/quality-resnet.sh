@@ -103,15 +103,20 @@ dcgan_steps() {
 }
 [ "${DCGAN:-on}" = on ] && for suite in $suites; do dcgan_steps "$suite" >/dev/null; done
 
+# Seed by seed, each pair side by side (two workers take a pair together), so that an
+# interrupted benchmark has comparable results: the conditional pair first, then each suite's
+# ResNet pair, then the DCGAN runs.
 runs=()
 for seed in $seeds; do
+    if [ "${CONDITIONAL:-on}" = on ] && [[ " $suites " == *" fashion-mnist "* ]]; then
+        runs+=("gantry fashion-mnist resnet-conditional $seed" "pytorch fashion-mnist resnet-conditional $seed")
+    fi
     for suite in $suites; do
         runs+=("gantry $suite resnet $seed" "pytorch $suite resnet $seed")
-        if [ "${CONDITIONAL:-on}" = on ] && [ "$suite" = fashion-mnist ]; then
-            runs+=("gantry $suite resnet-conditional $seed" "pytorch $suite resnet-conditional $seed")
-        fi
-        [ "${DCGAN:-on}" = on ] && runs+=("gantry $suite dcgan $seed")
     done
+    if [ "${DCGAN:-on}" = on ]; then
+        for suite in $suites; do runs+=("gantry $suite dcgan $seed"); done
+    fi
 done
 
 # run_one KIND SUITE VARIANT SEED: trains (or resumes) and scores one run in $dir.
