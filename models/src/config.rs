@@ -202,6 +202,21 @@ mod tests {
         assert_eq!(err, "unknown architecture `vgg` (expected dcgan or resnet)");
     }
 
+    /// A config.json written before the later fields existed reads as what those checkpoints
+    /// are: DCGAN, unconditional, a one-hot label code, no spectral norm.
+    #[test]
+    fn older_configs_read_with_the_defaults_they_were_written_under() {
+        let old =
+            r#"{"latent_dim": 100, "image_size": 32, "channels": 1, "g_width": 64, "d_width": 64}"#;
+        let cfg: ModelConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg, ModelConfig::default());
+        assert_eq!(
+            (cfg.arch, cfg.num_classes, cfg.label_embed_dim),
+            (Arch::Dcgan, None, 0)
+        );
+        assert!(!cfg.spectral_norm && !cfg.g_spectral_norm);
+    }
+
     #[test]
     fn rejects_bad_sizes_and_channels() {
         for size in [0, 8, 24, 48, 512] {
