@@ -280,16 +280,28 @@ mod tests {
                 },
                 ConfigField::NumClasses,
             ),
+            (
+                ModelConfig {
+                    label_embed_dim: MAX_DIM + 1,
+                    ..Default::default()
+                },
+                ConfigField::LabelEmbedDim,
+            ),
         ] {
             assert_eq!(field_of(cfg.clone()), Some(field), "{cfg:?}");
         }
-        assert_eq!(
-            field_of(ModelConfig {
+        for fine in [
+            ModelConfig {
                 g_width: 512,
                 ..Default::default()
-            }),
-            None
-        );
+            },
+            ModelConfig {
+                label_embed_dim: MAX_DIM,
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(field_of(fine.clone()), None, "{fine:?}");
+        }
         for size in [16, 32, 64, 128, 256] {
             let cfg = ModelConfig {
                 image_size: size,
