@@ -285,37 +285,48 @@ fn recalibration_sets_the_exact_batch_statistics() {
     let dev = Device::Cpu;
     let cfg = config(None);
     let g = Generator::new(&cfg, 2, &dev).unwrap();
-    let z = Tensor::from_vec(
-        normal_vec(&mut crate::init::rng_for(0, "rz"), 6 * 12, 0.0, 1.0),
-        (6, 12),
-        &dev,
-    )
-    .unwrap();
-    g.recalibrate_batchnorm(2, 6, |_| Ok((z.clone(), None)))
+    // Three different batches: the running statistics become the plain average of the three
+    // batches' mean and (unbiased) variance, not a decayed one.
+    let zs: Vec<Tensor> = (0..3)
+        .map(|i| {
+            let v = normal_vec(&mut crate::init::rng_for(i, "rz"), 6 * 12, i as f32, 1.0);
+            Tensor::from_vec(v, (6, 12), &dev).unwrap()
+        })
+        .collect();
+    let mut next = zs.iter();
+    g.recalibrate_batchnorm(3, 6, |_| Ok((next.next().unwrap().clone(), None)))
         .unwrap();
     let block = g.net.conv_blocks()[0];
-    let y = candle_ops::conv(
-        &z.reshape((6, 12, 1, 1)).unwrap(),
-        block.weight.as_tensor(),
-        &block.layer,
-    )
-    .unwrap();
-    let mean = y.mean_keepdim((0, 2, 3)).unwrap().flatten_all().unwrap();
     let n = (6 * 4 * 4) as f64;
-    let var = (y
-        .broadcast_sub(&y.mean_keepdim((0, 2, 3)).unwrap())
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_keepdim((0, 2, 3))
-        .unwrap()
-        / (n - 1.0))
-        .unwrap()
-        .flatten_all()
+    let (mut mean, mut var) = (Vec::new(), Vec::new());
+    for z in &zs {
+        let y = candle_ops::conv(
+            &z.reshape((6, 12, 1, 1)).unwrap(),
+            block.weight.as_tensor(),
+            &block.layer,
+        )
         .unwrap();
+        let m = y.mean_keepdim((0, 2, 3)).unwrap();
+        let v = (y
+            .broadcast_sub(&m)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_keepdim((0, 2, 3))
+            .unwrap()
+            / (n - 1.0))
+            .unwrap();
+        mean.push(m.flatten_all().unwrap());
+        var.push(v.flatten_all().unwrap());
+    }
+    let average = |ts: &[Tensor]| Tensor::stack(ts, 0).unwrap().mean(0).unwrap();
     let bn = block.bn.as_ref().unwrap();
-    assert!(max_diff(bn.running_mean.as_tensor(), &mean) < 1e-5);
-    assert!(max_diff(bn.running_var.as_tensor(), &var) < 1e-5);
+    let off = max_diff(bn.running_mean.as_tensor(), &average(&mean));
+    assert!(off < 1e-6, "{off}");
+    assert!(max_diff(bn.running_var.as_tensor(), &average(&var)) < 1e-6);
+    // The last batch alone (what a momentum of 1 would keep) is far from it.
+    let last = max_diff(bn.running_mean.as_tensor(), &mean[2]);
+    assert!(last > 100.0 * off.max(1e-8), "{last} vs {off}");
 }
 
 #[test]
@@ -376,28 +387,27 @@ fn label_errors_are_reported() {
     assert!(err.contains("labels have shape [3], expected [2]"), "{err}");
 }
 
-/// `set_kernels` picks the implementation the forward passes use; both give the same images.
+/// `set_kernels` picks the implementation the forward passes use; both give the same images
+/// and logits.
 #[test]
 fn kernels_are_selectable_and_agree() {
     let dev = Device::Cpu;
     let mut g = Generator::new(&config(None), 1, &dev).unwrap();
+    let mut d = Discriminator::new(&config(None), 1, &dev).unwrap();
     let z = Tensor::randn(0f32, 1.0, (2, 12), &dev).unwrap();
-    let mut images = Vec::new();
+    let mut outputs = Vec::new();
     for kernels in [Kernels::Candle, Kernels::Fast] {
         g.set_kernels(kernels);
-        assert_eq!(g.net.kernels, kernels);
-        let x: Vec<f32> = g
-            .forward(&z, None, false)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        images.push(x);
+        d.set_kernels(kernels);
+        assert_eq!((g.net.kernels, d.net.kernels), (kernels, kernels));
+        let images = g.forward(&z, None, false).unwrap();
+        let logits = d.forward(&images, None, false).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        outputs.push([flat(&images), flat(&logits)].concat());
     }
-    let diff = images[0]
+    let diff = outputs[0]
         .iter()
-        .zip(&images[1])
+        .zip(&outputs[1])
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(diff < 1e-5, "{diff}");
