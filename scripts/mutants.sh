@@ -5,8 +5,8 @@
 #
 #   scripts/mutants.sh                 every part not done yet, in order
 #   scripts/mutants.sh serve-1of3 ...  these parts (done or not)
-#   scripts/mutants.sh --recheck PART  a done part's survivors (and timeouts) again, on this
-#                                      commit (cargo-mutants --iterate), after tests were added
+#   scripts/mutants.sh --recheck PART  a done part's survivors again, on this commit, after
+#                                      tests were added
 #   scripts/mutants.sh --list          the parts, their mutant counts and which are done
 #
 # The mutants are built and tested in a worktree of the current commit (.mutants/tree, its own
@@ -109,30 +109,43 @@ done
 export CARGO_TARGET_DIR="$root/.mutants/target" CARGO_INCREMENTAL=1
 commit=$(git rev-parse --short HEAD)
 
-# --recheck: each part's mutants that were not caught, tested again on this commit. cargo-mutants
-# --iterate skips what the part's last run caught (or found unviable) and keeps those in
-# previously_caught.txt; the results go to mutants.out/<part>/recheck (the first run's stay),
-# which scripts/mutants_table.py then reads instead. A mutant on a line that moved since counts
-# as new and is tested again.
+# --recheck: each part's survivors (missed.txt), tested again on this commit after tests were
+# added: cargo-mutants on the files that hold them, filtered to their exact names (a survivor
+# whose line moved since is not found and stays counted as missed). The results go to
+# mutants.out/<part>/recheck (the part's own run stays); scripts/mutants_table.py counts a
+# survivor by its recheck when there is one.
 if [ "${1:-}" = "--recheck" ]; then
     shift
     [ $# -gt 0 ] || { echo "mutants.sh --recheck: name the parts" >&2; exit 2; }
     for part in "$@"; do
-        flags=$(flags_of "$part")
         first="$root/mutants.out/$part"
         [ -f "$first/done" ] || { echo "mutants.sh: part $part has not run yet" >&2; exit 1; }
+        missed="$first/mutants.out/missed.txt"
         out="$first/recheck"
-        if [ ! -f "$out/done" ]; then  # the first recheck starts from the part's own run
-            rm -rf "$out"
-            mkdir -p "$out"
-            cp -r "$first/mutants.out" "$out/mutants.out"
+        rm -rf "$out"
+        mkdir -p "$out"
+        if [ ! -s "$missed" ]; then
+            echo "== $part (recheck): no survivors"
+            echo "$commit $(date -u +%FT%TZ)" >"$out/done"
+            continue
         fi
-        rm -f "$out/done"
-        echo "== $part (recheck): cargo mutants --iterate $flags"
+        # The package and its test packages, without the shard; then one -f per file and one
+        # anchored regex of every survivor's name.
+        flags=$(flags_of "$part" | sed -E 's/--shard [0-9]+\/[0-9]+//')
+        mapfile -t select < <(python3 - "$missed" <<'PY'
+import re, sys
+names = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
+for f in sorted({n.split(":", 1)[0] for n in names}):
+    print("-f"); print(f)
+escape = lambda n: re.sub(r"([\\.+*?()|\[\]{}^$#&~-])", r"\\\1", n)
+print("-F"); print("^(" + "|".join(escape(n) for n in names) + ")$")
+PY
+)
+        echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags"
         status=0
         # shellcheck disable=SC2086
         (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
-            --minimum-test-timeout 60 --iterate -o "$out" $flags) || status=$?
+            --minimum-test-timeout 60 -o "$out" $flags "${select[@]}") || status=$?
         case $status in
             0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
             *)

@@ -3,10 +3,9 @@
 For each source file: viable mutants (built), caught (a test failed or timed out), missed, and
 the share caught; modules under the goal (90%) are marked, and the survivors listed under the
 table for explaining or killing. Parts not finished are named, so a partial run says so. A part
-rechecked after tests were added (`scripts/mutants.sh --recheck PART`) counts its first run's
-caught mutants (the recheck's previously_caught.txt) and the recheck's outcomes for the rest
-(a caught mutant whose line moved before the recheck is counted twice: rare, as tests are added
-below the code they check).
+rechecked after tests were added (`scripts/mutants.sh --recheck PART`) counts each survivor by
+its recheck's outcome (a survivor the recheck did not find, its line having moved, stays
+missed).
 
     python3 scripts/mutants_table.py [mutants.out] [--missed]
 """
@@ -24,6 +23,16 @@ def percent(share):
     return f"{math.floor(share * 1000) / 10:.1f}%"
 
 
+def mutants_of(outcomes):
+    """(name, file, summary) of every mutant in a cargo-mutants outcomes.json."""
+    with open(outcomes) as f:
+        data = json.load(f)
+    for o in data["outcomes"]:
+        mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
+        if mutant is not None:
+            yield mutant["name"], mutant["file"], o["summary"]
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     root = args[0] if args else "mutants.out"
@@ -33,35 +42,31 @@ def main():
     parts_done, parts_open = [], []
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         base = os.path.join(root, part)
-        rechecked = os.path.exists(os.path.join(base, "recheck", "done"))
-        if rechecked:
-            base = os.path.join(base, "recheck")
-            previously = os.path.join(base, "mutants.out", "previously_caught.txt")
-            with open(previously) if os.path.exists(previously) else open(os.devnull) as f:
-                for line in f:
-                    if line.strip():
-                        per_file[line.split(":", 1)[0]]["CaughtMutant"] += 1
         outcomes = os.path.join(base, "mutants.out", "outcomes.json")
         done = os.path.join(base, "done")
+        recheck = os.path.join(base, "recheck")
+        rechecked = os.path.exists(os.path.join(recheck, "done"))
         if not os.path.exists(done):
             parts_open.append(part)
         else:
             with open(done) as f:
-                commit = f.read().split()[0]
-                parts_done.append(f"{part} ({commit}{', rechecked' if rechecked else ''})")
+                note = f.read().split()[0]
+            if rechecked:
+                with open(os.path.join(recheck, "done")) as f:
+                    note += f", survivors rechecked on {f.read().split()[0]}"
+            parts_done.append(f"{part} ({note})")
         if not os.path.exists(outcomes):
             continue
-        with open(outcomes) as f:
-            data = json.load(f)
-        for o in data["outcomes"]:
-            mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
-            if mutant is None:
-                continue
-            summary = o["summary"]
-            counts = per_file[mutant["file"]]
-            counts[summary] += 1
+        second = {}
+        if rechecked and os.path.exists(os.path.join(recheck, "mutants.out", "outcomes.json")):
+            second = {name: summary for name, _, summary in mutants_of(
+                os.path.join(recheck, "mutants.out", "outcomes.json"))}
+        for name, file, summary in mutants_of(outcomes):
             if summary == "MissedMutant":
-                missed[mutant["file"]].append(mutant["name"])
+                summary = second.get(name, summary)
+            per_file[file][summary] += 1
+            if summary == "MissedMutant":
+                missed[file].append(name)
     if not per_file:
         print(f"no outcomes under {root}/")
         return
