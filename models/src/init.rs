@@ -99,4 +99,31 @@ mod tests {
         assert!(w(&a, "layers.1.bn.bias").iter().all(|&x| x == 0.0));
         assert!(w(&a, "layers.1.bn.running_var").iter().all(|&x| x == 1.0));
     }
+
+    /// The stream names hash as FNV-1a (the published test vectors), so every tensor, latent
+    /// and data order draws from its own stream, the same on any build.
+    #[test]
+    fn streams_are_named_by_fnv1a() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+        // Two tensors of the same shape and init draw different values.
+        let spec = generator_spec(&ModelConfig::default());
+        let a = init_tensors(&spec, "g", 7).unwrap();
+        let w = |k: &str| a[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(w("layers.1.bn.weight")[..8], w("layers.2.bn.weight")[..8]);
+    }
+
+    /// A fixed one-hot label code is the identity table.
+    #[test]
+    fn one_hot_label_tables_are_the_identity() {
+        let cfg = ModelConfig {
+            num_classes: Some(3),
+            label_embed_dim: 0,
+            ..Default::default()
+        };
+        let a = init_tensors(&generator_spec(&cfg), "g", 1).unwrap();
+        let table = a["label_embedding.weight"].to_vec2::<f32>().unwrap();
+        assert_eq!(table, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
+    }
 }

@@ -413,6 +413,45 @@ fn kernels_are_selectable_and_agree() {
     assert!(diff < 1e-5, "{diff}");
 }
 
+/// A projection discriminator's logit is the unconditional head plus `<E[y], h>`, `E` the
+/// (spectrally normalised) table and `h` the pooled features, per image.
+#[test]
+fn projection_adds_the_label_embedding_dotted_with_the_features() {
+    let dev = Device::Cpu;
+    let d = Discriminator::new(&resnet_config(Some(3)), 5, &dev).unwrap();
+    d.power_iteration().unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+    let labels = [2u32, 0];
+    let logits = d
+        .forward(&x, Some(&labels_tensor(&labels, &dev).unwrap()), false)
+        .unwrap();
+    let (head, h) = d.net.forward_with_features(&x, None, false, true).unwrap();
+    let head = head.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let h = h.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+    let table = d
+        .net
+        .embedding_table(true)
+        .unwrap()
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let logits = logits.to_vec1::<f32>().unwrap();
+    for i in 0..2 {
+        let dot: f64 = table[labels[i] as usize]
+            .iter()
+            .zip(&h[i])
+            .map(|(e, f)| (e * f) as f64)
+            .sum();
+        let expected = head[i] as f64 + dot;
+        assert!(
+            (logits[i] as f64 - expected).abs() < 1e-4,
+            "{i}: {} vs {expected}",
+            logits[i]
+        );
+        assert!(dot.abs() > 1e-2, "the projection matters here: {dot}");
+    }
+}
+
 /// A conditional ResNet takes its labels through class-conditional BatchNorm (G: no
 /// concatenated code) and a projection (D: no label maps): other labels change the images
 /// and the logits, and missing labels are an error, not a silent unconditional pass.
