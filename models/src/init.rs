@@ -126,4 +126,15 @@ mod tests {
         let table = a["label_embedding.weight"].to_vec2::<f32>().unwrap();
         assert_eq!(table, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]);
     }
+
+    /// Latents are `[n, dim]` N(0, 1) draws of the stream `(seed, purpose)`, in row order.
+    #[test]
+    fn latents_are_the_named_stream_in_rows() {
+        let z = latents(3, "eval", 4, 5, &Device::Cpu).unwrap();
+        assert_eq!(z.dims(), [4, 5]);
+        let expected = normal_vec(&mut rng_for(3, "eval"), 20, 0.0, 1.0);
+        assert_eq!(z.flatten_all().unwrap().to_vec1::<f32>().unwrap(), expected);
+        let other = latents(3, "samples", 4, 5, &Device::Cpu).unwrap();
+        assert_ne!(other.to_vec2::<f32>().unwrap(), z.to_vec2::<f32>().unwrap());
+    }
 }

@@ -77,3 +77,33 @@ impl RunPaths {
         self.out.join(PROGRESS_GIF)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path a run writes is its named entry of the run folder (`RUN_OUTPUTS`), and the
+    /// grids are named by zero-padded step.
+    #[test]
+    fn run_paths_are_the_run_outputs() {
+        let run = RunPaths {
+            out: PathBuf::from("runs/x"),
+        };
+        let paths = [
+            run.checkpoint(),
+            run.final_dir(),
+            run.best(),
+            run.metrics(),
+            run.samples_dir(),
+            run.losses_plot(),
+            run.tensorboard(),
+            run.progress_gif(),
+        ];
+        let expected: Vec<PathBuf> = RUN_OUTPUTS.iter().map(|name| run.out.join(name)).collect();
+        assert_eq!(paths.to_vec(), expected);
+        assert_eq!(
+            run.sample(12),
+            PathBuf::from("runs/x/samples/step_000012.png")
+        );
+    }
+}

@@ -460,4 +460,39 @@ mod tests {
             assert_eq!(net.all_vars().len(), spec.tensors().len());
         }
     }
+
+    /// `load_tensors` overwrites every variable with the given values (a resume, the EMA), and
+    /// refuses a map that lacks one.
+    #[test]
+    fn load_tensors_overwrites_every_variable() {
+        let dev = Device::Cpu;
+        let spec = generator_spec(&ModelConfig {
+            image_size: 16,
+            g_width: 4,
+            ..Default::default()
+        });
+        let a = crate::init::init_tensors(&spec, "g", 1).unwrap();
+        let b = crate::init::init_tensors(&spec, "g", 2).unwrap();
+        let net = Network::from_tensors(spec.clone(), &b, &dev).unwrap();
+        net.load_tensors(&a).unwrap();
+        let loaded = net.to_tensors().unwrap();
+        for (name, t) in &a {
+            let (x, y) = (
+                t.flatten_all().unwrap(),
+                loaded[name].flatten_all().unwrap(),
+            );
+            assert_eq!(
+                x.to_vec1::<f32>().unwrap(),
+                y.to_vec1::<f32>().unwrap(),
+                "{name}"
+            );
+        }
+        let mut short = a.clone();
+        short.remove("layers.1.bn.running_mean");
+        let err = net.load_tensors(&short).unwrap_err().to_string();
+        assert!(
+            err.contains("missing tensor `layers.1.bn.running_mean`"),
+            "{err}"
+        );
+    }
 }

@@ -163,6 +163,19 @@ mod tests {
         assert_eq!(discriminator_spec(&c32).parameter_count(), 661_248);
     }
 
+    /// A layer's BatchNorm tensors are named `{layer}.bn.{tensor}`, as the spec lists them
+    /// (the exporter reads them by these names).
+    #[test]
+    fn batchnorm_tensor_names_are_the_spec_names() {
+        let g = generator_spec(&cfg(32, 1));
+        let names: Vec<String> = g.tensors().into_iter().map(|t| t.name).collect();
+        let layer = g.conv_layers()[1];
+        assert_eq!(layer.bn_name("running_var"), "layers.1.bn.running_var");
+        for t in ["weight", "bias", "running_mean", "running_var"] {
+            assert!(names.contains(&layer.bn_name(t)), "{t}: {names:?}");
+        }
+    }
+
     #[test]
     fn shapes_chain_from_latent_to_image() {
         for (size, ch) in [(16, 1), (32, 1), (64, 3), (128, 3), (256, 3)] {
