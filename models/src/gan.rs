@@ -217,8 +217,9 @@ impl Discriminator {
         {
             return self.projected_logits(x, l, train, frozen);
         }
-        let input = match (labels, self.config.num_classes) {
-            (Some(l), Some(k)) => {
+        let input = match (labels, &self.net.spec.conditioning) {
+            (Some(l), Some(Conditioning::LabelMaps { num_classes: k })) => {
+                let k = *k;
                 let (_, _, h, w) = x.dims4()?;
                 let one_hot = Tensor::eye(k, x.dtype(), x.device())?.index_select(l, 0)?;
                 let maps = one_hot.reshape((n, k, 1, 1))?.broadcast_as((n, k, h, w))?;

@@ -137,4 +137,44 @@ mod tests {
         let other = latents(3, "samples", 4, 5, &Device::Cpu).unwrap();
         assert_ne!(other.to_vec2::<f32>().unwrap(), z.to_vec2::<f32>().unwrap());
     }
+
+    /// A learned input embedding starts N(0, 1); a projection table Xavier-uniform (SNGAN).
+    #[test]
+    fn label_tables_start_as_their_kind_says() {
+        let learned = ModelConfig {
+            num_classes: Some(10),
+            label_embed_dim: 50,
+            ..Default::default()
+        };
+        let t = init_tensors(&generator_spec(&learned), "g", 1).unwrap();
+        let v = t["label_embedding.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt();
+        assert!(
+            mean.abs() < 0.15 && (std - 1.0).abs() < 0.1,
+            "mean {mean} std {std}"
+        );
+        let projection = ModelConfig {
+            arch: crate::Arch::Resnet,
+            num_classes: Some(10),
+            d_width: 32,
+            ..Default::default()
+        };
+        let t = init_tensors(&crate::discriminator_spec(&projection), "d", 1).unwrap();
+        let v = t["projection.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let bound = (6.0f32 / (10.0 + 64.0)).sqrt();
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(
+            max <= bound && max > 0.9 * bound,
+            "max {max}, Xavier bound {bound}"
+        );
+    }
 }

@@ -231,11 +231,6 @@ pub struct NormLayer {
 }
 
 impl NormLayer {
-    /// Checkpoint name of one of its tensors: `weight`, `bias`, `running_mean`, `running_var`.
-    pub fn tensor_name(&self, tensor: &str) -> String {
-        format!("{}.{tensor}", self.name)
-    }
-
     fn tensors(&self, out: &mut Vec<TensorSpec>) {
         batch_norm_tensors(&self.name, self.channels, self.classes, self.gain_init, out);
     }
@@ -377,16 +372,6 @@ impl Conditioning {
                 std: 1.0,
             },
             _ => Init::Identity,
-        }
-    }
-
-    /// Number of classes.
-    pub fn num_classes(&self) -> usize {
-        match *self {
-            Self::ConcatEmbedding { num_classes, .. }
-            | Self::LabelMaps { num_classes }
-            | Self::ClassNorm { num_classes }
-            | Self::Projection { num_classes, .. } => num_classes,
         }
     }
 }
@@ -547,7 +532,11 @@ fn discriminator_conditioning(cfg: &ModelConfig) -> Option<Conditioning> {
 impl ModelConfig {
     /// Checks every field, and the size of the networks they make; the error names the field.
     pub fn validate(&self) -> crate::error::Result<()> {
-        use crate::config::MAX_PARAMETERS;
+        self.validate_with_limit(crate::config::MAX_PARAMETERS)
+    }
+
+    /// [`ModelConfig::validate`] with at most `max_parameters` parameters in G and D together.
+    fn validate_with_limit(&self, max_parameters: usize) -> crate::error::Result<()> {
         use crate::error::ConfigField;
         let bad = |field, problem: String| Err(crate::error::ModelError::invalid(field, problem));
         self.validate_fields()?;
@@ -568,13 +557,13 @@ impl ModelConfig {
             Arch::Resnet => resnet::rough_parameters(self),
         };
         let rough = rough_g + rough_d;
-        let parameters = if rough > MAX_PARAMETERS as u128 * 4 {
+        let parameters = if rough > max_parameters as u128 * 4 {
             rough
         } else {
             (generator_spec(self).parameter_count() + discriminator_spec(self).parameter_count())
                 as u128
         };
-        if parameters > MAX_PARAMETERS as u128 {
+        if parameters > max_parameters as u128 {
             let field = if rough_g >= rough_d {
                 ConfigField::GeneratorWidth
             } else {
@@ -583,7 +572,7 @@ impl ModelConfig {
             return bad(
                 field,
                 format!(
-                    "makes a model of about {parameters} parameters (at most {MAX_PARAMETERS}); choose smaller widths or latent size"
+                    "makes a model of about {parameters} parameters (at most {max_parameters}); choose smaller widths or latent size"
                 ),
             );
         }

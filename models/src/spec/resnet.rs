@@ -231,6 +231,52 @@ mod tests {
     const PYTORCH_G_32: usize = 4_270_339;
     const PYTORCH_D_32: usize = 775_169;
 
+    fn field_of(result: crate::error::Result<()>) -> Option<crate::error::ConfigField> {
+        match result {
+            Err(crate::error::ModelError::InvalidConfig { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The ResNet needs one block per doubling from 4x4, so 32 px and up.
+    #[test]
+    fn resnet_images_start_at_32() {
+        let err = cfg(16, 3).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("must be at least 32 for the resnet architecture"),
+            "{err}"
+        );
+        for size in [32, 64, 256] {
+            cfg(size, 3).validate().unwrap();
+        }
+    }
+
+    /// The size limit counts G and D exactly (the rough bound only decides when that is safe
+    /// to compute): a limit of the pair's exact count passes, one less is refused, naming the
+    /// larger network's width.
+    #[test]
+    fn the_parameter_limit_counts_both_networks_exactly() {
+        use crate::error::ConfigField;
+        let exact = PYTORCH_G_32 + PYTORCH_D_32;
+        cfg(32, 3).validate_with_limit(exact).unwrap();
+        let err = cfg(32, 3).validate_with_limit(exact - 1).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("about {exact} parameters (at most {})", exact - 1)),
+            "{err}"
+        );
+        assert_eq!(field_of(Err(err)), Some(ConfigField::GeneratorWidth));
+        let wide_d = ModelConfig {
+            g_width: 2,
+            d_width: 64,
+            ..cfg(32, 3)
+        };
+        let exact = generator_spec(&wide_d).parameter_count()
+            + discriminator_spec(&wide_d).parameter_count();
+        let refused = wide_d.validate_with_limit(exact - 1);
+        assert_eq!(field_of(refused), Some(ConfigField::DiscriminatorWidth));
+    }
+
     #[test]
     fn every_block_doubles_or_halves_the_size() {
         for size in [32, 64, 128, 256] {
