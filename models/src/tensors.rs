@@ -190,4 +190,43 @@ mod tests {
             "{err}"
         );
     }
+
+    /// A file must hold exactly the spec's tensors with their shapes: one missing, one of
+    /// another shape or one too many is refused, naming it and the file.
+    #[test]
+    fn tensors_are_checked_against_the_spec() {
+        let spec = crate::generator_spec(&crate::ModelConfig {
+            image_size: 16,
+            g_width: 4,
+            ..Default::default()
+        });
+        let good = crate::init::init_tensors(&spec, "g", 1).unwrap();
+        let file = Path::new("generator.safetensors");
+        validate_against_spec(&good, &spec, file).unwrap();
+        let mut extra = good.clone();
+        extra.insert(
+            "stray.weight".into(),
+            Tensor::new(&[1f32], &Device::Cpu).unwrap(),
+        );
+        let mut missing = good.clone();
+        missing.remove("layers.0.weight");
+        let mut reshaped = good.clone();
+        reshaped.insert(
+            "layers.1.bn.bias".into(),
+            Tensor::new(&[0f32; 3], &Device::Cpu).unwrap(),
+        );
+        for (map, problem) in [
+            (extra, "unexpected tensor `stray.weight`"),
+            (missing, "missing tensor `layers.0.weight`"),
+            (reshaped, "tensor `layers.1.bn.bias` has shape [3]"),
+        ] {
+            let err = validate_against_spec(&map, &spec, file)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("generator.safetensors") && err.contains(problem),
+                "{err}"
+            );
+        }
+    }
 }
