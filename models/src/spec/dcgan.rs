@@ -176,6 +176,85 @@ mod tests {
         }
     }
 
+    /// Every layer is the paper's: G transposed 4x4 convolutions (the first stride 1 from 1x1,
+    /// then stride 2, padding 1), BatchNorm and ReLU, the last Tanh without BatchNorm; D strided
+    /// 4x4 convolutions with LeakyReLU(0.2), BatchNorm from the second on, then a 4x4 valid
+    /// convolution to one logit.
+    #[test]
+    fn layers_are_the_papers() {
+        use crate::spec::{ConvKind::*, LEAKY_RELU_SLOPE};
+        let lrelu = Activation::LeakyRelu(LEAKY_RELU_SLOPE);
+        let row = |l: &ConvLayer| {
+            (
+                l.kind,
+                l.kernel,
+                l.stride,
+                l.padding,
+                l.batch_norm,
+                l.activation,
+            )
+        };
+        let g: Vec<_> = generator_spec(&cfg(32, 1))
+            .conv_layers()
+            .into_iter()
+            .map(row)
+            .collect();
+        assert_eq!(
+            g,
+            [
+                (ConvTranspose, 4, 1, 0, true, Activation::Relu),
+                (ConvTranspose, 4, 2, 1, true, Activation::Relu),
+                (ConvTranspose, 4, 2, 1, true, Activation::Relu),
+                (ConvTranspose, 4, 2, 1, false, Activation::Tanh),
+            ]
+        );
+        let d: Vec<_> = discriminator_spec(&cfg(32, 1))
+            .conv_layers()
+            .into_iter()
+            .map(row)
+            .collect();
+        assert_eq!(
+            d,
+            [
+                (Conv, 4, 2, 1, false, lrelu),
+                (Conv, 4, 2, 1, true, lrelu),
+                (Conv, 4, 2, 1, true, lrelu),
+                (Conv, 4, 1, 0, false, Activation::Identity),
+            ]
+        );
+        assert_eq!(LEAKY_RELU_SLOPE, 0.2);
+    }
+
+    /// The rough bound the size check starts from is never below the exact count (else a model
+    /// over the limit could pass) and not wildly above it.
+    #[test]
+    fn the_rough_parameter_bound_holds() {
+        for (size, ch, g_width, d_width, classes) in [
+            (16, 1, 8, 8, None),
+            (32, 1, 64, 64, None),
+            (64, 3, 16, 128, Some(10)),
+            (256, 3, 128, 8, None),
+        ] {
+            let c = ModelConfig {
+                g_width,
+                d_width,
+                num_classes: classes,
+                ..cfg(size, ch)
+            };
+            let (g, d) = rough_parameters(&c);
+            for (rough, exact) in [
+                (g, generator_spec(&c).parameter_count()),
+                (d, discriminator_spec(&c).parameter_count()),
+            ] {
+                let exact = exact as u128;
+                assert!(
+                    rough >= exact && rough <= 4 * exact,
+                    "{c:?}: {rough} vs {exact}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn shapes_chain_from_latent_to_image() {
         for (size, ch) in [(16, 1), (32, 1), (64, 3), (128, 3), (256, 3)] {
