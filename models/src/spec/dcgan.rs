@@ -223,6 +223,10 @@ mod tests {
             ]
         );
         assert_eq!(LEAKY_RELU_SLOPE, 0.2);
+        for spec in [generator_spec(&cfg(32, 1)), discriminator_spec(&cfg(32, 1))] {
+            let names: Vec<String> = spec.conv_layers().iter().map(|l| l.name.clone()).collect();
+            assert_eq!(names, ["layers.0", "layers.1", "layers.2", "layers.3"]);
+        }
     }
 
     /// The rough bound the size check starts from is never below the exact count (else a model

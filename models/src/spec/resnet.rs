@@ -268,6 +268,43 @@ mod tests {
         }
     }
 
+    /// Xavier-uniform weights as SNGAN initialises them: fans of `channels x k x k`, gain
+    /// sqrt(2) inside the residual paths and 1 on the shortcuts and the output; "same" padding.
+    #[test]
+    fn convolutions_start_xavier_uniform_with_sngans_gains() {
+        let g = generator_spec(&cfg(32, 3));
+        let layer = |name: &str| {
+            g.conv_layers()
+                .into_iter()
+                .find(|l| l.name == name)
+                .unwrap()
+                .clone()
+        };
+        for (name, bound, padding) in [
+            (
+                "blocks.0.conv1",
+                2f64.sqrt() * (6.0 / (2.0 * 256.0 * 9.0f64)).sqrt(),
+                1,
+            ),
+            ("blocks.0.shortcut", (6.0 / 512.0f64).sqrt(), 0),
+            ("output", (6.0 / (259.0 * 9.0f64)).sqrt(), 1),
+        ] {
+            let l = layer(name);
+            let Init::Uniform { bound: got } = l.init else {
+                panic!("{name}: {:?}", l.init)
+            };
+            assert!(
+                (got as f64 - bound).abs() < 1e-7,
+                "{name}: {got} vs {bound}"
+            );
+            assert_eq!(
+                (l.padding, l.in_size, l.out_size),
+                (padding, l.in_size, l.in_size),
+                "{name}"
+            );
+        }
+    }
+
     /// The ResNet needs one block per doubling from 4x4, so 32 px and up.
     #[test]
     fn resnet_images_start_at_32() {
