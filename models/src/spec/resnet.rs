@@ -305,6 +305,110 @@ mod tests {
         }
     }
 
+    /// Every convolution of the 32 px pair, in order, as SNGAN's CIFAR ResNet has it: (name,
+    /// kernel, padding, input size, output size, BatchNorm, activation, bias).
+    #[test]
+    fn layers_are_sngans() {
+        use Activation::{Identity as Id, Relu, Tanh};
+        let row = |l: &ConvLayer| {
+            (
+                l.name.clone(),
+                l.kernel,
+                l.padding,
+                l.in_size,
+                l.out_size,
+                l.batch_norm,
+                l.activation,
+                l.bias,
+            )
+        };
+        let c = cfg(32, 3);
+        let g: Vec<_> = generator_spec(&c)
+            .conv_layers()
+            .into_iter()
+            .map(row)
+            .collect();
+        let mut expected = vec![("linear".to_string(), 4, 0, 1, 4, false, Id, false)];
+        for (i, size) in [(0, 8), (1, 16), (2, 32)] {
+            expected.extend([
+                (
+                    format!("blocks.{i}.conv1"),
+                    3,
+                    1,
+                    size,
+                    size,
+                    true,
+                    Relu,
+                    false,
+                ),
+                (
+                    format!("blocks.{i}.conv2"),
+                    3,
+                    1,
+                    size,
+                    size,
+                    false,
+                    Id,
+                    false,
+                ),
+                (
+                    format!("blocks.{i}.shortcut"),
+                    1,
+                    0,
+                    size / 2,
+                    size / 2,
+                    false,
+                    Id,
+                    false,
+                ),
+            ]);
+        }
+        expected.push(("output".to_string(), 3, 1, 32, 32, false, Tanh, true));
+        assert_eq!(g, expected);
+        let d: Vec<_> = discriminator_spec(&c)
+            .conv_layers()
+            .into_iter()
+            .map(row)
+            .collect();
+        let mut expected = Vec::new();
+        for (i, size) in [(0, 32), (1, 16), (2, 8)] {
+            expected.extend([
+                (
+                    format!("blocks.{i}.conv1"),
+                    3,
+                    1,
+                    size,
+                    size,
+                    false,
+                    Relu,
+                    true,
+                ),
+                (
+                    format!("blocks.{i}.conv2"),
+                    3,
+                    1,
+                    size,
+                    size,
+                    false,
+                    Id,
+                    true,
+                ),
+                (
+                    format!("blocks.{i}.shortcut"),
+                    1,
+                    0,
+                    size / 2,
+                    size / 2,
+                    false,
+                    Id,
+                    true,
+                ),
+            ]);
+        }
+        expected.push(("linear".to_string(), 1, 0, 1, 1, false, Id, true));
+        assert_eq!(d, expected);
+    }
+
     /// The ResNet needs one block per doubling from 4x4, so 32 px and up.
     #[test]
     fn resnet_images_start_at_32() {
