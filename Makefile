@@ -78,7 +78,8 @@ bench-quality: bench-tools ort
 	scripts/quality-bench.sh
 
 # The SNGAN ResNet against its PyTorch reference at equal steps, 3 seeds, Fashion-MNIST and the
-# cats and dogs at 32x32, Inception FID/KID (docs/quality.md; about 7 hours on 2 cores, resumable).
+# cats and dogs at 32x32, Inception FID/KID, the conditional pair and the equal-time DCGAN runs
+# (docs/quality.md; about 13 hours on 2 cores, resumable).
 bench-quality-resnet: bench-tools ort
 	scripts/quality-resnet.sh
 
