@@ -20,6 +20,8 @@ pub mod network;
 pub mod run_layout;
 pub mod spec;
 pub mod tensors;
+#[cfg(test)]
+mod test_util;
 
 pub use adam::{Adam, AdamConfig};
 pub use checkpoint::{

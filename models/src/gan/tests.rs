@@ -3,6 +3,7 @@
 use super::*;
 use crate::candle_ops;
 use crate::init::normal_vec;
+use crate::test_util::max_diff;
 use crate::Arch;
 
 fn config(num_classes: Option<usize>) -> ModelConfig {
@@ -159,19 +160,6 @@ fn generator_spectral_norm_normalises_every_layer_and_exports_the_normalised_wei
             }
         }
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// A small ResNet pair (32x32, 8-channel blocks).

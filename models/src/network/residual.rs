@@ -85,22 +85,10 @@ mod tests {
     use super::*;
     use crate::candle_ops;
     use crate::network::StageModule;
+    use crate::test_util::max_diff;
     use crate::{Discriminator, ModelConfig};
     use candle_core::Device;
     use gantry_kernels::Backend;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The broadcast form (off the CPU) equals the CPU kernel, values and gradients.
     #[test]

@@ -552,10 +552,7 @@ impl ModelConfig {
         }
         // A bound on the parameter count computed in u128 before anything is allocated (so
         // that no product overflows), then the exact count when the bound is plausible.
-        let (rough_g, rough_d) = match self.arch {
-            Arch::Dcgan => dcgan::rough_parameters(self),
-            Arch::Resnet => resnet::rough_parameters(self),
-        };
+        let (rough_g, rough_d) = rough_parameters(self);
         let rough = rough_g + rough_d;
         let parameters = if rough > max_parameters as u128 * 4 {
             rough
@@ -577,5 +574,58 @@ impl ModelConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// A bound on the generator's and the discriminator's parameter counts of `cfg`, in u128 (no
+/// product overflows), computed before any spec is built.
+fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
+    match cfg.arch {
+        Arch::Dcgan => dcgan::rough_parameters(cfg),
+        Arch::Resnet => resnet::rough_parameters(cfg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rough bound the size check starts from is never below the exact count (else a model
+    /// over the limit could pass) and not wildly above it, for both architectures.
+    #[test]
+    fn the_rough_parameter_bound_holds() {
+        let configs = [
+            (Arch::Dcgan, 16, 1, 8, 8, None),
+            (Arch::Dcgan, 32, 1, 64, 64, None),
+            (Arch::Dcgan, 64, 3, 16, 128, Some(10)),
+            (Arch::Dcgan, 256, 3, 128, 8, None),
+            (Arch::Resnet, 32, 1, 4, 4, None),
+            (Arch::Resnet, 32, 3, 64, 64, Some(10)),
+            (Arch::Resnet, 64, 3, 16, 128, None),
+            (Arch::Resnet, 256, 3, 128, 8, Some(3)),
+        ];
+        for (arch, image_size, channels, g_width, d_width, num_classes) in configs {
+            let c = ModelConfig {
+                arch,
+                image_size,
+                channels,
+                g_width,
+                d_width,
+                num_classes,
+                latent_dim: 128,
+                ..Default::default()
+            };
+            let (g, d) = rough_parameters(&c);
+            for (rough, exact) in [
+                (g, generator_spec(&c).parameter_count()),
+                (d, discriminator_spec(&c).parameter_count()),
+            ] {
+                let exact = exact as u128;
+                assert!(
+                    rough >= exact && rough <= 4 * exact,
+                    "{c:?}: {rough} vs {exact}"
+                );
+            }
+        }
     }
 }
