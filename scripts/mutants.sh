@@ -109,6 +109,24 @@ done
 export CARGO_TARGET_DIR="$root/.mutants/target" CARGO_INCREMENTAL=1
 commit=$(git rev-parse --short HEAD)
 
+# run_mutants OUT WHAT ARGS...: cargo-mutants in the worktree with ARGS, results in OUT; OUT/done
+# records the commit when it ran. cargo-mutants exits 0 (every mutant caught), 2 (some missed)
+# or 3 (some timed out); anything else (1 bad arguments, 4 the unmutated tree fails its tests)
+# means it did not run, and stops the script.
+run_mutants() {
+    local out=$1 what=$2 status=0
+    shift 2
+    (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
+        --minimum-test-timeout 60 -o "$out" "$@") || status=$?
+    case $status in
+        0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
+        *)
+            echo "mutants.sh: $what failed (cargo-mutants exit $status): see $out/mutants.out/debug.log" >&2
+            exit "$status"
+            ;;
+    esac
+}
+
 # --recheck: each part's survivors (missed.txt), tested again on this commit after tests were
 # added: cargo-mutants on the files that hold them, filtered to their exact names (a survivor
 # whose line moved since is not found and stays counted as missed). The results go to
@@ -142,17 +160,8 @@ print("-F"); print("^(" + "|".join(escape(n) for n in names) + ")$")
 PY
 )
         echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags"
-        status=0
         # shellcheck disable=SC2086
-        (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
-            --minimum-test-timeout 60 -o "$out" $flags "${select[@]}") || status=$?
-        case $status in
-            0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
-            *)
-                echo "mutants.sh: recheck of $part failed (cargo-mutants exit $status): see $out/mutants.out/debug.log" >&2
-                exit "$status"
-                ;;
-        esac
+        run_mutants "$out" "recheck of $part" $flags "${select[@]}"
     done
     python3 scripts/mutants_table.py mutants.out
     exit 0
@@ -169,18 +178,7 @@ for part in "${todo[@]}"; do
     out="$root/mutants.out/$part"
     rm -rf "$out"
     mkdir -p "$out"
-    status=0
     # shellcheck disable=SC2086
-    (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
-        --minimum-test-timeout 60 -o "$out" $flags) || status=$?
-    # cargo-mutants: 0 every mutant caught, 2 some missed, 3 some timed out; anything else
-    # (1 bad arguments, 4 the unmutated tree fails its tests) means the part did not run.
-    case $status in
-        0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
-        *)
-            echo "mutants.sh: part $part failed (cargo-mutants exit $status): see mutants.out/$part/mutants.out/debug.log" >&2
-            exit "$status"
-            ;;
-    esac
+    run_mutants "$out" "part $part" $flags
 done
 python3 scripts/mutants_table.py mutants.out
