@@ -112,4 +112,43 @@ mod tests {
         let gif = gif_bytes(&[img.clone(), img], 50).unwrap();
         assert_eq!(&gif[..3], b"GIF");
     }
+
+    #[test]
+    fn a_grid_with_any_colour_image_is_rgb_and_an_empty_grid_is_only_its_padding() {
+        let grey = DynamicImage::new_luma8(2, 2);
+        let mut rgb = image::RgbImage::new(2, 2);
+        rgb.put_pixel(0, 0, image::Rgb([200, 10, 20]));
+        let g = grid_with_columns(&[grey, DynamicImage::ImageRgb8(rgb)], 2, 1);
+        assert_eq!(g.color().channel_count(), 3);
+        assert_eq!(g.to_rgb8().get_pixel(4, 1).0, [200, 10, 20]);
+        let empty = grid(&[], 2);
+        assert_eq!((empty.width(), empty.height()), (5, 5), "one 1x1 cell and its padding");
+    }
+
+    #[test]
+    fn gifs_play_forwards_then_back_at_the_frame_time_asked_for() {
+        use image::AnimationDecoder;
+        let frames: Vec<DynamicImage> = [10u8, 120, 250]
+            .iter()
+            .map(|&v| DynamicImage::ImageLuma8(GrayImage::from_pixel(2, 2, image::Luma([v]))))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("walk.gif");
+        save_gif(&frames, &path, 70).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes))
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap();
+        let firsts: Vec<u8> = decoded.iter().map(|f| f.buffer().get_pixel(0, 0).0[0]).collect();
+        assert_eq!(firsts, [10, 120, 250, 120, 10], "forwards, then back without repeating the last");
+        for f in &decoded {
+            let (num, den) = f.delay().numer_denom_ms();
+            assert_eq!(num / den, 70);
+        }
+        let png = dir.path().join("grid.png");
+        save_png(&frames[1], &png).unwrap();
+        assert_eq!(image::open(&png).unwrap().to_luma8(), frames[1].to_luma8());
+    }
 }
