@@ -16,7 +16,9 @@
 #                         "augment-translation-color").
 # Every configuration runs once per seed in SEEDS (default "0 1 2"; cats and dogs: CATSDOGS_SEEDS,
 # default SEEDS); each run is scored with
-# `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json
+# `trainer eval` on 5000 samples (2000 for cats and dogs) and leaves OUT/<suite>/<run>/eval*.json,
+# and with the standard Inception FID, KID and precision/recall (`trainer eval --metric inception`,
+# INCEPTION_N samples, default 2000; INCEPTION=off leaves it out) in eval_inception*.json
 # (cats and dogs also lattice.txt: scripts/lattice_score.py on the last sample grid; both kept per
 # step count as eval_step_NNNNNN.json and lattice_step_NNNNNN.txt, so that rerunning with a larger
 # CATSDOGS_STEPS extends finished runs and keeps the earlier scores).
@@ -56,6 +58,26 @@ for suite in $suites; do
     esac
 done
 
+# Each suite's Inception reference (its test split's features; the whole folder for the cats and
+# dogs) is computed once here, with every core, and cached next to the data: the workers would
+# otherwise compute it side by side, each on one core. Scoring two probe images computes it.
+if [ "${INCEPTION:-on}" != off ]; then
+    scripts/fetch-inception.sh >/dev/null
+    probe="$out/.probe"
+    for suite in $suites; do
+        size=32 mode=L
+        [ "$suite" = catsdogs ] && size=64 mode=RGB
+        mkdir -p "$probe/$suite"
+        "$py" -c "from PIL import Image; [Image.new('$mode', ($size, $size), 60 * i).save('$probe/$suite/%d.png' % i) for i in (1, 2)]"
+        case $suite in
+            catsdogs) flags=(--dataset folder --data-dir data/catsdogs --image-size 64) ;;
+            *) flags=(--dataset "$suite" --fit pad) ;;
+        esac
+        env -u RAYON_NUM_THREADS $T eval --metric inception --images "$probe/$suite" "${flags[@]}" --n 2 \
+            --out "$probe/$suite.json" >/dev/null
+    done
+fi
+
 # The runs, most informative first, as "kind suite variant seed"; each in OUT/<suite>/<variant>-s<seed>.
 runs=()
 for suite in $suites; do
@@ -83,6 +105,28 @@ finished() {
         echo "the run in $1 stopped before step $2" >&2
         return 1
     }
+}
+
+# score_inception DIR SUITE: the standard Inception FID, KID and precision/recall of one finished
+# run, beside its classifier scores (eval_inception*.json; a run that has them is skipped;
+# INCEPTION_N samples per generator, 2000 by default: about 5 minutes on one core). The workers
+# score each run as it finishes, so that the scoring runs beside the other runs' training.
+score_inception() {
+    local dir=$1 suite=$2 n=${INCEPTION_N:-2000} mode
+    [ "${INCEPTION:-on}" = off ] && return
+    if [ -f "$dir/run.json" ]; then
+        for mode in eval train; do
+            [ -f "$dir/eval_inception_$mode.json" ] && continue
+            echo "$(date +%T) inception $suite $(basename "$dir") $mode mode"
+            $T eval --metric inception --images "$dir/samples_$mode" --dataset "$suite" --fit pad \
+                --n "$n" --out "$dir/eval_inception_$mode.json.tmp" || return 1
+            mv "$dir/eval_inception_$mode.json.tmp" "$dir/eval_inception_$mode.json" || return 1
+        done
+    elif [ ! -f "$dir/eval_inception.json" ]; then
+        echo "$(date +%T) inception $suite $(basename "$dir")"
+        $T eval --metric inception --checkpoint "$dir" --n "$n" --out "$dir/eval_inception.json.tmp" || return 1
+        mv "$dir/eval_inception.json.tmp" "$dir/eval_inception.json" || return 1
+    fi
 }
 
 # run_one KIND SUITE VARIANT SEED: trains (or resumes) and scores one run in $dir.
@@ -127,10 +171,12 @@ run_one() {
             "$py" scripts/lattice_score.py "$dir/samples/$at.png" | tee "$dir/lattice.txt"
             cp "$dir/lattice.txt" "$dir/lattice_$at.txt"
             echo "$catsdogs_steps" >"$dir/done"
+            score_inception "$dir" "$suite"
             return
             ;;
     esac
     touch "$dir/done"
+    score_inception "$dir" "$suite"
 }
 
 # A worker takes the next run nobody has claimed (mkdir is atomic) until none is left.
@@ -155,36 +201,18 @@ worker() {
     done
 }
 
-# The standard Inception FID, KID and precision/recall of every finished run, beside the classifier
-# scores (eval_inception*.json; resumable: a run that has them is skipped; INCEPTION_N samples per
-# generator, 2000 by default: about 2.5 minutes each on 2 cores). INCEPTION=off skips the pass.
-inception_pass() {
-    local dir suite n=${INCEPTION_N:-2000}
-    for dir in "$out"/*/*-s*; do
-        [ -f "$dir/done" ] || continue
-        suite=$(basename "$(dirname "$dir")")
-        if [ -f "$dir/run.json" ]; then
-            for mode in eval train; do
-                [ -f "$dir/eval_inception_$mode.json" ] && continue
-                echo "$(date +%T) inception $suite $(basename "$dir") $mode mode"
-                $T eval --metric inception --images "$dir/samples_$mode" --dataset "$suite" --fit pad \
-                    --n "$n" --out "$dir/eval_inception_$mode.json.tmp" >>"$dir.log" 2>&1
-                mv "$dir/eval_inception_$mode.json.tmp" "$dir/eval_inception_$mode.json"
-            done
-        elif [ ! -f "$dir/eval_inception.json" ]; then
-            echo "$(date +%T) inception $suite $(basename "$dir")"
-            $T eval --metric inception --checkpoint "$dir" --n "$n" \
-                --out "$dir/eval_inception.json.tmp" >>"$dir.log" 2>&1
-            mv "$dir/eval_inception.json.tmp" "$dir/eval_inception.json"
-        fi
-    done
-}
-
 rm -rf "$out/.claims" "$out/.failed"
 mkdir -p "$out/.claims"
 for _ in $(seq "$jobs"); do worker & done
 wait
-[ "${INCEPTION:-on}" = off ] || { scripts/fetch-inception.sh >/dev/null && inception_pass; }
+# Runs finished before their scoring existed (or whose scoring failed) are scored now.
+for dir in "$out"/*/*-s*; do
+    [ -f "$dir/done" ] || continue
+    score_inception "$dir" "$(basename "$(dirname "$dir")")" >>"$dir.log" 2>&1 || {
+        echo "$(date +%T) FAILED inception scoring of $dir: see $dir.log" >&2
+        touch "$out/.failed"
+    }
+done
 python3 scripts/quality_table.py "$out"
 [ ! -e "$out/.failed" ] || { echo "some runs failed" >&2; exit 1; }
 echo "done: $out"

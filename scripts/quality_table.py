@@ -57,6 +57,7 @@ def inception_table(configs_dirs):
     """The Inception columns: per configuration and generator, FID per seed, mean and sd, mean
     KID (x1000), mean precision and recall."""
     rows = []
+    means = {}
     for config, dirs in sorted(configs_dirs.items()):
         per_label = {}
         for seed, d in sorted(dirs):
@@ -64,16 +65,24 @@ def inception_table(configs_dirs):
                 per_label.setdefault(label, []).append(v)
         for label, vs in sorted(per_label.items()):
             fids = [v[0] for v in vs]
+            means[(config, label)] = statistics.mean(fids)
             sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
             mean_of = lambda i, k=1: statistics.mean([v[i] * k for v in vs]) if all(v[i] is not None for v in vs) else float("nan")
             rows.append(f"| {config} | {label} | {len(vs)} | " + ", ".join(f"{f:.1f}" for f in fids)
                         + f" | **{statistics.mean(fids):.1f}** | {sd:.1f} | {mean_of(1, 1000):.2f} | "
                         f"{mean_of(2):.3f} | {mean_of(3):.3f} |")
     if rows:
-        print("\nStandard Inception metrics (`trainer eval --metric inception`, nv-bilinear, against the test split):\n")
+        print("\nStandard Inception metrics (`trainer eval --metric inception`, nv-bilinear, against the test split; cats and dogs: all 2000 images):\n")
         print("| configuration | generator | seeds | Inception FID per seed | mean | sd | KID x1000 (mean) | precision | recall |")
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
+    torch = [m for (c, _), m in means.items() if c == "pytorch"]
+    if torch:
+        best = min(torch)
+        print(f"\nRatio of mean Inception FID to the PyTorch reference's better mode ({best:.1f}):\n")
+        for (config, label), mean in sorted(means.items()):
+            if config != "pytorch":
+                print(f"- {config}, {label}: **{mean / best:.2f}x**")
 
 
 def fid_format(mean):
@@ -142,7 +151,6 @@ def main(out):
                       + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {swd_cells([v[3] for _, v in per_seed])} | "
                       f"{min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
-        inception_table(config_dirs)
         torch = [m for (c, label), m in means.items() if c == "pytorch"]
         if torch:
             best = min(torch)
@@ -150,6 +158,7 @@ def main(out):
             for (config, label), mean in sorted(means.items()):
                 if config != "pytorch":
                     print(f"- {config}, {label}: **{mean / best:.2f}x**")
+        inception_table(config_dirs)
 
 
 if __name__ == "__main__":
