@@ -122,7 +122,11 @@ mod tests {
         assert_eq!(g.color().channel_count(), 3);
         assert_eq!(g.to_rgb8().get_pixel(4, 1).0, [200, 10, 20]);
         let empty = grid(&[], 2);
-        assert_eq!((empty.width(), empty.height()), (5, 5), "one 1x1 cell and its padding");
+        assert_eq!(
+            (empty.width(), empty.height()),
+            (5, 5),
+            "one 1x1 cell and its padding"
+        );
     }
 
     #[test]
@@ -141,8 +145,15 @@ mod tests {
             .into_frames()
             .collect_frames()
             .unwrap();
-        let firsts: Vec<u8> = decoded.iter().map(|f| f.buffer().get_pixel(0, 0).0[0]).collect();
-        assert_eq!(firsts, [10, 120, 250, 120, 10], "forwards, then back without repeating the last");
+        let firsts: Vec<u8> = decoded
+            .iter()
+            .map(|f| f.buffer().get_pixel(0, 0).0[0])
+            .collect();
+        assert_eq!(
+            firsts,
+            [10, 120, 250, 120, 10],
+            "forwards, then back without repeating the last"
+        );
         for f in &decoded {
             let (num, den) = f.delay().numer_denom_ms();
             assert_eq!(num / den, 70);
