@@ -13,11 +13,12 @@
 # target folder .mutants/target; .tools, .ort and data linked from here), mutated in place one
 # at a time: the checkout you work in is never touched, and each mutant is an incremental
 # build (about a second for a change to one crate, against 11 s without incremental
-# compilation). Each part mutates one package's files (one shard of them when the package is large) and
-# runs the tests that check that package: its own, plus the test packages named below where the
-# behaviour is checked end to end (the atomic writer through the trainer's crash tests, the
-# server through the real clients). A part fails the script (non-zero exit) if cargo-mutants
-# cannot run it (a failing baseline, a build error, bad flags); surviving mutants are results,
+# compilation). Each part mutates one package's files (one shard of them when the package is
+# large) and runs the tests that check that package: its own, plus the test packages named below
+# where the behaviour is checked end to end (the kernels through gantry-models' tests against
+# candle's ops, the atomic writer through the trainer's crash tests, the server through the real
+# clients). A part fails the script (non-zero exit) if cargo-mutants cannot run it (a failing
+# baseline, a build error, bad flags); surviving mutants are results,
 # not failures: `scripts/mutants_table.py` turns every part's outcomes into the per-module table
 # of docs/testing.md (goal: >= 90% of viable mutants caught in every module).
 set -euo pipefail
@@ -32,7 +33,7 @@ scripts/fetch-inception.sh >/dev/null
 # Code compiled only with a GPU feature (cuDNN, NCCL) is excluded: no test here can run it, and
 # mutating code the build leaves out cannot be caught.
 parts=(
-    "kernels|gantry-kernels|8||-e models/kernels/src/cudnn.rs -E cudnn -E cuda_fwd"
+    "kernels|gantry-kernels|8|gantry-models|-e models/kernels/src/cudnn.rs -E cudnn -E cuda_fwd"
     "models|gantry-models|4||"
     "trainer|gantry-trainer|5||"
     "data|gantry-data|2||"
