@@ -76,13 +76,20 @@ def inception_table(configs_dirs):
         print("| configuration | generator | seeds | Inception FID per seed | mean | sd | KID x1000 (mean) | precision | recall |")
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
+    print_ratios(means, "mean Inception FID")
+
+
+def print_ratios(means, what):
+    """Each Gantry configuration's mean over the PyTorch reference's better mode (`means`:
+    {(configuration, generator): mean}); nothing without a PyTorch run."""
     torch = [m for (c, _), m in means.items() if c == "pytorch"]
-    if torch:
-        best = min(torch)
-        print(f"\nRatio of mean Inception FID to the PyTorch reference's better mode ({best:.1f}):\n")
-        for (config, label), mean in sorted(means.items()):
-            if config != "pytorch":
-                print(f"- {config}, {label}: **{mean / best:.2f}x**")
+    if not torch:
+        return
+    best = min(torch)
+    print(f"\nRatio of {what} to the PyTorch reference's better mode ({best:.1f}):\n")
+    for (config, label), mean in sorted(means.items()):
+        if config != "pytorch":
+            print(f"- {config}, {label}: **{mean / best:.2f}x**")
 
 
 def fid_format(mean):
@@ -151,13 +158,7 @@ def main(out):
                       + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {swd_cells([v[3] for _, v in per_seed])} | "
                       f"{min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
-        torch = [m for (c, label), m in means.items() if c == "pytorch"]
-        if torch:
-            best = min(torch)
-            print(f"\nRatio of mean FID to the PyTorch reference's better mode ({best:.1f}):\n")
-            for (config, label), mean in sorted(means.items()):
-                if config != "pytorch":
-                    print(f"- {config}, {label}: **{mean / best:.2f}x**")
+        print_ratios(means, "mean FID")
         inception_table(config_dirs)
 
 
