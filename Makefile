@@ -73,7 +73,8 @@ bench-recipe:
 	scripts/bench-recipe.sh
 
 # Sample quality: the default recipe against the PyTorch reference over 3 seeds, DiffAugment on
-# cats and dogs (docs/quality.md; about 6.5 hours on 2 cores, resumable).
+# cats and dogs, each run scored with the Inception metrics too (docs/quality.md; about 8 hours
+# on 2 cores, resumable).
 bench-quality: bench-tools ort
 	scripts/quality-bench.sh
 

@@ -2,7 +2,7 @@
 # The quality benchmark of docs/quality.md (issue 19): Gantry's default recipe against the
 # PyTorch reference DCGAN, and DiffAugment on the 2000 cats and dogs.
 #
-#   scripts/quality-bench.sh [OUT]       (default OUT: runs/quality; about 6.5 hours on 2 cores)
+#   scripts/quality-bench.sh [OUT]       (default OUT: runs/quality; about 8 hours on 2 cores)
 #
 # Suites (SUITES, default "mnist fashion-mnist catsdogs"):
 #   mnist, fashion-mnist  32x32 (--fit pad), batch 128, STEPS steps (2814 = 6 epochs): `trainer
