@@ -127,3 +127,84 @@ pub fn plot_losses(history: &[StepMetrics], path: &Path) -> Result<()> {
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer has the plot's size");
     crate::samples::save_png(&image::DynamicImage::ImageRgb8(img), path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_moving_average_is_over_the_last_window_points() {
+        let got = smooth(&[1.0, 3.0, 5.0, 7.0, 100.0], 2);
+        assert_eq!(got, [1.0, 2.0, 4.0, 6.0, 53.5]);
+        assert_eq!(smooth(&[4.0, 8.0], 1), [4.0, 8.0]);
+    }
+
+    /// The mean row of the pixels of one colour in each half of the plot, left and right.
+    fn mean_rows_of(img: &image::RgbImage, is_colour: impl Fn([u8; 3]) -> bool) -> (f64, f64) {
+        let (mut sums, mut counts) = ([0f64; 2], [0f64; 2]);
+        for (x, y, p) in img.enumerate_pixels() {
+            if is_colour(p.0) {
+                let half = (x >= img.width() / 2) as usize;
+                sums[half] += y as f64;
+                counts[half] += 1.0;
+            }
+        }
+        assert!(
+            counts[0] > 50.0 && counts[1] > 50.0,
+            "the curve spans the plot: {counts:?}"
+        );
+        (sums[0] / counts[0], sums[1] / counts[1])
+    }
+
+    #[test]
+    fn the_plot_draws_d_falling_in_red_and_g_rising_in_blue_across_the_steps() {
+        let history: Vec<StepMetrics> = (1..=200)
+            .map(|step| {
+                let t = step as f32 / 200.0;
+                StepMetrics {
+                    step,
+                    epoch: 0,
+                    loss_d: 4.0 - 3.0 * t,
+                    loss_g: 0.5 + 3.0 * t,
+                    d_real: 0.5,
+                    d_fake: 0.5,
+                    img_per_sec: 1.0,
+                    seconds: 0.0,
+                    lr_d: 0.0,
+                    lr_g: 0.0,
+                    sync_ms: None,
+                    r1_penalty: None,
+                    eval: None,
+                }
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("losses.png");
+        plot_losses(&history, &path).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (900, 500));
+        let red = |[r, g, b]: [u8; 3]| r > 200 && g < 60 && b < 60;
+        let blue = |[r, g, b]: [u8; 3]| b > 200 && r < 60 && g < 60;
+        // Image rows grow downwards: a falling loss sits lower (larger row) on the right.
+        let (d_left, d_right) = mean_rows_of(&img, red);
+        let (g_left, g_right) = mean_rows_of(&img, blue);
+        assert!(
+            d_right > d_left + 100.0,
+            "loss_d falls: rows {d_left} -> {d_right}"
+        );
+        assert!(
+            g_right < g_left - 100.0,
+            "loss_g rises: rows {g_left} -> {g_right}"
+        );
+        // Both curves fit the plot: loss_d starts near the top (4 of a 0..4.2 axis), loss_g near
+        // the bottom.
+        assert!(
+            d_left < g_left,
+            "at the start loss_d (4) is above loss_g (0.5)"
+        );
+
+        let empty = dir.path().join("empty.png");
+        plot_losses(&[], &empty).unwrap();
+        assert!(!empty.exists(), "no history, no plot");
+    }
+}
