@@ -48,6 +48,8 @@ pub struct BenchResult {
     pub img_per_sec: f64,
     /// Mean step time: what lazy options (R1 every N steps) cost on average.
     pub mean: Duration,
+    /// Images per second at the mean step time.
+    pub mean_img_per_sec: f64,
     /// Profiled spans `(name, calls per step, time per step)`, when profiling was on.
     pub spans: Vec<(String, f64, Duration)>,
 }
@@ -122,10 +124,59 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
     let mean = times.iter().sum::<Duration>().div_f64(steps);
     times.sort();
     let median = times[times.len() / 2];
+    let images = (spec.batch_size * spec.d_steps.max(1)) as f64;
     Ok(BenchResult {
         median,
         mean,
-        img_per_sec: (spec.batch_size * spec.d_steps.max(1)) as f64 / median.as_secs_f64(),
+        img_per_sec: images / median.as_secs_f64(),
+        mean_img_per_sec: images / mean.as_secs_f64(),
         spans,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(steps: usize, d_steps: usize) -> BenchSpec {
+        BenchSpec {
+            arch: Arch::Dcgan,
+            image_size: 16,
+            channels: 1,
+            g_width: 4,
+            d_width: 4,
+            d_steps,
+            loss: LossKind::Bce,
+            batch_size: 2,
+            steps,
+            warmup: 1,
+            kernels: Kernels::Fast,
+            ema: None,
+            spectral_norm: false,
+            augment: Augment::default(),
+            r1: None,
+            r1_every: 16,
+        }
+    }
+
+    #[test]
+    fn the_result_is_the_median_step_and_images_per_second_count_every_d_batch() {
+        let spec = tiny(5, 2);
+        let r = bench_train(&spec, &Device::Cpu, false).unwrap();
+        let images = (spec.batch_size * spec.d_steps) as f64;
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b;
+        assert!(close(r.img_per_sec, images / r.median.as_secs_f64()));
+        assert!(close(r.mean_img_per_sec, images / r.mean.as_secs_f64()));
+        assert!(r.median > Duration::ZERO);
+        assert!(
+            r.mean > r.median / 5 && r.mean < r.median * 5,
+            "the mean of 5 steps ({:?}) is of the order of a step ({:?}), not their sum",
+            r.mean,
+            r.median
+        );
+        // Profiling (process-wide, so checked by the CLI's test in its own process) is off.
+        assert!(r.spans.is_empty(), "profiling off: no spans");
+        let err = bench_train(&tiny(0, 1), &Device::Cpu, false).unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
 }

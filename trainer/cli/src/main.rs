@@ -68,7 +68,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     println!(
         "MEAN {:.2} ms/step {:.0} img/s",
         r.mean.as_secs_f64() * 1e3,
-        args.batch_size as f64 / r.mean.as_secs_f64()
+        r.mean_img_per_sec
     );
     for (name, calls, time) in &r.spans {
         println!(

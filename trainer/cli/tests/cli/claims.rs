@@ -231,15 +231,36 @@ fn sample_variants_and_bench() {
         "0.9",
         "--augment",
         "translation",
+        "--d-steps",
+        "2",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(
-        text.contains("RESULT gantry-train img16x1 b4 cpu fast") && text.contains("img/s"),
+        text.contains("RESULT gantry-train img16x1 b4 cpu fast"),
         "{text}"
     );
-    assert!(text.contains("phase: 1 G forward"), "{text}");
-    assert!(text.contains("MEAN ") && text.contains("ms/step"), "{text}");
+    // Both speeds count the 4 x 2 real images D sees per step: img/s = 8000 / (ms/step).
+    for prefix in ["RESULT", "MEAN"] {
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let number_before = |unit: &str| -> f64 {
+            let at = words.iter().position(|w| *w == unit).unwrap();
+            words[at - 1].parse().unwrap()
+        };
+        let (ms, rate) = (number_before("ms/step"), number_before("img/s"));
+        assert!(
+            (rate - 8000.0 / ms).abs() <= 0.02 * rate + 1.0,
+            "{prefix}: {ms} ms/step, {rate} img/s"
+        );
+    }
+    // The profile's calls are per step (2 D updates, 1 G update), not totals over the steps.
+    let calls_of = |name: &str| -> String {
+        let line = text.lines().find(|l| l.ends_with(name)).expect(name);
+        line.split_whitespace().nth(2).unwrap().to_string()
+    };
+    assert_eq!(calls_of("phase: 4 D Adam"), "2.0x", "{text}");
+    assert_eq!(calls_of("phase: 7 G Adam + EMA"), "1.0x", "{text}");
 }
 
 /// The classifier is trained once and reused from its cache; `eval --images` scores a folder.
