@@ -62,6 +62,10 @@ pub struct EvalMetrics {
     /// Entropy of the predicted-label distribution in bits (classifier metric only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_entropy_bits: Option<f64>,
+    /// How often the classifier finds the class each sample was generated for (class-conditional
+    /// models, classifier metric only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_agreement: Option<f64>,
     /// The features `fid` is computed in (`best/` keeps the lowest of one metric).
     #[serde(default)]
     pub metric: EvalMetric,
@@ -214,6 +218,7 @@ mod tests {
             swd: Some(31.5),
             classes_covered: Some(9),
             label_entropy_bits: Some(3.1),
+            class_agreement: Some(0.75),
             metric: EvalMetric::Classifier,
             inception_fid: None,
             inception_kid: None,
@@ -228,6 +233,7 @@ mod tests {
         assert!(scalars.contains(&("eval/fid".into(), 12.5)));
         assert!(scalars.contains(&("eval/classes_covered".into(), 9.0)));
         assert!(scalars.contains(&("eval/swd".into(), 31.5)));
+        assert!(scalars.contains(&("eval/class_agreement".into(), 0.75)));
         assert!(scalars.contains(&("lr_g".into(), 1e-4)));
         assert!(!names(&step).contains(&"eval/fid_raw".to_string()));
         assert!(!names(&step).iter().any(|n| n.starts_with("eval/inception")));
@@ -236,6 +242,7 @@ mod tests {
             metric: EvalMetric::Inception,
             classes_covered: None,
             label_entropy_bits: None,
+            class_agreement: None,
             swd: None,
             inception_fid: Some(40.0),
             inception_kid: Some(0.02),

@@ -210,8 +210,12 @@ fn eval_line(step: u64, eval: &EvalMetrics) -> String {
                 .fid_raw
                 .map(|f| format!(" (raw generator {f:.2})"))
                 .unwrap_or_default();
+            let agreement = eval
+                .class_agreement
+                .map(|a| format!(", class agreement {:.1}%", a * 100.0))
+                .unwrap_or_default();
             format!(
-                "step {step}: FID {:.2}{raw}, SWD {}, {} classes >= 5%, {:.1} s for {} samples",
+                "step {step}: FID {:.2}{raw}, SWD {}, {} classes >= 5%{agreement}, {:.1} s for {} samples",
                 eval.fid,
                 opt(eval.swd, 1),
                 eval.classes_covered.map_or("-".into(), |c| c.to_string()),

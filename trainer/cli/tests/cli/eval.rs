@@ -201,9 +201,32 @@ fn conditional_checkpoints_report_class_agreement() {
     let o = trainer(&tiny_train_args(
         data.to_str().unwrap(),
         out.to_str().unwrap(),
-        &["--max-steps", "3", "--conditional", "--sample-every", "3"],
+        &[
+            "--max-steps",
+            "3",
+            "--conditional",
+            "--sample-every",
+            "3",
+            "--eval-every",
+            "3",
+            "--eval-samples",
+            "40",
+        ],
     ));
     assert!(o.status.success(), "{}", stderr(&o));
+    let during = gantry_trainer::metrics::read(&out.join("metrics.jsonl"))
+        .unwrap()
+        .pop()
+        .and_then(|m| m.eval)
+        .expect("the evaluation at step 3");
+    let during_agreement = during
+        .class_agreement
+        .expect("a conditional run's agreement");
+    assert!(
+        stderr(&o).contains(&format!("class agreement {:.1}%", during_agreement * 100.0)),
+        "{}",
+        stderr(&o)
+    );
     // One row per class: 10 rows of 8.
     let grid = image::open(out.join("samples/step_000003.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), (8 * 18 + 2, 10 * 18 + 2));
@@ -214,6 +237,7 @@ fn conditional_checkpoints_report_class_agreement() {
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("eval.json")).unwrap()).unwrap();
     let text = stdout(&o);
+    let mut compared = 0;
     for r in report["results"].as_array().unwrap() {
         let agreement = r["coverage"]["class_agreement"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&agreement), "{r}");
@@ -234,7 +258,13 @@ fn conditional_checkpoints_report_class_agreement() {
             printed.contains(&format!("class agreement {:.1}%", agreement * 100.0)),
             "{printed}"
         );
+        if r["variant"] == "ema/eval" {
+            // The evaluation during training scored the same generator, latents and labels.
+            assert_eq!(agreement, during_agreement, "{r}");
+            compared += 1;
+        }
     }
+    assert_eq!(compared, 1, "the sampled generator (EMA, eval mode) is in the report");
 }
 
 /// The standard Inception metrics through the binary: evaluations during training
