@@ -1,8 +1,11 @@
 """The per-module table of a mutation run: every part under mutants.out/ (scripts/mutants.sh).
 
-For each source file: viable mutants (built), caught (a test failed or timed out), missed, and
-the share caught; modules under the goal (90%) are marked, and the survivors listed under the
-table for explaining or killing. Parts not finished are named, so a partial run says so. A part
+For each source file: viable mutants (built), caught (a test failed or timed out), equivalent,
+missed, and the share caught of the viable mutants that are not equivalent (the mutation score);
+modules under the goal (90%) are marked, and the survivors listed under the table for explaining
+or killing. Equivalent mutants (no test can tell them from the code) are listed by name, each
+with its reason, in scripts/mutants-equivalent.txt; a listed name no run reports as a survivor
+any more (its line moved, or a test now catches it) is printed, so that the list stays true. Parts not finished are named, so a partial run says so. A part
 rechecked after tests were added (`scripts/mutants.sh --recheck PART`) counts each survivor by
 its recheck's outcome (a survivor the recheck did not find, its line having moved, stays
 missed).
@@ -16,6 +19,19 @@ import os
 import sys
 
 GOAL = 0.90
+EQUIVALENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mutants-equivalent.txt")
+
+
+def equivalents(path=EQUIVALENT):
+    """{mutant name: reason} from the list (`NAME -- REASON` lines; `#` comments)."""
+    found = {}
+    if os.path.exists(path):
+        for line in open(path):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, reason = line.partition(" -- ")
+                found[name.strip()] = reason.strip()
+    return found
 
 
 def percent(share):
@@ -37,9 +53,11 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     root = args[0] if args else "mutants.out"
     show_missed = "--missed" in sys.argv
+    known = equivalents()
     per_file = collections.defaultdict(collections.Counter)
     missed = collections.defaultdict(list)
     parts_done, parts_open = [], []
+    listed_found = set()
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         base = os.path.join(root, part)
         outcomes = os.path.join(base, "mutants.out", "outcomes.json")
@@ -64,30 +82,36 @@ def main():
         for name, file, summary in mutants_of(outcomes):
             if summary == "MissedMutant":
                 summary = second.get(name, summary)
+            if summary == "MissedMutant" and name in known:
+                summary = "Equivalent"
+                listed_found.add(name)
             per_file[file][summary] += 1
             if summary == "MissedMutant":
                 missed[file].append(name)
     if not per_file:
         print(f"no outcomes under {root}/")
         return
-    print("| module | viable | caught | timeout | missed | caught % |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| module | viable | caught | timeout | equivalent | missed | caught % of the rest |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     totals = collections.Counter()
     below = []
+
+    def counts(c):
+        caught, timeout, same, miss = (c["CaughtMutant"], c["Timeout"], c["Equivalent"],
+                                       c["MissedMutant"])
+        scored = caught + timeout + miss
+        return caught, timeout, same, miss, scored + same, (caught + timeout) / scored if scored else 1.0
+
     for path in sorted(per_file):
-        c = per_file[path]
-        caught, timeout, miss = c["CaughtMutant"], c["Timeout"], c["MissedMutant"]
-        viable = caught + timeout + miss
-        totals.update(c)
-        share = (caught + timeout) / viable if viable else 1.0
+        caught, timeout, same, miss, viable, share = counts(per_file[path])
+        totals.update(per_file[path])
         mark = "" if share >= GOAL else " **below 90%**"
         if share < GOAL:
             below.append(path)
-        print(f"| `{path}` | {viable} | {caught} | {timeout} | {miss} | {percent(share)}{mark} |")
-    viable = totals["CaughtMutant"] + totals["Timeout"] + totals["MissedMutant"]
-    share = (totals["CaughtMutant"] + totals["Timeout"]) / viable if viable else 1.0
-    print(f"| **all** | **{viable}** | **{totals['CaughtMutant']}** | **{totals['Timeout']}** | "
-          f"**{totals['MissedMutant']}** | **{percent(share)}** |")
+        print(f"| `{path}` | {viable} | {caught} | {timeout} | {same} | {miss} | {percent(share)}{mark} |")
+    caught, timeout, same, miss, viable, share = counts(totals)
+    print(f"| **all** | **{viable}** | **{caught}** | **{timeout}** | **{same}** | **{miss}** | "
+          f"**{percent(share)}** |")
     print()
     print(f"parts finished: {', '.join(parts_done) or 'none'}")
     if parts_open:
@@ -95,6 +119,11 @@ def main():
     print(f"unviable (did not build, not counted): {totals['Unviable']}")
     if below:
         print(f"modules below the goal: {', '.join(below)}")
+    stale = sorted(set(known) - listed_found)
+    if stale:
+        print("listed as equivalent but not a survivor of any run (remove or rename):")
+        for name in stale:
+            print(f"  {name}")
     if show_missed:
         for path in sorted(missed):
             print(f"\n{path}:")

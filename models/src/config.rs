@@ -76,8 +76,9 @@ pub struct ModelConfig {
     #[serde(default)]
     pub num_classes: Option<usize>,
     /// Size of the generator's learned label embedding; 0 (the default) concatenates a fixed
-    /// one-hot vector instead (conditional models only).
-    #[serde(default = "default_label_embed_dim")]
+    /// one-hot vector instead (conditional models only). Configurations written before the
+    /// field existed read as 0: those models had the one-hot vector.
+    #[serde(default)]
     pub label_embed_dim: usize,
     /// Spectral normalisation of every discriminator convolution (Miyato et al. 2018): the
     /// weight divided by its largest singular value, estimated by one power iteration per step
@@ -89,10 +90,6 @@ pub struct ModelConfig {
     /// ONNX graph is the plain one.
     #[serde(default)]
     pub g_spectral_norm: bool,
-}
-
-fn default_label_embed_dim() -> usize {
-    DEFAULT_LABEL_EMBED_DIM
 }
 
 impl Default for ModelConfig {

@@ -24,7 +24,7 @@ fn check_labels(cfg: &ModelConfig, labels: Option<&Tensor>, batch: usize) -> Res
             "labels have shape {:?}, expected [{batch}]",
             l.dims()
         ))),
-        _ => Ok(()),
+        (Some(_), Some(_)) => Ok(()),
     }
 }
 

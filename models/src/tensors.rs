@@ -65,18 +65,11 @@ fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
         .ok_or_else(|| broken("no header"))? as usize;
     let end = 8usize.checked_add(len).filter(|&e| e <= bytes.len());
     let end = end.ok_or_else(|| broken("header past the end"))?;
+    // The metadata object inside is sorted too: serde_json's `Map` is a `BTreeMap` (its
+    // `preserve_order` feature is off; `json_objects_are_sorted_maps` fails if a dependency
+    // ever turns it on).
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&bytes[8..end]).map_err(|e| broken(&e.to_string()))?;
-    let header: BTreeMap<String, serde_json::Value> = header
-        .into_iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::Object(m) if k == "__metadata__" => {
-                let sorted: BTreeMap<String, serde_json::Value> = m.into_iter().collect();
-                (k, serde_json::to_value(sorted).unwrap_or_default())
-            }
-            other => (k, other),
-        })
-        .collect();
     let mut text = serde_json::to_vec(&header).map_err(|e| broken(&e.to_string()))?;
     // Keep the data 8-byte aligned, as safetensors itself pads the header with spaces.
     text.resize(text.len().next_multiple_of(8), b' ');
@@ -144,6 +137,18 @@ pub fn validate_against_spec(map: &TensorMap, spec: &NetworkSpec, file: &Path) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sorted_header` relies on serde_json keeping objects sorted by key (no `preserve_order`).
+    #[test]
+    fn json_objects_are_sorted_maps() {
+        let v: serde_json::Value =
+            serde_json::from_str(r#"{"z": 1, "__metadata__": {"y": "1", "b": "2"}, "a": 2}"#)
+                .unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"__metadata__":{"b":"2","y":"1"},"a":2,"z":1}"#
+        );
+    }
 
     #[test]
     fn the_same_tensors_and_metadata_give_the_same_bytes() {

@@ -7,7 +7,10 @@ use super::{
 };
 use crate::config::ModelConfig;
 
-/// The fields every DCGAN layer shares: no bias, N(0, 0.02) weights, N(1, 0.02) BatchNorm gains.
+/// What a DCGAN layer is unless it says otherwise: every layer's 4x4 kernel, no bias, N(0, 0.02)
+/// weights and N(1, 0.02) BatchNorm gains; and a plain convolution of stride 1 without padding,
+/// BatchNorm or activation (D's output layer). Each layer spells out only what differs, so that
+/// each value is written once.
 const DCGAN_INIT: ConvLayer = ConvLayer {
     name: String::new(),
     kind: ConvKind::Conv,
@@ -33,17 +36,6 @@ const DCGAN_INIT: ConvLayer = ConvLayer {
     bn_classes: None,
 };
 
-/// A bound on the generator's and the discriminator's parameter counts, in u128: the widest
-/// layers hold `width << (stages - 1)` channels.
-pub(super) fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
-    let stages = cfg.num_stages() as u32;
-    let widest = |w: usize| (w as u128) << stages.saturating_sub(1);
-    (
-        widest(cfg.g_width) * (cfg.generator_input_dim() as u128 + widest(cfg.g_width)) * 16,
-        widest(cfg.d_width) * widest(cfg.d_width) * 16,
-    )
-}
-
 /// The DCGAN generator: ConvTranspose to 4x4, stride-2 ConvTranspose + BN + ReLU stages, Tanh out.
 pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
     let stages = cfg.num_stages();
@@ -54,9 +46,6 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
         kind: ConvKind::ConvTranspose,
         in_channels: cfg.generator_input_dim(),
         out_channels: channels,
-        kernel: KERNEL,
-        stride: 1,
-        padding: 0,
         in_size: 1,
         out_size: 4,
         batch_norm: true,
@@ -73,7 +62,6 @@ pub(super) fn generator(cfg: &ModelConfig) -> NetworkSpec {
             kind: ConvKind::ConvTranspose,
             in_channels: channels,
             out_channels,
-            kernel: KERNEL,
             stride: 2,
             padding: 1,
             in_size: size,
@@ -104,10 +92,8 @@ pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
         let out_channels = cfg.d_width << stage;
         layers.push(ConvLayer {
             name: ConvLayer::numbered(stage),
-            kind: ConvKind::Conv,
             in_channels: channels,
             out_channels,
-            kernel: KERNEL,
             stride: 2,
             padding: 1,
             in_size: size,
@@ -120,18 +106,14 @@ pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
         channels = out_channels;
         size /= 2;
     }
+    // The output layer: a 4x4 convolution of the 4x4 maps to one logit (DCGAN_INIT's plain
+    // convolution).
     layers.push(ConvLayer {
         name: ConvLayer::numbered(stages),
-        kind: ConvKind::Conv,
         in_channels: channels,
         out_channels: 1,
-        kernel: KERNEL,
-        stride: 1,
-        padding: 0,
         in_size: 4,
         out_size: 1,
-        batch_norm: false,
-        activation: Activation::Identity,
         spectral_norm: cfg.spectral_norm,
         ..DCGAN_INIT
     });

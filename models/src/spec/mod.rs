@@ -550,18 +550,14 @@ impl ModelConfig {
                 ),
             );
         }
-        // A bound on the parameter count computed in u128 before anything is allocated (so
-        // that no product overflows), then the exact count when the bound is plausible.
-        let (rough_g, rough_d) = rough_parameters(self);
-        let rough = rough_g + rough_d;
-        let parameters = if rough > max_parameters as u128 * 4 {
-            rough
-        } else {
-            (generator_spec(self).parameter_count() + discriminator_spec(self).parameter_count())
-                as u128
-        };
+        // Every field is bounded (MAX_DIM, 256 px), so the exact counts stay far below 2^64
+        // (under 2^50 at the bounds, tested): no bound has to come first. The specs are layer
+        // descriptions; nothing is allocated for the weights here.
+        let g = generator_spec(self).parameter_count();
+        let d = discriminator_spec(self).parameter_count();
+        let parameters = g as u128 + d as u128;
         if parameters > max_parameters as u128 {
-            let field = if rough_g >= rough_d {
+            let field = if g >= d {
                 ConfigField::GeneratorWidth
             } else {
                 ConfigField::DiscriminatorWidth
@@ -569,7 +565,7 @@ impl ModelConfig {
             return bad(
                 field,
                 format!(
-                    "makes a model of about {parameters} parameters (at most {max_parameters}); choose smaller widths or latent size"
+                    "makes a model of {parameters} parameters (at most {max_parameters}); choose smaller widths or latent size"
                 ),
             );
         }
@@ -577,53 +573,45 @@ impl ModelConfig {
     }
 }
 
-/// A bound on the generator's and the discriminator's parameter counts of `cfg`, in u128 (no
-/// product overflows), computed before any spec is built.
-fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
-    match cfg.arch {
-        Arch::Dcgan => dcgan::rough_parameters(cfg),
-        Arch::Resnet => resnet::rough_parameters(cfg),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The rough bound the size check starts from is never below the exact count (else a model
-    /// over the limit could pass) and not wildly above it, for both architectures.
+    /// At every field's upper bound, for both architectures, the size check counts the
+    /// parameters without overflowing (the test profile checks overflow) and refuses the model
+    /// by the larger network's width, before anything is allocated.
     #[test]
-    fn the_rough_parameter_bound_holds() {
-        let configs = [
-            (Arch::Dcgan, 16, 1, 8, 8, None),
-            (Arch::Dcgan, 32, 1, 64, 64, None),
-            (Arch::Dcgan, 64, 3, 16, 128, Some(10)),
-            (Arch::Dcgan, 256, 3, 128, 8, None),
-            (Arch::Resnet, 32, 1, 4, 4, None),
-            (Arch::Resnet, 32, 3, 64, 64, Some(10)),
-            (Arch::Resnet, 64, 3, 16, 128, None),
-            (Arch::Resnet, 256, 3, 128, 8, Some(3)),
-        ];
-        for (arch, image_size, channels, g_width, d_width, num_classes) in configs {
-            let c = ModelConfig {
-                arch,
-                image_size,
-                channels,
-                g_width,
-                d_width,
-                num_classes,
-                latent_dim: 128,
-                ..Default::default()
-            };
-            let (g, d) = rough_parameters(&c);
-            for (rough, exact) in [
-                (g, generator_spec(&c).parameter_count()),
-                (d, discriminator_spec(&c).parameter_count()),
+    fn the_largest_configurations_are_counted_and_refused() {
+        use crate::config::MAX_DIM;
+        use crate::error::ConfigField;
+        for arch in [Arch::Dcgan, Arch::Resnet] {
+            for (g_width, d_width, field) in [
+                (MAX_DIM, 1, ConfigField::GeneratorWidth),
+                (1, MAX_DIM, ConfigField::DiscriminatorWidth),
             ] {
-                let exact = exact as u128;
+                let c = ModelConfig {
+                    arch,
+                    image_size: 256,
+                    channels: 3,
+                    latent_dim: MAX_DIM,
+                    g_width,
+                    d_width,
+                    num_classes: Some(MAX_DIM),
+                    label_embed_dim: MAX_DIM,
+                    ..Default::default()
+                };
+                let count =
+                    generator_spec(&c).parameter_count() + discriminator_spec(&c).parameter_count();
+                assert!(count < 1 << 50, "{arch:?}: {count}");
+                let err = c.validate().unwrap_err();
                 assert!(
-                    rough >= exact && rough <= 4 * exact,
-                    "{c:?}: {rough} vs {exact}"
+                    err.to_string()
+                        .contains(&format!("makes a model of {count} parameters")),
+                    "{arch:?}: {err}"
+                );
+                assert!(
+                    matches!(err, crate::error::ModelError::InvalidConfig { field: f, .. } if f == field),
+                    "{arch:?}: {err:?}"
                 );
             }
         }

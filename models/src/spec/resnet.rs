@@ -189,20 +189,6 @@ pub(super) fn discriminator(cfg: &ModelConfig) -> NetworkSpec {
     }
 }
 
-/// A bound on the generator's and the discriminator's parameter counts, in u128.
-pub(super) fn rough_parameters(cfg: &ModelConfig) -> (u128, u128) {
-    let stages = cfg.num_stages() as u128;
-    let c = generator_channels(cfg) as u128;
-    let d = discriminator_channels(cfg) as u128;
-    let input = cfg.generator_input_dim() as u128;
-    let image = cfg.channels as u128;
-    let classes = cfg.num_classes.unwrap_or(1) as u128;
-    (
-        input * 16 * c + stages * 20 * c * c + 9 * c * cfg.channels as u128 + 8 * classes * c,
-        stages * 20 * d * d + 10 * image * d + 2 * d + classes * d,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,9 +378,8 @@ mod tests {
         }
     }
 
-    /// The size limit counts G and D exactly (the rough bound only decides when that is safe
-    /// to compute): a limit of the pair's exact count passes, one less is refused, naming the
-    /// larger network's width.
+    /// The size limit counts G and D exactly: a limit of the pair's exact count passes, one
+    /// less is refused, naming the larger network's width.
     #[test]
     fn the_parameter_limit_counts_both_networks_exactly() {
         use crate::error::ConfigField;
@@ -403,7 +388,7 @@ mod tests {
         let err = cfg(32, 3).validate_with_limit(exact - 1).unwrap_err();
         assert!(
             err.to_string()
-                .contains(&format!("about {exact} parameters (at most {})", exact - 1)),
+                .contains(&format!("of {exact} parameters (at most {})", exact - 1)),
             "{err}"
         );
         assert_eq!(field_of(Err(err)), Some(ConfigField::GeneratorWidth));
