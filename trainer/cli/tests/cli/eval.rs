@@ -264,7 +264,10 @@ fn conditional_checkpoints_report_class_agreement() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 1, "the sampled generator (EMA, eval mode) is in the report");
+    assert_eq!(
+        compared, 1,
+        "the sampled generator (EMA, eval mode) is in the report"
+    );
 }
 
 /// The standard Inception metrics through the binary: evaluations during training
