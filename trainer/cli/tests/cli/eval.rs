@@ -230,6 +230,20 @@ fn conditional_checkpoints_report_class_agreement() {
     // One row per class: 10 rows of 8.
     let grid = image::open(out.join("samples/step_000003.png")).unwrap();
     assert_eq!((grid.width(), grid.height()), (8 * 18 + 2, 10 * 18 + 2));
+    // `trainer sample` of a conditional model: one column per class when the count fills
+    // whole rows (the classes cycle), else the near-square grid.
+    for (n, cols, rows) in [("20", 10, 2), ("15", 4, 4)] {
+        let png = tmp.path().join(format!("sample{n}.png"));
+        let args = ["sample", "--checkpoint", out.to_str().unwrap(), "--n", n];
+        let o = trainer(&[&args[..], &["--out", png.to_str().unwrap()]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let grid = image::open(&png).unwrap();
+        assert_eq!(
+            (grid.width(), grid.height()),
+            (cols * 18 + 2, rows * 18 + 2),
+            "{n} samples"
+        );
+    }
     let o = trainer(&["eval", "--checkpoint", out.to_str().unwrap(), "--n", "40"]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Every variant reports how often the classifier agrees with the asked class, as a
