@@ -137,6 +137,7 @@ pub fn avg_pool2x(x: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::max_abs_diff;
     use candle_core::{Device, Var};
 
     fn sample(dims: (usize, usize, usize, usize)) -> Tensor {
@@ -145,19 +146,6 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// The gradient of `sum(y * weights)` with respect to `x`.
@@ -179,17 +167,17 @@ mod tests {
         let weights = sample((2, 3, 8, 12)).affine(0.1, 0.3).unwrap();
         let ours = upsample_nearest2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().upsample_nearest2d(8, 12).unwrap();
-        assert_eq!(max_diff(&ours, &theirs), 0.0);
+        assert_eq!(max_abs_diff(&ours, &theirs), 0.0);
         let (a, b) = (gradient(&x, ours, &weights), gradient(&x, theirs, &weights));
-        assert!(max_diff(&a, &b) < 1e-5, "upsample gradient");
+        assert!(max_abs_diff(&a, &b) < 1e-5, "upsample gradient");
 
         let x = Var::from_tensor(&sample((2, 3, 8, 12))).unwrap();
         let weights = sample((2, 3, 4, 6)).affine(0.1, -0.2).unwrap();
         let ours = avg_pool2x(x.as_tensor()).unwrap();
         let theirs = x.as_tensor().avg_pool2d(2).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-6);
+        assert!(max_abs_diff(&ours, &theirs) < 1e-6);
         let (a, b) = (gradient(&x, ours, &weights), gradient(&x, theirs, &weights));
-        assert!(max_diff(&a, &b) < 1e-6, "pooling gradient");
+        assert!(max_abs_diff(&a, &b) < 1e-6, "pooling gradient");
         assert!(avg_pool2x(&sample((1, 1, 3, 4))).is_err());
     }
 }

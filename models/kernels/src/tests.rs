@@ -26,7 +26,9 @@ fn randn(shape: &[usize], seed: &str) -> Tensor {
     Tensor::from_vec(normal(n, seed_of(seed)), shape, &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// The largest absolute difference between two tensors of one shape (shared by the crate's
+/// tests).
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
         .abs()

@@ -3,7 +3,7 @@
 use super::*;
 use crate::candle_ops;
 use crate::init::normal_vec;
-use crate::test_util::max_diff;
+use crate::test_util::{max_abs, max_diff};
 use crate::Arch;
 
 fn config(num_classes: Option<usize>) -> ModelConfig {
@@ -219,15 +219,7 @@ fn fast_kernels_match_candle_for_whole_networks() {
         assert!(max_diff(&a.0, &b.0) < 1e-4, "generator output");
         assert!(max_diff(&a.1, &b.1) < 1e-4, "logits");
         for ((name, ga), (_, gb)) in a.2.iter().zip(&b.2) {
-            let scale = ga
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let scale = max_abs(ga);
             assert!(
                 max_diff(ga, gb) <= 1e-3 * scale.max(1e-3),
                 "gradient of {name}: {} vs scale {scale}",
