@@ -7,6 +7,10 @@ latents with BatchNorm in eval and in train mode, as PNG folders that `trainer e
 
 Writes DIR/samples_eval/*.png, DIR/samples_train/*.png, DIR/grid_eval.png (the first 64 eval-mode
 samples, 8 x 8 with 2-pixel gaps, as Gantry's grids) and DIR/run.json (steps, seconds, losses).
+At the end of each epoch it saves DIR/checkpoint.pt (networks, optimisers, the random state, the
+step); a run started again on the same DIR resumes from it and ends exactly as an uninterrupted
+run would (one thread: the same operations in the same order). It is removed when run.json is
+written.
 """
 import argparse
 import gzip
@@ -69,6 +73,12 @@ def samples(g, z, train_mode, batch=500):
     return ((out[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def save_checkpoint(path, state):
+    """`state` to `path` through a temporary file and a rename."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", "--mnist", dest="data", required=True, help="folder of MNIST-format IDX files")
@@ -90,8 +100,20 @@ def main():
     opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
     criterion = (nn.BCEWithLogitsLoss(), torch.ones(a.batch), torch.zeros(a.batch))
-    step, start, losses = 0, time.perf_counter(), (0.0, 0.0)
-    for _ in range(a.epochs):
+    step, epoch, earlier, losses = 0, 0, 0.0, (0.0, 0.0)
+    os.makedirs(a.out, exist_ok=True)
+    checkpoint = os.path.join(a.out, "checkpoint.pt")
+    if os.path.exists(checkpoint):
+        state = torch.load(checkpoint, weights_only=False)
+        if (state["seed"], state["batch"]) != (a.seed, a.batch):
+            raise SystemExit(f"{checkpoint} is of seed {state['seed']}, batch {state['batch']}: not this run's")
+        for module, key in ((g, "g"), (d, "d"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        torch.set_rng_state(state["rng"])
+        step, epoch, earlier, losses = state["step"], state["epoch"], state["seconds"], state["losses"]
+        print(f"resumed from {checkpoint} at step {step} (epoch {epoch})", flush=True)
+    start = time.perf_counter()
+    while epoch < a.epochs and step < a.max_steps:
         order = torch.randperm(len(images))
         for i in range(0, len(images) - a.batch + 1, a.batch):  # whole batches, as drop_last
             losses = train_step(g, d, opt_g, opt_d, images[order[i:i + a.batch]], criterion)
@@ -100,9 +122,14 @@ def main():
                 print(f"step {step} loss_d {losses[0]:.3f} loss_g {losses[1]:.3f}", flush=True)
             if step >= a.max_steps:
                 break
-        if step >= a.max_steps:
-            break
-    seconds = time.perf_counter() - start
+        else:
+            epoch += 1
+            save_checkpoint(checkpoint, {
+                "g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "rng": torch.get_rng_state(), "step": step, "epoch": epoch,
+                "seconds": earlier + time.perf_counter() - start, "losses": losses, "seed": a.seed,
+                "batch": a.batch})
+    seconds = earlier + time.perf_counter() - start
     z = torch.randn(a.n_samples, NZ, 1, 1, generator=torch.Generator().manual_seed(a.seed + 1))
     for mode in ("eval", "train"):
         folder = os.path.join(a.out, f"samples_{mode}")
@@ -117,6 +144,8 @@ def main():
     tmp = os.path.join(a.out, "run.json.tmp")
     json.dump(summary, open(tmp, "w"), indent=1)
     os.replace(tmp, os.path.join(a.out, "run.json"))
+    if os.path.exists(checkpoint):
+        os.remove(checkpoint)
     print(f"wrote {a.n_samples} samples x 2 modes to {a.out}/samples_{{eval,train}}: {summary}")
 
 

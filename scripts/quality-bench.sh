@@ -24,7 +24,8 @@
 # CATSDOGS_STEPS extends finished runs and keeps the earlier scores).
 # JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
 # that is more throughput than one run using every core. Rerunning skips finished runs and
-# resumes interrupted Gantry runs from their checkpoints. Tables: scripts/quality_table.py OUT.
+# resumes interrupted runs from their checkpoints (Gantry's; PyTorch's at its last epoch's end).
+# Tables: scripts/quality_table.py OUT.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality}")"
