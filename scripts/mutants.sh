@@ -79,9 +79,10 @@ skips_of() {
     done
 }
 
-# flags_of PART: the cargo-mutants arguments of one part (sharded parts: --shard k/n, 0-based).
+# flags_of PART [own]: the cargo-mutants arguments of one part (sharded parts: --shard k/n,
+# 0-based); with `own`, the package's own tests only (the first of two passes, below).
 flags_of() {
-    local want=$1 line name pkg shards tests extra k t
+    local want=$1 mode=${2:-} line name pkg shards tests extra k t
     for line in "${parts[@]}"; do
         IFS='|' read -r name pkg shards tests extra _ <<<"$line"
         for ((k = 1; k <= shards; k++)); do
@@ -89,7 +90,7 @@ flags_of() {
             [ "$shards" = 1 ] || part="$name-${k}of$shards"
             [ "$part" = "$want" ] || continue
             echo -n "-p $pkg --test-package $pkg"
-            for t in $tests; do echo -n " --test-package $t"; done
+            [ "$mode" = own ] || for t in $tests; do echo -n " --test-package $t"; done
             [ "$shards" = 1 ] || echo -n " --shard $((k - 1))/$shards"
             echo " $extra"
             return 0
@@ -149,30 +150,27 @@ run_mutants() {
     esac
 }
 
-# --recheck: each part's survivors (missed.txt), tested again on this commit after tests were
-# added: cargo-mutants on the files that hold them, filtered to their exact names (a survivor
-# whose line moved since is not found and stays counted as missed). The results go to
-# mutants.out/<part>/recheck (the part's own run stays); scripts/mutants_table.py counts a
-# survivor by its recheck when there is one.
-if [ "${1:-}" = "--recheck" ]; then
-    shift
-    [ $# -gt 0 ] || { echo "mutants.sh --recheck: name the parts" >&2; exit 2; }
-    for part in "$@"; do
-        first="$root/mutants.out/$part"
-        [ -f "$first/done" ] || { echo "mutants.sh: part $part has not run yet" >&2; exit 1; }
-        missed="$first/mutants.out/missed.txt"
-        out="$first/recheck"
-        rm -rf "$out"
-        mkdir -p "$out"
-        if [ ! -s "$missed" ]; then
-            echo "== $part (recheck): no survivors"
-            echo "$commit $(date -u +%FT%TZ)" >"$out/done"
-            continue
-        fi
-        # The package and its test packages, without the shard; then one -f per file and one
-        # anchored regex of every survivor's name.
-        flags=$(flags_of "$part" | sed -E 's/--shard [0-9]+\/[0-9]+//')
-        mapfile -t select < <(python3 - "$missed" <<'PY'
+# recheck_part PART: the part's survivors (missed.txt of its first run), tested again on this
+# commit with every test package of the part: cargo-mutants on the files that hold them,
+# filtered to their exact names (a survivor whose line moved since is not found and stays
+# counted as missed). The results go to mutants.out/<part>/recheck (the first run stays);
+# scripts/mutants_table.py counts a survivor by its recheck when there is one.
+recheck_part() {
+    local part=$1 first="$root/mutants.out/$1" missed out flags
+    [ -f "$first/done" ] || { echo "mutants.sh: part $part has not run yet" >&2; exit 1; }
+    missed="$first/mutants.out/missed.txt"
+    out="$first/recheck"
+    rm -rf "$out"
+    mkdir -p "$out"
+    if [ ! -s "$missed" ]; then
+        echo "== $part (recheck): no survivors"
+        echo "$commit $(date -u +%FT%TZ)" >"$out/done"
+        return
+    fi
+    # The package and its test packages, without the shard; then one -f per file and one
+    # anchored regex of every survivor's name.
+    flags=$(flags_of "$part" | sed -E 's/--shard [0-9]+\/[0-9]+//')
+    mapfile -t select < <(python3 - "$missed" <<'PY'
 import re, sys
 names = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
 for f in sorted({n.split(":", 1)[0] for n in names}):
@@ -181,26 +179,52 @@ escape = lambda n: re.sub(r"([\\.+*?()|\[\]{}^$#&~-])", r"\\\1", n)
 print("-F"); print("^(" + "|".join(escape(n) for n in names) + ")$")
 PY
 )
-        echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags"
-        # shellcheck disable=SC2086
-        run_mutants "$out" "recheck of $part" $flags "${select[@]}" $(skips_of "$part")
-    done
+    echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags"
+    # shellcheck disable=SC2086
+    run_mutants "$out" "recheck of $part" $flags "${select[@]}" $(skips_of "$part")
+}
+
+# --recheck: the named parts' survivors again, after tests were added.
+if [ "${1:-}" = "--recheck" ]; then
+    shift
+    [ $# -gt 0 ] || { echo "mutants.sh --recheck: name the parts" >&2; exit 2; }
+    for part in "$@"; do recheck_part "$part"; done
     python3 scripts/mutants_table.py mutants.out
     exit 0
 fi
 
+# A part runs in two passes. The first tests every mutant with the package's own tests only:
+# each mutant rebuilds one library and its unit-test binary, and most mutants fail there. The
+# second (recheck_part) tests the first pass's survivors with the part's test packages as well
+# (the workspace tests, the CLIs' tests: each mutant relinks those binaries and runs tests that
+# take minutes). A mutant is caught if either pass catches it: the outcome of one run with every
+# test package, at a fraction of its time. Parts with no other test package run once.
 if [ $# -gt 0 ]; then todo=("$@"); else mapfile -t todo < <(part_names); fi
 for part in "${todo[@]}"; do
     flags=$(flags_of "$part")
-    if [ $# -eq 0 ] && [ -f "mutants.out/$part/done" ]; then
-        echo "== $part: done ($(cat "mutants.out/$part/done"))"
+    own=$(flags_of "$part" own)
+    out="$root/mutants.out/$part"
+    # Two passes when the part has other test packages, unless its flags enable features of one
+    # of them (distributed: gantry-trainer-cli/mpi), which its own package cannot build with.
+    wide=no
+    [ "$own" = "$flags" ] || [[ "$flags" == *--features* ]] || wide=yes
+    if [ $# -eq 0 ] && [ -f "$out/done" ] && { [ $wide = no ] || [ -f "$out/recheck/done" ]; }; then
+        echo "== $part: done ($(cat "$out/done"))"
         continue
     fi
-    echo "== $part: cargo mutants $flags $(skips_of "$part")"
-    out="$root/mutants.out/$part"
-    rm -rf "$out"
-    mkdir -p "$out"
-    # shellcheck disable=SC2086
-    run_mutants "$out" "part $part" $flags $(skips_of "$part")
+    if [ $# -gt 0 ] || [ ! -f "$out/done" ]; then
+        rm -rf "$out"
+        mkdir -p "$out"
+        if [ $wide = yes ]; then
+            echo "== $part (first pass, the package's own tests): cargo mutants $own"
+            # shellcheck disable=SC2086
+            run_mutants "$out" "part $part" $own
+        else
+            echo "== $part: cargo mutants $flags $(skips_of "$part")"
+            # shellcheck disable=SC2086
+            run_mutants "$out" "part $part" $flags $(skips_of "$part")
+        fi
+    fi
+    [ $wide = no ] || recheck_part "$part"
 done
 python3 scripts/mutants_table.py mutants.out

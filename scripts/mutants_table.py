@@ -66,6 +66,8 @@ def main():
         rechecked = os.path.exists(os.path.join(recheck, "done"))
         if not os.path.exists(done):
             parts_open.append(part)
+        elif os.path.isdir(recheck) and not rechecked:
+            parts_open.append(f"{part} (its survivors' second pass)")
         else:
             with open(done) as f:
                 note = f.read().split()[0]
