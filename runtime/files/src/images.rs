@@ -102,6 +102,16 @@ mod tests {
             "the second image starts after the pad"
         );
         assert_eq!(g.to_luma8().get_pixel(5, 2).0, [7]);
+        assert_eq!(g.color().channel_count(), 1, "grey images make a grey grid");
+        let second_row: Vec<u8> = [(1, 4), (2, 4), (1, 5), (2, 5), (4, 4)]
+            .iter()
+            .map(|&(x, y)| g.to_luma8().get_pixel(x, y).0[0])
+            .collect();
+        assert_eq!(
+            second_row,
+            [0, 128, 255, 7, 0],
+            "the third image opens the second row, one pad below the first; nothing beside it"
+        );
         assert_eq!(
             grid(&vec![img.clone(); 5], 0).width(),
             6,
