@@ -135,12 +135,13 @@ commit=$(git rev-parse --short HEAD)
 # run_mutants OUT WHAT ARGS...: cargo-mutants in the worktree with ARGS, results in OUT; OUT/done
 # records the commit when it ran. cargo-mutants exits 0 (every mutant caught), 2 (some missed)
 # or 3 (some timed out); anything else (1 bad arguments, 4 the unmutated tree fails its tests)
-# means it did not run, and stops the script.
+# means it did not run, and stops the script. Without a `--timeout` in ARGS the test timeout is
+# 3x the baseline's test time, at least a minute.
 run_mutants() {
-    local out=$1 what=$2 status=0
+    local out=$1 what=$2 status=0 timing=(--timeout-multiplier 3 --minimum-test-timeout 60)
     shift 2
-    (cd "$tree" && cargo mutants --in-place --no-shuffle --timeout-multiplier 3 \
-        --minimum-test-timeout 60 -o "$out" "$@") || status=$?
+    [[ " $* " == *" --timeout "* ]] && timing=()
+    (cd "$tree" && cargo mutants --in-place --no-shuffle "${timing[@]}" -o "$out" "$@") || status=$?
     case $status in
         0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
         *)
@@ -148,6 +149,41 @@ run_mutants() {
             exit "$status"
             ;;
     esac
+}
+
+# wide_baseline PART OUT: the cargo-mutants arguments for a run with the part's other test
+# packages. cargo-mutants (27.1) runs its baseline with the mutated package's tests only, not
+# the --test-package ones, and derives the test timeout from that: seconds, where the trainer
+# CLI's or the workspace's tests take minutes, so every mutant would "time out" (and count as
+# caught). Here the unmutated tree's tests of every package of the part run first (a failure
+# stops the script, as a failing baseline would), timed after their build; the mutants then get
+# 3x that time (at least 5 minutes: the machine is shared with benchmarks) and the built-in
+# baseline is skipped.
+wide_baseline() {
+    local part=$1 out=$2 line name pkg tests extra skips args=() t start secs
+    for line in "${parts[@]}"; do
+        IFS='|' read -r name pkg _ tests extra skips <<<"$line"
+        [ "$part" = "$name" ] || [[ "$part" == "$name"-*of* ]] || continue
+        args=(-p "$pkg")
+        for t in $tests; do args+=(-p "$t"); done
+        [[ "$extra" =~ --features\ ([^ ]+) ]] && args+=(--features "${BASH_REMATCH[1]}")
+        break
+    done
+    local skip_args=()
+    for t in $skips; do skip_args+=(--skip "$t"); done
+    mkdir -p "$out"
+    (cd "$tree" && cargo test --no-run "${args[@]}") >"$out/baseline.log" 2>&1 || {
+        echo "mutants.sh: the unmutated tree's tests of $part do not build: see $out/baseline.log" >&2
+        exit 4
+    }
+    start=$(date +%s)
+    (cd "$tree" && cargo test "${args[@]}" -- "${skip_args[@]}") >>"$out/baseline.log" 2>&1 || {
+        echo "mutants.sh: the unmutated tree fails the tests of $part: see $out/baseline.log" >&2
+        exit 4
+    }
+    secs=$(($(date +%s) - start))
+    echo "$secs" >"$out/baseline-seconds"
+    echo "--baseline=skip --timeout $((secs * 3 > 300 ? secs * 3 : 300))"
 }
 
 # recheck_part PART: the part's survivors (missed.txt of its first run), tested again on this
@@ -179,9 +215,11 @@ escape = lambda n: re.sub(r"([\\.+*?()|\[\]{}^$#&~-])", r"\\\1", n)
 print("-F"); print("^(" + "|".join(escape(n) for n in names) + ")$")
 PY
 )
-    echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags"
+    local timing
+    timing=$(wide_baseline "$part" "$out")
+    echo "== $part (recheck of $(wc -l <"$missed") survivors): cargo mutants $flags $timing"
     # shellcheck disable=SC2086
-    run_mutants "$out" "recheck of $part" $flags "${select[@]}" $(skips_of "$part")
+    run_mutants "$out" "recheck of $part" $flags $timing "${select[@]}" $(skips_of "$part")
 }
 
 # --recheck: the named parts' survivors again, after tests were added.
@@ -220,9 +258,11 @@ for part in "${todo[@]}"; do
             # shellcheck disable=SC2086
             run_mutants "$out" "part $part" $own
         else
-            echo "== $part: cargo mutants $flags $(skips_of "$part")"
+            timing=""
+            if [ "$own" != "$flags" ]; then timing=$(wide_baseline "$part" "$out"); fi
+            echo "== $part: cargo mutants $flags $timing $(skips_of "$part")"
             # shellcheck disable=SC2086
-            run_mutants "$out" "part $part" $flags $(skips_of "$part")
+            run_mutants "$out" "part $part" $flags $timing $(skips_of "$part")
         fi
     fi
     [ $wide = no ] || recheck_part "$part"
