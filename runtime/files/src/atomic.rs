@@ -344,6 +344,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_name_lives_in_the_current_directory() {
+        // Set-aside copies of `run` (a path relative to the working directory, as the CLIs
+        // take them) are looked for in ".": an empty parent would make every lookup fail.
+        assert_eq!(parent_of(Path::new("run")), Path::new("."));
+        assert_eq!(parent_of(Path::new("runs/a")), Path::new("runs"));
+        assert_eq!(parent_of(Path::new("/a")), Path::new("/"));
+    }
+
+    #[test]
     fn recovers_a_set_aside_directory() {
         let root = tempfile::tempdir().unwrap();
         let aside = root.path().join(".ckpt.old-1-2");
