@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Markdown tables from what scripts/quality-bench.sh leaves in OUT: per suite and
-configuration, FID of each seed, mean and standard deviation, the same for the patch SWD where
-the evaluation reported it, class coverage and training speed,
-and the ratio of each Gantry configuration's mean FID to the PyTorch reference's.
+configuration, the classifier FID of each seed, mean and standard deviation; beside it the
+standard Inception FID (per seed, mean, sd), KID and precision/recall where the run was scored
+with them; the patch SWD where the evaluation reported it, class coverage and training speed;
+and the ratio of each Gantry configuration's mean FIDs to the PyTorch reference's.
 
 usage: quality_table.py OUT_DIR"""
 import glob
@@ -53,30 +54,25 @@ def inception_scores(run_dir):
     return found
 
 
-def inception_table(configs_dirs):
-    """The Inception columns: per configuration and generator, FID per seed, mean and sd, mean
-    KID (x1000), mean precision and recall."""
-    rows = []
-    means = {}
-    for config, dirs in sorted(configs_dirs.items()):
-        per_label = {}
-        for seed, d in sorted(dirs):
-            for label, v in inception_scores(d).items():
-                per_label.setdefault(label, []).append(v)
-        for label, vs in sorted(per_label.items()):
-            fids = [v[0] for v in vs]
-            means[(config, label)] = statistics.mean(fids)
-            sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
-            mean_of = lambda i, k=1: statistics.mean([v[i] * k for v in vs]) if all(v[i] is not None for v in vs) else float("nan")
-            rows.append(f"| {config} | {label} | {len(vs)} | " + ", ".join(f"{f:.1f}" for f in fids)
-                        + f" | **{statistics.mean(fids):.1f}** | {sd:.1f} | {mean_of(1, 1000):.2f} | "
-                        f"{mean_of(2):.3f} | {mean_of(3):.3f} |")
-    if rows:
-        print("\nStandard Inception metrics (`trainer eval --metric inception`, nv-bilinear, against the test split; cats and dogs: all 2000 images):\n")
-        print("| configuration | generator | seeds | Inception FID per seed | mean | sd | KID x1000 (mean) | precision | recall |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
-    print_ratios(means, "mean Inception FID")
+def inception_cells(runs_dirs, label):
+    """The Inception cells of one row (configuration, generator): FID per seed, mean (bold) with
+    its sd, mean KID x1000, mean precision / recall; blank where no seed was scored. Also the mean
+    FID (None if none)."""
+    vs = [found[label] for _, d in sorted(runs_dirs) if label in (found := inception_scores(d))]
+    if not vs:
+        return " | | | ", None
+    fids = [v[0] for v in vs]
+    mean = statistics.mean(fids)
+    sd = f" ({statistics.stdev(fids):.1f})" if len(fids) > 1 else ""
+
+    def mean_of(i, fmt, scale=1):
+        values = [v[i] * scale for v in vs if v[i] is not None]
+        return fmt.format(statistics.mean(values)) if len(values) == len(vs) else "-"
+
+    partial = f" ({len(vs)} of {len(runs_dirs)} seeds scored)" if len(vs) < len(runs_dirs) else ""
+    cells = (", ".join(f"{f:.1f}" for f in fids) + partial + f" | **{mean:.1f}**{sd} | "
+             + mean_of(1, "{:.2f}", 1000) + " | " + mean_of(2, "{:.2f}") + " / " + mean_of(3, "{:.2f}"))
+    return cells, mean
 
 
 def print_ratios(means, what):
@@ -98,12 +94,12 @@ def fid_format(mean):
     return "{:.3f}" if mean < 1 else "{:.1f}"
 
 
-def swd_cells(values):
-    """The SWD cells of a row: per seed, mean (bold) and sd; blank where a seed has none."""
+def swd_cell(values):
+    """The SWD cell of a row: mean with its sd; blank where a seed has none."""
     if not values or None in values:
-        return " | | "
-    sd = f"{statistics.stdev(values):.1f}" if len(values) > 1 else "nan"
-    return ", ".join(f"{v:.1f}" for v in values) + f" | **{statistics.mean(values):.1f}** | {sd}"
+        return ""
+    sd = f" ({statistics.stdev(values):.1f})" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.1f}{sd}"
 
 
 def speed(run_dir):
@@ -138,9 +134,11 @@ def main(out):
         if not configs:
             continue
         print(f"\n### {suite}\n")
-        print("| configuration | generator | seeds | FID per seed | mean FID | sd | SWD per seed | mean SWD | sd | classes >= 5% (min over seeds) | smallest class share | img/s (median) |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        means = {}
+        print("| configuration | generator | seeds | FID per seed | mean FID (sd) | Inception FID per seed "
+              "| mean Inception FID (sd) | KID x1000 | precision / recall | mean SWD (sd) "
+              "| classes >= 5% (min over seeds) | smallest class share | img/s (median) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        means, inception_means = {}, {}
         for config, runs in sorted(configs.items()):
             # Gantry's generators in eval mode (what the exporter writes); PyTorch's in both modes
             labels = sorted({label for _, s, _ in runs for label in s if not label.endswith("/train")})
@@ -149,17 +147,25 @@ def main(out):
                 per_seed = [(seed, s[label]) for seed, s, _ in sorted(runs) if label in s]
                 fids = [v[0] for _, v in per_seed]
                 mean = statistics.mean(fids)
-                sd = statistics.stdev(fids) if len(fids) > 1 else float("nan")
                 means[(config, label)] = mean
                 rate = f"{statistics.median(rates):.0f}" if rates else ""
                 fmt = fid_format(mean)
+                sd = f" ({fmt.format(statistics.stdev(fids))})" if len(fids) > 1 else ""
+                # Inception scores are per run, not per step: only rows of a run's final step.
+                inception, inception_mean = (" | | | ", None) if " @ " in config else \
+                    inception_cells(config_dirs.get(config, []), label)
+                if inception_mean is not None:
+                    inception_means[(config, label)] = inception_mean
                 print(f"| {config} | {label} | {len(fids)} | "
                       + ", ".join(fmt.format(f) for f in fids)
-                      + f" | **{fmt.format(mean)}** | {fmt.format(sd)} | {swd_cells([v[3] for _, v in per_seed])} | "
+                      + f" | **{fmt.format(mean)}**{sd} | {inception} | {swd_cell([v[3] for _, v in per_seed])} | "
                       f"{min(v[1] for _, v in per_seed)} | "
                       f"{min(v[2] for _, v in per_seed) * 100:.1f}% | {rate} |")
         print_ratios(means, "mean FID")
-        inception_table(config_dirs)
+        print_ratios(inception_means, "mean Inception FID")
+        if inception_means:
+            print("\nInception metrics: `trainer eval --metric inception`, nv-bilinear, 2000 samples against "
+                  "the test split (cats and dogs: all 2000 images).")
 
 
 if __name__ == "__main__":
