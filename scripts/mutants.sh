@@ -236,35 +236,50 @@ fi
 # second (recheck_part) tests the first pass's survivors with the part's test packages as well
 # (the workspace tests, the CLIs' tests: each mutant relinks those binaries and runs tests that
 # take minutes). A mutant is caught if either pass catches it: the outcome of one run with every
-# test package, at a fraction of its time. Parts with no other test package run once.
+# test package, at a fraction of its time. Parts with no other test package run once. Every
+# part's first pass runs before any second pass, so that the first passes' survivors can be
+# read (and unit tests written for them) while the slower second passes are still to come: a
+# second pass runs on the commit checked out when it starts.
 if [ $# -gt 0 ]; then todo=("$@"); else mapfile -t todo < <(part_names); fi
+
+# two_passes PART: whether the part has other test packages (and its flags do not enable
+# features of one of them, as distributed's gantry-trainer-cli/mpi, which its own package cannot
+# be built with).
+two_passes() {
+    local flags own
+    flags=$(flags_of "$1")
+    own=$(flags_of "$1" own)
+    [ "$own" != "$flags" ] && [[ "$flags" != *--features* ]]
+}
+
 for part in "${todo[@]}"; do
     flags=$(flags_of "$part")
     own=$(flags_of "$part" own)
     out="$root/mutants.out/$part"
-    # Two passes when the part has other test packages, unless its flags enable features of one
-    # of them (distributed: gantry-trainer-cli/mpi), which its own package cannot build with.
-    wide=no
-    [ "$own" = "$flags" ] || [[ "$flags" == *--features* ]] || wide=yes
-    if [ $# -eq 0 ] && [ -f "$out/done" ] && { [ $wide = no ] || [ -f "$out/recheck/done" ]; }; then
-        echo "== $part: done ($(cat "$out/done"))"
+    if [ $# -eq 0 ] && [ -f "$out/done" ]; then
+        echo "== $part: first pass done ($(cat "$out/done"))"
         continue
     fi
-    if [ $# -gt 0 ] || [ ! -f "$out/done" ]; then
-        rm -rf "$out"
-        mkdir -p "$out"
-        if [ $wide = yes ]; then
-            echo "== $part (first pass, the package's own tests): cargo mutants $own"
-            # shellcheck disable=SC2086
-            run_mutants "$out" "part $part" $own
-        else
-            timing=""
-            if [ "$own" != "$flags" ]; then timing=$(wide_baseline "$part" "$out"); fi
-            echo "== $part: cargo mutants $flags $timing $(skips_of "$part")"
-            # shellcheck disable=SC2086
-            run_mutants "$out" "part $part" $flags $timing $(skips_of "$part")
-        fi
+    rm -rf "$out"
+    mkdir -p "$out"
+    if two_passes "$part"; then
+        echo "== $part (first pass, the package's own tests): cargo mutants $own"
+        # shellcheck disable=SC2086
+        run_mutants "$out" "part $part" $own
+    else
+        timing=""
+        if [ "$own" != "$flags" ]; then timing=$(wide_baseline "$part" "$out"); fi
+        echo "== $part: cargo mutants $flags $timing $(skips_of "$part")"
+        # shellcheck disable=SC2086
+        run_mutants "$out" "part $part" $flags $timing $(skips_of "$part")
     fi
-    [ $wide = no ] || recheck_part "$part"
+done
+for part in "${todo[@]}"; do
+    two_passes "$part" || continue
+    if [ $# -eq 0 ] && [ -f "$root/mutants.out/$part/recheck/done" ]; then
+        echo "== $part: second pass done ($(cat "$root/mutants.out/$part/recheck/done"))"
+        continue
+    fi
+    recheck_part "$part"
 done
 python3 scripts/mutants_table.py mutants.out
