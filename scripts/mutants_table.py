@@ -16,6 +16,7 @@ import collections
 import math
 import json
 import os
+import re
 import sys
 
 GOAL = 0.90
@@ -23,7 +24,9 @@ EQUIVALENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mutants-e
 
 
 def equivalents(path=EQUIVALENT):
-    """{mutant name: reason} from the list (`NAME -- REASON` lines; `#` comments)."""
+    """{mutant name or `re:PATTERN`: reason} from the list (`NAME -- REASON` lines, or
+    `re:PATTERN -- REASON` for a family of mutants whose names match the regular expression
+    PATTERN in full; `#` comments)."""
     found = {}
     if os.path.exists(path):
         for line in open(path):
@@ -32,6 +35,17 @@ def equivalents(path=EQUIVALENT):
                 name, _, reason = line.partition(" -- ")
                 found[name.strip()] = reason.strip()
     return found
+
+
+def listed_as(name, known):
+    """The entry of `known` (equivalents()) that lists mutant `name`: its exact name, or the
+    first pattern it matches in full; None if none does."""
+    if name in known:
+        return name
+    for entry in known:
+        if entry.startswith("re:") and re.fullmatch(entry[3:], name):
+            return entry
+    return None
 
 
 def percent(share):
@@ -84,9 +98,10 @@ def main():
         for name, file, summary in mutants_of(outcomes):
             if summary == "MissedMutant":
                 summary = second.get(name, summary)
-            if summary == "MissedMutant" and name in known:
+            entry = listed_as(name, known) if summary == "MissedMutant" else None
+            if entry is not None:
                 summary = "Equivalent"
-                listed_found.add(name)
+                listed_found.add(entry)
             per_file[file][summary] += 1
             if summary == "MissedMutant":
                 missed[file].append(name)
