@@ -1,7 +1,9 @@
 """The per-module table of a mutation run: every part under mutants.out/ (scripts/mutants.sh).
 
 For each source file: viable mutants (built), caught (a test failed or timed out), equivalent,
-missed, and the share caught of the viable mutants that are not equivalent (the mutation score);
+missed, awaiting the second pass (survivors of a two-pass part's first pass, not yet tested with
+the part's other test packages), and the share caught of the viable mutants that are neither
+equivalent nor awaiting (the mutation score);
 modules under the goal (90%) are marked, and the survivors listed under the table for explaining
 or killing. Equivalent mutants (no test can tell them from the code) are listed by name, each
 with its reason, in scripts/mutants-equivalent.txt; a listed name no run reports as a survivor
@@ -78,10 +80,13 @@ def main():
         done = os.path.join(base, "done")
         recheck = os.path.join(base, "recheck")
         rechecked = os.path.exists(os.path.join(recheck, "done"))
+        # A two-pass part (scripts/mutants.sh) whose second pass has not run: its first pass's
+        # survivors are not missed yet, only untested with the other packages.
+        pending = os.path.exists(os.path.join(base, "two-passes")) and not rechecked
         if not os.path.exists(done):
             parts_open.append(part)
-        elif os.path.isdir(recheck) and not rechecked:
-            parts_open.append(f"{part} (its survivors' second pass)")
+        elif pending:
+            parts_open.append(f"{part} (first pass done; its survivors await the second)")
         else:
             with open(done) as f:
                 note = f.read().split()[0]
@@ -102,33 +107,41 @@ def main():
             if entry is not None:
                 summary = "Equivalent"
                 listed_found.add(entry)
+            elif summary == "MissedMutant" and pending:
+                summary = "Pending"
             per_file[file][summary] += 1
             if summary == "MissedMutant":
                 missed[file].append(name)
     if not per_file:
         print(f"no outcomes under {root}/")
         return
-    print("| module | viable | caught | timeout | equivalent | missed | caught % of the rest |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| module | viable | caught | timeout | equivalent | missed | awaiting 2nd pass | caught % of the rest |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     totals = collections.Counter()
     below = []
 
     def counts(c):
-        caught, timeout, same, miss = (c["CaughtMutant"], c["Timeout"], c["Equivalent"],
-                                       c["MissedMutant"])
+        """Viable counts of one module and its score: the share caught of the mutants that are
+        neither equivalent nor awaiting their second pass (None when there are none)."""
+        caught, timeout, same, miss, wait = (c["CaughtMutant"], c["Timeout"], c["Equivalent"],
+                                             c["MissedMutant"], c["Pending"])
         scored = caught + timeout + miss
-        return caught, timeout, same, miss, scored + same, (caught + timeout) / scored if scored else 1.0
+        share = (caught + timeout) / scored if scored else (None if wait else 1.0)
+        return caught, timeout, same, miss, wait, scored + same + wait, share
+
+    def shown(share):
+        return "-" if share is None else percent(share)
 
     for path in sorted(per_file):
-        caught, timeout, same, miss, viable, share = counts(per_file[path])
+        caught, timeout, same, miss, wait, viable, share = counts(per_file[path])
         totals.update(per_file[path])
-        mark = "" if share >= GOAL else " **below 90%**"
-        if share < GOAL:
+        mark = "" if share is None or share >= GOAL else " **below 90%**"
+        if mark:
             below.append(path)
-        print(f"| `{path}` | {viable} | {caught} | {timeout} | {same} | {miss} | {percent(share)}{mark} |")
-    caught, timeout, same, miss, viable, share = counts(totals)
-    print(f"| **all** | **{viable}** | **{caught}** | **{timeout}** | **{same}** | **{miss}** | "
-          f"**{percent(share)}** |")
+        print(f"| `{path}` | {viable} | {caught} | {timeout} | {same} | {miss} | {wait} | {shown(share)}{mark} |")
+    caught, timeout, same, miss, wait, viable, share = counts(totals)
+    print(f"| **all** | **{viable}** | **{caught}** | **{timeout}** | **{same}** | **{miss}** | **{wait}** | "
+          f"**{shown(share)}** |")
     print()
     print(f"parts finished: {', '.join(parts_done) or 'none'}")
     if parts_open:
