@@ -217,3 +217,155 @@ impl CustomOp2 for ActGrad {
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::normal;
+
+    /// Channels and values per channel of the test data: 37 is two full lanes of 16 and a tail.
+    const C: usize = 3;
+    const M: usize = 37;
+    const EPS: f64 = 1e-5;
+    const ACTS: [Act; 3] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.2)];
+
+    /// The activation by its definition, in f64.
+    fn act_f64(act: Act, z: f64) -> f64 {
+        match act {
+            Act::Identity => z,
+            Act::Relu => z.max(0.0),
+            Act::LeakyRelu(s) => {
+                if z > 0.0 {
+                    z
+                } else {
+                    s as f64 * z
+                }
+            }
+        }
+    }
+
+    /// Training-mode BatchNorm and the activation in f64, straight from the definition:
+    /// per channel, `act(gamma * (x - mean) / sqrt(var + eps) + beta)` with the biased variance.
+    /// Also the pre-activations `z`.
+    fn reference(x: &[f64], gamma: &[f64], beta: &[f64], act: Act) -> (Vec<f64>, Vec<f64>) {
+        let (mut y, mut zs) = (Vec::new(), Vec::new());
+        for ch in 0..C {
+            let xs = &x[ch * M..(ch + 1) * M];
+            let mean = xs.iter().sum::<f64>() / M as f64;
+            let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / M as f64;
+            for v in xs {
+                let z = gamma[ch] * (v - mean) / (var + EPS).sqrt() + beta[ch];
+                zs.push(z);
+                y.push(act_f64(act, z));
+            }
+        }
+        (y, zs)
+    }
+
+    fn data() -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        // Channels with different means and spreads, so that the statistics matter.
+        let x: Vec<f32> = normal(C * M, 11)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + (i / M) as f32) + (i / M) as f32 - 1.0)
+            .collect();
+        let gamma = vec![0.7, 1.3, -0.9];
+        let beta = vec![0.1, -0.4, 0.25];
+        (x, gamma, beta, normal(C * M, 12))
+    }
+
+    fn widen(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&v| v as f64).collect()
+    }
+
+    #[test]
+    fn the_fused_forward_pass_is_batchnorm_then_the_activation() {
+        let (x, gamma, beta, _) = data();
+        for act in ACTS {
+            let (y, stats) = bn_act_forward(&x, C, &gamma, &beta, EPS, act);
+            let (want, _) = reference(&widen(&x), &widen(&gamma), &widen(&beta), act);
+            let worst = y
+                .iter()
+                .zip(&want)
+                .map(|(&a, b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            // f32 arithmetic on values of order 1: a few ulps (1e-7) per operation.
+            assert!(worst < 1e-5, "{act:?}: off by {worst}");
+            for ch in 0..C {
+                let xs = widen(&x[ch * M..(ch + 1) * M]);
+                let mean = xs.iter().sum::<f64>() / M as f64;
+                let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / M as f64;
+                assert!((stats.mean[ch] as f64 - mean).abs() < 1e-6);
+                assert!((stats.var[ch] as f64 - var).abs() < 1e-5 * var.max(1.0));
+                assert!((stats.inv_std[ch] as f64 - 1.0 / (var + EPS).sqrt()).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn the_backward_pass_matches_finite_differences_of_the_definition() {
+        let (x, gamma, beta, dy) = data();
+        let (xd, gd, bd, dyd) = (widen(&x), widen(&gamma), widen(&beta), widen(&dy));
+        for act in ACTS {
+            // The loss sum(dy * y) in f64; its central differences are the gradients.
+            let loss = |x: &[f64], g: &[f64], b: &[f64]| -> f64 {
+                let (y, _) = reference(x, g, b, act);
+                y.iter().zip(&dyd).map(|(y, d)| y * d).sum()
+            };
+            let (_, z) = reference(&xd, &gd, &bd, act);
+            let margin = z.iter().map(|z| z.abs()).fold(f64::MAX, f64::min);
+            assert!(
+                margin > 1e-4,
+                "a pre-activation at the kink ({margin}): pick other data"
+            );
+            let h = 1e-6;
+            let diff = |v: &[f64], k: usize, f: &dyn Fn(&[f64]) -> f64| {
+                let (mut up, mut down) = (v.to_vec(), v.to_vec());
+                up[k] += h;
+                down[k] -= h;
+                (f(&up) - f(&down)) / (2.0 * h)
+            };
+            let mut want: Vec<f64> = (0..C * M)
+                .map(|k| diff(&xd, k, &|x| loss(x, &gd, &bd)))
+                .collect();
+            want.extend((0..C).map(|k| diff(&gd, k, &|g| loss(&xd, g, &bd))));
+            want.extend((0..C).map(|k| diff(&bd, k, &|b| loss(&xd, &gd, b))));
+
+            let (y, stats) = bn_act_forward(&x, C, &gamma, &beta, EPS, act);
+            let got = bn_act_backward(&x, &y, &dy, &gamma, &stats, act);
+            assert_eq!(got.len(), C * M + 2 * C, "[dx, dgamma, dbeta]");
+            let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(&a, b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            // f32 sums over 37 values against f64 differences (whose own error is ~1e-9).
+            assert!(worst < 1e-4 * scale, "{act:?}: off by {worst} of {scale}");
+        }
+    }
+
+    #[test]
+    fn the_activation_gradient_reads_the_slope_off_the_output() {
+        let (x, gamma, beta, dy) = data();
+        for act in ACTS {
+            let (y, _) = bn_act_forward(&x, C, &gamma, &beta, EPS, act);
+            let dev = candle_core::Device::Cpu;
+            let dy_t = candle_core::Tensor::from_vec(dy.clone(), C * M, &dev).unwrap();
+            let y_t = candle_core::Tensor::from_vec(y.clone(), C * M, &dev).unwrap();
+            let got = dy_t
+                .apply_op2_no_bwd(&y_t, &ActGrad(act))
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let slope = |y: f32| match act {
+                Act::Identity => 1.0,
+                _ if y > 0.0 => 1.0,
+                Act::Relu => 0.0,
+                Act::LeakyRelu(s) => s,
+            };
+            let want: Vec<f32> = dy.iter().zip(&y).map(|(&g, &y)| g * slope(y)).collect();
+            assert_eq!(got, want, "{act:?}");
+        }
+    }
+}
