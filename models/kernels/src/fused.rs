@@ -279,3 +279,142 @@ pub fn gemm_conv_act(
     x.contiguous()?
         .apply_op2(&w.contiguous()?, ConvAct { conv, act })
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Tensor, Var};
+
+    use super::*;
+    use crate::tests::{candle_conv, cases, max_abs_diff, randn};
+
+    const EPS: f64 = 1e-5;
+    const ACTS: [Act; 3] = [Act::Identity, Act::Relu, Act::LeakyRelu(0.2)];
+
+    /// The activation in candle's own operations.
+    fn candle_act(z: &Tensor, act: Act) -> Tensor {
+        match act {
+            Act::Identity => z.clone(),
+            Act::Relu => z.relu().unwrap(),
+            Act::LeakyRelu(s) => z.maximum(&(z * s as f64).unwrap()).unwrap(),
+        }
+    }
+
+    /// Training-mode BatchNorm of a channel-major `x` in candle's operations (biased variance),
+    /// then the activation; also the batch mean and variance.
+    fn candle_bn_act(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        act: Act,
+    ) -> (Tensor, Tensor, Tensor) {
+        let c = x.dims()[0];
+        let flat = x.reshape((c, ())).unwrap();
+        let mean = flat.mean_keepdim(1).unwrap();
+        let centred = flat.broadcast_sub(&mean).unwrap();
+        let var = centred.sqr().unwrap().mean_keepdim(1).unwrap();
+        let x_hat = centred
+            .broadcast_div(&(&var + EPS).unwrap().sqrt().unwrap())
+            .unwrap();
+        let z = x_hat
+            .broadcast_mul(&gamma.reshape((c, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&beta.reshape((c, 1)).unwrap())
+            .unwrap()
+            .reshape(x.dims())
+            .unwrap();
+        (
+            candle_act(&z, act),
+            mean.flatten_all().unwrap(),
+            var.flatten_all().unwrap(),
+        )
+    }
+
+    /// The largest difference between two gradients, one of them possibly missing.
+    fn grad_diff(a: Option<&Tensor>, b: Option<&Tensor>) -> f32 {
+        max_abs_diff(a.expect("a gradient"), b.expect("a gradient"))
+    }
+
+    /// Each fused node against the same computation in candle's operations: outputs, the batch
+    /// statistics it returns, and the gradients of a random linear functional of the output
+    /// with respect to every input. Tolerance 1e-4 absolute on O(1) values, as for the
+    /// convolution alone (reordered f32 sums; BatchNorm's division by a standard deviation of
+    /// order 1 keeps the scale).
+    #[test]
+    fn the_fused_nodes_equal_candles_operations_forward_and_backward() {
+        for (xs, ws, p) in cases() {
+            let c_out = match p.kind {
+                crate::ConvKind::Conv => ws[0],
+                crate::ConvKind::ConvTranspose => ws[1],
+            };
+            for act in ACTS {
+                let x = Var::from_tensor(&randn(&xs, "bx")).unwrap();
+                let w = Var::from_tensor(&randn(&ws, "bw")).unwrap();
+                let gamma =
+                    Var::from_tensor(&randn(&[c_out], "bg").affine(0.5, 1.0).unwrap()).unwrap();
+                let beta = Var::from_tensor(&(randn(&[c_out], "bb") * 0.3).unwrap()).unwrap();
+                let (g, b) = (gamma.as_tensor(), beta.as_tensor());
+
+                let conv = candle_conv(x.as_tensor(), w.as_tensor(), p);
+                let (want_bn, mean, var) = candle_bn_act(&conv, g, b, act);
+                let (got_bn, got_mean, got_var) =
+                    gemm_conv_bn_act_train(x.as_tensor(), w.as_tensor(), g, b, p, EPS, act)
+                        .unwrap();
+                let what = format!("{p:?} {act:?}");
+                assert!(max_abs_diff(&got_bn, &want_bn) < 1e-4, "conv+bn+act {what}");
+                let stats = |v: Vec<f32>| Tensor::new(v, mean.device()).unwrap();
+                assert!(max_abs_diff(&stats(got_mean), &mean) < 1e-5, "mean {what}");
+                assert!(
+                    max_abs_diff(&stats(got_var), &var) < 1e-4,
+                    "variance {what}"
+                );
+
+                // BatchNorm alone (no convolution) on the convolution's output, as a new leaf.
+                let h = Var::from_tensor(&conv.detach()).unwrap();
+                let (want_alone, _, _) = candle_bn_act(h.as_tensor(), g, b, act);
+                let (got_alone, _, _) = bn_act_train(h.as_tensor(), g, b, EPS, act).unwrap();
+                assert!(
+                    max_abs_diff(&got_alone, &want_alone) < 1e-4,
+                    "bn+act {what}"
+                );
+
+                let want_conv_act = candle_act(&conv, act);
+                let got_conv_act = gemm_conv_act(x.as_tensor(), w.as_tensor(), p, act).unwrap();
+                assert!(
+                    max_abs_diff(&got_conv_act, &want_conv_act) < 1e-4,
+                    "conv+act {what}"
+                );
+
+                let probe = randn(got_bn.dims(), "bprobe");
+                let grads =
+                    |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let (ours, theirs) = (grads(&got_bn), grads(&want_bn));
+                for v in [&x, &w, &gamma, &beta] {
+                    let t = v.as_tensor();
+                    assert!(
+                        grad_diff(ours.get(t), theirs.get(t)) < 1e-4,
+                        "conv+bn+act d{:?} {what}",
+                        t.dims()
+                    );
+                }
+                let (ours, theirs) = (grads(&got_alone), grads(&want_alone));
+                for v in [&h, &gamma, &beta] {
+                    let t = v.as_tensor();
+                    assert!(
+                        grad_diff(ours.get(t), theirs.get(t)) < 1e-4,
+                        "bn+act d{:?} {what}",
+                        t.dims()
+                    );
+                }
+                let (ours, theirs) = (grads(&got_conv_act), grads(&want_conv_act));
+                for v in [&x, &w] {
+                    let t = v.as_tensor();
+                    assert!(
+                        grad_diff(ours.get(t), theirs.get(t)) < 1e-4,
+                        "conv+act d{:?} {what}",
+                        t.dims()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ fn seed_of(name: &str) -> u64 {
     })
 }
 
-fn randn(shape: &[usize], seed: &str) -> Tensor {
+pub(crate) fn randn(shape: &[usize], seed: &str) -> Tensor {
     let n = shape.iter().product();
     Tensor::from_vec(normal(n, seed_of(seed)), shape, &Device::Cpu).unwrap()
 }
@@ -42,7 +42,7 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 /// candle's convolution of a channel-major `x`, returned channel-major.
-fn candle_conv(x: &Tensor, w: &Tensor, p: ConvParams) -> Tensor {
+pub(crate) fn candle_conv(x: &Tensor, w: &Tensor, p: ConvParams) -> Tensor {
     let x = x.transpose(0, 1).unwrap();
     let y = match p.kind {
         ConvKind::Conv => x.conv2d(w, p.padding, p.stride, 1, 1).unwrap(),
@@ -52,7 +52,7 @@ fn candle_conv(x: &Tensor, w: &Tensor, p: ConvParams) -> Tensor {
 }
 
 /// (channel-major input shape, weight shape, params) covering every DCGAN layer shape family.
-fn cases() -> Vec<([usize; 4], [usize; 4], ConvParams)> {
+pub(crate) fn cases() -> Vec<([usize; 4], [usize; 4], ConvParams)> {
     let p = |kind, stride, padding| ConvParams {
         kind,
         kernel: 4,
