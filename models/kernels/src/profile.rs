@@ -64,3 +64,67 @@ impl Drop for Timer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calls and total time recorded under `name` by `take()`'s result.
+    fn entry(taken: &[(String, u64, Duration)], name: &str) -> Option<(u64, Duration)> {
+        taken
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|&(_, calls, time)| (calls, time))
+    }
+
+    /// One test for the whole profiler: its switch is process-wide (other tests' kernels record
+    /// spans while it is on, under their own names, which this test ignores).
+    #[test]
+    fn spans_count_calls_and_time_only_while_enabled_and_take_clears_them() {
+        let pause = Duration::from_millis(3);
+        set_enabled(false);
+        assert!(!enabled());
+        let mut named = false;
+        let value = span(
+            || {
+                named = true;
+                "profile-test-off".into()
+            },
+            || 7,
+        );
+        assert_eq!(value, 7, "a span returns what it ran");
+        drop(Timer::start(|| "profile-test-off-timer".into()));
+        assert!(!named, "disabled, a span does not even build its name");
+        let taken = take();
+        assert!(entry(&taken, "profile-test-off").is_none());
+        assert!(entry(&taken, "profile-test-off-timer").is_none());
+
+        set_enabled(true);
+        assert!(enabled());
+        for _ in 0..2 {
+            span(|| "profile-test-span".into(), || std::thread::sleep(pause));
+        }
+        {
+            let _timer = Timer::start(|| "profile-test-timer".into());
+            std::thread::sleep(pause);
+        }
+        record("profile-test-record", Duration::from_millis(5));
+        record("profile-test-record", Duration::from_millis(6));
+        set_enabled(false);
+        let taken = take();
+        let (calls, time) = entry(&taken, "profile-test-span").expect("the span was recorded");
+        assert_eq!(calls, 2);
+        assert!(time >= 2 * pause, "two sleeps of {pause:?} took {time:?}");
+        let (calls, time) = entry(&taken, "profile-test-timer").expect("the timer was recorded");
+        assert_eq!(calls, 1);
+        assert!(time >= pause);
+        assert_eq!(
+            entry(&taken, "profile-test-record"),
+            Some((2, Duration::from_millis(11)))
+        );
+        assert!(
+            entry(&take(), "profile-test-span").is_none(),
+            "take clears the totals"
+        );
+    }
+}
