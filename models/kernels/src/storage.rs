@@ -44,3 +44,46 @@ pub(crate) fn tracked_grads(
     let dw = w.track_op().then(weight_grad).transpose()?;
     Ok((dx, dw))
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{CpuStorage, Layout, Shape};
+
+    use super::*;
+
+    #[test]
+    fn operands_are_read_at_their_offset_and_refused_when_strided_or_not_f32() {
+        let data = CpuStorage::F32((0..12).map(|v| v as f32).collect());
+        let shape = Shape::from((2, 3));
+        // A view starting at element 5 (as a narrowed tensor's storage is).
+        let view = Layout::contiguous_with_offset(&shape, 5);
+        assert_eq!(
+            f32_slice(&data, &view, "x").unwrap(),
+            [5., 6., 7., 8., 9., 10.]
+        );
+        let mut owned = data.clone();
+        f32_slice_mut(&mut owned, &view, "x").unwrap()[0] = -1.0;
+        assert_eq!(f32_slice(&owned, &view, "x").unwrap()[0], -1.0);
+
+        let strided = Layout::contiguous(&shape).transpose(0, 1).unwrap();
+        let err = f32_slice(&data, &strided, "the moment")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the moment must be contiguous"), "{err}");
+        let err = f32_slice_mut(&mut owned, &strided, "the parameter")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the parameter must be contiguous"), "{err}");
+
+        let mut doubles = CpuStorage::F64(vec![0.0; 6]);
+        let plain = Layout::contiguous(&shape);
+        let err = f32_slice(&doubles, &plain, "the gradient")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the gradient must be f32"), "{err}");
+        let err = f32_slice_mut(&mut doubles, &plain, "the gradient")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the gradient must be f32"), "{err}");
+    }
+}
