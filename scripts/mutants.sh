@@ -63,20 +63,28 @@ part_names() {
     done
 }
 
+# line_of PART: the parts table's line of a part (`kernels-3of8` is the line `kernels`).
+line_of() {
+    local line name
+    for line in "${parts[@]}"; do
+        IFS='|' read -r name _ <<<"$line"
+        if [ "$1" = "$name" ] || [[ "$1" == "$name"-*of* ]]; then
+            echo "$line"
+            return 0
+        fi
+    done
+}
+
 # skips_of PART: the libtest arguments that leave the part's skipped tests out (cargo-mutants
 # passes what follows its `--` to cargo test, and cargo test what follows its own to the tests);
 # they go last on the command line.
 skips_of() {
-    local want=$1 line name skips s
-    for line in "${parts[@]}"; do
-        IFS='|' read -r name _ _ _ _ skips <<<"$line"
-        [ "$want" = "$name" ] || [[ "$want" == "$name"-*of* ]] || continue
-        [ -n "$skips" ] || return 0
-        echo -n "-- --"
-        for s in $skips; do echo -n " --skip $s"; done
-        echo
-        return 0
-    done
+    local skips s
+    IFS='|' read -r _ _ _ _ _ skips <<<"$(line_of "$1")"
+    [ -n "$skips" ] || return 0
+    echo -n "-- --"
+    for s in $skips; do echo -n " --skip $s"; done
+    echo
 }
 
 # flags_of PART [own]: the cargo-mutants arguments of one part (sharded parts: --shard k/n,
@@ -160,15 +168,11 @@ run_mutants() {
 # 3x that time (at least 5 minutes: the machine is shared with benchmarks) and the built-in
 # baseline is skipped.
 wide_baseline() {
-    local part=$1 out=$2 line name pkg tests extra skips args=() t start secs
-    for line in "${parts[@]}"; do
-        IFS='|' read -r name pkg _ tests extra skips <<<"$line"
-        [ "$part" = "$name" ] || [[ "$part" == "$name"-*of* ]] || continue
-        args=(-p "$pkg")
-        for t in $tests; do args+=(-p "$t"); done
-        [[ "$extra" =~ --features\ ([^ ]+) ]] && args+=(--features "${BASH_REMATCH[1]}")
-        break
-    done
+    local part=$1 out=$2 pkg tests extra skips args=() t start secs
+    IFS='|' read -r _ pkg _ tests extra skips <<<"$(line_of "$part")"
+    args=(-p "$pkg")
+    for t in $tests; do args+=(-p "$t"); done
+    [[ "$extra" =~ --features\ ([^ ]+) ]] && args+=(--features "${BASH_REMATCH[1]}")
     local skip_args=()
     for t in $skips; do skip_args+=(--skip "$t"); done
     mkdir -p "$out"
