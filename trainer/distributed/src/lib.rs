@@ -233,9 +233,34 @@ pub fn ranks_differing_from_rank0(values: &[u64]) -> Vec<usize> {
         .collect()
 }
 
+/// The words of a rank's start-up error that [`agree`] sends to every rank: its first
+/// `8 * ERROR_WORDS` bytes (every rank sends the same count).
+const ERROR_WORDS: usize = 64;
+
+/// `text`'s first `8 * ERROR_WORDS` bytes as words, zero-padded.
+fn error_words(text: &str) -> Vec<u64> {
+    let mut bytes = text.as_bytes()[..text.len().min(8 * ERROR_WORDS)].to_vec();
+    bytes.resize(8 * ERROR_WORDS, 0);
+    bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// The text of [`error_words`] (a cut multi-byte character and the padding dropped).
+fn error_text(words: &[u64]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+        .trim_end_matches('\u{FFFD}')
+        .to_string()
+}
+
 /// Joins the start-up of all ranks: each passes how its own went; if any rank failed, every
 /// rank returns an error (a failed rank its own, prefixed with its rank; the others one naming
-/// the ranks that failed), so that no rank starts training alone.
+/// the ranks that failed and their errors, which reach every rank with the outcome: a failed
+/// rank's own output may be cut short when the launcher ends the job), so that no rank starts
+/// training alone.
 pub fn agree<T, E: std::fmt::Display + From<DistributedError>>(
     collective: &dyn Collective,
     mine: std::result::Result<T, E>,
@@ -243,12 +268,22 @@ pub fn agree<T, E: std::fmt::Display + From<DistributedError>>(
     if collective.size() == 1 {
         return mine;
     }
-    let failed = collective.all_gather_u64(&[u64::from(mine.is_err())])?;
-    let failed: Vec<usize> = failed
-        .iter()
+    let mut local = vec![u64::from(mine.is_err())];
+    local.extend(error_words(&match &mine {
+        Err(e) => e.to_string(),
+        Ok(_) => String::new(),
+    }));
+    let gathered = collective.all_gather_u64(&local)?;
+    let failures: Vec<String> = gathered
+        .chunks(1 + ERROR_WORDS)
         .enumerate()
-        .filter(|(_, f)| **f == 1)
-        .map(|(rank, _)| rank)
+        .filter(|(_, words)| words[0] == 1)
+        .map(|(rank, words)| {
+            format!(
+                "rank {rank} failed at start-up: {}",
+                error_text(&words[1..])
+            )
+        })
         .collect();
     match mine {
         Err(e) => Err(DistributedError::Failed(format!(
@@ -256,9 +291,9 @@ pub fn agree<T, E: std::fmt::Display + From<DistributedError>>(
             collective.rank()
         ))
         .into()),
-        Ok(_) if !failed.is_empty() => Err(DistributedError::Failed(format!(
-            "{} failed at start-up (its error is printed above); no rank trained",
-            rank_list(&failed)
+        Ok(_) if !failures.is_empty() => Err(DistributedError::Failed(format!(
+            "{}; no rank trained",
+            failures.join("; ")
         ))
         .into()),
         Ok(value) => Ok(value),
@@ -339,6 +374,20 @@ pub fn fingerprint(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn a_start_up_error_crosses_to_the_other_ranks_whole_or_cut_at_a_character() {
+        let text = "data/nowhere: No such file or directory (os error 2)";
+        assert_eq!(error_words(text).len(), ERROR_WORDS);
+        assert_eq!(error_text(&error_words(text)), text);
+        assert_eq!(error_text(&error_words("")), "");
+        // Longer than the words hold: cut, and a two-byte character cut in half is dropped.
+        let long = format!("{}é tail", "x".repeat(8 * ERROR_WORDS - 1));
+        assert_eq!(
+            error_text(&error_words(&long)),
+            "x".repeat(8 * ERROR_WORDS - 1)
+        );
+    }
 
     #[test]
     fn flat_buffers_round_trip_shapes() {
