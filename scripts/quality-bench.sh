@@ -130,6 +130,16 @@ score_inception() {
     fi
 }
 
+# start_afresh: empties $dir for a fresh run. A run killed before its first checkpoint (a session
+# ending, not an interrupt: an interrupted trainer writes one) leaves a log of steps and samples
+# that nothing can resume, and the trainer rightly refuses to train over them.
+start_afresh() {
+    if [ -n "$(ls -A "$dir")" ]; then
+        echo "$(date +%T) $dir has no checkpoint to resume: starting it afresh"
+        rm -rf "$dir" && mkdir -p "$dir"
+    fi
+}
+
 # run_one KIND SUITE VARIANT SEED: trains (or resumes) and scores one run in $dir.
 run_one() {
     local kind=$1 suite=$2 variant=$3 seed=$4
@@ -138,6 +148,7 @@ run_one() {
             if [ -f "$dir/checkpoint/config.json" ]; then
                 $T train --resume "$dir" --max-steps "$steps" --log-every 200
             else
+                start_afresh
                 $T train --dataset "$suite" --fit pad --batch-size 128 --epochs 1000 --max-steps "$steps" \
                     --seed "$seed" --preset "$variant" --sample-every 938 --checkpoint-every 469 \
                     --tensorboard off --log-every 200 --out "$dir"
@@ -161,6 +172,7 @@ run_one() {
             if [ -f "$dir/checkpoint/config.json" ]; then
                 $T train --resume "$dir" --max-steps "$catsdogs_steps" --log-every 200
             else
+                start_afresh
                 $T train --dataset folder --data-dir data/catsdogs --image-size 64 --batch-size 64 \
                     --epochs 100000 --max-steps "$catsdogs_steps" --seed "$seed" --augment "$augment" \
                     --sample-every 500 --checkpoint-every 250 --tensorboard off --log-every 200 --out "$dir"
