@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Mutation testing (cargo-mutants) of every library crate, in parts of a few hours each on 2
 # cores, resumable: a part that finished leaves mutants.out/<part>/done and is skipped next time,
-# so the whole run (tens of hours) accumulates across sessions. Not part of `make test`.
+# and a part stopped half-way goes on where it stopped (its tested mutants are kept, on the
+# commit it started on), so the whole run (tens of hours) accumulates across sessions. Not part
+# of `make test`.
 #
 #   scripts/mutants.sh                 every part not done yet, in order
 #   scripts/mutants.sh serve-1of3 ...  these parts (done or not)
@@ -130,15 +132,20 @@ if [ ! -e "$tree/.git" ]; then
     git worktree prune
     git worktree add --detach "$tree" HEAD >/dev/null
 fi
-git -C "$tree" checkout -q --detach "$(git rev-parse HEAD)"
-git -C "$tree" reset -q --hard
-# Inputs a mutant made a fuzz target save (as crashes of the mutant, not of the code).
-git -C "$tree" clean -fdq
-for link in .tools .ort data; do
-    [ -e "$root/$link" ] && ln -sfn "$root/$link" "$tree/$link"
-done
+# check_out COMMIT: the worktree at COMMIT, clean (an interrupted run may have left a mutant in
+# it, and a mutant's fuzz target may have saved inputs: crashes of the mutant, not of the code).
+check_out() {
+    git -C "$tree" checkout -q --detach "$1"
+    git -C "$tree" reset -q --hard
+    git -C "$tree" clean -fdq
+    for link in .tools .ort data; do
+        [ -e "$root/$link" ] && ln -sfn "$root/$link" "$tree/$link"
+    done
+    commit=$(git -C "$tree" rev-parse --short HEAD)
+}
+head=$(git rev-parse HEAD)
+check_out "$head"
 export CARGO_TARGET_DIR="$root/.mutants/target" CARGO_INCREMENTAL=1
-commit=$(git rev-parse --short HEAD)
 
 # run_mutants OUT WHAT ARGS...: cargo-mutants in the worktree with ARGS, results in OUT; OUT/done
 # records the commit when it ran. cargo-mutants exits 0 (every mutant caught), 2 (some missed)
@@ -198,10 +205,12 @@ wide_baseline() {
 recheck_part() {
     local part=$1 first="$root/mutants.out/$1" missed out flags
     [ -f "$first/done" ] || { echo "mutants.sh: part $part has not run yet" >&2; exit 1; }
-    missed="$first/mutants.out/missed.txt"
     out="$first/recheck"
     rm -rf "$out"
     mkdir -p "$out"
+    # The survivors of the first pass: of its last run and of the runs it resumed from.
+    missed="$out/survivors.txt"
+    cat "$first"/earlier/*/missed.txt "$first/mutants.out/missed.txt" 2>/dev/null | sort -u >"$missed"
     if [ ! -s "$missed" ]; then
         echo "== $part (recheck): no survivors"
         echo "$commit $(date -u +%FT%TZ)" >"$out/done"
@@ -256,30 +265,88 @@ two_passes() {
     [ "$own" != "$flags" ] && [[ "$flags" != *--features* ]]
 }
 
+# resume_args OUT FLAGS...: for a part stopped half-way in OUT (on the commit checked out), the
+# cargo-mutants arguments that test only the mutants of its shard that no earlier run of it
+# tested. Its earlier runs move to OUT/earlier/<n>/ (the table and the second pass read them);
+# cargo-mutants applies --shard after --iterate's exclusions, so the shard is computed here
+# from the unsharded list and everything else is excluded through --iterate's list of
+# previously caught mutants (OUT/mutants.out/caught.txt, which cargo-mutants reads and moves to
+# mutants.out.old; the table reads only each run's outcomes).
+resume_args() {
+    local out=$1 remaining
+    shift
+    mkdir -p "$out/earlier"
+    [ -d "$out/mutants.out" ] && mv "$out/mutants.out" "$out/earlier/$(date +%s)"
+    local unsharded
+    unsharded=$(sed -E 's/--shard [0-9]+\/[0-9]+//' <<<"$*")
+    # shellcheck disable=SC2086
+    (cd "$tree" && cargo mutants --list "$@") >"$out/shard.txt"
+    # shellcheck disable=SC2086
+    (cd "$tree" && cargo mutants --list $unsharded) >"$out/all.txt"
+    mkdir -p "$out/mutants.out"
+    remaining=$(python3 - "$out" <<'PY'
+import glob, os, sys
+out = sys.argv[1]
+tested = set()
+for run in glob.glob(os.path.join(out, "earlier", "*")):
+    for kind in ("caught", "missed", "timeout", "unviable"):
+        path = os.path.join(run, f"{kind}.txt")
+        if os.path.exists(path):
+            tested.update(l.rstrip("\n") for l in open(path) if l.strip())
+shard = [l.rstrip("\n") for l in open(os.path.join(out, "shard.txt")) if l.strip()]
+remaining = set(shard) - tested
+with open(os.path.join(out, "mutants.out", "caught.txt"), "w") as f:
+    for name in open(os.path.join(out, "all.txt")):
+        if name.strip() and name.rstrip("\n") not in remaining:
+            f.write(name)
+print(len(remaining))
+PY
+)
+    echo "$remaining"
+}
+
 for part in "${todo[@]}"; do
-    flags=$(flags_of "$part")
-    own=$(flags_of "$part" own)
     out="$root/mutants.out/$part"
     if [ $# -eq 0 ] && [ -f "$out/done" ]; then
         echo "== $part: first pass done ($(cat "$out/done"))"
         continue
     fi
-    rm -rf "$out"
-    mkdir -p "$out"
-    if two_passes "$part"; then
-        # The table counts this pass's survivors as awaiting the second until it is done.
-        touch "$out/two-passes"
-        echo "== $part (first pass, the package's own tests): cargo mutants $own"
-        # shellcheck disable=SC2086
-        run_mutants "$out" "part $part" $own
+    resume=""
+    if [ ! -f "$out/done" ] && [ -f "$out/commit" ] \
+        && { compgen -G "$out/mutants.out/*.txt" || compgen -G "$out/earlier/*/*.txt"; } >/dev/null; then
+        check_out "$(cat "$out/commit")"
+        resume=yes
     else
-        timing=""
-        if [ "$own" != "$flags" ]; then timing=$(wide_baseline "$part" "$out"); fi
-        echo "== $part: cargo mutants $flags $timing $(skips_of "$part")"
-        # shellcheck disable=SC2086
-        run_mutants "$out" "part $part" $flags $timing $(skips_of "$part")
+        check_out "$head"
+        rm -rf "$out"
+        mkdir -p "$out"
+        git -C "$tree" rev-parse HEAD >"$out/commit"
     fi
+    flags=$(flags_of "$part")
+    own=$(flags_of "$part" own)
+    two_passes "$part" && touch "$out/two-passes" # the table counts this pass's survivors as awaiting the second
+    timing="" skips=""
+    if two_passes "$part"; then
+        what="first pass, the package's own tests"
+        args=$own
+    else
+        what="one pass"
+        args=$flags
+        if [ "$own" != "$flags" ]; then timing=$(wide_baseline "$part" "$out") skips=$(skips_of "$part"); fi
+    fi
+    if [ -n "$resume" ]; then
+        # shellcheck disable=SC2086
+        left=$(resume_args "$out" $args)
+        echo "== $part ($what): resumed on $commit, $left mutants of its shard left"
+        args="$(sed -E 's/--shard [0-9]+\/[0-9]+//' <<<"$args") --iterate"
+    else
+        echo "== $part ($what): cargo mutants $args $timing $skips"
+    fi
+    # shellcheck disable=SC2086
+    run_mutants "$out" "part $part" $args $timing $skips
+    rm -rf "$out/mutants.out/mutants.out.old" "$out/mutants.out.old"
 done
+check_out "$head"
 for part in "${todo[@]}"; do
     two_passes "$part" || continue
     if [ $# -eq 0 ] && [ -f "$root/mutants.out/$part/recheck/done" ]; then

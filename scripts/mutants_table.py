@@ -10,7 +10,7 @@ with its reason, in scripts/mutants-equivalent.txt; a listed name no run reports
 any more (its line moved, or a test now catches it) is printed, so that the list stays true. Parts not finished are named, so a partial run says so. A part
 rechecked after tests were added (`scripts/mutants.sh --recheck PART`) counts each survivor by
 its recheck's outcome (a survivor the recheck did not find, its line having moved, stays
-missed).
+missed). A part resumed after a stop has its first pass in several runs; all are read.
 
     python3 scripts/mutants_table.py [mutants.out] [--missed]
 """
@@ -55,14 +55,40 @@ def percent(share):
     return f"{math.floor(share * 1000) / 10:.1f}%"
 
 
+LISTS = {"caught.txt": "CaughtMutant", "missed.txt": "MissedMutant", "timeout.txt": "Timeout",
+         "unviable.txt": "Unviable"}
+
+
 def mutants_of(outcomes):
-    """(name, file, summary) of every mutant in a cargo-mutants outcomes.json."""
-    with open(outcomes) as f:
-        data = json.load(f)
+    """(name, file, summary) of every mutant in a cargo-mutants outcomes.json; from the run's
+    lists beside it (one line per mutant tested, appended as it finishes) when the file does not
+    parse: a run killed while rewriting it."""
+    try:
+        with open(outcomes) as f:
+            data = json.load(f)
+    except ValueError:
+        run = os.path.dirname(outcomes)
+        for list_name, summary in LISTS.items():
+            path = os.path.join(run, list_name)
+            for line in open(path) if os.path.exists(path) else []:
+                if line.strip():
+                    name = line.rstrip("\n")
+                    yield name, name.split(":", 1)[0], summary
+        return
     for o in data["outcomes"]:
         mutant = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
         if mutant is not None:
             yield mutant["name"], mutant["file"], o["summary"]
+
+
+def first_pass_outcomes(base):
+    """The outcomes.json of every run of a part's first pass: the runs a resumed part stopped
+    in (base/earlier/<n>/, scripts/mutants.sh moves them there) and its last run."""
+    earlier = os.path.join(base, "earlier")
+    runs = [os.path.join(earlier, r) for r in sorted(os.listdir(earlier))] if os.path.isdir(earlier) else []
+    runs.append(os.path.join(base, "mutants.out"))
+    return [os.path.join(r, "outcomes.json") for r in runs
+            if os.path.exists(os.path.join(r, "outcomes.json"))]
 
 
 def main():
@@ -76,7 +102,7 @@ def main():
     listed_found = set()
     for part in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         base = os.path.join(root, part)
-        outcomes = os.path.join(base, "mutants.out", "outcomes.json")
+        runs = first_pass_outcomes(base)
         done = os.path.join(base, "done")
         recheck = os.path.join(base, "recheck")
         rechecked = os.path.exists(os.path.join(recheck, "done"))
@@ -94,13 +120,13 @@ def main():
                 with open(os.path.join(recheck, "done")) as f:
                     note += f", survivors rechecked on {f.read().split()[0]}"
             parts_done.append(f"{part} ({note})")
-        if not os.path.exists(outcomes):
+        if not runs:
             continue
         second = {}
         if rechecked and os.path.exists(os.path.join(recheck, "mutants.out", "outcomes.json")):
             second = {name: summary for name, _, summary in mutants_of(
                 os.path.join(recheck, "mutants.out", "outcomes.json"))}
-        for name, file, summary in mutants_of(outcomes):
+        for name, file, summary in (m for run in runs for m in mutants_of(run)):
             if summary == "MissedMutant":
                 summary = second.get(name, summary)
             entry = listed_as(name, known) if summary == "MissedMutant" else None
