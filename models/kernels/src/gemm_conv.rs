@@ -162,19 +162,22 @@ impl ConvParams {
     }
 }
 
-/// Profiler span of a kernel call: `conv|convT CixHxW -> CoxHoxWo phase`.
+/// Profiler span of a kernel call, named by [`span_name`].
 fn span(p: &ConvParams, phase: &'static str, d: &Dims) -> crate::profile::Timer {
-    crate::profile::Timer::start(|| {
-        let kind = if p.kind == ConvKind::Conv {
-            "conv "
-        } else {
-            "convT"
-        };
-        format!(
-            "{kind} {}x{}x{} -> {}x{}x{} {phase}",
-            d.c_in, d.h_in, d.w_in, d.c_out, d.h_out, d.w_out
-        )
-    })
+    crate::profile::Timer::start(|| span_name(p, phase, d))
+}
+
+/// The name of a kernel call's profiler span: `conv |convT CixHxW -> CoxHoxWo phase`.
+fn span_name(p: &ConvParams, phase: &str, d: &Dims) -> String {
+    let kind = if p.kind == ConvKind::Conv {
+        "conv "
+    } else {
+        "convT"
+    };
+    format!(
+        "{kind} {}x{}x{} -> {}x{}x{} {phase}",
+        d.c_in, d.h_in, d.w_in, d.c_out, d.h_out, d.w_out
+    )
 }
 
 /// Forward op: `(x, w) -> y`.
@@ -294,4 +297,79 @@ impl CustomOp2 for ConvWeightGrad {
 /// (`[C, B, H, W]`), with candle autograd support.
 pub fn gemm_conv(x: &Tensor, w: &Tensor, p: ConvParams) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, ConvForward(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(kernel: usize, padding: usize) -> ConvParams {
+        ConvParams {
+            kind: ConvKind::Conv,
+            kernel,
+            stride: 1,
+            padding,
+        }
+    }
+
+    #[test]
+    fn dims_read_both_layouts_and_the_output_sides() {
+        let d = conv(3, 1).dims(&[2, 4, 5, 6], &[7, 2, 3, 3]).unwrap();
+        let want = Dims {
+            batch: 4,
+            c_in: 2,
+            c_out: 7,
+            h_in: 5,
+            w_in: 6,
+            h_out: 5,
+            w_out: 6,
+        };
+        assert_eq!(d, want);
+        let transposed = ConvParams {
+            kind: ConvKind::ConvTranspose,
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+        };
+        let d = transposed.dims(&[2, 4, 5, 6], &[2, 7, 4, 4]).unwrap();
+        assert_eq!((d.c_in, d.c_out, d.h_out, d.w_out), (2, 7, 10, 12));
+        // The smallest input a padded kernel still covers, on each side.
+        let d = conv(3, 1).dims(&[2, 1, 1, 1], &[7, 2, 3, 3]).unwrap();
+        assert_eq!((d.h_out, d.w_out), (1, 1));
+        let d = conv(3, 0).dims(&[2, 1, 3, 3], &[7, 2, 3, 3]).unwrap();
+        assert_eq!((d.h_out, d.w_out), (1, 1));
+    }
+
+    #[test]
+    fn dims_refuse_each_mismatch_on_its_own() {
+        let p = conv(3, 1);
+        let refused = |x: &[usize], w: &[usize]| p.dims(x, w).unwrap_err().to_string();
+        let x = [2, 4, 5, 6];
+        for w in [[7, 3, 3, 3], [7, 2, 2, 3], [7, 2, 3, 2]] {
+            assert!(refused(&x, &w).contains("does not fit"), "{w:?}");
+        }
+        assert!(refused(&[2, 4, 5], &[7, 2, 3, 3]).contains("4-D"));
+        let unpadded = conv(3, 0);
+        for x in [[2, 4, 2, 6], [2, 4, 6, 2]] {
+            let err = unpadded.dims(&x, &[7, 2, 3, 3]).unwrap_err().to_string();
+            assert!(err.contains("smaller than the kernel"), "{x:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn span_names_say_the_direction_and_the_shapes() {
+        let d = conv(3, 1).dims(&[2, 4, 5, 6], &[7, 2, 3, 3]).unwrap();
+        assert_eq!(
+            span_name(&conv(3, 1), "fwd", &d),
+            "conv  2x5x6 -> 7x5x6 fwd"
+        );
+        let transposed = ConvParams {
+            kind: ConvKind::ConvTranspose,
+            ..conv(3, 1)
+        };
+        assert_eq!(
+            span_name(&transposed, "bwd-input", &d),
+            "convT 2x5x6 -> 7x5x6 bwd-input"
+        );
+    }
 }
