@@ -39,6 +39,7 @@ scripts/fetch-inception.sh >/dev/null
 not_deploy="training:: golden_step:: architecture:: inception_metrics:: resnet_reference::"
 not_train="architecture:: export_parity:: reduced_precision:: runtime_library:: inception_metrics:: resnet_reference::"
 not_metrics="training:: golden_step:: architecture:: export_parity:: reduced_precision:: runtime_library:: resnet_reference:: end_to_end:: claims::"
+not_serve="generate::" # the runtime CLI's generate, info and bench tests never reach gantry-serve
 parts=(
     "kernels|gantry-kernels|8|gantry-models|-e models/kernels/src/cudnn.rs -E cudnn -E cuda_fwd|"
     "models|gantry-models|4|||"
@@ -51,7 +52,7 @@ parts=(
     "runtime|gantry-runtime|3|gantry-tests||$not_deploy"
     "files|gantry-files|1|gantry-trainer-cli||"
     "triton|gantry-triton|1|||"
-    "serve|gantry-serve|3|gantry-runtime-cli||"
+    "serve|gantry-serve|3|gantry-runtime-cli||$not_serve"
 )
 
 # part_names: every part, shards expanded (`kernels-1of8` ...).
