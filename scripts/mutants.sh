@@ -211,7 +211,11 @@ recheck_part() {
     mkdir -p "$out"
     # The survivors of the first pass: of its last run and of the runs it resumed from.
     missed="$out/survivors.txt"
-    cat "$first"/earlier/*/missed.txt "$first/mutants.out/missed.txt" 2>/dev/null | sort -u >"$missed"
+    local list lists=()
+    for list in "$first"/earlier/*/missed.txt "$first/mutants.out/missed.txt"; do
+        [ -f "$list" ] && lists+=("$list")
+    done
+    sort -u "${lists[@]}" /dev/null >"$missed"
     if [ ! -s "$missed" ]; then
         echo "== $part (recheck): no survivors"
         echo "$commit $(date -u +%FT%TZ)" >"$out/done"
