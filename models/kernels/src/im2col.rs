@@ -569,4 +569,32 @@ mod tests {
         }
         assert_eq!(col2im(&cols, &w), x);
     }
+
+    /// The fast path is taken only when every condition holds: one failing alone (an unpadded
+    /// window with several positions, a padded one, one smaller than the image) keeps the
+    /// general path.
+    #[test]
+    fn whole_image_needs_every_condition() {
+        let whole = whole_image_window(2);
+        assert!(whole.is_whole_image());
+        let variants = [
+            Window {
+                padding: 1,
+                ..whole
+            },
+            Window {
+                col_height: 2,
+                ..whole
+            },
+            Window {
+                col_width: 2,
+                ..whole
+            },
+            Window { height: 5, ..whole },
+            Window { width: 5, ..whole },
+        ];
+        for w in variants {
+            assert!(!w.is_whole_image(), "{w:?}");
+        }
+    }
 }

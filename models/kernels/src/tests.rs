@@ -51,7 +51,9 @@ pub(crate) fn candle_conv(x: &Tensor, w: &Tensor, p: ConvParams) -> Tensor {
     y.transpose(0, 1).unwrap()
 }
 
-/// (channel-major input shape, weight shape, params) covering every DCGAN layer shape family.
+/// (channel-major input shape, weight shape, params) covering every DCGAN layer shape family
+/// and the ResNet's 3x3 and 1x1 convolutions (the latter unpadded with many positions: not the
+/// whole-image fast path).
 pub(crate) fn cases() -> Vec<([usize; 4], [usize; 4], ConvParams)> {
     let p = |kind, stride, padding| ConvParams {
         kind,
@@ -59,7 +61,15 @@ pub(crate) fn cases() -> Vec<([usize; 4], [usize; 4], ConvParams)> {
         stride,
         padding,
     };
+    let resnet = |kernel, padding| ConvParams {
+        kind: ConvKind::Conv,
+        kernel,
+        stride: 1,
+        padding,
+    };
     vec![
+        ([4, 2, 6, 6], [3, 4, 3, 3], resnet(3, 1)),
+        ([4, 2, 5, 5], [3, 4, 1, 1], resnet(1, 0)),
         ([5, 3, 1, 1], [5, 6, 4, 4], p(ConvKind::ConvTranspose, 1, 0)),
         ([6, 3, 4, 4], [6, 4, 4, 4], p(ConvKind::ConvTranspose, 2, 1)),
         ([4, 2, 8, 8], [4, 3, 4, 4], p(ConvKind::ConvTranspose, 2, 1)),
