@@ -561,3 +561,6 @@ fn gather_and_check(every: &[f32], collective: &dyn Collective, step: u64) -> Re
     }
     Ok(StepScalars::sum(&ranks))
 }
+
+#[cfg(test)]
+mod tests;
