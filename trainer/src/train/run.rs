@@ -287,3 +287,6 @@ pub fn write_samples(
     tensorboard.samples(trainer.state.step, &grid)?;
     Ok(path)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,10 +1,11 @@
 //! The trainer's unit tests: validation messages, the EMA's own BatchNorm statistics, the
-//! start-up agreement of a data-parallel job.
+//! start-up agreement of a data-parallel job; and the fixtures the step's and the run's tests
+//! share.
 
 use super::*;
 
 /// Eight 16x16 grey images of one class; `shift` moves their pixel pattern (other data).
-fn eight_images(shift: usize) -> Dataset {
+pub(crate) fn eight_images(shift: usize) -> Dataset {
     Dataset {
         name: "fixture".into(),
         image_size: 16,
@@ -17,8 +18,9 @@ fn eight_images(shift: usize) -> Dataset {
     }
 }
 
-/// A 16x16 DCGAN small enough to step in milliseconds.
-fn small_model() -> ModelConfig {
+/// A 16x16 DCGAN small enough to step in milliseconds (shared by the step's and the run's
+/// tests).
+pub(crate) fn small_model() -> ModelConfig {
     ModelConfig {
         image_size: 16,
         g_width: 4,

@@ -4,21 +4,10 @@
 
 use candle_core::{Device, Tensor, Var};
 use gantry_models::init::{normal_vec, rng_for};
-use gantry_models::ModelConfig;
 
 use super::*;
+use crate::train::tests::small_model;
 use crate::train::TrainConfig;
-
-/// A 16x16 DCGAN small enough to step in milliseconds.
-fn small_model() -> ModelConfig {
-    ModelConfig {
-        image_size: 16,
-        g_width: 4,
-        d_width: 4,
-        latent_dim: 8,
-        ..ModelConfig::default()
-    }
-}
 
 fn fresh(config: &TrainConfig) -> Networks {
     Networks::new(config, &small_model(), &Device::Cpu).unwrap()
