@@ -307,3 +307,39 @@ fn lazy_r1_applies_on_its_steps_with_its_weight() {
         );
     }
 }
+
+/// DiffAugment in a step: off (or no policy) the images pass unchanged; on, the draw is named
+/// by the step, the part of the batch and the purpose, so the same names draw the same
+/// augmentation (on any number of ranks) and another name another one.
+#[test]
+fn augmentation_draws_are_named_by_step_part_and_purpose() {
+    let data = shard(4, 5, 1.0, 0);
+    let x = &data.real;
+    let same = |a: &Tensor, b: &Tensor| {
+        max_abs_diff(
+            &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            &b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        ) == 0.0
+    };
+    let policy: Augment = "translation".parse().unwrap();
+    let off = Some((Augment::OFF, 7));
+    for augment in [None, off] {
+        assert!(same(&augmented(augment, 3, x, &data, "real").unwrap(), x));
+    }
+    let on = Some((policy, 7));
+    let drawn = augmented(on, 3, x, &data, "real").unwrap();
+    assert!(!same(&drawn, x), "translation moved nothing");
+    assert!(same(&augmented(on, 3, x, &data, "real").unwrap(), &drawn));
+    let other_part = Shard {
+        index: 1,
+        ..data.clone()
+    };
+    for other in [
+        augmented(on, 4, x, &data, "real").unwrap(),
+        augmented(on, 3, x, &other_part, "real").unwrap(),
+        augmented(on, 3, x, &data, "fake").unwrap(),
+        augmented(Some((policy, 8)), 3, x, &data, "real").unwrap(),
+    ] {
+        assert!(!same(&other, &drawn));
+    }
+}
