@@ -174,3 +174,222 @@ fn joining_refuses_other_data_and_another_run_position() {
     let err = join(moved).unwrap_err();
     assert!(err.contains("rank 1 has different run positions"), "{err}");
 }
+
+/// Every value of the training state, in `all_state_vars`' order.
+fn state_values(t: &Trainer) -> Vec<Vec<f32>> {
+    t.all_state_vars()
+        .iter()
+        .map(|v| {
+            v.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// A run saved after step 3 and resumed from its checkpoint continues exactly as the
+/// uninterrupted run (every parameter, buffer, EMA value and optimiser moment bit for bit, the
+/// position, the last step's losses), across epoch boundaries (two batches an epoch), with the
+/// plain recipe and with extra D steps, accumulation, DiffAugment and R1; the budget is the
+/// epochs' or `max_steps`, whichever is smaller.
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let dev = Device::Cpu;
+    let plain = TrainConfig {
+        batch_size: 4,
+        ema: Some(0.9),
+        ..TrainConfig::default()
+    };
+    let busy = TrainConfig {
+        d_steps: 2,
+        accumulate: 2,
+        augment: "translation".parse().unwrap(),
+        r1: Some(1.0),
+        r1_every: 2,
+        ..plain.clone()
+    };
+    for (config, steps) in [(plain, 10), (busy, 5)] {
+        let fresh = || Trainer::new(config.clone(), small_model(), eight_images(0), &dev).unwrap();
+        let mut whole = fresh();
+        assert_eq!(
+            whole.total_steps(),
+            steps,
+            "5 epochs of 2 batches, each D update its own"
+        );
+        let mut last = None;
+        for _ in 0..5 {
+            last = Some(whole.step().unwrap());
+        }
+        assert_eq!(whole.is_done(), steps == 5);
+        let mut first = fresh();
+        for _ in 0..3 {
+            first.step().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        first.checkpoint().unwrap().save(dir.path()).unwrap();
+        let ckpt = Checkpoint::load(dir.path()).unwrap();
+        let mut resumed =
+            Trainer::from_checkpoint(&ckpt, config.clone(), eight_images(0), &dev).unwrap();
+        assert_eq!(resumed.state().step, 3);
+        let mut resumed_last = None;
+        for _ in 0..2 {
+            resumed_last = Some(resumed.step().unwrap());
+        }
+        let (a, b) = (last.unwrap(), resumed_last.unwrap());
+        assert_eq!(
+            (a.step, a.epoch, a.loss_d, a.loss_g, a.d_real, a.d_fake),
+            (b.step, b.epoch, b.loss_d, b.loss_g, b.d_real, b.d_fake)
+        );
+        let position = |t: &Trainer| {
+            let s = t.state();
+            (s.step, s.epoch, s.batch_in_epoch, s.seed)
+        };
+        assert_eq!(position(&whole), position(&resumed));
+        assert!(
+            state_values(&whole) == state_values(&resumed),
+            "resumed state differs"
+        );
+        // The comparison can fail: one step fewer is another state.
+        assert!(state_values(&first) != state_values(&whole));
+        let capped = TrainConfig {
+            max_steps: Some(3),
+            ..config.clone()
+        };
+        let capped = Trainer::new(capped, small_model(), eight_images(0), &dev).unwrap();
+        assert_eq!(capped.total_steps(), 3);
+        assert!(!capped.is_done());
+        assert!(!first.is_done());
+    }
+}
+
+fn rows(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// A global batch is cut into `ranks x accumulate` consecutive parts, each rank taking its own
+/// `accumulate` of them, each with its images, its rows of the latents, its share of the batch
+/// and its part number; parts a short batch leaves empty are skipped.
+#[test]
+fn shards_cut_the_global_batch_by_rank_and_micro_batch() {
+    let dev = Device::Cpu;
+    let config = TrainConfig {
+        batch_size: 8,
+        accumulate: 2,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config, small_model(), eight_images(0), &dev).unwrap();
+    let latent = small_model().latent_dim;
+    let z = Tensor::arange(0f32, (8 * latent) as f32, &dev)
+        .unwrap()
+        .reshape((8, latent))
+        .unwrap();
+    let indices = [7, 6, 5, 4, 3, 2, 1, 0];
+    // (first index, count, latent row, share, part) of each shard against what it holds.
+    let check = |t: &Trainer, indices: &[usize], want: &[(usize, usize, usize, f64, usize)]| {
+        let shards = t
+            .shards(indices, &z.narrow(0, 0, indices.len()).unwrap())
+            .unwrap();
+        assert_eq!(shards.len(), want.len());
+        for (shard, &(from, len, row, weight, part)) in shards.iter().zip(want) {
+            let (real, _) = t.data.batch(&indices[from..from + len], &dev).unwrap();
+            assert_eq!(rows(&shard.real), rows(&real), "part {part}");
+            assert_eq!(
+                rows(&shard.z),
+                rows(&z.narrow(0, row, len).unwrap()),
+                "part {part}"
+            );
+            assert!(
+                (shard.weight - weight).abs() < 1e-12,
+                "part {part}: {}",
+                shard.weight
+            );
+            assert_eq!(shard.index, part);
+            assert!(shard.labels.is_none());
+        }
+    };
+    check(&t, &indices, &[(0, 4, 0, 0.5, 0), (4, 4, 4, 0.5, 1)]);
+    check(
+        &t,
+        &indices[..3],
+        &[(0, 1, 0, 1.0 / 3.0, 0), (1, 2, 1, 2.0 / 3.0, 1)],
+    );
+    t.collective = Box::new(SecondRank {
+        rank0: Vec::new(),
+        recorded: Default::default(),
+    });
+    check(&t, &indices, &[(4, 2, 4, 0.25, 2), (6, 2, 6, 0.25, 3)]);
+    check(
+        &t,
+        &indices[..3],
+        &[(1, 1, 1, 1.0 / 3.0, 2), (2, 1, 2, 1.0 / 3.0, 3)],
+    );
+}
+
+/// Each epoch visits every image once, in an order of its own; the position rolls over to the
+/// next epoch after its last batch.
+#[test]
+fn batches_cover_each_epoch_once_in_a_new_order() {
+    let config = TrainConfig {
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config, small_model(), eight_images(0), &Device::Cpu).unwrap();
+    let mut orders = Vec::new();
+    for epoch in 0..3u64 {
+        let mut order = Vec::new();
+        for batch in 0..2u64 {
+            assert_eq!((t.state.epoch, t.state.batch_in_epoch), (epoch, batch));
+            order.extend(t.next_batch("test").unwrap().0);
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (0..8).collect::<Vec<_>>(),
+            "epoch {epoch}: {order:?}"
+        );
+        orders.push(order);
+    }
+    assert_eq!(t.state.epoch, 3);
+    assert!(
+        orders[0] != orders[1] && orders[1] != orders[2],
+        "{orders:?}"
+    );
+}
+
+/// A step applies the whole recipe of its configuration: `--d-steps 2` makes two D updates
+/// (on two batches) for one of G, R1 is computed on its steps, DiffAugment changes what D
+/// learns from.
+#[test]
+fn a_step_applies_its_recipe() {
+    let dev = Device::Cpu;
+    let config = TrainConfig {
+        batch_size: 4,
+        d_steps: 2,
+        r1: Some(1.0),
+        r1_every: 1,
+        augment: "translation".parse().unwrap(),
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config.clone(), small_model(), eight_images(0), &dev).unwrap();
+    let m = t.step().unwrap();
+    assert_eq!((t.nets.opt_d.steps(), t.nets.opt_g.steps()), (2, 1));
+    assert_eq!(
+        (t.state.epoch, t.state.batch_in_epoch),
+        (1, 0),
+        "two batches read"
+    );
+    assert!(m.r1_penalty.is_some_and(|p| p > 0.0), "{:?}", m.r1_penalty);
+    let plain = TrainConfig {
+        augment: crate::augment::Augment::OFF,
+        ..config
+    };
+    let mut u = Trainer::new(plain, small_model(), eight_images(0), &dev).unwrap();
+    u.step().unwrap();
+    assert!(
+        state_values(&t) != state_values(&u),
+        "DiffAugment changed nothing"
+    );
+}
