@@ -50,7 +50,6 @@ fn train(
 ) -> (RunOutcome, Vec<(u64, u64, Option<u64>)>) {
     let config = TrainConfig {
         batch_size: 4,
-        tensorboard: false,
         ..config
     };
     let mut trainer = Trainer::new(config, small_model(), eight_images(0), &Device::Cpu).unwrap();
@@ -108,6 +107,7 @@ fn a_run_writes_its_outputs_on_their_steps_and_finishes() {
         max_steps: Some(5),
         sample_every: 2,
         checkpoint_every: 3,
+        tensorboard: true,
         ..TrainConfig::default()
     };
     let (outcome, seen) = train(config, &out, None);
@@ -142,9 +142,26 @@ fn a_run_writes_its_outputs_on_their_steps_and_finishes() {
             "metrics.jsonl",
             "samples",
             "losses.png",
+            "tb",
             "progress.gif"
         ]
     );
+    // TensorBoard gets every step's scalars and every sample grid.
+    let tagged = |tag: &str| -> Vec<i64> {
+        let files = crate::tensorboard::event_files(&out.join("tb")).unwrap();
+        files
+            .iter()
+            .flat_map(|f| crate::tensorboard::read_events(f).unwrap())
+            .filter(|e| {
+                e.summary
+                    .as_ref()
+                    .is_some_and(|s| s.value.iter().any(|v| v.tag == tag))
+            })
+            .map(|e| e.step)
+            .collect()
+    };
+    assert_eq!(tagged("loss_d"), [1, 2, 3, 4, 5]);
+    assert_eq!(tagged("samples"), [2, 4, 5]);
 }
 
 /// A stop request is seen after the step in progress: that step's outputs are written, then a
@@ -157,6 +174,7 @@ fn a_stop_request_ends_the_run_after_its_step_with_a_checkpoint() {
         max_steps: Some(10),
         sample_every: 2,
         checkpoint_every: 0,
+        tensorboard: false,
         ..TrainConfig::default()
     };
     let (outcome, seen) = train(config, &out, Some(3));
