@@ -66,3 +66,63 @@ pub fn write_grid(
     };
     samples::save_png(&samples::grid(&images, cols, 2), out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Dataset;
+    use crate::train::{TrainConfig, Trainer};
+    use gantry_models::ModelConfig;
+
+    /// A checkpoint of an untrained 16x16 generator in `dir`, conditional on 4 classes or not.
+    fn checkpoint(dir: &Path, classes: Option<usize>) {
+        let k = classes.unwrap_or(1);
+        let data = Dataset {
+            name: "fixture".into(),
+            image_size: 16,
+            channels: 1,
+            pixels: vec![0; 8 * 256],
+            labels: (0..8).map(|i| (i % k) as u32).collect(),
+            class_names: (0..k).map(|i| format!("class {i}")).collect(),
+        };
+        let model = ModelConfig {
+            image_size: 16,
+            g_width: 4,
+            d_width: 4,
+            latent_dim: 8,
+            num_classes: classes,
+            ..ModelConfig::default()
+        };
+        let config = TrainConfig {
+            conditional: classes.is_some(),
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let t = Trainer::new(config, model, data, &Device::Cpu).unwrap();
+        t.checkpoint().unwrap().save(dir).unwrap();
+    }
+
+    /// A grid's width in 16-pixel cells with `gantry-files`' padding of 2.
+    fn columns(png: &Path) -> u32 {
+        let (width, _) = image::image_dimensions(png).unwrap();
+        (width - 2) / 18
+    }
+
+    /// A conditional model's grid has one column per class when the count fills whole rows
+    /// (each column one class); otherwise, and for unconditional models, it is as square as
+    /// the count allows. Zero samples are refused by name.
+    #[test]
+    fn grids_have_a_column_per_class_when_rows_fill() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conditional, plain) = (dir.path().join("c"), dir.path().join("p"));
+        checkpoint(&conditional, Some(4));
+        checkpoint(&plain, None);
+        let out = dir.path().join("grid.png");
+        for (ckpt, n, cols) in [(&conditional, 8, 4), (&conditional, 6, 3), (&plain, 8, 3)] {
+            write_grid(ckpt, &out, n, 0, false, false).unwrap();
+            assert_eq!(columns(&out), cols, "{n} samples of {ckpt:?}");
+        }
+        let err = write_grid(&plain, &out, 0, 0, false, false).unwrap_err();
+        assert!(err.to_string().contains("at least 1, got 0"), "{err}");
+    }
+}
