@@ -125,4 +125,50 @@ mod tests {
         let err = write_grid(&plain, &out, 0, 0, false, false).unwrap_err();
         assert!(err.to_string().contains("at least 1, got 0"), "{err}");
     }
+
+    /// The sampling generator is the checkpoint's EMA unless the raw one is asked for (or there
+    /// is no EMA).
+    #[test]
+    fn the_ema_generator_samples_unless_raw_is_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::train::tests::eight_images(0);
+        let config = TrainConfig {
+            ema: Some(0.5),
+            batch_size: 4,
+            ..TrainConfig::default()
+        };
+        let mut t = Trainer::new(
+            config,
+            crate::train::tests::small_model(),
+            data,
+            &Device::Cpu,
+        )
+        .unwrap();
+        t.step().unwrap();
+        let ckpt = t.checkpoint().unwrap();
+        ckpt.save(dir.path()).unwrap();
+        let weights = |raw| {
+            let (g, _) = load_generator(dir.path(), raw, &Device::Cpu).unwrap();
+            g.net.to_tensors().unwrap()
+        };
+        let same = |a: &gantry_models::TensorMap, b: &gantry_models::TensorMap| {
+            a.len() == b.len()
+                && a.iter().all(|(k, v)| {
+                    let w = &b[k];
+                    (v - w)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0
+                })
+        };
+        let ema = ckpt.generator_ema.as_ref().unwrap();
+        assert!(same(&weights(false), ema));
+        assert!(same(&weights(true), &ckpt.generator));
+        assert!(!same(ema, &ckpt.generator), "one step made them differ");
+    }
 }

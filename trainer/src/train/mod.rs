@@ -558,4 +558,4 @@ fn validate(config: &TrainConfig, model: &ModelConfig, data: &Dataset) -> Result
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
