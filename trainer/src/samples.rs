@@ -58,4 +58,39 @@ mod tests {
         assert_eq!(g.to_luma8().get_pixel(2, 1).0, [128]);
         assert_eq!(g.to_luma8().get_pixel(0, 0).0, [0]);
     }
+
+    /// Each image of a batch, grey or RGB, gets its own pixels: channel `c` of pixel `(x, y)`
+    /// of image `i` is `round((v + 1) * 127.5)` of the tensor's `[i, c, y, x]` (non-square, so
+    /// that rows and columns cannot be swapped unseen).
+    #[test]
+    fn every_image_channel_and_pixel_lands_in_place() {
+        let (h, w) = (2usize, 3usize);
+        for c in [1usize, 3] {
+            let n = 2;
+            let len = n * c * h * w;
+            let values: Vec<f32> = (0..len)
+                .map(|k| k as f32 / len as f32 * 2.0 - 1.0)
+                .collect();
+            let t = Tensor::from_vec(values.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+            let imgs = to_images(&t).unwrap();
+            assert_eq!(imgs.len(), n);
+            for (i, img) in imgs.iter().enumerate() {
+                assert_eq!((img.width(), img.height()), (w as u32, h as u32));
+                let rgb = img.to_rgb8();
+                for y in 0..h {
+                    for x in 0..w {
+                        for ch in 0..3 {
+                            let v = values[((i * c + ch.min(c - 1)) * h + y) * w + x];
+                            let want = ((v + 1.0) * 127.5).round() as u8;
+                            let got = rgb.get_pixel(x as u32, y as u32).0[ch];
+                            assert_eq!(
+                                got, want,
+                                "{c} channels: image {i} ({x}, {y}) channel {ch}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
