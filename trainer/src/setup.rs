@@ -506,3 +506,6 @@ pub fn run_classifier(
     ));
     Ok(model.info)
 }
+
+#[cfg(test)]
+mod tests;
