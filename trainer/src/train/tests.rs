@@ -393,3 +393,23 @@ fn a_step_applies_its_recipe() {
         "DiffAugment changed nothing"
     );
 }
+
+/// A checkpoint whose position is past the end of an epoch (a smaller data set on resume, an
+/// edited trainer_state.json) continues at the next epoch's start instead of reading past the
+/// data.
+#[test]
+fn a_position_past_the_epoch_s_end_resumes_at_the_next_epoch() {
+    let dev = Device::Cpu;
+    let config = TrainConfig {
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config.clone(), small_model(), eight_images(0), &dev).unwrap();
+    t.step().unwrap();
+    let mut ckpt = t.checkpoint().unwrap();
+    let state = ckpt.trainer_state.as_mut().unwrap();
+    (state.epoch, state.batch_in_epoch) = (3, 7);
+    let resumed = Trainer::from_checkpoint(&ckpt, config, eight_images(0), &dev).unwrap();
+    assert_eq!((resumed.state.epoch, resumed.state.batch_in_epoch), (4, 0));
+    assert_eq!(resumed.permutation, resumed.order.permutation(4));
+}
