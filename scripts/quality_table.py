@@ -39,14 +39,19 @@ def scores(run_dir):
     return found
 
 
-def inception_scores(run_dir):
-    """{label: (Inception FID, KID, precision, recall)} of one run's eval_inception*.json."""
+def inception_scores(run_dir, step=None):
+    """{label: (Inception FID, KID, precision, recall)} of one run's eval_inception*.json; with
+    `step`, only a checkpoint's scores made at that training step (the cats-and-dogs runs' rows
+    are per step, and a run extended later has its Inception scores at its last step)."""
     found = {}
     for name in ("eval_inception.json", "eval_inception_eval.json", "eval_inception_train.json"):
         path = os.path.join(run_dir, name)
         if not os.path.exists(path):
             continue
-        for r in json.load(open(path))["results"]:
+        report = json.load(open(path))
+        if step is not None and report.get("training_steps") != step:
+            continue
+        for r in report["results"]:
             label = r["variant"]
             if name != "eval_inception.json":
                 label = "eval mode" if name == "eval_inception_eval.json" else "train mode"
@@ -54,11 +59,12 @@ def inception_scores(run_dir):
     return found
 
 
-def inception_cells(runs_dirs, label):
-    """The Inception cells of one row (configuration, generator): FID per seed, mean (bold) with
-    its sd, mean KID x1000, mean precision / recall; blank where no seed was scored. Also the mean
-    FID (None if none)."""
-    vs = [found[label] for _, d in sorted(runs_dirs) if label in (found := inception_scores(d))]
+def inception_cells(runs_dirs, label, step=None):
+    """The Inception cells of one row (configuration, generator; `step` for rows of one training
+    step): FID per seed, mean (bold) with its sd, mean KID x1000, mean precision / recall; blank
+    where no seed was scored. Also the mean FID (None if none)."""
+    vs = [found[label] for _, d in sorted(runs_dirs)
+          if label in (found := inception_scores(d, step))]
     if not vs:
         return " | | | ", None
     fids = [v[0] for v in vs]
@@ -151,9 +157,10 @@ def main(out):
                 rate = f"{statistics.median(rates):.0f}" if rates else ""
                 fmt = fid_format(mean)
                 sd = f" ({fmt.format(statistics.stdev(fids))})" if len(fids) > 1 else ""
-                # Inception scores are per run, not per step: only rows of a run's final step.
-                inception, inception_mean = (" | | | ", None) if " @ " in config else \
-                    inception_cells(config_dirs.get(config, []), label)
+                # A row of one step (`name @ step`) gets the Inception scores made at that step.
+                name, _, at = config.partition(" @ ")
+                inception, inception_mean = inception_cells(
+                    config_dirs.get(name, []), label, int(at) if at else None)
                 if inception_mean is not None:
                     inception_means[(config, label)] = inception_mean
                 print(f"| {config} | {label} | {len(fids)} | "
