@@ -413,3 +413,102 @@ fn a_position_past_the_epoch_s_end_resumes_at_the_next_epoch() {
     assert_eq!((resumed.state.epoch, resumed.state.batch_in_epoch), (4, 0));
     assert_eq!(resumed.permutation, resumed.order.permutation(4));
 }
+
+/// Rank 0 of two whose peer contributes zeros to every sum: an average over the ranks halves
+/// this rank's values.
+struct ZeroPeer;
+
+impl Collective for ZeroPeer {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) -> distributed::Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
+        unreachable!()
+    }
+    fn all_gather_f32(&self, _: &[f32]) -> distributed::Result<Vec<f32>> {
+        unreachable!()
+    }
+    fn all_gather_u64(&self, _: &[u64]) -> distributed::Result<Vec<u64>> {
+        unreachable!()
+    }
+    fn describe(&self) -> String {
+        "rank 0 of 2, its peer all zeros".into()
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort({code})")
+    }
+}
+
+/// The networks' (role, values) pairs: buffers (BatchNorm running statistics) and parameters.
+fn by_role(t: &Trainer) -> Vec<(TensorRole, Vec<f32>)> {
+    [&t.nets.generator.net, &t.nets.discriminator.net]
+        .into_iter()
+        .flat_map(|net| net.vars_with_roles())
+        .map(|(_, v, role)| {
+            (
+                role,
+                v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// In a data-parallel job the BatchNorm running statistics (and only they) become their mean
+/// over the ranks; one process has nothing to average. Only rank 0 writes the outputs. The
+/// accessors and the kernel switch reach the trainer's own state.
+#[test]
+fn buffers_are_averaged_over_the_ranks_and_rank_0_leads() {
+    let dev = Device::Cpu;
+    let config = TrainConfig {
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config, small_model(), eight_images(0), &dev).unwrap();
+    t.step().unwrap();
+    assert!(t.is_lead());
+    let before = by_role(&t);
+    t.sync_buffers().unwrap();
+    assert!(by_role(&t) == before, "one process: nothing changes");
+    t.collective = Box::new(ZeroPeer);
+    t.sync_buffers().unwrap();
+    let after = by_role(&t);
+    assert!(before.iter().any(|(role, _)| *role == TensorRole::Buffer));
+    for ((role, old), (_, new)) in before.iter().zip(&after) {
+        let want: Vec<f32> = match role {
+            TensorRole::Buffer => old.iter().map(|x| x / 2.0).collect(),
+            _ => old.clone(),
+        };
+        assert_eq!(new, &want, "{role:?}");
+    }
+    t.collective = Box::new(SecondRank {
+        rank0: Vec::new(),
+        recorded: Default::default(),
+    });
+    assert!(!t.is_lead());
+    assert_eq!((t.config().batch_size, t.model().g_width), (4, 4));
+    t.set_kernels(Kernels::Candle);
+    assert_eq!(t.nets.generator.net.kernels, Kernels::Candle);
+    t.set_kernels(Kernels::Fast);
+    assert_eq!(t.nets.discriminator.net.kernels, Kernels::Fast);
+}
+
+/// A step's speed counts every image it read (`--d-steps 2`: two batches) over its own time,
+/// which is the run's whole time after its first step.
+#[test]
+fn a_step_s_speed_counts_every_batch_it_read() {
+    let config = TrainConfig {
+        batch_size: 4,
+        d_steps: 2,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config, small_model(), eight_images(0), &Device::Cpu).unwrap();
+    let m = t.step().unwrap();
+    let images = f64::from(m.img_per_sec) * m.seconds;
+    assert!((images - 8.0).abs() < 1e-3, "{images}");
+}
