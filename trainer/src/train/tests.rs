@@ -511,4 +511,57 @@ fn a_step_s_speed_counts_every_batch_it_read() {
     let m = t.step().unwrap();
     let images = f64::from(m.img_per_sec) * m.seconds;
     assert!((images - 8.0).abs() < 1e-3, "{images}");
+    assert_eq!(m.sync_ms, None, "one process does not synchronise");
+}
+
+/// Rank 0 of two whose peer holds the same values: every sum doubles them, every gather
+/// repeats them; each all-reduce takes 2 ms.
+struct IdenticalPeer;
+
+impl Collective for IdenticalPeer {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn all_reduce_sum(&self, values: &mut [f32]) -> distributed::Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        values.iter_mut().for_each(|v| *v *= 2.0);
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
+        Ok(())
+    }
+    fn all_gather_f32(&self, local: &[f32]) -> distributed::Result<Vec<f32>> {
+        Ok([local, local].concat())
+    }
+    fn all_gather_u64(&self, local: &[u64]) -> distributed::Result<Vec<u64>> {
+        Ok([local, local].concat())
+    }
+    fn describe(&self) -> String {
+        "rank 0 of 2, its peer identical".into()
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort({code})")
+    }
+}
+
+/// A data-parallel step reports the time it spent in collectives, in milliseconds: at least
+/// the two all-reduces' 4 ms (G's and D's gradients), at most the step.
+#[test]
+fn a_data_parallel_step_reports_its_synchronisation_time() {
+    let config = TrainConfig {
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(config, small_model(), eight_images(0), &Device::Cpu).unwrap();
+    t.collective = Box::new(IdenticalPeer);
+    let m = t.step().unwrap();
+    let sync = m.sync_ms.expect("two ranks synchronise");
+    assert!(
+        sync >= 4.0 && sync <= m.seconds * 1e3,
+        "{sync} ms of a {} s step",
+        m.seconds
+    );
 }
