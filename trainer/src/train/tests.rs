@@ -565,3 +565,95 @@ fn a_data_parallel_step_reports_its_synchronisation_time() {
         m.seconds
     );
 }
+
+/// The data must have two images and the model's size and channels: each mismatch alone is
+/// refused, naming both shapes; exactly two images are enough.
+#[test]
+fn data_that_does_not_fit_the_model_is_refused() {
+    let config = TrainConfig {
+        batch_size: 2,
+        ..TrainConfig::default()
+    };
+    let of = |n: usize, size: usize, channels: usize| Dataset {
+        name: "fixture".into(),
+        image_size: size,
+        channels,
+        pixels: vec![0; n * size * size * channels],
+        labels: vec![0; n],
+        class_names: vec!["a".into()],
+    };
+    let model = small_model();
+    validate(&config, &model, &of(2, 16, 1)).unwrap();
+    let err = validate(&config, &model, &of(1, 16, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least two images"), "{err}");
+    for (data, says) in [
+        (of(2, 32, 1), "data is 32x32x1"),
+        (of(2, 16, 3), "data is 16x16x3"),
+    ] {
+        let err = validate(&config, &model, &data).unwrap_err().to_string();
+        assert!(
+            err.contains(says) && err.contains("the model is 16x16x1"),
+            "{err}"
+        );
+    }
+}
+
+/// The fixed sample grid: 8 columns, one row per class for a conditional model (each row its
+/// class), else 8 rows; latents from the run's seed.
+#[test]
+fn the_sample_grid_has_a_row_per_class() {
+    let dev = Device::Cpu;
+    let plain = TrainConfig {
+        batch_size: 4,
+        ..TrainConfig::default()
+    };
+    let t = Trainer::new(plain.clone(), small_model(), eight_images(0), &dev).unwrap();
+    let (z, labels, cols) = t.sample_inputs().unwrap();
+    assert_eq!((z.dims(), labels.is_none(), cols), (&[64, 8][..], true, 8));
+    let data = Dataset {
+        labels: vec![0, 1, 2, 0, 1, 2, 0, 1],
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        ..eight_images(0)
+    };
+    let model = ModelConfig {
+        num_classes: Some(3),
+        ..small_model()
+    };
+    let config = TrainConfig {
+        conditional: true,
+        ..plain
+    };
+    let t = Trainer::new(config, model, data, &dev).unwrap();
+    let (z, labels, cols) = t.sample_inputs().unwrap();
+    assert_eq!((z.dims(), cols), (&[24, 8][..], 8));
+    let want: Vec<u32> = (0..3).flat_map(|c| [c; 8]).collect();
+    assert_eq!(labels.unwrap().to_vec1::<u32>().unwrap(), want);
+}
+
+/// A configuration saved before a field existed reads with that field's default.
+#[test]
+fn older_configurations_read_with_today_s_defaults() {
+    let config = TrainConfig::default();
+    let mut json = serde_json::to_value(&config).unwrap();
+    let fields = json.as_object_mut().unwrap();
+    for field in [
+        "r1_every",
+        "accumulate",
+        "d_steps",
+        "tensorboard",
+        "eval_samples",
+    ] {
+        assert!(fields.remove(field).is_some(), "{field}");
+    }
+    let read: TrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(read.r1_every, crate::r1::DEFAULT_EVERY);
+    assert_eq!((read.accumulate, read.d_steps), (1, 1));
+    assert!(read.tensorboard);
+    assert_eq!(read.eval_samples, 2000);
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        serde_json::to_value(&config).unwrap()
+    );
+}
