@@ -288,5 +288,23 @@ mod tests {
             change(&mut c);
             assert_eq!(setting_of(&c), Some(setting), "{c:?}");
         }
+        // The limits themselves are accepted: one sample when nothing is evaluated, two when
+        // something is; gamma must be above 0 (not at it).
+        let edges: Vec<Change> = vec![
+            |c| c.eval_samples = 1,
+            |c| {
+                c.eval_every = 10;
+                c.eval_samples = 2;
+            },
+            |c| c.r1 = Some(f64::MIN_POSITIVE),
+        ];
+        for change in edges {
+            let mut c = ok.clone();
+            change(&mut c);
+            assert_eq!(setting_of(&c), None, "{c:?}");
+        }
+        let mut zero_gamma = ok.clone();
+        zero_gamma.r1 = Some(0.0);
+        assert_eq!(setting_of(&zero_gamma), Some(Setting::R1));
     }
 }
