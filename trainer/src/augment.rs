@@ -317,4 +317,125 @@ mod tests {
         let err = "flip".parse::<Augment>().unwrap_err();
         assert!(err.contains("flip"), "{err}");
     }
+
+    /// `n` images of `c` x `h` x `w` (non-square, so that axes cannot be swapped unseen).
+    fn block(n: usize, c: usize, h: usize, w: usize) -> (Tensor, Vec<f32>) {
+        let values = normal_vec(&mut rng_for(4, "block"), n * c * h * w, 0.0, 0.5);
+        let t = Tensor::from_vec(values.clone(), (n, c, h, w), &Device::Cpu).unwrap();
+        (t, values)
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (k, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*g as f64 - w).abs() <= 1e-5,
+                "{what}: element {k}: {g} vs {w}"
+            );
+        }
+    }
+
+    /// Each augmentation equals its definition (DiffAugment's, written as loops in f64 here),
+    /// drawing from the stream in the same order: colour's brightness, saturation and contrast
+    /// factors for every image in turn; translation's (dy, dx) in `[-side/8, side/8]` and
+    /// cutout's corner in `[0, side + 1 - size % 2) - size / 2` per image.
+    #[test]
+    fn each_augmentation_equals_its_definition_pixel_by_pixel() {
+        // Even and odd cutout sizes (4 x 6 and 3 x 5) draw their corners from other ranges.
+        for (h, w) in [(8, 12), (6, 10)] {
+            augmentations_equal_their_definition(3, 3, h, w);
+        }
+    }
+
+    fn augmentations_equal_their_definition(n: usize, c: usize, h: usize, w: usize) {
+        let (x, v) = block(n, c, h, w);
+        let at = |i: usize, ch: usize, y: usize, xx: usize| ((i * c + ch) * h + y) * w + xx;
+
+        let mut draws = rng_for(5, "color");
+        let mut factors = |f: fn(f64) -> f64| -> Vec<f64> {
+            (0..n).map(|_| f(draws.random::<f32>() as f64)).collect()
+        };
+        let (bright, sat, contrast) = (
+            factors(|r| r - 0.5),
+            factors(|r| r * 2.0),
+            factors(|r| r + 0.5),
+        );
+        let mut want = vec![0f64; v.len()];
+        for i in 0..n {
+            let mut img: Vec<f64> = (0..c * h * w)
+                .map(|k| v[i * c * h * w + k] as f64 + bright[i])
+                .collect();
+            for p in 0..h * w {
+                let mean = (0..c).map(|ch| img[ch * h * w + p]).sum::<f64>() / c as f64;
+                for ch in 0..c {
+                    let e = &mut img[ch * h * w + p];
+                    *e = (*e - mean) * sat[i] + mean;
+                }
+            }
+            let mean = img.iter().sum::<f64>() / img.len() as f64;
+            for (k, e) in img.iter().enumerate() {
+                want[i * c * h * w + k] = (e - mean) * contrast[i] + mean;
+            }
+        }
+        assert_close(
+            &flat(&color(&x, &mut rng_for(5, "color")).unwrap()),
+            &want,
+            "color",
+        );
+
+        let mut draws = rng_for(6, "translation");
+        let round = |f: f64| f.round() as i64;
+        let (sy, sx) = (round(h as f64 / 8.0), round(w as f64 / 8.0));
+        let mut want = vec![0f64; v.len()];
+        for i in 0..n {
+            let dy = draws.random_range(-sy..=sy);
+            let dx = draws.random_range(-sx..=sx);
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let (fy, fx) = (y as i64 - dy, xx as i64 - dx);
+                        if (0..h as i64).contains(&fy) && (0..w as i64).contains(&fx) {
+                            want[at(i, ch, y, xx)] = v[at(i, ch, fy as usize, fx as usize)] as f64;
+                        }
+                    }
+                }
+            }
+        }
+        let got = flat(&translation(&x, &mut rng_for(6, "translation")).unwrap());
+        assert_close(&got, &want, "translation");
+
+        let mut draws = rng_for(7, "cutout");
+        let (ch_size, cw_size) = (round(h as f64 / 2.0 - 1e-9), round(w as f64 / 2.0 - 1e-9));
+        // An even size's window may start half its size before either edge, an odd one's
+        // one pixel less at the far edge (DiffAugment's `randint(0, side + 1 - size % 2)`).
+        let corners = |side: usize, size: i64| if size % 2 == 0 { side + 1 } else { side };
+        let mut want: Vec<f64> = v.iter().map(|&e| e as f64).collect();
+        for i in 0..n {
+            let oy = draws.random_range(0..corners(h, ch_size)) as i64 - ch_size / 2;
+            let ox = draws.random_range(0..corners(w, cw_size)) as i64 - cw_size / 2;
+            for ch in 0..c {
+                for y in 0..h as i64 {
+                    for xx in 0..w as i64 {
+                        if (oy..oy + ch_size).contains(&y) && (ox..ox + cw_size).contains(&xx) {
+                            want[at(i, ch, y as usize, xx as usize)] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        let got = flat(&cutout(&x, &mut rng_for(7, "cutout")).unwrap());
+        assert_close(&got, &want, "cutout");
+        assert!(
+            got.iter().filter(|&&e| e == 0.0).count() > 0,
+            "cutout cut nothing"
+        );
+    }
+
+    #[test]
+    fn only_the_empty_policy_is_off() {
+        assert!(Augment::OFF.is_off());
+        for policy in ["translation", "cutout", "color"] {
+            assert!(!policy.parse::<Augment>().unwrap().is_off(), "{policy}");
+        }
+    }
 }
