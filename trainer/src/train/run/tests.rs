@@ -191,6 +191,17 @@ fn a_stop_request_ends_the_run_after_its_step_with_a_checkpoint() {
         existing_run_outputs(&out),
         ["checkpoint", "metrics.jsonl", "samples", "losses.png"]
     );
+    // `trainer animate` of the stopped run: a frame per grid up to its checkpoint's step,
+    // into the run folder by default; a folder without grids is not a run.
+    assert_eq!(
+        crate::animate::animate_run(&out, None).unwrap(),
+        (paths.progress_gif(), 2)
+    );
+    std::fs::remove_dir_all(paths.samples_dir()).unwrap();
+    let err = crate::animate::animate_run(&out, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("has no samples/ folder"), "{err}");
 }
 
 /// An empty folder holds no run; the folder is made (with `samples/`) and left writable, and a
