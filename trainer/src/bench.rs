@@ -182,6 +182,9 @@ mod tests {
         );
         // Profiling (process-wide, so checked by the CLI's test in its own process) is off.
         assert!(r.spans.is_empty(), "profiling off: no spans");
+        // Five D updates a step need five batches of synthetic images (SNGAN's recipe).
+        let r = bench_train(&tiny(1, 5), &Device::Cpu, false).unwrap();
+        assert!(r.img_per_sec > 0.0);
         let err = bench_train(&tiny(0, 1), &Device::Cpu, false).unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
     }
