@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn the_result_is_the_median_step_and_images_per_second_count_every_d_batch() {
-        let spec = tiny(8, 2);
+        let spec = tiny(8, 3);
         let started = std::time::Instant::now();
         let r = bench_train(&spec, &Device::Cpu, false).unwrap();
         let wall = started.elapsed();
