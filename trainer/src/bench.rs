@@ -68,17 +68,9 @@ fn synthetic_data(spec: &BenchSpec) -> Dataset {
     }
 }
 
-/// Runs `warmup + steps` training steps of `spec`'s architecture and options on `device`; the
-/// median and the mean of the timed steps are reported (images per second count the real
-/// images D sees: `batch * d_steps` per step). With `profile_spans`, also the
-/// per-phase and per-kernel breakdown.
-pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
-    if spec.steps == 0 {
-        return Err(TrainError::invalid(
-            Setting::Steps,
-            "must be at least 1, got 0",
-        ));
-    }
+/// The trainer a benchmark times: `spec`'s networks and options on synthetic data (only its
+/// steps run: the run's budget and output intervals do not apply).
+fn bench_trainer(spec: &BenchSpec, device: &Device) -> Result<Trainer> {
     let model = ModelConfig {
         arch: spec.arch,
         image_size: spec.image_size,
@@ -91,9 +83,6 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
     let config = TrainConfig {
         data_dir: "synthetic".into(),
         batch_size: spec.batch_size,
-        epochs: u64::MAX / 1024,
-        sample_every: 0,
-        checkpoint_every: 0,
         ema: spec.ema,
         d_steps: spec.d_steps,
         loss: spec.loss,
@@ -104,6 +93,21 @@ pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Re
     };
     let mut trainer = Trainer::new(config, model, synthetic_data(spec), device)?;
     trainer.set_kernels(spec.kernels);
+    Ok(trainer)
+}
+
+/// Runs `warmup + steps` training steps of `spec`'s architecture and options on `device`; the
+/// median and the mean of the timed steps are reported (images per second count the real
+/// images D sees: `batch * d_steps` per step). With `profile_spans`, also the
+/// per-phase and per-kernel breakdown.
+pub fn bench_train(spec: &BenchSpec, device: &Device, profile_spans: bool) -> Result<BenchResult> {
+    if spec.steps == 0 {
+        return Err(TrainError::invalid(
+            Setting::Steps,
+            "must be at least 1, got 0",
+        ));
+    }
+    let mut trainer = bench_trainer(spec, device)?;
     for _ in 0..spec.warmup {
         trainer.step()?;
     }
@@ -157,6 +161,55 @@ mod tests {
             r1: None,
             r1_every: 16,
         }
+    }
+
+    /// Every setting of the spec reaches the trainer it times.
+    #[test]
+    fn the_benchmarked_trainer_has_the_spec_s_settings() {
+        let spec = BenchSpec {
+            arch: Arch::Resnet,
+            image_size: 32,
+            channels: 3,
+            g_width: 2,
+            d_width: 3,
+            d_steps: 2,
+            loss: LossKind::Hinge,
+            batch_size: 4,
+            steps: 1,
+            warmup: 0,
+            kernels: Kernels::Candle,
+            ema: Some(0.9),
+            spectral_norm: true,
+            augment: "translation".parse().unwrap(),
+            r1: Some(0.5),
+            r1_every: 3,
+        };
+        let t = bench_trainer(&spec, &Device::Cpu).unwrap();
+        let m = t.model();
+        assert_eq!(
+            (
+                m.arch,
+                m.image_size,
+                m.channels,
+                m.g_width,
+                m.d_width,
+                m.spectral_norm
+            ),
+            (Arch::Resnet, 32, 3, 2, 3, true)
+        );
+        let c = t.config();
+        assert_eq!(c.data_dir, std::path::Path::new("synthetic"));
+        assert_eq!(
+            (c.batch_size, c.d_steps, c.loss, c.ema),
+            (4, 2, LossKind::Hinge, Some(0.9))
+        );
+        assert_eq!((c.augment, c.r1, c.r1_every), (spec.augment, Some(0.5), 3));
+        assert_eq!(t.networks().generator.net.kernels, Kernels::Candle);
+        assert_eq!(
+            t.data().len(),
+            4 * 4 * 2,
+            "four global batches of d_steps batches"
+        );
     }
 
     #[test]
