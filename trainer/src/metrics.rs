@@ -288,4 +288,16 @@ mod tests {
         );
         assert_eq!(read(&p).unwrap().len(), 3);
     }
+
+    /// A missing metrics file reads as no steps; one that cannot be opened for another reason
+    /// (its folder is a file) is an error naming it.
+    #[test]
+    fn only_a_missing_file_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(&dir.path().join("metrics.jsonl")).unwrap().is_empty());
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = read(&file.join("metrics.jsonl")).unwrap_err().to_string();
+        assert!(err.contains("a-file"), "{err}");
+    }
 }

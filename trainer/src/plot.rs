@@ -207,4 +207,13 @@ mod tests {
         plot_losses(&[], &empty).unwrap();
         assert!(!empty.exists(), "no history, no plot");
     }
+
+    /// With one of the candidate fonts installed, the plot's labels get it.
+    #[test]
+    fn an_installed_font_is_registered() {
+        let installed = FONT_CANDIDATES
+            .iter()
+            .any(|p| std::path::Path::new(p).is_file());
+        assert_eq!(register_font(), installed);
+    }
 }
