@@ -156,4 +156,32 @@ mod tests {
         let err = "wgan".parse::<Preset>().unwrap_err();
         assert!(err.contains("wgan"), "{err}");
     }
+
+    /// The recipe line names every option that decides quality, with its value.
+    #[test]
+    fn the_recipe_line_names_each_option() {
+        let config = TrainConfig {
+            ema: Some(0.999),
+            r1: Some(10.0),
+            r1_every: 16,
+            d_steps: 5,
+            lr_d: Some(4e-4),
+            augment: "translation".parse().unwrap(),
+            ..TrainConfig::default()
+        };
+        let model = ModelConfig {
+            spectral_norm: true,
+            g_spectral_norm: true,
+            ..ModelConfig::default()
+        };
+        assert_eq!(
+            describe_recipe(&config, &model),
+            "loss bce, spectral norm on (G too), EMA 0.999, DiffAugment translation, R1 10 every 16 steps, D steps 5, Adam lr G 0.0002 D 0.0004 betas (0.5, 0.999)"
+        );
+        let plain = describe_recipe(&TrainConfig::default(), &ModelConfig::default());
+        assert!(
+            plain.contains("spectral norm off, EMA off, DiffAugment off, R1 off"),
+            "{plain}"
+        );
+    }
 }

@@ -142,4 +142,33 @@ mod tests {
             }
         }
     }
+
+    /// The penalty is a mean over the images: a batch of two copies of an image scores what the
+    /// image alone does (D in train mode has no BatchNorm here: its statistics would differ).
+    #[test]
+    fn the_penalty_is_a_mean_over_the_images() {
+        enable();
+        let dev = Device::Cpu;
+        let cfg = ModelConfig {
+            image_size: 16,
+            d_width: 4,
+            g_width: 4,
+            latent_dim: 8,
+            spectral_norm: true,
+            ..ModelConfig::default()
+        };
+        let mut d = Discriminator::new(&cfg, 3, &dev).unwrap();
+        let one: Vec<f32> = normal_vec(&mut rng_for(6, "r1-image"), 256, 0.0, 0.5);
+        let image = Tensor::from_vec(one.clone(), (1, 1, 16, 16), &dev).unwrap();
+        let twice = Tensor::from_vec([one.clone(), one].concat(), (2, 1, 16, 16), &dev).unwrap();
+        let p1 = penalty(&mut d, &image, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let p2 = penalty(&mut d, &twice, None)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(p1 > 0.0 && (p1 - p2).abs() <= 1e-5 * p1, "{p1} vs {p2}");
+    }
 }
