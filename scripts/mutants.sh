@@ -198,6 +198,11 @@ wide_baseline() {
     echo "--baseline=skip --timeout $((secs * 3 > 300 ? secs * 3 : 300))"
 }
 
+# without_shard ARGS...: the cargo-mutants arguments without their `--shard k/n`.
+without_shard() {
+    sed -E 's/--shard [0-9]+\/[0-9]+//' <<<"$*"
+}
+
 # recheck_part PART: the part's survivors (missed.txt of its first run), tested again on this
 # commit with every test package of the part: cargo-mutants on the files that hold them,
 # filtered to their exact names (a survivor whose line moved since is not found and stays
@@ -223,7 +228,7 @@ recheck_part() {
     fi
     # The package and its test packages, without the shard; then one -f per file and one
     # anchored regex of every survivor's name.
-    flags=$(flags_of "$part" | sed -E 's/--shard [0-9]+\/[0-9]+//')
+    flags=$(without_shard "$(flags_of "$part")")
     mapfile -t select < <(python3 - "$missed" <<'PY'
 import re, sys
 names = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
@@ -283,7 +288,7 @@ resume_args() {
     mkdir -p "$out/earlier"
     [ -d "$out/mutants.out" ] && mv "$out/mutants.out" "$out/earlier/$(date +%s)"
     local unsharded
-    unsharded=$(sed -E 's/--shard [0-9]+\/[0-9]+//' <<<"$*")
+    unsharded=$(without_shard "$@")
     # shellcheck disable=SC2086
     (cd "$tree" && cargo mutants --list "$@") >"$out/shard.txt"
     # shellcheck disable=SC2086
@@ -343,7 +348,7 @@ for part in "${todo[@]}"; do
         # shellcheck disable=SC2086
         left=$(resume_args "$out" $args)
         echo "== $part ($what): resumed on $commit, $left mutants of its shard left"
-        args="$(sed -E 's/--shard [0-9]+\/[0-9]+//' <<<"$args") --iterate"
+        args="$(without_shard "$args") --iterate"
     else
         echo "== $part ($what): cargo mutants $args $timing $skips"
     fi

@@ -59,6 +59,8 @@ mod tests {
     use gantry_models::init::{normal_vec, rng_for};
     use gantry_models::ModelConfig;
 
+    use crate::train::tests::small_model;
+
     /// The penalty's gradient with respect to D's weights (a second-order gradient through
     /// convolutions, BatchNorm and LeakyReLU) equals central finite differences of the penalty
     /// itself, for elements of every layer. In f64, with steps small enough (1e-6) that no
@@ -67,13 +69,7 @@ mod tests {
     fn the_penalty_gradient_matches_finite_differences() {
         enable();
         let dev = Device::Cpu;
-        let cfg = ModelConfig {
-            image_size: 16,
-            d_width: 4,
-            g_width: 4,
-            latent_dim: 8,
-            ..ModelConfig::default()
-        };
+        let cfg = small_model();
         let spec = gantry_models::discriminator_spec(&cfg);
         let tensors: gantry_models::TensorMap = gantry_models::init::init_tensors(&spec, "d", 2)
             .unwrap()
@@ -150,12 +146,8 @@ mod tests {
         enable();
         let dev = Device::Cpu;
         let cfg = ModelConfig {
-            image_size: 16,
-            d_width: 4,
-            g_width: 4,
-            latent_dim: 8,
             spectral_norm: true,
-            ..ModelConfig::default()
+            ..small_model()
         };
         let mut d = Discriminator::new(&cfg, 3, &dev).unwrap();
         let one: Vec<f32> = normal_vec(&mut rng_for(6, "r1-image"), 256, 0.0, 0.5);

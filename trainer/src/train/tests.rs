@@ -414,37 +414,6 @@ fn a_position_past_the_epoch_s_end_resumes_at_the_next_epoch() {
     assert_eq!(resumed.permutation, resumed.order.permutation(4));
 }
 
-/// Rank 0 of two whose peer contributes zeros to every sum: an average over the ranks halves
-/// this rank's values.
-struct ZeroPeer;
-
-impl Collective for ZeroPeer {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn size(&self) -> usize {
-        2
-    }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> distributed::Result<()> {
-        Ok(())
-    }
-    fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
-        unreachable!()
-    }
-    fn all_gather_f32(&self, _: &[f32]) -> distributed::Result<Vec<f32>> {
-        unreachable!()
-    }
-    fn all_gather_u64(&self, _: &[u64]) -> distributed::Result<Vec<u64>> {
-        unreachable!()
-    }
-    fn describe(&self) -> String {
-        "rank 0 of 2, its peer all zeros".into()
-    }
-    fn abort(&self, code: i32) -> ! {
-        panic!("abort({code})")
-    }
-}
-
 /// The networks' (role, values) pairs: buffers (BatchNorm running statistics) and parameters.
 fn by_role(t: &Trainer) -> Vec<(TensorRole, Vec<f32>)> {
     [&t.nets.generator.net, &t.nets.discriminator.net]
@@ -475,7 +444,10 @@ fn buffers_are_averaged_over_the_ranks_and_rank_0_leads() {
     let before = by_role(&t);
     t.sync_buffers().unwrap();
     assert!(by_role(&t) == before, "one process: nothing changes");
-    t.collective = Box::new(ZeroPeer);
+    t.collective = Box::new(ScriptedPeer {
+        peer_share: 0.0,
+        delay: std::time::Duration::ZERO,
+    });
     t.sync_buffers().unwrap();
     let after = by_role(&t);
     assert!(before.iter().any(|(role, _)| *role == TensorRole::Buffer));
@@ -514,11 +486,25 @@ fn a_step_s_speed_counts_every_batch_it_read() {
     assert_eq!(m.sync_ms, None, "one process does not synchronise");
 }
 
-/// Rank 0 of two whose peer holds the same values: every sum doubles them, every gather
-/// repeats them; each all-reduce takes 2 ms.
-struct IdenticalPeer;
+/// Rank 0 of two, the peer scripted: it holds `peer_share` times this rank's values in every
+/// sum (0: zeros, so an average halves them; 1: the same values), and the same values in every
+/// gather; each all-reduce takes `delay`. Shared by the trainer's and the step's tests.
+pub(crate) struct ScriptedPeer {
+    pub peer_share: f32,
+    pub delay: std::time::Duration,
+}
 
-impl Collective for IdenticalPeer {
+impl ScriptedPeer {
+    /// A peer identical to this rank, answering at once.
+    pub(crate) fn identical() -> Self {
+        Self {
+            peer_share: 1.0,
+            delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Collective for ScriptedPeer {
     fn rank(&self) -> usize {
         0
     }
@@ -526,8 +512,8 @@ impl Collective for IdenticalPeer {
         2
     }
     fn all_reduce_sum(&self, values: &mut [f32]) -> distributed::Result<()> {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        values.iter_mut().for_each(|v| *v *= 2.0);
+        std::thread::sleep(self.delay);
+        values.iter_mut().for_each(|v| *v *= 1.0 + self.peer_share);
         Ok(())
     }
     fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
@@ -540,7 +526,7 @@ impl Collective for IdenticalPeer {
         Ok([local, local].concat())
     }
     fn describe(&self) -> String {
-        "rank 0 of 2, its peer identical".into()
+        format!("rank 0 of 2, its peer {} times its values", self.peer_share)
     }
     fn abort(&self, code: i32) -> ! {
         panic!("abort({code})")
@@ -556,7 +542,10 @@ fn a_data_parallel_step_reports_its_synchronisation_time() {
         ..TrainConfig::default()
     };
     let mut t = Trainer::new(config, small_model(), eight_images(0), &Device::Cpu).unwrap();
-    t.collective = Box::new(IdenticalPeer);
+    t.collective = Box::new(ScriptedPeer {
+        peer_share: 1.0,
+        delay: std::time::Duration::from_millis(2),
+    });
     let m = t.step().unwrap();
     let sync = m.sync_ms.expect("two ranks synchronise");
     assert!(

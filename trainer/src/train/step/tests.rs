@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor, Var};
 use gantry_models::init::{normal_vec, rng_for};
 
 use super::*;
-use crate::train::tests::small_model;
+use crate::train::tests::{small_model, ScriptedPeer};
 use crate::train::TrainConfig;
 
 fn fresh(config: &TrainConfig) -> Networks {
@@ -114,36 +114,6 @@ fn two_half_shards_of_one_batch_make_its_step() {
     assert!(max_abs_diff(&x, &trained_state(&other)) > 1e-4);
 }
 
-/// Two ranks for the gather's checks: only the size is asked.
-struct TwoRanks;
-
-impl Collective for TwoRanks {
-    fn rank(&self) -> usize {
-        0
-    }
-    fn size(&self) -> usize {
-        2
-    }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> distributed::Result<()> {
-        unreachable!()
-    }
-    fn broadcast(&self, _: &mut [f32], _: usize) -> distributed::Result<()> {
-        unreachable!()
-    }
-    fn all_gather_f32(&self, _: &[f32]) -> distributed::Result<Vec<f32>> {
-        unreachable!()
-    }
-    fn all_gather_u64(&self, _: &[u64]) -> distributed::Result<Vec<u64>> {
-        unreachable!()
-    }
-    fn describe(&self) -> String {
-        "two ranks".into()
-    }
-    fn abort(&self, code: i32) -> ! {
-        panic!("abort({code})")
-    }
-}
-
 /// The global scalars are the sum of the ranks' shares; the first non-finite value in the
 /// order the step makes them (D's loss, D's gradients, G's loss, G's gradients) is the error,
 /// naming every rank where it is bad, its value (NaN for a gradient flag) and the step.
@@ -166,7 +136,7 @@ fn the_gather_sums_the_ranks_and_names_the_first_failure() {
     };
     let sum = gather(
         &[rank(1.0, 0.0, 2.0, 0.0), rank(3.0, 0.0, 5.0, 0.0)],
-        &TwoRanks,
+        &ScriptedPeer::identical(),
     )
     .unwrap();
     let want = StepScalars {
@@ -182,7 +152,7 @@ fn the_gather_sums_the_ranks_and_names_the_first_failure() {
 
     let err = gather(
         &[rank(1.0, 0.0, 2.0, 0.0), rank(f32::NAN, 0.0, 2.0, 0.0)],
-        &TwoRanks,
+        &ScriptedPeer::identical(),
     )
     .unwrap_err();
     assert!(
@@ -191,7 +161,7 @@ fn the_gather_sums_the_ranks_and_names_the_first_failure() {
     );
     let err = gather(
         &[rank(1.0, 0.0, f32::INFINITY, 0.0), rank(1.0, 1.0, 2.0, 0.0)],
-        &TwoRanks,
+        &ScriptedPeer::identical(),
     )
     .unwrap_err();
     assert!(
@@ -200,7 +170,7 @@ fn the_gather_sums_the_ranks_and_names_the_first_failure() {
     );
     let err = gather(
         &[rank(1.0, 0.0, f32::INFINITY, 0.0), rank(1.0, 0.0, 2.0, 1.0)],
-        &TwoRanks,
+        &ScriptedPeer::identical(),
     )
     .unwrap_err();
     assert!(
@@ -209,7 +179,7 @@ fn the_gather_sums_the_ranks_and_names_the_first_failure() {
     );
     let err = gather(
         &[rank(1.0, 0.0, 2.0, 1.0), rank(1.0, 0.0, 2.0, 1.0)],
-        &TwoRanks,
+        &ScriptedPeer::identical(),
     )
     .unwrap_err();
     assert!(
