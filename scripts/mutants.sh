@@ -22,7 +22,10 @@
 # clients). A part fails the script (non-zero exit) if cargo-mutants cannot run it (a failing
 # baseline, a build error, bad flags); surviving mutants are results,
 # not failures: `scripts/mutants_table.py` turns every part's outcomes into the per-module table
-# of docs/testing.md (goal: >= 90% of viable mutants caught in every module).
+# of docs/testing.md (goal: >= 90% of viable mutants caught in every module). The parts'
+# mutant lists are kept in bench/results/mutants (scripts/results.sh: restored before the run,
+# saved after each part; `scripts/results.sh save` by hand keeps a part stopped half-way, which
+# then resumes on its commit), so that the run goes on across machines.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -126,6 +129,7 @@ fi
 mkdir -p "$root/.mutants"
 exec 9>"$root/.mutants/lock"
 flock -n 9 || { echo "mutants.sh: another run holds $root/.mutants/lock" >&2; exit 1; }
+scripts/results.sh restore
 
 # The worktree at this commit, reset (an interrupted run may have left a mutant in it).
 tree="$root/.mutants/tree"
@@ -159,7 +163,10 @@ run_mutants() {
     [[ " $* " == *" --timeout "* ]] && timing=()
     (cd "$tree" && cargo mutants --in-place --no-shuffle "${timing[@]}" -o "$out" "$@") || status=$?
     case $status in
-        0 | 2 | 3) echo "$commit $(date -u +%FT%TZ)" >"$out/done" ;;
+        0 | 2 | 3)
+            echo "$commit $(date -u +%FT%TZ)" >"$out/done"
+            scripts/results.sh save
+            ;;
         *)
             echo "mutants.sh: $what failed (cargo-mutants exit $status): see $out/mutants.out/debug.log" >&2
             exit "$status"

@@ -62,11 +62,12 @@ LISTS = {"caught.txt": "CaughtMutant", "missed.txt": "MissedMutant", "timeout.tx
 def mutants_of(outcomes):
     """(name, file, summary) of every mutant in a cargo-mutants outcomes.json; from the run's
     lists beside it (one line per mutant tested, appended as it finishes) when the file does not
-    parse: a run killed while rewriting it."""
+    parse (a run killed while rewriting it) or is not there (a run restored from bench/results,
+    which keeps only the lists)."""
     try:
         with open(outcomes) as f:
             data = json.load(f)
-    except ValueError:
+    except (ValueError, FileNotFoundError):  # torn, or not kept (bench/results keeps the lists)
         run = os.path.dirname(outcomes)
         for list_name, summary in LISTS.items():
             path = os.path.join(run, list_name)
@@ -88,7 +89,7 @@ def first_pass_outcomes(base):
     runs = [os.path.join(earlier, r) for r in sorted(os.listdir(earlier))] if os.path.isdir(earlier) else []
     runs.append(os.path.join(base, "mutants.out"))
     return [os.path.join(r, "outcomes.json") for r in runs
-            if os.path.exists(os.path.join(r, "outcomes.json"))]
+            if any(os.path.exists(os.path.join(r, n)) for n in ("outcomes.json", *LISTS))]
 
 
 def main():
@@ -123,7 +124,7 @@ def main():
         if not runs:
             continue
         second = {}
-        if rechecked and os.path.exists(os.path.join(recheck, "mutants.out", "outcomes.json")):
+        if rechecked and first_pass_outcomes(recheck):
             second = {name: summary for name, _, summary in mutants_of(
                 os.path.join(recheck, "mutants.out", "outcomes.json"))}
         for name, file, summary in (m for run in runs for m in mutants_of(run)):

@@ -25,7 +25,9 @@
 # JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
 # that is more throughput than one run using every core. Rerunning skips finished runs and
 # resumes interrupted runs from their checkpoints (Gantry's; PyTorch's at its last epoch's end).
-# Tables: scripts/quality_table.py OUT.
+# Tables: scripts/quality_table.py OUT. With the default OUT, finished runs' scores are kept in
+# bench/results/quality (scripts/results.sh: restored before the runs start, saved as each ends)
+# so that the benchmark goes on across machines.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality}")"
@@ -45,6 +47,9 @@ for suite in $suites; do
     case $suite in mnist | fashion-mnist | catsdogs) ;; *) echo "error: unknown suite '$suite'" >&2; exit 2 ;; esac
     scripts/fetch-data.sh "$suite"
 done
+# keep: whether OUT is the default, whose results scripts/results.sh keeps in the repository
+keep=no
+[ "$out" = "$root/runs/quality" ] && keep=yes && scripts/results.sh restore
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
@@ -207,6 +212,7 @@ worker() {
         run_one "$kind" "$suite" "$variant" "$seed" >>"$dir.log" 2>&1 &
         if wait $!; then
             echo "$(date +%T) done  $suite $kind $variant seed $seed"
+            [ "$keep" = no ] || scripts/results.sh save
         else
             echo "$(date +%T) FAILED $suite $kind $variant seed $seed: see $dir.log" >&2
             touch "$out/.failed"
@@ -226,6 +232,7 @@ for dir in "$out"/*/*-s*; do
         touch "$out/.failed"
     }
 done
+[ "$keep" = no ] || scripts/results.sh save
 python3 scripts/quality_table.py "$out"
 [ ! -e "$out/.failed" ] || { echo "some runs failed" >&2; exit 1; }
 echo "done: $out"

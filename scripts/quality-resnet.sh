@@ -19,6 +19,9 @@
 # run (see dcgan_steps), the comparison that decides the default architecture.
 # JOBS single-threaded runs in parallel (default: the number of cores). Rerunning skips finished
 # runs (a `done` marker) and resumes interrupted runs, Gantry's and PyTorch's, from their checkpoints.
+# With the default OUT, finished runs' scores (and each suite's dcgan-steps) are kept in
+# bench/results/quality-resnet (scripts/results.sh: restored before the runs start, saved as each
+# ends) so that the benchmark goes on across machines.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$(realpath -m "${1:-$root/runs/quality-resnet}")"
@@ -40,6 +43,9 @@ for suite in $suites; do
     scripts/fetch-data.sh "$suite"
 done
 scripts/fetch-inception.sh >/dev/null
+# keep: whether OUT is the default, whose results scripts/results.sh keeps in the repository
+keep=no
+[ "$out" = "$root/runs/quality-resnet" ] && keep=yes && scripts/results.sh restore
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
@@ -179,6 +185,7 @@ worker() {
         run_one "$kind" "$suite" "$variant" "$seed" >>"$dir.log" 2>&1 &
         if wait $!; then
             echo "$(date +%T) done  $suite $kind $variant seed $seed"
+            [ "$keep" = no ] || scripts/results.sh save
         else
             echo "$(date +%T) FAILED $suite $kind $variant seed $seed: see $dir.log" >&2
             touch "$out/.failed"
