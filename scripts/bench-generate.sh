@@ -11,6 +11,7 @@ py="${1:-$root/.tools/venv-bench/bin/python}"
 cd "$root"
 scripts/fetch-ort.sh >/dev/null
 scripts/fetch-data.sh mnist catsdogs
+"$root/scripts/setup-build.sh"  # protoc
 cargo build --release --bins >&2
 T=target/release/trainer; E=target/release/exporter; R=target/release/runtime
 work=runs/bench-generate

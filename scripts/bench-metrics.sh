@@ -11,6 +11,7 @@ cd "$root"
 scripts/fetch-ort.sh >/dev/null
 scripts/fetch-inception.sh >/dev/null
 scripts/fetch-data.sh catsdogs
+"$root/scripts/setup-build.sh"  # protoc
 cargo build --release -p gantry-trainer-cli >&2
 T=target/release/trainer
 n=${IMAGES:-512}

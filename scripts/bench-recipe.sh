@@ -10,6 +10,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 T=${TRAINER:-}
 if [ -z "$T" ]; then
+    "$root/scripts/setup-build.sh"  # protoc
     cargo build --release --bin trainer >&2
     T=target/release/trainer
 fi

@@ -16,6 +16,7 @@ py="${1:-$root/.tools/venv-bench/bin/python}"
 cd "$root"
 T=${TRAINER:-}
 if [ -z "$T" ]; then
+    "$root/scripts/setup-build.sh"  # protoc
     cargo build --release --bins >&2
     T=target/release/trainer
 fi

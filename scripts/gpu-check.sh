@@ -33,6 +33,7 @@ device="${GPU_CHECK_DEVICE:-cuda}"
 
 build() {
     local target="${GPU_TARGET_DIR:-$root/../target-cuda}"
+    "$root/scripts/setup-build.sh"  # protoc
     cargo build --release -p gantry-exporter-cli -p gantry-runtime-cli --bins >&2
     (
         if [ -n "${GPU_RECIPES:-}" ]; then

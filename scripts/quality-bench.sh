@@ -50,6 +50,7 @@ done
 # keep: whether OUT is the default, whose results scripts/results.sh keeps in the repository
 keep=no
 [ "$out" = "$root/runs/quality" ] && keep=yes && scripts/results.sh restore
+"$root/scripts/setup-build.sh"  # protoc
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds

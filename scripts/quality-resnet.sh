@@ -46,6 +46,7 @@ scripts/fetch-inception.sh >/dev/null
 # keep: whether OUT is the default, whose results scripts/results.sh keeps in the repository
 keep=no
 [ "$out" = "$root/runs/quality-resnet" ] && keep=yes && scripts/results.sh restore
+"$root/scripts/setup-build.sh"  # protoc
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds

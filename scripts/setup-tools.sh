@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the build and test tools Gantry needs, idempotently:
-# - protoc (Debian protobuf-compiler), needed to build candle-onnx;
+# - protoc (Debian protobuf-compiler), needed to build gantry-triton and candle-onnx
+#   (scripts/setup-build.sh, which every script that builds Gantry calls);
 # - headless Chromium (Debian chromium), which the server's web-page test drives;
 # - OpenMPI and libclang (Debian openmpi-bin, libopenmpi-dev, libclang-dev): the trainer's `mpi`
 #   feature (data-parallel training) builds against them and its tests run `mpirun`;
@@ -22,10 +23,7 @@ apt_install() {
     { "${sudo[@]}" apt-get install -y -q "$@" >/dev/null 2>&1 \
         || { "${sudo[@]}" apt-get update -q >/dev/null && "${sudo[@]}" apt-get install -y -q "$@" >/dev/null; }; }
 }
-if ! command -v protoc >/dev/null 2>&1; then
-    echo "installing protoc (Debian protobuf-compiler)" >&2
-    apt_install protobuf-compiler
-fi
+"$root/scripts/setup-build.sh"
 if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1 \
     || ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1; then
     echo "installing OpenMPI and libclang (Debian openmpi-bin, libopenmpi-dev, libclang-dev) for distributed training" >&2
