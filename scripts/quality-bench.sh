@@ -51,6 +51,7 @@ done
 keep=no
 [ "$out" = "$root/runs/quality" ] && keep=yes && scripts/results.sh restore
 "$root/scripts/setup-build.sh"  # protoc
+scripts/fetch-ort.sh >/dev/null  # the Inception scoring runs on ONNX Runtime
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds

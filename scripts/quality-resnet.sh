@@ -47,6 +47,7 @@ scripts/fetch-inception.sh >/dev/null
 keep=no
 [ "$out" = "$root/runs/quality-resnet" ] && keep=yes && scripts/results.sh restore
 "$root/scripts/setup-build.sh"  # protoc
+scripts/fetch-ort.sh >/dev/null  # the Inception scoring runs on ONNX Runtime
 cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
