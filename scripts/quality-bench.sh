@@ -22,7 +22,8 @@
 # (cats and dogs also lattice.txt: scripts/lattice_score.py on the last sample grid; both kept per
 # step count as eval_step_NNNNNN.json and lattice_step_NNNNNN.txt, so that rerunning with a larger
 # CATSDOGS_STEPS extends finished runs and keeps the earlier scores).
-# JOBS single-threaded runs go in parallel (default: the number of cores): on a small machine
+# JOBS runs go in parallel, each with the cores / JOBS threads (default JOBS: the number of cores,
+# so one thread each): on a small machine
 # that is more throughput than one run using every core. Rerunning skips finished runs and
 # resumes interrupted runs from their checkpoints (Gantry's; PyTorch's at its last epoch's end).
 # Tables: scripts/quality_table.py OUT. With the default OUT, finished runs' scores are kept in
@@ -56,7 +57,8 @@ cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
 T="$out/bin/trainer"
-export RAYON_NUM_THREADS=1
+# each run gets its share of the cores (one thread each at the default JOBS)
+export RAYON_NUM_THREADS=$(( $(nproc) / jobs > 1 ? $(nproc) / jobs : 1 ))
 
 # The classifiers FID is computed in (cached next to the data; trained once, here, not by the workers).
 for suite in $suites; do

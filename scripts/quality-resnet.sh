@@ -17,7 +17,8 @@
 # class (PyTorch's samples sit in one subfolder per class). With DCGAN=on (the default), Gantry's
 # default (DCGAN, `gantry` recipe) also trains on each suite for the wall-clock time of a ResNet
 # run (see dcgan_steps), the comparison that decides the default architecture.
-# JOBS single-threaded runs in parallel (default: the number of cores). Rerunning skips finished
+# JOBS runs in parallel, each with the cores / JOBS threads (default JOBS: the number of cores, so
+# one thread each). Rerunning skips finished
 # runs (a `done` marker) and resumes interrupted runs, Gantry's and PyTorch's, from their checkpoints.
 # With the default OUT, finished runs' scores (and each suite's dcgan-steps) are kept in
 # bench/results/quality-resnet (scripts/results.sh: restored before the runs start, saved as each
@@ -52,7 +53,8 @@ cargo build --release --bin trainer
 mkdir -p "$out/bin"
 cp target/release/trainer "$out/bin/trainer.tmp" && mv "$out/bin/trainer.tmp" "$out/bin/trainer"  # immune to rebuilds
 T="$out/bin/trainer"
-export RAYON_NUM_THREADS=1
+# each run gets its share of the cores (one thread each at the default JOBS)
+export RAYON_NUM_THREADS=$(( $(nproc) / jobs > 1 ? $(nproc) / jobs : 1 ))
 case " $suites " in *" fashion-mnist "*) $T classifier --dataset fashion-mnist --fit pad ;; esac
 
 # data flags of a suite for `trainer train` / `trainer eval`
@@ -85,7 +87,7 @@ done
 cpu_seconds() {
     local record
     record=$(mktemp)
-    /usr/bin/time -f "%U %S" -o "$record" "$T" bench "$@" >/dev/null 2>&1
+    RAYON_NUM_THREADS=1 /usr/bin/time -f "%U %S" -o "$record" "$T" bench "$@" >/dev/null 2>&1
     awk '{ print $1 + $2 }' "$record"
     rm -f "$record"
 }
