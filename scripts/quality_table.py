@@ -109,8 +109,13 @@ def swd_cell(values):
 
 
 def speed(run_dir):
-    """Training img/s: the median of metrics.jsonl (Gantry) or steps x batch / seconds (PyTorch)."""
+    """Training img/s: the median of metrics.jsonl (Gantry; of a run restored from bench/results,
+    that median as scripts/results.sh kept it in speed.txt) or steps x batch / seconds (PyTorch)."""
     metrics = os.path.join(run_dir, "metrics.jsonl")
+    kept = os.path.join(run_dir, "speed.txt")
+    if not os.path.exists(metrics) and os.path.exists(kept):
+        text = open(kept).read().strip()
+        return float(text) if text else None
     if os.path.exists(metrics):
         rates = [json.loads(line).get("img_per_sec") for line in open(metrics) if line.strip()]
         rates = [r for r in rates if r]

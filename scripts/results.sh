@@ -9,8 +9,9 @@
 #   scripts/results.sh restore   bench/results/ back into the working folders where these lack a
 #                                run or part (what is there, finished or in progress, is kept)
 #
-# Kept: a finished quality run's top-level *.json, *.jsonl and *.txt files and its `done` marker
-# (never a checkpoint, a sample or a log), and the ResNet benchmark's step count for DCGAN at equal
+# Kept: a finished quality run's top-level *.json and *.txt files and its `done` marker (never a
+# checkpoint, a sample or a log; for metrics.jsonl, a line per step, its median img/s in
+# speed.txt), and the ResNet benchmark's step count for DCGAN at equal
 # time (`dcgan-steps`, measured once per suite); a mutation part's markers (done, commit, two-passes,
 # baseline-seconds) and the mutant lists of its runs (caught, missed, timeout, unviable,
 # survivors: one name per line), also of a part stopped half-way, which scripts/mutants.sh then
@@ -31,7 +32,7 @@ copy_new() {
 
 # quality_files RUN_DIR: the files kept of one finished quality run, relative to it.
 quality_files() {
-    (cd "$1" && find . -maxdepth 1 -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' -o -name done \) \
+    (cd "$1" && find . -maxdepth 1 -type f \( -name '*.json' -o -name '*.txt' -o -name done \) \
         ! -name '*.tmp' -printf '%P\n' | sort)
 }
 
@@ -49,6 +50,15 @@ save() {
             [ -d "$run" ] && [ -f "$run/done" ] || continue
             rel=${run#"$root/runs/"}
             for f in $(quality_files "$run"); do copy_new "$run/$f" "$kept/$rel/$f"; done
+            # the training speed instead of metrics.jsonl (a line per step: ~360 KB a run)
+            if [ -f "$run/metrics.jsonl" ]; then
+                python3 -c 'import json, statistics, sys
+rates = [json.loads(l).get("img_per_sec") for l in open(sys.argv[1]) if l.strip()]
+rates = [r for r in rates if r]
+print(f"{statistics.median(rates):.2f}" if rates else "")' "$run/metrics.jsonl" >"$run/speed.txt.tmp"
+                mv "$run/speed.txt.tmp" "$run/speed.txt"
+                copy_new "$run/speed.txt" "$kept/$rel/speed.txt"
+            fi
         done
         for f in "$root/runs/$bench"/*/dcgan-steps; do
             if [ -f "$f" ]; then copy_new "$f" "$kept/${f#"$root/runs/"}"; fi
