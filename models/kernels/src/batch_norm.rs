@@ -302,6 +302,42 @@ mod tests {
         }
     }
 
+    /// Activations far from zero (a mean of 1000, spread 0.1) keep their statistics: the
+    /// variance is the mean squared deviation from the mean, not the difference of two
+    /// nearly equal large sums (which would lose it entirely in f32). Tolerances: the f32 mean
+    /// of values near 1000 is off by up to an ulp there (6e-5), which shifts the variance by
+    /// its square, negligible against 0.01; each squared deviation carries f32 rounding (1e-7
+    /// relative).
+    #[test]
+    fn statistics_far_from_zero_keep_their_precision() {
+        let x: Vec<f32> = normal(C * M, 21)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| 1000.0 + 250.0 * (i / M) as f32 + 0.1 * v)
+            .collect();
+        let (gamma, beta) = (vec![1.0; C], vec![0.0; C]);
+        let (y, stats) = bn_act_forward(&x, C, &gamma, &beta, EPS, Act::Identity);
+        let (want, _) = reference(&widen(&x), &widen(&gamma), &widen(&beta), Act::Identity);
+        for ch in 0..C {
+            let xs = widen(&x[ch * M..(ch + 1) * M]);
+            let mean = xs.iter().sum::<f64>() / M as f64;
+            let var = xs.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / M as f64;
+            let rel = (stats.var[ch] as f64 - var).abs() / var;
+            assert!(
+                rel < 1e-3,
+                "channel {ch}: variance {} against {var}",
+                stats.var[ch]
+            );
+        }
+        let worst = y
+            .iter()
+            .zip(&want)
+            .map(|(&a, b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        // normalised outputs of order 1, each from a deviation known to ~1e-3 relative
+        assert!(worst < 2e-3, "outputs off by {worst}");
+    }
+
     #[test]
     fn the_backward_pass_matches_finite_differences_of_the_definition() {
         let (x, gamma, beta, dy) = data();

@@ -334,6 +334,43 @@ mod tests {
         max_abs_diff(a.expect("a gradient"), b.expect("a gradient"))
     }
 
+    /// The gradient op refuses to run on what another forward pass saved (or on nothing):
+    /// neither a saved input of another size nor statistics of another channel count reach
+    /// the backward arithmetic, which indexes by both.
+    #[test]
+    fn the_gradient_op_needs_its_own_forward_pass() {
+        let (c, m) = (3, 8);
+        let y = Tensor::ones((c, m), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+        let stats = |channels: usize| BatchStats {
+            mean: vec![0.0; channels],
+            var: vec![1.0; channels],
+            inv_std: vec![1.0; channels],
+        };
+        let grad_op = |conv_out: Vec<f32>, stats: BatchStats| BnGrad {
+            act: Act::Relu,
+            gamma: vec![1.0; c],
+            saved: Arc::new(Mutex::new(Saved { conv_out, stats })),
+        };
+        // the forward pass that matches: the op runs
+        assert!(y
+            .apply_op2_no_bwd(&y, &grad_op(vec![1.0; c * m], stats(c)))
+            .is_ok());
+        for (what, op) in [
+            (
+                "no forward pass",
+                grad_op(Vec::new(), BatchStats::default()),
+            ),
+            ("another batch", grad_op(vec![1.0; c * (m + 1)], stats(c))),
+            (
+                "another channel count",
+                grad_op(vec![1.0; c * m], stats(c - 1)),
+            ),
+        ] {
+            let err = y.apply_op2_no_bwd(&y, &op).expect_err(what).to_string();
+            assert!(err.contains("without its forward pass"), "{what}: {err}");
+        }
+    }
+
     /// Each fused node against the same computation in candle's operations: outputs, the batch
     /// statistics it returns, and the gradients of a random linear functional of the output
     /// with respect to every input. Tolerance 1e-4 absolute on O(1) values, as for the

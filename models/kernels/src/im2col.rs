@@ -485,6 +485,9 @@ mod tests {
             (2, 0, 2, 6, 4),
             (2, 1, 3, 7, 5),
             (2, 2, 4, 9, 7),
+            // stride 2 on images one and two pixels wide (the row de-interleaving's edges)
+            (2, 1, 3, 5, 1),
+            (2, 1, 2, 4, 2),
         ] {
             let w = Window {
                 batch: 3,

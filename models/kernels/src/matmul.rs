@@ -201,4 +201,19 @@ mod tests {
         );
         assert!(acc.iter().zip(&want).all(|(x, y)| *x == 2.0 * y));
     }
+
+    /// Products with an empty dimension: a sum over nothing is zero (and leaves an accumulator
+    /// as it is); an empty result is empty.
+    #[test]
+    fn empty_dimensions_give_zeros_or_nothing() {
+        let mut c = vec![5f32; 6];
+        let none = Operand::plain(&[]);
+        matmul_into(&mut c, 2, 3, 0, none, none, true);
+        assert_eq!(c, vec![5.0; 6], "accumulating an empty sum");
+        matmul_into(&mut c, 2, 3, 0, none, none, false);
+        assert_eq!(c, vec![0.0; 6], "writing an empty sum");
+        let twelve = [1f32; 12];
+        assert!(matmul(0, 3, 4, none, Operand::plain(&twelve)).is_empty());
+        assert!(matmul(3, 0, 4, Operand::plain(&twelve), none).is_empty());
+    }
 }

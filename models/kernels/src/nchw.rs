@@ -346,6 +346,31 @@ mod tests {
         }
     }
 
+    /// A primitive refuses operands of other shapes than its geometry's, either operand, even
+    /// when they hold enough values for the loops (which index by the geometry).
+    #[test]
+    fn a_primitive_refuses_operands_of_other_shapes() {
+        let (p, xs, ws) = layers()[2];
+        let geometry = Geometry::of_layer(p, &xs, &ws).unwrap();
+        let op = PrimitiveOp {
+            prim: Primitive::Forward,
+            geometry,
+        };
+        let zeros =
+            |s: [usize; 4]| Tensor::zeros(&s, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let (x, w) = (geometry.x, geometry.w);
+        assert!(zeros(x).apply_op2_no_bwd(&zeros(w), &op).is_ok());
+        let more_images = [x[0] + 1, x[1], x[2], x[3]];
+        let more_filters = [w[0] + 1, w[1], w[2], w[3]];
+        for (a, b) in [(more_images, w), (x, more_filters)] {
+            let err = zeros(a)
+                .apply_op2_no_bwd(&zeros(b), &op)
+                .expect_err("operands of another shape")
+                .to_string();
+            assert!(err.contains("expected"), "{a:?} and {b:?}: {err}");
+        }
+    }
+
     /// The reference loops: fp32 with another summation order than candle's, sums of at most
     /// ~200 products here, so 1e-5 of scale; a wrong primitive, operand order or shape gives
     /// O(1) differences.

@@ -511,4 +511,82 @@ mod tests {
         assert_eq!(split_evenly(3..10, 3), vec![3..6, 6..8, 8..10]);
         assert_eq!(split_evenly(0..2, 5), vec![0..1, 1..2]);
     }
+
+    /// A stride-2, 4x4 layer's window on `batch` images of `channels` x `size` x `size`.
+    fn layer(batch: usize, channels: usize, size: usize) -> Window {
+        Window {
+            batch,
+            channels,
+            height: size,
+            width: size,
+            kernel: 4,
+            stride: 2,
+            padding: 1,
+            col_height: size / 2,
+            col_width: size / 2,
+        }
+    }
+
+    /// The groups follow the cache budget (the module docs): a forward group's column matrix
+    /// fits half of a 1 MB L2 (512 KiB) and holds as many images as fit, at least 128 columns
+    /// (gemm's full-width kernel), at least four groups per thread; a weight-gradient group's
+    /// columns plus its block of the other operand fit 3 MiB, the batch split evenly over the
+    /// threads first. The counts are worked out by hand per layer, on a pool of 3 threads.
+    #[test]
+    fn groups_fill_the_cache_budget() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("a thread pool");
+        pool.install(|| {
+            // (window, forward groups, the largest forward group's images)
+            let forward = [
+                // 48 rows x 1024 columns = 192 KiB per image: 2 fit, 32 groups of 2
+                (layer(64, 3, 64), 32, 2),
+                // 1024 x 256 = 1 MiB per image, over the budget: one image per group
+                (layer(64, 64, 32), 64, 1),
+                // 2048 x 16 = 128 KiB: 4 fit, but 128 columns need 8 images; 8 groups would
+                // leave threads idle, so 12 (the batch split evenly: 5 or 6 images)
+                (layer(64, 128, 8), 12, 6),
+                // 256 x 64 = 64 KiB: 8 fit, 32 groups of 8
+                (layer(256, 16, 16), 32, 8),
+                // 5 images of 3 KiB fit at once, but 12 groups are wanted: one image each
+                (layer(5, 3, 8), 5, 1),
+            ];
+            for (win, count, largest) in forward {
+                let groups = forward_groups(&win);
+                let sizes: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+                assert_eq!(groups.len(), count, "forward groups of {win:?}: {sizes:?}");
+                assert_eq!(sizes.iter().max(), Some(&largest), "{win:?}: {sizes:?}");
+            }
+            // (window, other operand's channels, groups per thread)
+            let weight_grad = [
+                // (48 + 64) x 1024 floats = 448 KiB per image: 6 fit 3 MiB; shares 22, 21, 21
+                (layer(64, 3, 64), 64, [4, 4, 4]),
+                // (1024 + 128) x 256 = 1.1 MiB: 2 fit; shares of 22, 21, 21 images
+                (layer(64, 64, 32), 128, [11, 11, 11]),
+                // (128 + 3) x 1024 floats = 524 KiB: 5 fit; shares of 2 images: one group each
+                (layer(6, 8, 64), 3, [1, 1, 1]),
+            ];
+            for (win, channels, per_thread) in weight_grad {
+                let shares = weight_grad_groups(&win, channels);
+                let counts: Vec<usize> = shares.iter().map(Vec::len).collect();
+                assert_eq!(counts, per_thread, "weight-gradient groups of {win:?}");
+            }
+        });
+        // Less than one image's worth of budget still makes a group of one.
+        assert_eq!(largest_group(1000, 3999), 1);
+        assert_eq!(largest_group(1000, 8000), 2);
+    }
+
+    /// Transposes of matrices without rows or columns write nothing and do not fail.
+    #[test]
+    fn transposes_of_empty_matrices_do_nothing() {
+        let mut out: Vec<f32> = Vec::new();
+        transpose_column_block(&[], 4, 0, 0..3, &mut out);
+        transpose_column_block(&[1.0, 2.0, 3.0, 4.0], 4, 1, 2..2, &mut out);
+        transpose_into(&[], 0, 5, &mut out);
+        transpose_into(&[], 5, 0, &mut out);
+        assert!(out.is_empty());
+    }
 }
