@@ -54,7 +54,7 @@ fuzz: tools ort
 # against a real `runtime serve`, FUZZ_API_EXAMPLES generated requests per operation (default 500).
 FUZZ_API_EXAMPLES ?= 500
 fuzz-api: tools ort
-	GANTRY_SCHEMATHESIS_EXAMPLES=$(FUZZ_API_EXAMPLES) $(CARGO) test -p gantry-runtime-cli --test cli serve::schemathesis -- --nocapture
+	GANTRY_SCHEMATHESIS_EXAMPLES=$(FUZZ_API_EXAMPLES) $(CARGO) test -p gantry-runtime-cli --test cli serve::clients::schemathesis -- --nocapture
 
 # Mutation testing of the modules where a silent bug costs most (cargo-mutants; hours on 2
 # cores; results in mutants.out*/, counts to compare in docs/testing.md).
