@@ -236,8 +236,7 @@ fn schemathesis(http: &str, examples: &str, dir: &Path) -> std::process::Output 
 #[test]
 fn requests_outside_the_openapi_document_get_the_protocol_s_error_body() {
     let dir = tempfile::tempdir().unwrap();
-    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
-    let server = Server::start(&["--model", model.to_str().unwrap(), "--name", "g"]);
+    let (server, model) = Server::tiny(dir.path(), &[]);
     let addr = &server.http;
     let z: Vec<String> = (0..library(&model).latent_dim())
         .map(|_| "0.5".into())

@@ -6,18 +6,11 @@ use super::*;
 #[test]
 fn a_full_queue_is_refused_and_shutdown_drains_requests_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
     // Requests wait up to 1.5 s for company; the queue holds two.
-    let mut server = Server::start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--name",
-        "g",
-        "--max-queue-delay-us",
-        "1500000",
-        "--max-queue-size",
-        "2",
-    ]);
+    let (mut server, _) = Server::tiny(
+        dir.path(),
+        &["--max-queue-delay-us", "1500000", "--max-queue-size", "2"],
+    );
     let addr = server.http.clone();
     let in_flight: Vec<_> = (0..2)
         .map(|seed| {
@@ -150,18 +143,16 @@ fn a_nan_output_is_a_500_and_the_server_keeps_serving() {
 #[test]
 fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
     // The batch would wait 5 s for company; the request gives up after 300 ms.
-    let server = Server::start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--name",
-        "g",
-        "--max-queue-delay-us",
-        "5000000",
-        "--request-timeout-ms",
-        "300",
-    ]);
+    let (server, _) = Server::tiny(
+        dir.path(),
+        &[
+            "--max-queue-delay-us",
+            "5000000",
+            "--request-timeout-ms",
+            "300",
+        ],
+    );
     let started = Instant::now();
     let (status, body) = http_get(&server.http, "/v2/models/g/generate?n=1");
     let waited = started.elapsed();
@@ -188,15 +179,7 @@ fn a_request_past_its_timeout_gets_504_and_is_counted_as_a_failure() {
 #[test]
 fn draining_answers_not_ready_to_every_client_then_stops() {
     let dir = tempfile::tempdir().unwrap();
-    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
-    let mut server = Server::start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--name",
-        "g",
-        "--drain-delay-ms",
-        "4000",
-    ]);
+    let (mut server, _) = Server::tiny(dir.path(), &["--drain-delay-ms", "4000"]);
     let pid = server.child.id().to_string();
     // The script sends SIGTERM itself, then asks KServe's REST and gRPC clients for readiness.
     let report = run_python(
@@ -217,17 +200,10 @@ fn draining_answers_not_ready_to_every_client_then_stops() {
 #[test]
 fn a_full_queue_is_unavailable_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let model = gantry_testkit::export_tiny_model(dir.path(), None, OutputFormat::Float);
-    let server = Server::start(&[
-        "--model",
-        model.to_str().unwrap(),
-        "--name",
-        "g",
-        "--max-queue-delay-us",
-        "10000000",
-        "--max-queue-size",
-        "1",
-    ]);
+    let (server, _) = Server::tiny(
+        dir.path(),
+        &["--max-queue-delay-us", "10000000", "--max-queue-size", "1"],
+    );
     let addr = server.http.clone();
     // Left waiting: the server is killed when the test ends.
     std::thread::spawn(move || http_get(&addr, "/v2/models/g/generate?n=1&seed=1"));

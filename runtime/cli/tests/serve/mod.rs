@@ -73,6 +73,15 @@ impl Server {
         }
     }
 
+    /// Exports the tiny float model into `dir` and serves it as `g`, with `extra` flags; returns
+    /// the server and the model's path.
+    fn tiny(dir: &Path, extra: &[&str]) -> (Server, PathBuf) {
+        let model = gantry_testkit::export_tiny_model(dir, None, OutputFormat::Float);
+        let mut args = vec!["--model", model.to_str().unwrap(), "--name", "g"];
+        args.extend_from_slice(extra);
+        (Server::start(&args), model)
+    }
+
     /// Sends SIGTERM and waits (at most 20 s) for the process to end.
     fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
