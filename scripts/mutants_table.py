@@ -127,7 +127,13 @@ def main():
         if rechecked and first_pass_outcomes(recheck):
             second = {name: summary for name, _, summary in mutants_of(
                 os.path.join(recheck, "mutants.out", "outcomes.json"))}
-        for name, file, summary in (m for run in runs for m in mutants_of(run)):
+        # A mutant tested again by a later run (one taken out of a run's lists to be retested,
+        # e.g. a timeout on a loaded machine) counts once, with its latest outcome.
+        latest = {}
+        for run in runs:
+            for name, file, summary in mutants_of(run):
+                latest[name] = (file, summary)
+        for name, (file, summary) in latest.items():
             if summary == "MissedMutant":
                 summary = second.get(name, summary)
             entry = listed_as(name, known) if summary == "MissedMutant" else None
