@@ -258,3 +258,81 @@ impl TrainError {
 
 /// Result alias of this crate.
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_models::ModelError;
+
+    /// A model configuration error names the trainer setting that set its field (the CLI then
+    /// names the flag); the class fields are set by conditioning.
+    #[test]
+    fn model_config_errors_become_errors_of_the_setting_that_set_the_field() {
+        let cases = [
+            (ConfigField::ImageSize, Setting::ImageSize),
+            (ConfigField::Channels, Setting::Channels),
+            (ConfigField::LatentDim, Setting::LatentDim),
+            (ConfigField::GeneratorWidth, Setting::GeneratorWidth),
+            (ConfigField::DiscriminatorWidth, Setting::DiscriminatorWidth),
+            (ConfigField::NumClasses, Setting::Conditional),
+            (ConfigField::LabelEmbedDim, Setting::Conditional),
+        ];
+        for (field, expected) in cases {
+            let e: TrainError = ModelError::invalid(field, "is 0").into();
+            match e {
+                TrainError::Invalid { setting, problem } => {
+                    assert_eq!((setting, problem.as_str()), (expected, "is 0"), "{field}")
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    /// Every setting reads as its own words in a message ("batch size: must be positive").
+    #[test]
+    fn every_setting_has_a_name_of_its_own() {
+        use Setting::*;
+        let all = [
+            Dataset,
+            DataDir,
+            Out,
+            Resume,
+            Checkpoint,
+            Images,
+            ImageSize,
+            Channels,
+            BatchSize,
+            Epochs,
+            MaxSteps,
+            LearningRate,
+            DiscriminatorLearningRate,
+            Beta1,
+            DSteps,
+            Beta2,
+            LatentDim,
+            GeneratorWidth,
+            DiscriminatorWidth,
+            Ema,
+            Conditional,
+            Device,
+            SampleCount,
+            Steps,
+            Accumulate,
+            EvalSamples,
+            R1,
+            R1Every,
+            Reference,
+        ];
+        let names: std::collections::HashSet<String> = all.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            names.len(),
+            all.len(),
+            "two settings share a name: {names:?}"
+        );
+        assert!(names.iter().all(|n| !n.trim().is_empty()), "{names:?}");
+        assert_eq!(
+            TrainError::invalid(BatchSize, "must be positive").to_string(),
+            "batch size: must be positive"
+        );
+    }
+}
