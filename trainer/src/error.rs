@@ -288,6 +288,107 @@ mod tests {
         }
     }
 
+    /// Errors of the crates below keep their file, setting and message as the trainer's.
+    #[test]
+    fn errors_of_the_other_crates_keep_their_file_setting_and_message() {
+        use gantry_metrics::{MetricSetting, MetricsError};
+        let data = |path: &str| gantry_data::DataError::Data {
+            path: path.into(),
+            message: "truncated".into(),
+        };
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let is_data = |e: TrainError, want: &str| match e {
+            TrainError::Data { path, message } => {
+                assert_eq!(
+                    (path.to_str().unwrap(), message.as_str()),
+                    (want, "truncated")
+                )
+            }
+            other => panic!("{want}: {other:?}"),
+        };
+        let is_io = |e: TrainError, want: &str| match e {
+            TrainError::Io { path, .. } => assert_eq!(path.to_str().unwrap(), want),
+            other => panic!("{want}: {other:?}"),
+        };
+        is_data(data("a.idx").into(), "a.idx");
+        is_io(
+            gantry_data::DataError::Io {
+                path: "b.idx".into(),
+                source: io(),
+            }
+            .into(),
+            "b.idx",
+        );
+        is_data(MetricsError::Dataset(data("c.idx")).into(), "c.idx");
+        is_data(
+            MetricsError::Data {
+                path: "ref.npz".into(),
+                message: "truncated".into(),
+            }
+            .into(),
+            "ref.npz",
+        );
+        is_io(
+            MetricsError::Io {
+                path: "out.json".into(),
+                source: io(),
+            }
+            .into(),
+            "out.json",
+        );
+        for (metric, expected) in [
+            (MetricSetting::Dataset, Setting::Dataset),
+            (MetricSetting::Images, Setting::Images),
+            (MetricSetting::Reference, Setting::Reference),
+            (MetricSetting::SampleCount, Setting::SampleCount),
+        ] {
+            let e: TrainError = MetricsError::Invalid {
+                setting: metric,
+                problem: "too few".into(),
+            }
+            .into();
+            match e {
+                TrainError::Invalid { setting, problem } => {
+                    assert_eq!(
+                        (setting, problem.as_str()),
+                        (expected, "too few"),
+                        "{metric:?}"
+                    )
+                }
+                other => panic!("{metric:?}: {other:?}"),
+            }
+        }
+        let model = MetricsError::Model(ModelError::invalid(ConfigField::Channels, "is 2"));
+        assert!(matches!(
+            TrainError::from(model),
+            TrainError::Invalid {
+                setting: Setting::Channels,
+                ..
+            }
+        ));
+        use gantry_distributed::DistributedError;
+        match DistributedError::Failed("rank 1 stopped".into()).into() {
+            TrainError::Distributed(m) => assert_eq!(m, "rank 1 stopped"),
+            other => panic!("{other:?}"),
+        }
+        is_data(
+            DistributedError::Data {
+                path: "shard".into(),
+                message: "truncated".into(),
+            }
+            .into(),
+            "shard",
+        );
+        is_io(
+            gantry_files::FileError::Io {
+                path: "grid.png".into(),
+                source: io(),
+            }
+            .into(),
+            "grid.png",
+        );
+    }
+
     /// Every setting reads as its own words in a message ("batch size: must be positive").
     #[test]
     fn every_setting_has_a_name_of_its_own() {
