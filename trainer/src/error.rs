@@ -41,6 +41,41 @@ pub enum Setting {
     Reference,
 }
 
+impl Setting {
+    /// Every setting, in declaration order (for checks that each has a name and a flag).
+    pub const ALL: &'static [Setting] = &[
+        Self::Dataset,
+        Self::DataDir,
+        Self::Out,
+        Self::Resume,
+        Self::Checkpoint,
+        Self::Images,
+        Self::ImageSize,
+        Self::Channels,
+        Self::BatchSize,
+        Self::Epochs,
+        Self::MaxSteps,
+        Self::LearningRate,
+        Self::DiscriminatorLearningRate,
+        Self::Beta1,
+        Self::DSteps,
+        Self::Beta2,
+        Self::LatentDim,
+        Self::GeneratorWidth,
+        Self::DiscriminatorWidth,
+        Self::Ema,
+        Self::Conditional,
+        Self::Device,
+        Self::SampleCount,
+        Self::Steps,
+        Self::Accumulate,
+        Self::EvalSamples,
+        Self::R1,
+        Self::R1Every,
+        Self::Reference,
+    ];
+}
+
 impl std::fmt::Display for Setting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -392,38 +427,7 @@ mod tests {
     /// Every setting reads as its own words in a message ("batch size: must be positive").
     #[test]
     fn every_setting_has_a_name_of_its_own() {
-        use Setting::*;
-        let all = [
-            Dataset,
-            DataDir,
-            Out,
-            Resume,
-            Checkpoint,
-            Images,
-            ImageSize,
-            Channels,
-            BatchSize,
-            Epochs,
-            MaxSteps,
-            LearningRate,
-            DiscriminatorLearningRate,
-            Beta1,
-            DSteps,
-            Beta2,
-            LatentDim,
-            GeneratorWidth,
-            DiscriminatorWidth,
-            Ema,
-            Conditional,
-            Device,
-            SampleCount,
-            Steps,
-            Accumulate,
-            EvalSamples,
-            R1,
-            R1Every,
-            Reference,
-        ];
+        let all = Setting::ALL;
         let names: std::collections::HashSet<String> = all.iter().map(|s| s.to_string()).collect();
         assert_eq!(
             names.len(),
@@ -432,7 +436,7 @@ mod tests {
         );
         assert!(names.iter().all(|n| !n.trim().is_empty()), "{names:?}");
         assert_eq!(
-            TrainError::invalid(BatchSize, "must be positive").to_string(),
+            TrainError::invalid(Setting::BatchSize, "must be positive").to_string(),
             "batch size: must be positive"
         );
     }

@@ -66,3 +66,17 @@ fn chain(e: &anyhow::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every setting the library can name in an error has a flag of its own on this command line.
+    #[test]
+    fn every_setting_has_a_flag_of_its_own() {
+        let flags: std::collections::HashSet<&str> =
+            Setting::ALL.iter().map(|s| flag(*s)).collect();
+        assert_eq!(flags.len(), Setting::ALL.len(), "{flags:?}");
+        assert!(flags.iter().all(|f| f.starts_with("--")), "{flags:?}");
+    }
+}
