@@ -299,6 +299,14 @@ mod tests {
     use super::*;
     use gantry_models::ModelError;
 
+    /// The setting and problem of an `Invalid` error (any other error fails the test).
+    fn setting_and_problem(e: TrainError) -> (Setting, String) {
+        match e {
+            TrainError::Invalid { setting, problem } => (setting, problem),
+            other => panic!("not an invalid setting: {other:?}"),
+        }
+    }
+
     /// A model configuration error names the trainer setting that set its field (the CLI then
     /// names the flag); the class fields are set by conditioning.
     #[test]
@@ -313,13 +321,8 @@ mod tests {
             (ConfigField::LabelEmbedDim, Setting::Conditional),
         ];
         for (field, expected) in cases {
-            let e: TrainError = ModelError::invalid(field, "is 0").into();
-            match e {
-                TrainError::Invalid { setting, problem } => {
-                    assert_eq!((setting, problem.as_str()), (expected, "is 0"), "{field}")
-                }
-                other => panic!("{field}: {other:?}"),
-            }
+            let e = ModelError::invalid(field, "is 0").into();
+            assert_eq!(setting_and_problem(e), (expected, "is 0".into()), "{field}");
         }
     }
 
@@ -377,21 +380,16 @@ mod tests {
             (MetricSetting::Reference, Setting::Reference),
             (MetricSetting::SampleCount, Setting::SampleCount),
         ] {
-            let e: TrainError = MetricsError::Invalid {
+            let e = MetricsError::Invalid {
                 setting: metric,
                 problem: "too few".into(),
             }
             .into();
-            match e {
-                TrainError::Invalid { setting, problem } => {
-                    assert_eq!(
-                        (setting, problem.as_str()),
-                        (expected, "too few"),
-                        "{metric:?}"
-                    )
-                }
-                other => panic!("{metric:?}: {other:?}"),
-            }
+            assert_eq!(
+                setting_and_problem(e),
+                (expected, "too few".into()),
+                "{metric:?}"
+            );
         }
         let model = MetricsError::Model(ModelError::invalid(ConfigField::Channels, "is 2"));
         assert!(matches!(
